@@ -1,0 +1,177 @@
+//! The traits a driver implements.
+
+use crate::{ConnectParams, Result};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A PostgreSQL driver: opens [`Connection`]s to one node.
+///
+/// Implement it to plug a driver into the provider; the pool, policies and topology use
+/// only this trait. Futures are `Send` so pools can run on multi-threaded runtimes.
+pub trait Driver: Send + Sync + 'static {
+    /// The connection type.
+    type Connection: Connection;
+
+    /// The driver's registry name, such as `"tokio-postgres"`.
+    fn name(&self) -> &'static str;
+
+    /// Opens one connection to the node described by `params`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Connect`](crate::ErrorKind::Connect), `Tls` or `Auth` (with the node named)
+    /// when the connection cannot be made.
+    fn connect(
+        &self,
+        params: &ConnectParams,
+    ) -> impl Future<Output = Result<Self::Connection>> + Send;
+}
+
+/// One open connection, as the pool sees it.
+///
+/// The split follows bb8: [`is_broken`](Connection::is_broken) is a cheap synchronous check
+/// made when a connection is returned, [`ping`](Connection::ping) an async round trip made
+/// at checkout when validation asks for it.
+pub trait Connection: Send + 'static {
+    /// Whether the connection is known to be unusable (closed socket, desynchronised
+    /// protocol). Must not block or do I/O.
+    fn is_broken(&self) -> bool;
+
+    /// Checks the connection with a round trip.
+    ///
+    /// # Errors
+    /// When the server does not answer correctly; the connection should then be discarded.
+    fn ping(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Puts the session back into a clean state before the connection is reused: rolls
+    /// back an open transaction and resets session settings.
+    ///
+    /// # Errors
+    /// When the reset fails; the connection should then be discarded.
+    fn reset(&mut self) -> impl Future<Output = Result<()>> + Send;
+
+    /// Runs one or more statements with the simple query protocol and returns their rows
+    /// as text. For administration (health checks, session setup), not for application data.
+    ///
+    /// # Errors
+    /// The server's error, with its SQLSTATE.
+    fn simple_query(&mut self, sql: &str) -> impl Future<Output = Result<Vec<SimpleRow>>> + Send;
+
+    /// A token that cancels whatever this connection is running, from another task.
+    fn cancel_token(&self) -> CancelToken;
+
+    /// Closes the connection politely (sends Terminate). Dropping it also closes it.
+    fn close(self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized;
+}
+
+type CancelFn = dyn Fn() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send + Sync;
+
+/// Cancels the query running on a connection (a PostgreSQL cancel request on a separate
+/// socket). Cheap to clone; usable after the connection was moved elsewhere.
+#[derive(Clone)]
+pub struct CancelToken(Arc<CancelFn>);
+
+impl CancelToken {
+    /// Builds a token from a function that sends the cancel request.
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        CancelToken(Arc::new(move || Box::pin(f())))
+    }
+
+    /// Sends the cancel request. The server may or may not still be running the query.
+    ///
+    /// # Errors
+    /// When the cancel request cannot be delivered.
+    pub async fn cancel(&self) -> Result<()> {
+        (self.0)().await
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CancelToken")
+    }
+}
+
+/// One row of a [`Connection::simple_query`] result, every value as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimpleRow {
+    columns: Arc<[String]>,
+    values: Vec<Option<String>>,
+}
+
+impl SimpleRow {
+    /// A row with the given column names and values (same length).
+    pub fn new(columns: Arc<[String]>, values: Vec<Option<String>>) -> Self {
+        debug_assert_eq!(columns.len(), values.len());
+        SimpleRow { columns, values }
+    }
+
+    /// The value of column `idx`; `None` for SQL NULL or a column that does not exist.
+    pub fn get(&self, idx: usize) -> Option<&str> {
+        self.values.get(idx).and_then(|v| v.as_deref())
+    }
+
+    /// The value of the column named `name`.
+    pub fn get_by_name(&self, name: &str) -> Option<&str> {
+        let idx = self.columns.iter().position(|c| c == name)?;
+        self.get(idx)
+    }
+
+    /// The column names.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The number of columns.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the row has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_row_access() {
+        let cols: Arc<[String]> = vec!["a".to_string(), "b".to_string()].into();
+        let row = SimpleRow::new(cols, vec![Some("1".into()), None]);
+        assert_eq!(row.get(0), Some("1"));
+        assert_eq!(row.get(1), None);
+        assert_eq!(row.get(2), None);
+        assert_eq!(row.get_by_name("a"), Some("1"));
+        assert_eq!(row.get_by_name("zz"), None);
+        assert_eq!(row.columns().len(), 2);
+        assert_eq!(row.len(), 2);
+        assert!(!row.is_empty());
+    }
+
+    #[test]
+    fn cancel_token_runs_its_function() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits = Arc::new(AtomicUsize::new(0));
+        let h = hits.clone();
+        let token = CancelToken::new(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        });
+        let clone = token.clone();
+        let mut fut = std::pin::pin!(clone.cancel());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(fut.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(()))));
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(format!("{token:?}"), "CancelToken");
+    }
+}

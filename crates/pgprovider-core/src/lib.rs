@@ -1,0 +1,33 @@
+//! The contract between the pgprovider provider and its PostgreSQL drivers.
+//!
+//! This crate is deliberately small and slow-moving: driver crates (tokio-postgres, sqlx,
+//! diesel-async) depend on it, and the provider builds every layer (pool, policies,
+//! topology) on it alone. Nothing here names a driver type.
+//!
+//! - [`Driver`] / [`Connection`]: connect to one node, check validity, reset session state,
+//!   cancel the running query, close.
+//! - [`Error`] / [`ErrorKind`]: one opaque error with a public kind, SQLSTATE, node and tenant.
+//! - [`SqlState`]: SQLSTATE codes and the one place that classifies them.
+//! - [`ConnectParams`]: everything a driver needs to reach one node; [`Secret`] keeps the
+//!   password out of `Debug`, `Display` and logs.
+//!
+//! ```
+//! use pgprovider_core::{Error, ErrorKind, SqlState};
+//!
+//! let err = Error::database(SqlState::SERIALIZATION_FAILURE, "could not serialize access");
+//! assert_eq!(err.kind(), ErrorKind::Database);
+//! assert!(err.is_retryable());
+//! ```
+#![deny(missing_docs)]
+
+mod driver;
+mod error;
+mod params;
+mod secret;
+mod sqlstate;
+
+pub use driver::{CancelToken, Connection, Driver, SimpleRow};
+pub use error::{DbErrorFields, Error, ErrorKind, Result};
+pub use params::{ConnectParams, Host, SslMode, TlsParams};
+pub use secret::Secret;
+pub use sqlstate::SqlState;
