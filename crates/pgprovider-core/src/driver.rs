@@ -170,7 +170,10 @@ mod tests {
         let clone = token.clone();
         let mut fut = std::pin::pin!(clone.cancel());
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(matches!(fut.as_mut().poll(&mut cx), std::task::Poll::Ready(Ok(()))));
+        assert!(matches!(
+            fut.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Ok(()))
+        ));
         assert_eq!(hits.load(Ordering::SeqCst), 1);
         assert_eq!(format!("{token:?}"), "CancelToken");
     }

@@ -219,9 +219,10 @@ impl Error {
         match self.0.kind {
             ErrorKind::Connect | ErrorKind::PoolTimeout => true,
             ErrorKind::OutcomeUnknown => false,
-            _ => self.0.sql_state.is_some_and(|s| {
-                s.is_retryable_transaction() || s.is_transient_connect_refusal()
-            }),
+            _ => self
+                .0
+                .sql_state
+                .is_some_and(|s| s.is_retryable_transaction() || s.is_transient_connect_refusal()),
         }
     }
 
@@ -346,6 +347,11 @@ mod tests {
         assert!(dbg.contains("Connect") && dbg.contains("acme"));
         assert_eq!(e.with_kind(ErrorKind::Tls).kind(), ErrorKind::Tls);
         assert_eq!(ErrorKind::PoolTimeout.as_str(), "pool_timeout");
-        assert_eq!(Error::new(ErrorKind::Other, "x").with_tenant("t").to_string(), "x (tenant t)");
+        assert_eq!(
+            Error::new(ErrorKind::Other, "x")
+                .with_tenant("t")
+                .to_string(),
+            "x (tenant t)"
+        );
     }
 }

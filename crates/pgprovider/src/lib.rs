@@ -1,1 +1,39 @@
-//! stub
+//! pgprovider: one dependable way for Rust services to use PostgreSQL in production.
+//!
+//! This crate holds the provider that applications depend on: configuration (builder,
+//! libpq-style URLs with several hosts, `PG*` environment variables, validation that reports
+//! every problem at once), the driver registry and the connection pool. Drivers live in their
+//! own crates (`pgprovider-tokio-postgres`) and implement [`pgprovider_core::Driver`].
+//!
+//! ```no_run
+//! use pgprovider::{Config, Pool};
+//! use pgprovider_tokio_postgres::TokioPostgres;
+//!
+//! # async fn run() -> Result<(), pgprovider::Error> {
+//! let config = Config::from_url("postgres://app@db1:5432,db2:5432/orders?pool_max_size=16")?;
+//! let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
+//! let mut conn = pool.get().await?;
+//! let rows = conn.simple_query("SELECT 1").await?;
+//! assert_eq!(rows[0].get(0), Some("1"));
+//! # Ok(()) }
+//! ```
+//!
+//! | area | module |
+//! | --- | --- |
+//! | configuration | [`config`] |
+//! | driver registry | [`registry`] |
+//! | pool | [`pool`] |
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod pool;
+pub mod registry;
+
+pub use config::{Config, ConfigBuilder, ConfigError};
+// POOL
+// REG
+
+pub use pgprovider_core::{
+    CancelToken, ConnectParams, Connection, Driver, Error, ErrorKind, Host, Result, Secret,
+    SimpleRow, SqlState, SslMode,
+};
