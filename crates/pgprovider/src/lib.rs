@@ -30,8 +30,8 @@ pub mod pool;
 pub mod registry;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
-// POOL
-// REG
+pub use pool::{Pool, PoolStats, Pooled};
+pub use registry::{AnyConnection, AnyDriver, DriverRegistry};
 
 pub use pgprovider_core::{
     CancelToken, ConnectParams, Connection, Driver, Error, ErrorKind, Host, Result, Secret,

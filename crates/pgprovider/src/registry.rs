@@ -1,1 +1,179 @@
-//! registry stub
+//! The driver registry: a value mapping driver names to drivers, passed to whatever builds
+//! pools, so tests can build their own. No process-wide state.
+//!
+//! Drivers are generic inside ([`Pool<D>`](crate::Pool)) and erased at the edges: the
+//! registry holds [`AnyDriver`]s, which implement [`Driver`] themselves, so a
+//! `Pool<AnyDriver>` works with whichever driver a name selects.
+
+use pgprovider_core::{
+    CancelToken, ConnectParams, Connection, Driver, Error, ErrorKind, Result, SimpleRow,
+};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+trait DynDriver: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn connect<'a>(&'a self, params: &'a ConnectParams) -> BoxFuture<'a, Result<AnyConnection>>;
+}
+
+impl<D: Driver> DynDriver for D {
+    fn name(&self) -> &'static str {
+        Driver::name(self)
+    }
+    fn connect<'a>(&'a self, params: &'a ConnectParams) -> BoxFuture<'a, Result<AnyConnection>> {
+        Box::pin(async move {
+            let c = Driver::connect(self, params).await?;
+            Ok(AnyConnection(Box::new(c)))
+        })
+    }
+}
+
+trait DynConnection: Send {
+    fn is_broken(&self) -> bool;
+    fn ping(&mut self) -> BoxFuture<'_, Result<()>>;
+    fn reset(&mut self) -> BoxFuture<'_, Result<()>>;
+    fn simple_query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<SimpleRow>>>;
+    fn cancel_token(&self) -> CancelToken;
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+impl<C: Connection> DynConnection for C {
+    fn is_broken(&self) -> bool {
+        Connection::is_broken(self)
+    }
+    fn ping(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Connection::ping(self))
+    }
+    fn reset(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Connection::reset(self))
+    }
+    fn simple_query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<SimpleRow>>> {
+        Box::pin(Connection::simple_query(self, sql))
+    }
+    fn cancel_token(&self) -> CancelToken {
+        Connection::cancel_token(self)
+    }
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(Connection::close(*self))
+    }
+}
+
+/// A driver chosen at run time (from a [`DriverRegistry`]).
+#[derive(Clone)]
+pub struct AnyDriver(Arc<dyn DynDriver>);
+
+impl AnyDriver {
+    /// Erases a concrete driver.
+    pub fn new<D: Driver>(driver: D) -> Self {
+        AnyDriver(Arc::new(driver))
+    }
+}
+
+impl fmt::Debug for AnyDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AnyDriver({})", self.0.name())
+    }
+}
+
+impl Driver for AnyDriver {
+    type Connection = AnyConnection;
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn connect(
+        &self,
+        params: &ConnectParams,
+    ) -> impl Future<Output = Result<AnyConnection>> + Send {
+        async move { self.0.connect(params).await }
+    }
+}
+
+/// A connection of an [`AnyDriver`].
+pub struct AnyConnection(Box<dyn DynConnection>);
+
+impl fmt::Debug for AnyConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AnyConnection")
+    }
+}
+
+impl Connection for AnyConnection {
+    fn is_broken(&self) -> bool {
+        self.0.is_broken()
+    }
+    fn ping(&mut self) -> impl Future<Output = Result<()>> + Send {
+        self.0.ping()
+    }
+    fn reset(&mut self) -> impl Future<Output = Result<()>> + Send {
+        self.0.reset()
+    }
+    fn simple_query(&mut self, sql: &str) -> impl Future<Output = Result<Vec<SimpleRow>>> + Send {
+        async move { self.0.simple_query(sql).await }
+    }
+    fn cancel_token(&self) -> CancelToken {
+        self.0.cancel_token()
+    }
+    fn close(self) -> impl Future<Output = ()> + Send {
+        self.0.close()
+    }
+}
+
+/// Maps driver names to drivers.
+///
+/// ```
+/// use pgprovider::DriverRegistry;
+/// let registry = DriverRegistry::new();
+/// let err = registry.get("tokio-postgres").unwrap_err();
+/// assert!(err.to_string().contains("no driver named"));
+/// ```
+#[derive(Clone, Default)]
+pub struct DriverRegistry {
+    drivers: BTreeMap<&'static str, AnyDriver>,
+}
+
+impl fmt::Debug for DriverRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.drivers.keys()).finish()
+    }
+}
+
+impl DriverRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `driver` under its [`Driver::name`], replacing one of the same name.
+    pub fn register<D: Driver>(&mut self, driver: D) -> &mut Self {
+        let name = Driver::name(&driver);
+        self.drivers.insert(name, AnyDriver::new(driver));
+        self
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.drivers.keys().copied().collect()
+    }
+
+    /// The driver named `name`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] naming the registered drivers when there is none by that name.
+    pub fn get(&self, name: &str) -> Result<AnyDriver> {
+        self.drivers.get(name).cloned().ok_or_else(|| {
+            let known = self.names();
+            Error::new(ErrorKind::Config, format!("no driver named {name:?}")).with_hint(
+                if known.is_empty() {
+                    "no driver is registered; register one, such as pgprovider_tokio_postgres::TokioPostgres".to_owned()
+                } else {
+                    format!("registered drivers: {}", known.join(", "))
+                },
+            )
+        })
+    }
+}

@@ -1,6 +1,6 @@
 //! The consuming builder behind every way of making a [`Config`].
 
-use super::problem::{did_you_mean, Problem};
+use super::problem::{Problem, did_you_mean};
 use super::{
     Config, ConfigError, LoadBalanceHosts, Node, PasswordSource, PoolConfig, TargetSessionAttrs,
     ValidationPolicy,

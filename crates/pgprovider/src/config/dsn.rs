@@ -1,8 +1,8 @@
 //! Connection URLs with libpq semantics. See the key table in the [module docs](super).
 
-use super::builder::{host_from_str, parse_choice, ConfigBuilder};
+use super::builder::{ConfigBuilder, host_from_str, parse_choice};
 use super::problem::did_you_mean;
-use super::{parse_duration, LoadBalanceHosts, TargetSessionAttrs, ValidationPolicy};
+use super::{LoadBalanceHosts, TargetSessionAttrs, ValidationPolicy, parse_duration};
 use percent_encoding::percent_decode_str;
 use pgprovider_core::{Secret, SslMode};
 use std::path::PathBuf;

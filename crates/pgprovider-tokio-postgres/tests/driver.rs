@@ -1,0 +1,244 @@
+//! The tokio-postgres driver and the pool against the shared server
+//! (`PGPROVIDER_TEST_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+
+use pgprovider::{Config, Connection, DriverRegistry, ErrorKind, Pool, Pooled, SqlState};
+use pgprovider_tokio_postgres::TokioPostgres;
+use std::time::Duration;
+
+fn url() -> String {
+    std::env::var("PGPROVIDER_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn config(extra: &str) -> Config {
+    let u = url();
+    let sep = if u.contains('?') { '&' } else { '?' };
+    Config::from_url(&format!("{u}{sep}application_name=pgprovider-test{extra}")).unwrap()
+}
+
+fn pool(extra: &str) -> Pool<TokioPostgres> {
+    let c = config(extra);
+    Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
+}
+
+#[tokio::test]
+async fn queries_and_reuse() {
+    let pool = pool("&pool_max_size=2");
+    {
+        let mut c = pool.get().await.unwrap();
+        let rows = c
+            .simple_query("SELECT 1 AS one, NULL AS nothing; SELECT 'x' AS x")
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].get_by_name("one"), Some("1"));
+        assert_eq!(rows[0].get_by_name("nothing"), None);
+        assert_eq!(rows[1].get_by_name("x"), Some("x"));
+        let n: i32 = c
+            .client()
+            .query_one("SELECT 41 + 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 42);
+        assert!(c.node().contains(':'));
+        c.ping().await.unwrap();
+    }
+    let pid_a = pid(&mut pool.get().await.unwrap()).await;
+    let pid_b = pid(&mut pool.get().await.unwrap()).await;
+    assert_eq!(pid_a, pid_b, "the idle connection is reused");
+    let s = pool.stats();
+    assert_eq!(
+        (s.created, s.acquired, s.size, s.idle, s.in_use),
+        (1, 3, 1, 1, 0)
+    );
+    pool.close().await;
+    assert!(pool.is_closed());
+    assert_eq!(pool.get().await.unwrap_err().kind(), ErrorKind::PoolClosed);
+    assert_eq!(pool.stats().closed_pool, 1);
+}
+
+async fn pid(c: &mut Pooled<TokioPostgres>) -> String {
+    c.simple_query("SELECT pg_backend_pid()").await.unwrap()[0]
+        .get(0)
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn server_errors_keep_sqlstate_and_fields() {
+    let pool = pool("");
+    let mut c = pool.get().await.unwrap();
+    c.simple_query("CREATE TEMP TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    c.simple_query("INSERT INTO t VALUES (1)").await.unwrap();
+    let e = c
+        .simple_query("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database);
+    assert_eq!(e.sql_state(), Some(SqlState::UNIQUE_VIOLATION));
+    let f = e.db_fields().unwrap();
+    assert_eq!(f.constraint.as_deref(), Some("t_pkey"));
+    assert_eq!(f.table.as_deref(), Some("t"));
+    assert!(f.detail.as_deref().unwrap().contains("(id)=(1)"));
+    assert!(e.node().is_some());
+    let e = c.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(e.sql_state(), Some(SqlState::SYNTAX_ERROR));
+    // The connection stays usable after server errors.
+    assert_eq!(
+        c.simple_query("SELECT 2").await.unwrap()[0].get(0),
+        Some("2")
+    );
+}
+
+#[tokio::test]
+async fn reset_rolls_back_and_clears_settings() {
+    let pool = pool("");
+    let mut c = pool.get().await.unwrap();
+    c.simple_query("CREATE TEMP TABLE r (x int)").await.unwrap();
+    c.simple_query("BEGIN; INSERT INTO r VALUES (1); SET application_name = 'changed'")
+        .await
+        .unwrap();
+    c.reset().await.unwrap();
+    assert_eq!(
+        c.simple_query("SELECT count(*) FROM r").await.unwrap()[0].get(0),
+        Some("0")
+    );
+    let app = c.simple_query("SHOW application_name").await.unwrap();
+    assert_eq!(app[0].get(0), Some("pgprovider-test"));
+}
+
+#[tokio::test]
+async fn a_query_dropped_mid_flight_never_returns_its_connection() {
+    let pool = pool("&pool_max_size=1");
+    let mut c = pool.get().await.unwrap();
+    let first = pid(&mut c).await;
+    let r = tokio::time::timeout(
+        Duration::from_millis(100),
+        c.simple_query("SELECT pg_sleep(5)"),
+    )
+    .await;
+    assert!(r.is_err(), "the query should still be running");
+    assert!(c.is_broken());
+    // Cancel the server side so the backend does not keep sleeping.
+    c.cancel_token().cancel().await.unwrap();
+    drop(c);
+    let mut c = pool.get().await.unwrap();
+    let second = pid(&mut c).await;
+    assert_ne!(
+        first, second,
+        "a connection with a reply in flight must not be reused"
+    );
+    assert_eq!(pool.stats().closed_error, 1);
+}
+
+#[tokio::test]
+async fn cancel_token_stops_a_running_query() {
+    let pool = pool("");
+    let mut c = pool.get().await.unwrap();
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        token.cancel().await
+    });
+    let e = c.simple_query("SELECT pg_sleep(30)").await.unwrap_err();
+    assert_eq!(e.sql_state(), Some(SqlState::QUERY_CANCELED));
+    canceller.await.unwrap().unwrap();
+    assert!(!c.is_broken());
+}
+
+#[tokio::test]
+async fn missing_database_fails_fast_without_retrying() {
+    let c = Config::from_url(
+        "postgres://postgres@127.0.0.1:5432/no_such_db_pgprovider?pool_acquire_timeout=20s",
+    )
+    .unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    let start = std::time::Instant::now();
+    let e = pool.get().await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "not retried until the deadline"
+    );
+    assert_eq!(e.sql_state(), Some(SqlState::INVALID_CATALOG_NAME));
+    assert_eq!(e.node(), Some("127.0.0.1:5432"));
+    assert!(e.to_string().contains("create the database"), "{e}");
+    assert_eq!(pool.stats().connect_errors, 1);
+}
+
+#[tokio::test]
+async fn unreachable_node_times_out_with_the_last_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let c = Config::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{port}/x?pool_acquire_timeout=400ms"
+    ))
+    .unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    let e = pool.get().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PoolTimeout);
+    let text = e.to_string();
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(
+        text.contains("last connection error: cannot connect"),
+        "{text}"
+    );
+    let s = pool.stats();
+    assert_eq!(s.timeouts, 1);
+    assert!(s.connect_errors >= 2, "backed off and retried: {s:?}");
+    assert!(s.connect_errors < 20, "backoff, not a spin: {s:?}");
+}
+
+#[tokio::test]
+async fn tls_modes_that_need_tls_are_refused_not_downgraded() {
+    for mode in ["require", "verify-ca", "verify-full"] {
+        let c = config(&format!("&sslmode={mode}"));
+        let e = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
+            .get()
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Tls, "{mode}: {e}");
+        assert!(e.to_string().contains("nothing was sent in plaintext"));
+    }
+    for mode in ["disable", "allow", "prefer"] {
+        let c = config(&format!("&sslmode={mode}"));
+        Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
+            .get()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn registry_creates_pools_by_name() {
+    let mut reg = DriverRegistry::new();
+    reg.register(TokioPostgres::new());
+    assert_eq!(reg.names(), ["tokio-postgres"]);
+    let e = reg.get("sqlx").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(
+        e.to_string().contains("registered drivers: tokio-postgres"),
+        "{e}"
+    );
+    let driver = reg.get("tokio-postgres").unwrap();
+    assert_eq!(format!("{driver:?}"), "AnyDriver(tokio-postgres)");
+    let c = config("");
+    let pool = Pool::new(driver, &c, &c.nodes()[0]);
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        conn.simple_query("SELECT 7").await.unwrap()[0].get(0),
+        Some("7")
+    );
+    conn.ping().await.unwrap();
+    conn.reset().await.unwrap();
+    assert!(!conn.is_broken());
+    let _ = conn.cancel_token();
+    let detached = Pooled::detach(conn);
+    detached.close().await;
+    assert_eq!(pool.stats().size, 0);
+    assert!(format!("{reg:?}").contains("tokio-postgres"));
+}
