@@ -89,10 +89,18 @@ impl Driver for TokioPostgres {
                 .with_hint("use sslmode=disable or prefer for now; nothing was sent in plaintext"));
             }
         }
-        let (client, connection) = cfg
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| error::connect_error(e, &node))?;
+        // tokio-postgres's connect_timeout covers the TCP connect only; a hung server
+        // accepts the socket and never answers the startup, so bound the whole handshake.
+        let connecting = cfg.connect(tokio_postgres::NoTls);
+        let result = match params.connect_timeout {
+            Some(t) => tokio::time::timeout(t, connecting).await.map_err(|_| {
+                Error::new(ErrorKind::Connect, format!("connection attempt timed out after {t:?}"))
+                    .with_node(node.clone())
+                    .with_hint("the server accepted the connection but did not answer: it may be overloaded or hung")
+            })?,
+            None => connecting.await,
+        };
+        let (client, connection) = result.map_err(|e| error::connect_error(e, &node))?;
         Ok(PgConnection::new(client, connection, node))
     }
 }

@@ -85,11 +85,8 @@ impl Driver for AnyDriver {
     fn name(&self) -> &'static str {
         self.0.name()
     }
-    fn connect(
-        &self,
-        params: &ConnectParams,
-    ) -> impl Future<Output = Result<AnyConnection>> + Send {
-        async move { self.0.connect(params).await }
+    async fn connect(&self, params: &ConnectParams) -> Result<AnyConnection> {
+        self.0.connect(params).await
     }
 }
 
@@ -112,8 +109,8 @@ impl Connection for AnyConnection {
     fn reset(&mut self) -> impl Future<Output = Result<()>> + Send {
         self.0.reset()
     }
-    fn simple_query(&mut self, sql: &str) -> impl Future<Output = Result<Vec<SimpleRow>>> + Send {
-        async move { self.0.simple_query(sql).await }
+    async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
+        self.0.simple_query(sql).await
     }
     fn cancel_token(&self) -> CancelToken {
         self.0.cancel_token()

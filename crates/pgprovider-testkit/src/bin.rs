@@ -1,0 +1,143 @@
+//! Finding the server binaries and the user to run them as.
+
+use crate::KitError;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The installed PostgreSQL server binaries, and the unprivileged user that runs them when
+/// the test process is root.
+#[derive(Clone, Debug)]
+pub struct ServerBinaries {
+    bindir: PathBuf,
+    run_as: Option<(u32, u32, String)>,
+}
+
+const NEEDED: [&str; 3] = ["initdb", "pg_ctl", "pg_basebackup"];
+
+impl ServerBinaries {
+    /// Finds the binaries: `PGPROVIDER_PG_BINDIR`, then `pg_config --bindir`, then `PATH`,
+    /// then the newest `/usr/lib/postgresql/*/bin`.
+    ///
+    /// # Errors
+    /// When no directory holds `initdb`, `pg_ctl` and `pg_basebackup`, or when running as
+    /// root without an unprivileged user to run them as.
+    pub fn find() -> Result<Self, KitError> {
+        let bindir = find_bindir().ok_or_else(|| {
+            KitError::new(
+                "PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) not found; \
+                 install them (Debian/Ubuntu: apt-get install postgresql) or set PGPROVIDER_PG_BINDIR",
+            )
+        })?;
+        let run_as = if nix::unistd::geteuid().is_root() {
+            let name = std::env::var("PGPROVIDER_TEST_USER").unwrap_or_else(|_| "postgres".into());
+            let user = nix::unistd::User::from_name(&name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    KitError::new(format!(
+                        "running as root, and initdb refuses root: create the user {name:?} \
+                         (useradd --system {name}) or set PGPROVIDER_TEST_USER to an unprivileged user"
+                    ))
+                })?;
+            Some((user.uid.as_raw(), user.gid.as_raw(), name))
+        } else {
+            None
+        };
+        Ok(ServerBinaries { bindir, run_as })
+    }
+
+    /// The directory holding the binaries.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// The major version, from `pg_ctl --version`.
+    ///
+    /// # Errors
+    /// When `pg_ctl` cannot be run.
+    pub fn major_version(&self) -> Result<u32, KitError> {
+        let out = Command::new(self.bindir.join("pg_ctl"))
+            .arg("--version")
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .find_map(|w| w.split('.').next()?.parse().ok())
+            .ok_or_else(|| KitError::new(format!("cannot read the version from {text:?}")))
+    }
+
+    /// A command for binary `name`, run as the unprivileged user when needed.
+    pub(crate) fn command(&self, name: &str) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(self.bindir.join(name));
+        if let Some((uid, gid, _)) = &self.run_as {
+            c.uid(*uid).gid(*gid);
+        }
+        c.env_remove("PGDATA")
+            .env_remove("PGPORT")
+            .env_remove("PGHOST");
+        c.stdin(std::process::Stdio::null());
+        c.kill_on_drop(true);
+        c
+    }
+
+    /// A blocking command for binary `name`, run as the unprivileged user when needed.
+    pub(crate) fn std_command(&self, name: &str) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new(self.bindir.join(name));
+        if let Some((uid, gid, _)) = &self.run_as {
+            c.uid(*uid).gid(*gid);
+        }
+        c.env_remove("PGDATA")
+            .env_remove("PGPORT")
+            .env_remove("PGHOST");
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// Gives `path` to the unprivileged user, if there is one.
+    pub(crate) fn chown(&self, path: &Path) -> Result<(), KitError> {
+        if let Some((uid, gid, _)) = &self.run_as {
+            std::os::unix::fs::chown(path, Some(*uid), Some(*gid))?;
+        }
+        Ok(())
+    }
+}
+
+fn has_all(dir: &Path) -> bool {
+    NEEDED.iter().all(|b| dir.join(b).is_file())
+}
+
+fn find_bindir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("PGPROVIDER_PG_BINDIR") {
+        return Some(PathBuf::from(d)).filter(|d| has_all(d));
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_all(&d) {
+            return Some(d);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            if has_all(&d) {
+                // Resolve links such as /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin.
+                let real = std::fs::canonicalize(d.join("initdb")).ok()?;
+                return real
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .filter(|p| has_all(p))
+                    .or(Some(d));
+            }
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .filter(|(_, d)| has_all(d))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, d)| d)
+}
