@@ -8,13 +8,23 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 /// Settings of a [`TestCluster`]; make one with [`TestCluster::builder`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 #[must_use]
 pub struct ClusterBuilder {
     standbys: usize,
     synchronous: bool,
     settings: Vec<(String, String)>,
-    on_progress: Option<fn(&str)>,
+    on_progress: Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ClusterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBuilder")
+            .field("standbys", &self.standbys)
+            .field("synchronous", &self.synchronous)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClusterBuilder {
@@ -38,13 +48,13 @@ impl ClusterBuilder {
     }
 
     /// Calls `f` with a short description of each step while starting (for progress bars).
-    pub fn on_progress(mut self, f: fn(&str)) -> Self {
-        self.on_progress = Some(f);
+    pub fn on_progress(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_progress = Some(std::sync::Arc::new(f));
         self
     }
 
     fn progress(&self, step: &str) {
-        if let Some(f) = self.on_progress {
+        if let Some(f) = &self.on_progress {
             f(step);
         }
         tracing::debug!(step, "test cluster");

@@ -222,7 +222,10 @@ impl<D: Driver> Pool<D> {
                 Err(_) => return Err(inner.timeout_error(start)),
             };
             inner.counters.connect_errors.fetch_add(1, Relaxed);
-            *lock(&inner.last_error) = Some(err.to_string());
+            *lock(&inner.last_error) = Some(match err.sql_state() {
+                Some(code) => format!("{} (SQLSTATE {code})", err.message()),
+                None => err.message().to_owned(),
+            });
             tracing::debug!(node = %inner.node, error = %err, "connection attempt failed");
             if !err.is_retryable() {
                 return Err(if err.node().is_some() {

@@ -1,0 +1,207 @@
+//! The `pgprovider` binary, run as a user would, against real servers.
+
+use pgprovider_testkit::TestCluster;
+use std::process::{Command, Output};
+
+fn shared_url() -> String {
+    std::env::var("PGPROVIDER_TEST_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn pgprovider(args: &[&str], database_url: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pgprovider"));
+    c.args(args).env_remove("DATABASE_URL");
+    for v in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"] {
+        c.env_remove(v);
+    }
+    if let Some(u) = database_url {
+        c.env("DATABASE_URL", u);
+    }
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn assert_no_panic(stderr: &str) {
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+async fn demo_tables(url: &str) -> i64 {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pgprovider_demo_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn demo_against_database_url_cleans_up() {
+    let url = shared_url();
+    let before = demo_tables(&url).await;
+    let o = pgprovider(&["demo", "--ops", "300", "--tasks", "4"], Some(&url));
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("(DATABASE_URL)"), "{out}");
+    for needle in [
+        "read",
+        "write",
+        "transaction",
+        "total",
+        "rows written and verified: 150",
+        "checkouts",
+        "connections created",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+    assert_eq!(
+        demo_tables(&url).await,
+        before,
+        "the demo table was removed"
+    );
+}
+
+#[test]
+fn demo_without_database_url_starts_and_removes_an_embedded_cluster() {
+    let o = pgprovider(&["demo", "--ops", "200"], None);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("starting a throwaway PostgreSQL cluster"),
+        "{err}"
+    );
+    assert!(out.contains("embedded throwaway cluster"), "{out}");
+    let port = out
+        .split("node 127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    // Nothing listens there any more: the embedded cluster is gone.
+    assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err());
+}
+
+#[test]
+fn demo_rejects_bad_input_without_panicking() {
+    let cases: &[(&[&str], Option<&str>, i32, &str)] = &[
+        (
+            &["demo", "--url", "postgres://h:0/x?pool_max_sise=2"],
+            None,
+            2,
+            "did you mean pool_max_size?",
+        ),
+        (
+            &["demo", "--url", "mysql://x"],
+            None,
+            2,
+            "start it with postgres://",
+        ),
+        (
+            &["demo", "--driver", "nope", "--url", "postgres://x"],
+            None,
+            2,
+            "registered drivers: tokio-postgres",
+        ),
+        (&["demo", "--ops", "0"], None, 2, "at least 1"),
+        (
+            &["demo", "--url", "postgres://postgres@127.0.0.1:1/x"],
+            None,
+            1,
+            "Connection refused",
+        ),
+        (
+            &["demo"],
+            Some("postgres://postgres@127.0.0.1:5432/no_such_db_pgprovider"),
+            1,
+            "3D000",
+        ),
+    ];
+    for (args, env, code, needle) in cases {
+        let o = pgprovider(args, *env);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(*code), "{args:?}: {out}\n{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_no_panic(&err);
+    }
+}
+
+#[test]
+fn health_of_a_single_node() {
+    let o = pgprovider(&["health", "--url", &shared_url()], None);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("127.0.0.1:5432") && out.contains(" up ") && out.contains("primary"),
+        "{out}"
+    );
+    // From the environment when --url is absent.
+    let o = pgprovider(&["health"], Some(&shared_url()));
+    assert!(o.status.success(), "{:?}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_roles_lag_and_down_nodes() {
+    let cluster = TestCluster::builder().standbys(1).start().await.unwrap();
+    let url = cluster.url();
+    let o = pgprovider(&["health", "--url", &url], None);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].contains(&cluster.primary().addr()) && lines[0].contains("primary"),
+        "{out}"
+    );
+    assert!(lines[0].contains("1 streaming standbys"), "{out}");
+    assert!(
+        lines[1].contains(&cluster.standby(0).addr()) && lines[1].contains("standby"),
+        "{out}"
+    );
+    assert!(lines[1].contains("replay lag"), "{out}");
+    let major = pgprovider_testkit::ServerBinaries::find()
+        .unwrap()
+        .major_version()
+        .unwrap();
+    assert!(
+        lines[0].contains(&format!(" {major}.")),
+        "server version shown: {out}"
+    );
+
+    cluster.standby(0).stop().await.unwrap();
+    let o = pgprovider(&["health", "--url", &url], None);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(out.lines().nth(2).unwrap().contains("down"), "{out}");
+    assert_no_panic(&err);
+}
+
+#[test]
+fn health_rejects_bad_urls() {
+    let o = pgprovider(
+        &[
+            "health",
+            "--url",
+            "postgres://a,b/x?port=1,2,3&sslmode=bogus",
+        ],
+        None,
+    );
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("invalid configuration (2 problems)"), "{err}");
+    assert_no_panic(&err);
+}
