@@ -12,6 +12,9 @@
 //! found through `PGPROVIDER_PG_BINDIR`, `pg_config --bindir`, `PATH`, or
 //! `/usr/lib/postgresql/*/bin`.
 //!
+//! Plain-query tests get their server from [`shared_url`]: `PGPROVIDER_TEST_URL`, the
+//! shared server on 127.0.0.1:5432, or else a throwaway cluster.
+//!
 //! Dropping a cluster stops every server and removes its directory, also when a test
 //! panics (the server logs are then printed). If the test process dies without unwinding,
 //! a small watchdog process does the same.
@@ -35,12 +38,14 @@ mod cluster;
 mod error;
 mod node;
 mod proxy;
+mod shared;
 
 pub use bin::ServerBinaries;
 pub use cluster::{ClusterBuilder, TestCluster};
 pub use error::KitError;
 pub use node::{Role, TestNode};
 pub use proxy::FaultProxy;
+pub use shared::{DEFAULT_SHARED_URL, shared_url};
 
 /// Reserves a free TCP port on 127.0.0.1 (bound, then released for the caller to use).
 ///

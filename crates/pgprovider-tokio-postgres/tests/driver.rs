@@ -5,25 +5,20 @@ use pgprovider::{Config, Connection, DriverRegistry, ErrorKind, Pool, Pooled, Sq
 use pgprovider_tokio_postgres::TokioPostgres;
 use std::time::Duration;
 
-fn url() -> String {
-    std::env::var("PGPROVIDER_TEST_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn config(extra: &str) -> Config {
-    let u = url();
+async fn config(extra: &str) -> Config {
+    let u = pgprovider_testkit::shared_url().await.unwrap();
     let sep = if u.contains('?') { '&' } else { '?' };
     Config::from_url(&format!("{u}{sep}application_name=pgprovider-test{extra}")).unwrap()
 }
 
-fn pool(extra: &str) -> Pool<TokioPostgres> {
-    let c = config(extra);
+async fn pool(extra: &str) -> Pool<TokioPostgres> {
+    let c = config(extra).await;
     Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
 }
 
 #[tokio::test]
 async fn queries_and_reuse() {
-    let pool = pool("&pool_max_size=2");
+    let pool = pool("&pool_max_size=2").await;
     {
         let mut c = pool.get().await.unwrap();
         let rows = c
@@ -67,7 +62,7 @@ async fn pid(c: &mut Pooled<TokioPostgres>) -> String {
 
 #[tokio::test]
 async fn server_errors_keep_sqlstate_and_fields() {
-    let pool = pool("");
+    let pool = pool("").await;
     let mut c = pool.get().await.unwrap();
     c.simple_query("CREATE TEMP TABLE t (id int PRIMARY KEY)")
         .await
@@ -95,7 +90,7 @@ async fn server_errors_keep_sqlstate_and_fields() {
 
 #[tokio::test]
 async fn reset_rolls_back_and_clears_settings() {
-    let pool = pool("");
+    let pool = pool("").await;
     let mut c = pool.get().await.unwrap();
     c.simple_query("CREATE TEMP TABLE r (x int)").await.unwrap();
     c.simple_query("BEGIN; INSERT INTO r VALUES (1); SET application_name = 'changed'")
@@ -112,7 +107,7 @@ async fn reset_rolls_back_and_clears_settings() {
 
 #[tokio::test]
 async fn a_query_dropped_mid_flight_never_returns_its_connection() {
-    let pool = pool("&pool_max_size=1");
+    let pool = pool("&pool_max_size=1").await;
     let mut c = pool.get().await.unwrap();
     let first = pid(&mut c).await;
     let r = tokio::time::timeout(
@@ -136,7 +131,7 @@ async fn a_query_dropped_mid_flight_never_returns_its_connection() {
 
 #[tokio::test]
 async fn cancel_token_stops_a_running_query() {
-    let pool = pool("");
+    let pool = pool("").await;
     let mut c = pool.get().await.unwrap();
     let token = c.cancel_token();
     let canceller = tokio::spawn(async move {
@@ -151,10 +146,14 @@ async fn cancel_token_stops_a_running_query() {
 
 #[tokio::test]
 async fn missing_database_fails_fast_without_retrying() {
-    let c = Config::from_url(
-        "postgres://postgres@127.0.0.1:5432/no_such_db_pgprovider?pool_acquire_timeout=20s",
-    )
-    .unwrap();
+    let shared = config("").await;
+    let node = shared.nodes()[0].clone();
+    let c = Config::builder()
+        .with_node(node.host().to_string(), node.port())
+        .with_dbname("no_such_db_pgprovider")
+        .with_acquire_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
     let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
     let start = std::time::Instant::now();
     let e = pool.get().await.unwrap_err();
@@ -163,7 +162,7 @@ async fn missing_database_fails_fast_without_retrying() {
         "not retried until the deadline"
     );
     assert_eq!(e.sql_state(), Some(SqlState::INVALID_CATALOG_NAME));
-    assert_eq!(e.node(), Some("127.0.0.1:5432"));
+    assert_eq!(e.node(), Some(node.to_string().as_str()));
     assert!(e.to_string().contains("create the database"), "{e}");
     assert_eq!(pool.stats().connect_errors, 1);
 }
@@ -196,7 +195,7 @@ async fn unreachable_node_times_out_with_the_last_error() {
 #[tokio::test]
 async fn tls_modes_that_need_tls_are_refused_not_downgraded() {
     for mode in ["require", "verify-ca", "verify-full"] {
-        let c = config(&format!("&sslmode={mode}"));
+        let c = config(&format!("&sslmode={mode}")).await;
         let e = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
             .get()
             .await
@@ -205,7 +204,7 @@ async fn tls_modes_that_need_tls_are_refused_not_downgraded() {
         assert!(e.to_string().contains("nothing was sent in plaintext"));
     }
     for mode in ["disable", "allow", "prefer"] {
-        let c = config(&format!("&sslmode={mode}"));
+        let c = config(&format!("&sslmode={mode}")).await;
         Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
             .get()
             .await
@@ -226,7 +225,7 @@ async fn registry_creates_pools_by_name() {
     );
     let driver = reg.get("tokio-postgres").unwrap();
     assert_eq!(format!("{driver:?}"), "AnyDriver(tokio-postgres)");
-    let c = config("");
+    let c = config("").await;
     let pool = Pool::new(driver, &c, &c.nodes()[0]);
     let mut conn = pool.get().await.unwrap();
     assert_eq!(

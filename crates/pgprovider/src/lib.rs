@@ -6,7 +6,7 @@
 //! own crates (`pgprovider-tokio-postgres`) and implement [`pgprovider_core::Driver`].
 //!
 //! ```no_run
-//! use pgprovider::{Config, Pool};
+//! use pgprovider::{Config, Connection, Pool};
 //! use pgprovider_tokio_postgres::TokioPostgres;
 //!
 //! # async fn run() -> Result<(), pgprovider::Error> {

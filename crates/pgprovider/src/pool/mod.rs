@@ -37,7 +37,7 @@ use tokio::time::Instant;
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), pgprovider::Error> {
-/// use pgprovider::{Config, Pool};
+/// use pgprovider::{Config, Connection, Pool};
 /// let config = Config::from_url("postgres://app@localhost/app?pool_max_size=8")?;
 /// let pool = Pool::new(pgprovider_tokio_postgres::TokioPostgres::new(), &config, &config.nodes()[0]);
 /// let mut conn = pool.get().await?;
