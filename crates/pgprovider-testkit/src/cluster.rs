@@ -7,6 +7,8 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+type Progress = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Settings of a [`TestCluster`]; make one with [`TestCluster::builder`].
 #[derive(Clone, Default)]
 #[must_use]
@@ -14,7 +16,7 @@ pub struct ClusterBuilder {
     standbys: usize,
     synchronous: bool,
     settings: Vec<(String, String)>,
-    on_progress: Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>,
+    on_progress: Option<Progress>,
 }
 
 impl std::fmt::Debug for ClusterBuilder {

@@ -37,3 +37,8 @@ pub use pgprovider_core::{
     CancelToken, ConnectParams, Connection, Driver, Error, ErrorKind, Host, Result, Secret,
     SimpleRow, SqlState, SslMode,
 };
+
+/// Compiles the README's Rust examples as doctests, so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

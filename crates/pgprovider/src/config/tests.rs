@@ -126,7 +126,8 @@ fn every_url_parameter() {
     let f = dir.path().join("f");
     std::fs::write(&f, "secret\n").unwrap();
     let f = f.display().to_string();
-    let cases: Vec<(String, Box<dyn Fn(&Config) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&Config) -> bool>;
+    let cases: Vec<(String, Check)> = vec![
         (
             "host=x".into(),
             Box::new(|c| c.nodes()[0].host() == &Host::Tcp("x".into())),
