@@ -44,6 +44,16 @@ pub trait Connection: Send + 'static {
     /// When the server does not answer correctly; the connection should then be discarded.
     fn ping(&mut self) -> impl Future<Output = Result<()>> + Send;
 
+    /// Whether the session may carry state that the next user must not inherit (an open
+    /// transaction, changed settings, locks, temporary tables). The pool calls
+    /// [`reset`](Connection::reset) on return when this is true.
+    ///
+    /// The default, `true`, is always safe; drivers that track what ran on the session
+    /// return `false` when nothing could have changed it, saving a round trip per checkout.
+    fn needs_reset(&self) -> bool {
+        true
+    }
+
     /// Puts the session back into a clean state before the connection is reused: rolls
     /// back an open transaction and resets session settings.
     ///

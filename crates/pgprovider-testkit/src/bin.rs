@@ -67,14 +67,7 @@ impl ServerBinaries {
 
     /// A command for binary `name`, run as the unprivileged user when needed.
     pub(crate) fn command(&self, name: &str) -> tokio::process::Command {
-        let mut c = tokio::process::Command::new(self.bindir.join(name));
-        if let Some((uid, gid, _)) = &self.run_as {
-            c.uid(*uid).gid(*gid);
-        }
-        c.env_remove("PGDATA")
-            .env_remove("PGPORT")
-            .env_remove("PGHOST");
-        c.stdin(std::process::Stdio::null());
+        let mut c = tokio::process::Command::from(self.std_command(name));
         c.kill_on_drop(true);
         c
     }

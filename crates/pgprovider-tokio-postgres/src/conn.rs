@@ -12,10 +12,16 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 /// Cancel safety: when a future running a query on this connection is dropped before the
 /// reply arrives, the connection is marked broken, so the pool closes it instead of handing a
 /// connection with a reply still in flight (or an open transaction) to the next user.
+///
+/// Session state: a statement that may change the session (anything but a plain `SELECT`,
+/// `INSERT`, `UPDATE`, `DELETE`, `WITH`, `VALUES`, `TABLE`, `SHOW`, `EXPLAIN` or `MERGE`, and
+/// any call of `set_config` or an advisory-lock function) marks the connection for
+/// [`RESET_RECIPE`] when it is returned to the pool; so does [`client`](Self::client).
 pub struct PgConnection {
     client: Client,
     node: String,
     in_flight: bool,
+    dirty: bool,
     driver_task: tokio::task::JoinHandle<()>,
 }
 
@@ -48,16 +54,19 @@ impl PgConnection {
             client,
             node,
             in_flight: false,
+            dirty: false,
             driver_task,
         }
     }
 
     /// The tokio-postgres client, for typed and prepared queries.
     ///
-    /// Work done through it is not tracked for cancel safety: if you drop such a future
-    /// mid-query, call [`Pooled::discard`](https://docs.rs/pgprovider) rather than returning
-    /// the connection.
-    pub fn client(&self) -> &Client {
+    /// What runs through it is not tracked, so calling this marks the session for reset on
+    /// return (one extra round trip). Nor is it tracked for cancel safety: if you drop such a
+    /// future mid-query, discard the connection (`pgprovider::Pooled::discard`) rather than
+    /// returning it.
+    pub fn client(&mut self) -> &Client {
+        self.dirty = true;
         &self.client
     }
 
@@ -86,12 +95,19 @@ impl Connection for PgConnection {
         self.run(async |c| c.batch_execute("").await).await
     }
 
+    fn needs_reset(&self) -> bool {
+        self.dirty
+    }
+
     async fn reset(&mut self) -> Result<()> {
-        self.run(async |c| c.batch_execute("ROLLBACK; RESET ALL").await)
-            .await
+        self.run(async |c| c.batch_execute(RESET_RECIPE).await)
+            .await?;
+        self.dirty = false;
+        Ok(())
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
+        self.dirty |= may_change_session(sql);
         let msgs = self.run(async |c| c.simple_query(sql).await).await?;
         let mut rows = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
@@ -148,5 +164,73 @@ impl Connection for PgConnection {
         } = self;
         drop(client);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), driver_task).await;
+    }
+}
+
+/// What [`Connection::reset`] runs, in one round trip: PostgreSQL's `DISCARD ALL` without
+/// `DEALLOCATE ALL`, so prepared statements survive for the statement cache. It ends an
+/// open or failed transaction, closes cursors, restores the session user and every setting
+/// to its connection default, stops listening, releases advisory locks, and drops temporary
+/// tables and cached sequence values. (`DISCARD ALL` itself cannot run in the implicit
+/// transaction of a multi-statement query.)
+pub const RESET_RECIPE: &str = "ROLLBACK; CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; \
+     UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
+const SAFE_LEADING_WORDS: [&str; 10] = [
+    "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "MERGE",
+];
+
+/// Whether `sql` may leave state on the session. Errs on the side of yes: statements are
+/// split at every `;` (even inside literals), and any statement not led by a plain data
+/// keyword counts, as does any mention of `set_config` or advisory locks.
+pub(crate) fn may_change_session(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    if lower.contains("set_config") || lower.contains("advisory") {
+        return true;
+    }
+    sql.split(';').any(|stmt| {
+        let stmt = stmt.trim_start();
+        let word: String = stmt
+            .chars()
+            .take_while(char::is_ascii_alphabetic)
+            .collect::<String>()
+            .to_ascii_uppercase();
+        !(stmt.is_empty() || SAFE_LEADING_WORDS.contains(&word.as_str()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_change_session;
+
+    #[test]
+    fn session_changing_statements_are_recognised() {
+        for sql in [
+            "SELECT 1",
+            "select * from t; insert into t values (1);",
+            "  UPDATE t SET x = 1",
+            "WITH a AS (DELETE FROM t RETURNING *) SELECT * FROM a",
+            "SHOW application_name",
+            "",
+        ] {
+            assert!(!may_change_session(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN",
+            "SELECT 1; begin",
+            "SET search_path = x",
+            "reset all",
+            "CREATE TEMP TABLE t (x int)",
+            "LISTEN ch",
+            "PREPARE p AS SELECT 1",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT set_config('a.b', 'c', false)",
+            "SELECT pg_advisory_lock(1)",
+            "/* comment */ BEGIN",
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "SAVEPOINT s",
+        ] {
+            assert!(may_change_session(sql), "{sql}");
+        }
     }
 }

@@ -22,7 +22,7 @@
 mod conn;
 mod error;
 
-pub use conn::PgConnection;
+pub use conn::{PgConnection, RESET_RECIPE};
 pub use error::map_error;
 
 use pgprovider_core::{ConnectParams, Driver, Error, ErrorKind, Host, Result, SslMode};

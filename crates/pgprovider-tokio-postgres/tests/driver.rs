@@ -29,13 +29,6 @@ async fn queries_and_reuse() {
         assert_eq!(rows[0].get_by_name("one"), Some("1"));
         assert_eq!(rows[0].get_by_name("nothing"), None);
         assert_eq!(rows[1].get_by_name("x"), Some("x"));
-        let n: i32 = c
-            .client()
-            .query_one("SELECT 41 + 1", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 42);
         assert!(c.node().contains(':'));
         c.ping().await.unwrap();
     }
@@ -47,6 +40,16 @@ async fn queries_and_reuse() {
         (s.created, s.acquired, s.size, s.idle, s.in_use),
         (1, 3, 1, 1, 0)
     );
+    // Typed queries through the driver's own client.
+    let mut c = pool.get().await.unwrap();
+    let n: i32 = c
+        .client()
+        .query_one("SELECT 41 + 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+    drop(c);
     pool.close().await;
     assert!(pool.is_closed());
     assert_eq!(pool.get().await.unwrap_err().kind(), ErrorKind::PoolClosed);
@@ -96,13 +99,23 @@ async fn reset_rolls_back_and_clears_settings() {
     c.simple_query("BEGIN; INSERT INTO r VALUES (1); SET application_name = 'changed'")
         .await
         .unwrap();
+    assert!(c.needs_reset());
     c.reset().await.unwrap();
+    assert!(!c.needs_reset());
+    let row = &c
+        .simple_query(
+            "SELECT now() = statement_timestamp(), current_setting('application_name'), \
+             to_regclass('pg_temp.r') IS NULL",
+        )
+        .await
+        .unwrap()[0];
+    assert_eq!(row.get(0), Some("t"), "the transaction was rolled back");
     assert_eq!(
-        c.simple_query("SELECT count(*) FROM r").await.unwrap()[0].get(0),
-        Some("0")
+        row.get(1),
+        Some("pgprovider-test"),
+        "settings back to connection defaults"
     );
-    let app = c.simple_query("SHOW application_name").await.unwrap();
-    assert_eq!(app[0].get(0), Some("pgprovider-test"));
+    assert_eq!(row.get(2), Some("t"), "temporary tables dropped");
 }
 
 #[tokio::test]
@@ -240,4 +253,43 @@ async fn registry_creates_pools_by_name() {
     detached.close().await;
     assert_eq!(pool.stats().size, 0);
     assert!(format!("{reg:?}").contains("tokio-postgres"));
+}
+
+#[tokio::test]
+async fn a_session_left_dirty_is_clean_for_the_next_user() {
+    let pool = pool("&pool_max_size=1").await;
+    {
+        let mut c = pool.get().await.unwrap();
+        c.simple_query("SELECT 1").await.unwrap();
+        assert!(!c.needs_reset(), "plain queries leave nothing to reset");
+        c.simple_query("CREATE TEMP TABLE leak (x int)")
+            .await
+            .unwrap();
+        c.simple_query("SET statement_timeout = '1min'; SELECT pg_advisory_lock(4242); BEGIN; INSERT INTO leak VALUES (1)")
+            .await
+            .unwrap();
+        assert!(c.needs_reset());
+    } // returned dirty: inside a transaction, with a setting, a lock and a temp table
+    let mut c = pool.get().await.unwrap();
+    let row = &c
+        .simple_query(
+            "SELECT current_setting('statement_timeout'), now() = statement_timestamp(), \
+             (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+             to_regclass('pg_temp.leak') IS NULL",
+        )
+        .await
+        .unwrap()[0];
+    assert_eq!(row.get(0), Some("0"), "setting reset");
+    assert_eq!(row.get(1), Some("t"), "no transaction left open");
+    assert_eq!(row.get(2), Some("0"), "advisory lock released");
+    assert_eq!(row.get(3), Some("t"), "temp table dropped");
+    let s = pool.stats();
+    assert_eq!(
+        (s.created, s.resets),
+        (1, 1),
+        "the same connection, reset once"
+    );
+    // The raw client is untracked, so using it marks the session for reset.
+    let _ = c.client();
+    assert!(c.needs_reset());
 }

@@ -35,6 +35,7 @@ impl<D: Driver> DynDriver for D {
 
 trait DynConnection: Send {
     fn is_broken(&self) -> bool;
+    fn needs_reset(&self) -> bool;
     fn ping(&mut self) -> BoxFuture<'_, Result<()>>;
     fn reset(&mut self) -> BoxFuture<'_, Result<()>>;
     fn simple_query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<SimpleRow>>>;
@@ -45,6 +46,9 @@ trait DynConnection: Send {
 impl<C: Connection> DynConnection for C {
     fn is_broken(&self) -> bool {
         Connection::is_broken(self)
+    }
+    fn needs_reset(&self) -> bool {
+        Connection::needs_reset(self)
     }
     fn ping(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(Connection::ping(self))
@@ -102,6 +106,9 @@ impl fmt::Debug for AnyConnection {
 impl Connection for AnyConnection {
     fn is_broken(&self) -> bool {
         self.0.is_broken()
+    }
+    fn needs_reset(&self) -> bool {
+        self.0.needs_reset()
     }
     fn ping(&mut self) -> impl Future<Output = Result<()>> + Send {
         self.0.ping()

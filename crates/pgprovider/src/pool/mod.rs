@@ -6,6 +6,10 @@
 //! and returns a [`Pooled`] guard. Dropping the guard returns the connection, unless it is
 //! broken, past its lifetime, or the pool is closed, in which case it is closed.
 //!
+//! A returned connection whose session may carry state (an open transaction, changed
+//! settings: see [`Connection::needs_reset`]) is reset first, in a task of its own, and
+//! closed if the reset fails; the next user never inherits it.
+//!
 //! Why hand-written and not deadpool or bb8: the pool is the heart of the provider (per-node
 //! pools, tenant quotas, leak detection, multiplexing), and DESIGN.md requires it to beat both.
 //!
@@ -69,6 +73,9 @@ struct Inner<D: Driver> {
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     jitter: (RandomState, AtomicU64),
+    /// Returned connections being reset, and a signal each time one is done.
+    resetting: AtomicU64,
+    settled: tokio::sync::Notify,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +113,8 @@ impl<D: Driver> Pool<D> {
                 last_error: Mutex::new(None),
                 closed: AtomicBool::new(false),
                 jitter: (RandomState::new(), AtomicU64::new(0)),
+                resetting: AtomicU64::new(0),
+                settled: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -244,16 +253,27 @@ impl<D: Driver> Pool<D> {
         }
     }
 
-    /// Stops handing out connections, closes the idle ones now and the others as they are
-    /// returned. Waiting checkouts fail with [`ErrorKind::PoolClosed`].
+    /// Stops handing out connections and closes the idle ones; connections in use are
+    /// closed as they are returned. Waiting checkouts fail with [`ErrorKind::PoolClosed`].
+    /// Returns once every connection the pool holds (idle, or being reset after a return)
+    /// is closed.
     pub async fn close(&self) {
         let inner = &self.inner;
         inner.closed.store(true, Relaxed);
         inner.semaphore.close();
-        let idle: Vec<_> = lock(&inner.idle).drain(..).collect();
-        for (conn, _) in idle {
-            inner.counters.closed(CloseReason::Pool);
-            conn.close().await;
+        loop {
+            let settled = inner.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            settled.as_mut().enable();
+            let idle: Vec<_> = lock(&inner.idle).drain(..).collect();
+            for (conn, _) in idle {
+                inner.counters.closed(CloseReason::Pool);
+                conn.close().await;
+            }
+            if inner.resetting.load(Relaxed) == 0 {
+                return;
+            }
+            settled.await;
         }
     }
 
@@ -300,6 +320,14 @@ impl<D: Driver> Inner<D> {
         let span = (lifetime.as_nanos() / 8).max(1);
         let jitter = Duration::from_nanos((u128::from(r) % span) as u64);
         Some(Instant::now() + lifetime - jitter)
+    }
+
+    fn return_idle(&self, conn: D::Connection, meta: Meta) {
+        let meta = Meta {
+            idle_since: Instant::now(),
+            ..meta
+        };
+        lock(&self.idle).push_back((conn, meta));
     }
 
     fn close_conn(&self, conn: D::Connection, reason: CloseReason) {
@@ -376,14 +404,47 @@ impl<D: Driver> Drop for Pooled<D> {
             pool.close_conn(conn, CloseReason::Error);
         } else if meta.expires.is_some_and(|e| Instant::now() >= e) {
             pool.close_conn(conn, CloseReason::Lifetime);
+        } else if conn.needs_reset() {
+            // Reset in a task of its own (drop never blocks), holding the permit so the
+            // connection still counts against max size until it is idle again.
+            let permit = self._permit.take();
+            match tokio::runtime::Handle::try_current() {
+                Ok(h) => {
+                    pool.resetting.fetch_add(1, Relaxed);
+                    h.spawn(reset_and_return(pool.clone(), conn, meta, permit));
+                }
+                Err(_) => pool.close_conn(conn, CloseReason::Error),
+            }
         } else {
-            let meta = Meta {
-                idle_since: Instant::now(),
-                ..meta
-            };
-            lock(&pool.idle).push_back((conn, meta));
+            pool.return_idle(conn, meta);
         }
     }
+}
+
+/// How long a reset on return may take before the connection is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn reset_and_return<D: Driver>(
+    pool: Arc<Inner<D>>,
+    mut conn: D::Connection,
+    meta: Meta,
+    _permit: Option<OwnedSemaphorePermit>,
+) {
+    pool.counters.resets.fetch_add(1, Relaxed);
+    let ok = matches!(
+        tokio::time::timeout(RESET_TIMEOUT, conn.reset()).await,
+        Ok(Ok(()))
+    );
+    if !ok || conn.is_broken() {
+        pool.close_conn(conn, CloseReason::Error);
+    } else if pool.closed.load(Relaxed) {
+        pool.close_conn(conn, CloseReason::Pool);
+    } else {
+        pool.return_idle(conn, meta);
+    }
+    pool.resetting.fetch_sub(1, Relaxed);
+    pool.settled.notify_waiters();
+    // The permit drops here, after the connection is idle, so the next waiter finds it.
 }
 
 /// Counts itself in while alive (waiters), out when dropped, also on cancellation.

@@ -22,6 +22,8 @@ pub struct PoolStats {
     pub acquired: u64,
     /// Checkouts that timed out.
     pub timeouts: u64,
+    /// Returned connections whose session was reset before reuse.
+    pub resets: u64,
     /// Total time callers waited in checkouts.
     pub acquire_wait_total: Duration,
     /// The longest wait of a checkout.
@@ -49,6 +51,7 @@ pub(crate) struct Counters {
     pub(crate) waiters: AtomicU64,
     pub(crate) acquired: AtomicU64,
     pub(crate) timeouts: AtomicU64,
+    pub(crate) resets: AtomicU64,
     pub(crate) wait_total_ns: AtomicU64,
     pub(crate) wait_max_ns: AtomicU64,
     pub(crate) created: AtomicU64,
@@ -97,6 +100,7 @@ impl Counters {
             waiters: self.waiters.load(Relaxed),
             acquired: self.acquired.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
+            resets: self.resets.load(Relaxed),
             acquire_wait_total: Duration::from_nanos(self.wait_total_ns.load(Relaxed)),
             acquire_wait_max: Duration::from_nanos(self.wait_max_ns.load(Relaxed)),
             created: self.created.load(Relaxed),

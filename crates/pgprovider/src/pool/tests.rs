@@ -11,6 +11,9 @@ struct Script {
     fail_next: AtomicU64,
     fatal: AtomicBool,
     ping_fails: AtomicBool,
+    dirty: AtomicBool,
+    reset_fails: AtomicBool,
+    resets: AtomicU64,
     pings: AtomicU64,
     closed: AtomicU64,
 }
@@ -61,7 +64,14 @@ impl Connection for FakeConn {
         }
         Ok(())
     }
+    fn needs_reset(&self) -> bool {
+        self.script.dirty.load(Relaxed)
+    }
     async fn reset(&mut self) -> Result<()> {
+        self.script.resets.fetch_add(1, Relaxed);
+        if self.script.reset_fails.load(Relaxed) {
+            return Err(Error::new(ErrorKind::ConnectionLost, "gone"));
+        }
         Ok(())
     }
     async fn simple_query(&mut self, _: &str) -> Result<Vec<SimpleRow>> {
@@ -326,5 +336,53 @@ async fn detach_and_discard_keep_counts() {
     tokio::task::yield_now().await;
     let s = pool.stats();
     assert_eq!((s.size, s.in_use, s.closed_error), (0, 0, 1));
+    assert_eq!(script.closed.load(Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dirty_session_is_reset_before_anyone_else_gets_it() {
+    let (pool, script) = pool("pool_max_size=1");
+    script.dirty.store(true, Relaxed);
+    let c = pool.get().await.unwrap();
+    let waiter = tokio::spawn({
+        let (pool, script) = (pool.clone(), script.clone());
+        async move {
+            let c = pool.get().await.unwrap();
+            script.dirty.store(false, Relaxed); // this user leaves the session clean
+            c.id
+        }
+    });
+    tokio::task::yield_now().await;
+    drop(c);
+    // The waiter gets the same connection, and only after its reset.
+    assert_eq!(waiter.await.unwrap(), 0);
+    assert_eq!(script.resets.load(Relaxed), 1);
+    let s = pool.stats();
+    assert_eq!((s.resets, s.created, s.closed_error), (1, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_reset_closes_the_connection() {
+    let (pool, script) = pool("pool_max_size=1");
+    script.dirty.store(true, Relaxed);
+    script.reset_fails.store(true, Relaxed);
+    drop(pool.get().await.unwrap());
+    assert_eq!(
+        pool.get().await.unwrap().id,
+        1,
+        "a fresh connection, not the dirty one"
+    );
+    let s = pool.stats();
+    assert_eq!((s.resets, s.closed_error), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_waits_for_a_reset_in_flight() {
+    let (pool, script) = pool("");
+    script.dirty.store(true, Relaxed);
+    drop(pool.get().await.unwrap()); // reset spawned, not yet run
+    pool.close().await;
+    let s = pool.stats();
+    assert_eq!((s.resets, s.closed_pool, s.size), (1, 1, 0));
     assert_eq!(script.closed.load(Relaxed), 1);
 }
