@@ -290,3 +290,38 @@ fn a_killed_test_process_leaves_no_postmaster() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Run by `a_failing_test_prints_the_server_logs` in a child process, never alone.
+#[tokio::test]
+#[ignore = "helper: run by a_failing_test_prints_the_server_logs"]
+async fn helper_fails_while_holding_a_cluster() {
+    if std::env::var_os("PGPROVIDER_KIT_HELPER").is_none() {
+        return;
+    }
+    let cluster = TestCluster::start().await.unwrap();
+    cluster.primary().execute("SELECT 1").await.unwrap();
+    panic!("deliberate failure");
+}
+
+#[test]
+fn a_failing_test_prints_the_server_logs() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_fails_while_holding_a_cluster",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("PGPROVIDER_KIT_HELPER", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deliberate failure"), "{err}");
+    assert!(err.contains("test failed; server logs follow"), "{err}");
+    assert!(err.contains("--- primary (127.0.0.1:"), "{err}");
+    assert!(
+        err.contains("database system is ready to accept connections"),
+        "{err}"
+    );
+}
