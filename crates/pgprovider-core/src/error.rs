@@ -353,5 +353,37 @@ mod tests {
                 .to_string(),
             "x (tenant t)"
         );
+        let full = Error::database(SqlState::UNIQUE_VIOLATION, "dup")
+            .with_db_fields(DbErrorFields {
+                hint: Some("h".into()),
+                ..Default::default()
+            })
+            .with_node("n:1")
+            .with_hint("do this");
+        let dbg = format!("{full:?}");
+        for part in ["23505", "hint: Some(\"h\")", "do this", "n:1"] {
+            assert!(dbg.contains(part), "{part} in {dbg}");
+        }
+        assert_eq!(full.hint(), Some("do this"));
+        assert_eq!(full.message(), "dup");
+        assert!(full.source().is_none());
+        for kind in [
+            ErrorKind::Config,
+            ErrorKind::Connect,
+            ErrorKind::Tls,
+            ErrorKind::Auth,
+            ErrorKind::ConnectionLost,
+            ErrorKind::Database,
+            ErrorKind::PoolTimeout,
+            ErrorKind::PoolClosed,
+            ErrorKind::Timeout,
+            ErrorKind::OutcomeUnknown,
+            ErrorKind::Rejected,
+            ErrorKind::Unsupported,
+            ErrorKind::Other,
+        ] {
+            let name = kind.as_str();
+            assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
     }
 }

@@ -131,3 +131,27 @@ impl ConnectParams {
         format!("{}:{}", self.host, self.port)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_display_as_libpq_writes_them() {
+        assert_eq!(Host::Tcp("db".into()).to_string(), "db");
+        assert_eq!(Host::Tcp("::1".into()).to_string(), "[::1]");
+        assert_eq!(Host::Unix("/run/pg".into()).to_string(), "/run/pg");
+        let p = ConnectParams::new(Host::Tcp("::1".into()), 5433, "u", "d");
+        assert_eq!(p.node_name(), "[::1]:5433");
+        assert_eq!(p.tls.mode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn ssl_modes_round_trip() {
+        for (name, mode) in SslMode::ALL {
+            assert_eq!(SslMode::parse(name), Some(mode));
+            assert_eq!(mode.as_str(), name);
+        }
+        assert_eq!(SslMode::parse("verify"), None);
+    }
+}

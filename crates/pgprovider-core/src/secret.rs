@@ -49,3 +49,18 @@ impl From<String> for Secret {
         Secret(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_shows_its_value() {
+        let a: Secret = "pw".into();
+        let b: Secret = String::from("pw").into();
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "***");
+        assert_eq!(format!("{b:?}"), "Secret(***)");
+        assert_eq!(a.clone().expose(), "pw");
+    }
+}

@@ -100,7 +100,20 @@ fn has_all(dir: &Path) -> bool {
 }
 
 fn find_bindir() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("PGPROVIDER_PG_BINDIR") {
+    find_bindir_in(
+        std::env::var_os("PGPROVIDER_PG_BINDIR"),
+        std::env::var_os("PATH"),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+/// [`find_bindir`] with its inputs given: the override, `PATH`, and the Debian root.
+fn find_bindir_in(
+    override_dir: Option<std::ffi::OsString>,
+    path: Option<std::ffi::OsString>,
+    debian_root: &Path,
+) -> Option<PathBuf> {
+    if let Some(d) = override_dir {
         return Some(PathBuf::from(d)).filter(|d| has_all(d));
     }
     if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
@@ -109,7 +122,7 @@ fn find_bindir() -> Option<PathBuf> {
             return Some(d);
         }
     }
-    if let Some(path) = std::env::var_os("PATH") {
+    if let Some(path) = path {
         for d in std::env::split_paths(&path) {
             if has_all(&d) {
                 // Resolve links such as /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin.
@@ -122,7 +135,7 @@ fn find_bindir() -> Option<PathBuf> {
             }
         }
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(debian_root)
         .ok()?
         .filter_map(|e| {
             let e = e.ok()?;
@@ -133,4 +146,47 @@ fn find_bindir() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, d)| d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_bindir(root: &Path) -> PathBuf {
+        std::fs::create_dir_all(root).unwrap();
+        for b in NEEDED {
+            std::fs::write(root.join(b), "").unwrap();
+        }
+        root.to_owned()
+    }
+
+    #[test]
+    fn the_override_wins_and_must_hold_every_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = fake_bindir(&dir.path().join("good"));
+        let found = find_bindir_in(Some(good.clone().into()), None, dir.path());
+        assert_eq!(found, Some(good));
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(find_bindir_in(Some(empty.into()), None, dir.path()), None);
+    }
+
+    #[test]
+    fn path_then_the_newest_debian_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let on_path = fake_bindir(&dir.path().join("onpath"));
+        let found = find_bindir_in(None, Some(on_path.clone().into()), dir.path());
+        // pg_config may answer first on a machine that has it; either way a full bindir.
+        assert!(found.is_some_and(|d| has_all(&d)));
+
+        let root = dir.path().join("debian");
+        fake_bindir(&root.join("13/bin"));
+        let newest = fake_bindir(&root.join("16/bin"));
+        std::fs::create_dir_all(root.join("notaversion/bin")).unwrap();
+        if Command::new("pg_config").output().is_err() {
+            assert_eq!(find_bindir_in(None, None, &root), Some(newest));
+        } else {
+            assert!(find_bindir_in(None, None, &root).is_some());
+        }
+    }
 }

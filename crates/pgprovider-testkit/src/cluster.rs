@@ -16,6 +16,7 @@ pub struct ClusterBuilder {
     standbys: usize,
     synchronous: bool,
     settings: Vec<(String, String)>,
+    hba: Vec<String>,
     on_progress: Option<Progress>,
 }
 
@@ -46,6 +47,13 @@ impl ClusterBuilder {
     /// Adds a `postgresql.conf` setting for every node, such as `("max_connections", "20")`.
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Adds a `pg_hba.conf` line ahead of the default trust lines, such as
+    /// `host all app 127.0.0.1/32 scram-sha-256` to make user `app` log in with a password.
+    pub fn hba(mut self, line: &str) -> Self {
+        self.hba.push(line.to_owned());
         self
     }
 
@@ -137,10 +145,12 @@ impl ClusterBuilder {
         }
         append(&data.join("postgresql.conf"), &conf)?;
         append(&data.join("postgresql.conf"), &node_conf(&primary))?;
-        append(
-            &data.join("pg_hba.conf"),
-            "host replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n",
-        )?;
+        let hba_path = data.join("pg_hba.conf");
+        let defaults = std::fs::read_to_string(&hba_path)?;
+        let mut hba: String = self.hba.iter().map(|l| format!("{l}\n")).collect();
+        hba.push_str(&defaults);
+        hba.push_str("host replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n");
+        std::fs::write(&hba_path, hba)?;
         self.progress("starting the primary");
         primary.start().await?;
         cluster.primary = Some(primary);

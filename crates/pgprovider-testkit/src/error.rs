@@ -32,3 +32,15 @@ impl From<tokio_postgres::Error> for KitError {
         KitError(format!("sql error: {e}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_keep_the_cause() {
+        let e: KitError = std::io::Error::other("disk full").into();
+        assert_eq!(e.to_string(), "i/o error: disk full");
+        assert!(format!("{e:?}").contains("disk full"));
+    }
+}

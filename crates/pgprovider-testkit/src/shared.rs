@@ -26,8 +26,12 @@ pub async fn shared_url() -> Result<String, KitError> {
     if let Ok(url) = std::env::var("PGPROVIDER_TEST_URL") {
         return Ok(url);
     }
-    if answers(DEFAULT_SHARED_URL).await {
-        return Ok(DEFAULT_SHARED_URL.to_owned());
+    shared_url_or_cluster(DEFAULT_SHARED_URL).await
+}
+
+async fn shared_url_or_cluster(default: &str) -> Result<String, KitError> {
+    if answers(default).await {
+        return Ok(default.to_owned());
     }
     let started = FALLBACK
         .get_or_init(|| async {
@@ -44,7 +48,7 @@ pub async fn shared_url() -> Result<String, KitError> {
     match started {
         Ok((_, url)) => Ok(url.clone()),
         Err(e) => Err(KitError::new(format!(
-            "no server for plain-query tests: {DEFAULT_SHARED_URL} does not answer and a throwaway cluster failed: {e}"
+            "no server for plain-query tests: {default} does not answer and a throwaway cluster failed: {e}"
         ))),
     }
 }
@@ -58,5 +62,30 @@ async fn answers(url: &str) -> bool {
             true
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn falls_back_to_one_throwaway_cluster_with_a_test_database() {
+        let port = crate::free_port().unwrap();
+        let nowhere = format!("postgres://postgres@127.0.0.1:{port}/test");
+        let url = shared_url_or_cluster(&nowhere).await.unwrap();
+        assert_ne!(url, nowhere);
+        assert!(url.ends_with("/test"), "{url}");
+        assert!(answers(&url).await, "the fallback serves database test");
+        assert_eq!(
+            shared_url_or_cluster(&nowhere).await.unwrap(),
+            url,
+            "started once"
+        );
+        assert_eq!(
+            shared_url_or_cluster(&url).await.unwrap(),
+            url,
+            "a live server is used as is"
+        );
     }
 }

@@ -325,3 +325,31 @@ fn a_failing_test_prints_the_server_logs() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_on_a_node_in_the_wrong_state_say_so() {
+    let cluster = TestCluster::start().await.unwrap();
+    let p = cluster.primary();
+    assert!(
+        p.start()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("already running")
+    );
+    assert!(p.data_dir().join("PG_VERSION").is_file());
+    assert!(p.log_path().is_file());
+    assert_eq!(p.name(), "primary");
+    p.stop().await.unwrap();
+    assert!(p.crash().unwrap_err().to_string().contains("not running"));
+    assert!(p.pause().unwrap_err().to_string().contains("not running"));
+    p.resume().unwrap(); // not paused: nothing to do
+    let e = p.query_one("SELECT 1").await.unwrap_err();
+    assert!(e.to_string().contains("cannot connect"), "{e}");
+    p.restart().await.unwrap();
+    assert_eq!(p.query_one("SELECT 1").await.unwrap(), "1");
+    let e = p.query_one("SELECT 1 WHERE false").await.unwrap_err();
+    assert!(e.to_string().contains("returned no row"), "{e}");
+    let e = p.query_one("SELEC 1").await.unwrap_err();
+    assert!(e.to_string().contains("42601"), "{e}");
+}

@@ -238,6 +238,7 @@ async fn registry_creates_pools_by_name() {
     );
     let driver = reg.get("tokio-postgres").unwrap();
     assert_eq!(format!("{driver:?}"), "AnyDriver(tokio-postgres)");
+    assert_eq!(pgprovider::Driver::name(&driver), "tokio-postgres");
     let c = config("").await;
     let pool = Pool::new(driver, &c, &c.nodes()[0]);
     let mut conn = pool.get().await.unwrap();
@@ -246,6 +247,7 @@ async fn registry_creates_pools_by_name() {
         Some("7")
     );
     conn.ping().await.unwrap();
+    assert_eq!(format!("{:?}", *conn), "AnyConnection");
     conn.reset().await.unwrap();
     assert!(!conn.is_broken());
     let _ = conn.cancel_token();
@@ -292,4 +294,162 @@ async fn a_session_left_dirty_is_clean_for_the_next_user() {
     // The raw client is untracked, so using it marks the session for reset.
     let _ = c.client();
     assert!(c.needs_reset());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_makes_the_pool_back_off_then_recover() {
+    let cluster = pgprovider_testkit::TestCluster::builder()
+        .setting("max_connections", "4")
+        .setting("superuser_reserved_connections", "0")
+        .start()
+        .await
+        .unwrap();
+    let p = cluster.primary();
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        hogs.push(p.connect().await.unwrap());
+    }
+    let c = Config::from_url(&format!("{}?pool_acquire_timeout=1s", p.url())).unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    let e = pool.get().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PoolTimeout, "{e}");
+    assert!(e.to_string().contains("SQLSTATE 53300"), "{e}");
+    let tries = pool.stats().connect_errors;
+    assert!(
+        (2..=8).contains(&tries),
+        "backed off, not spun: {tries} tries in 1 s"
+    );
+    // A slot frees up: the next checkout succeeds.
+    drop(hogs.pop());
+    let c2 = Config::from_url(&format!("{}?pool_acquire_timeout=10s", p.url())).unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c2, &c2.nodes()[0]);
+    pool.get().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_server_times_out_the_connect_and_unix_sockets_work() {
+    let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+    let p = cluster.primary();
+    // Through the server's unix socket directory.
+    let sock = cluster.dir().join("primary/sock");
+    let c = Config::builder()
+        .with_host(sock.to_str().unwrap())
+        .with_port(p.port())
+        .build()
+        .unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    let mut conn = pool.get().await.unwrap();
+    let addr = conn
+        .simple_query("SELECT coalesce(inet_client_addr()::text, 'local')")
+        .await
+        .unwrap();
+    assert_eq!(addr[0].get(0), Some("local"));
+    drop(conn);
+
+    // A paused server accepts the TCP connection and never answers the startup.
+    p.pause().unwrap();
+    let c = Config::from_url(&format!("{}?connect_timeout=300ms", p.url())).unwrap();
+    let params = c.connect_params(&c.nodes()[0]).await.unwrap();
+    let e = pgprovider::Driver::connect(&TokioPostgres::new(), &params)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect);
+    assert!(e.to_string().contains("timed out after 300ms"), "{e}");
+    p.resume().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_from_every_source_and_startup_options() {
+    let cluster = pgprovider_testkit::TestCluster::builder()
+        .hba("host all app 127.0.0.1/32 scram-sha-256")
+        .start()
+        .await
+        .unwrap();
+    let p = cluster.primary();
+    p.execute("CREATE ROLE app LOGIN PASSWORD 's3cret:/@'")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret:/@\n").unwrap();
+    let base = format!("postgres://app@127.0.0.1:{}/postgres", p.port());
+    let pw_file = dir.path().join("pw").display().to_string();
+    for url in [
+        format!(
+            "postgres://app:s3cret%3A%2F%40@127.0.0.1:{}/postgres",
+            p.port()
+        ),
+        format!("{base}?password_file={pw_file}"),
+        format!("{base}?password_command=printf%20%27s3cret:/@%27"),
+    ] {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let c =
+            Config::from_url(&format!("{url}{sep}options=-c%20statement_timeout%3D1234")).unwrap();
+        let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+        let mut conn = pool.get().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let row = &conn
+            .simple_query("SELECT current_user, current_setting('statement_timeout')")
+            .await
+            .unwrap()[0];
+        assert_eq!(
+            (row.get(0), row.get(1)),
+            (Some("app"), Some("1234ms")),
+            "{url}"
+        );
+    }
+    // A wrong password is an authentication error, reported at once and never retried.
+    let c = Config::from_url(&format!(
+        "postgres://app:wrong@127.0.0.1:{}/postgres?pool_acquire_timeout=20s",
+        p.port()
+    ))
+    .unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    let start = std::time::Instant::now();
+    let e = pool.get().await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert_eq!(e.sql_state(), Some(SqlState::INVALID_PASSWORD));
+    assert!(
+        e.to_string().contains("check the user name and password"),
+        "{e}"
+    );
+    assert!(
+        !e.to_string().contains("wrong") && !format!("{e:?}").contains("wrong"),
+        "{e:?}"
+    );
+    assert_eq!(pool.stats().connect_errors, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_backend_is_never_handed_out_again() {
+    let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+    let p = cluster.primary();
+    let c = Config::from_url(&format!("{}?pool_max_size=1", p.url())).unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    let mut conn = pool.get().await.unwrap();
+    assert!(format!("{:?}", *conn).contains("PgConnection"));
+    let victim = pid(&mut conn).await;
+    p.execute(&format!("SELECT pg_terminate_backend({victim})"))
+        .await
+        .unwrap();
+    let e = conn.simple_query("SELECT 1").await.unwrap_err();
+    assert!(e.is_connection_lost(), "{e:?}");
+    let e = conn.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionLost, "{e}");
+    assert!(e.to_string().contains("the connection is closed"), "{e}");
+    assert!(conn.is_broken());
+    drop(conn);
+    let mut conn = pool.get().await.unwrap();
+    assert_ne!(pid(&mut conn).await, victim);
+    assert_eq!(pool.stats().closed_error, 1);
+
+    // A cancel request to a server that is gone fails with a clear error.
+    let token = conn.cancel_token();
+    drop(conn);
+    p.stop().await.unwrap();
+    let e = token.cancel().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect);
+    assert!(
+        e.to_string().contains("cannot send the cancel request"),
+        "{e}"
+    );
 }

@@ -240,10 +240,13 @@ impl ConfigBuilder {
 
         let default_port = self.default_port.unwrap_or(DEFAULT_PORT);
         let mut nodes = Vec::new();
-        if self.nodes.is_empty() {
-            nodes.push(Node::new(Host::Tcp(DEFAULT_HOST.into()), default_port));
-        }
-        for (host, port) in &self.nodes {
+        let default_node = [(Host::Tcp(DEFAULT_HOST.into()), None)];
+        let given: &[(Host, Option<u16>)] = if self.nodes.is_empty() {
+            &default_node
+        } else {
+            &self.nodes
+        };
+        for (host, port) in given {
             let port = port.unwrap_or(default_port);
             match host {
                 Host::Tcp(h) if h.is_empty() => p(

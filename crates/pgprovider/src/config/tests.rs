@@ -603,3 +603,41 @@ async fn password_sources_resolve_at_connect() {
     let c = Config::builder().build().unwrap();
     assert!(c.connect_params(&node).await.unwrap().password.is_none());
 }
+
+#[test]
+fn builder_ports_are_validated_and_choices_parse() {
+    let e = Config::builder().with_port(0).build().unwrap_err();
+    assert!(
+        e.problem("port")
+            .unwrap()
+            .to_string()
+            .contains("between 1 and 65535")
+    );
+    let e = Config::builder().with_node("h", 0).build().unwrap_err();
+    assert!(e.problem("port").is_some());
+    assert_eq!(
+        TargetSessionAttrs::parse("read-only"),
+        Some(TargetSessionAttrs::ReadOnly)
+    );
+    assert_eq!(TargetSessionAttrs::parse("rw"), None);
+    assert_eq!(
+        LoadBalanceHosts::parse("random"),
+        Some(LoadBalanceHosts::Random)
+    );
+    assert_eq!(LoadBalanceHosts::parse("yes"), None);
+    assert_eq!(
+        Config::builder().build().unwrap().redacted_url(),
+        "postgres://postgres@localhost:5432/postgres"
+    );
+}
+
+#[tokio::test]
+async fn a_password_command_printing_bytes_that_are_not_utf8_is_refused() {
+    let c = Config::builder()
+        .with_password_command("printf '\\377'")
+        .build()
+        .unwrap();
+    let node = Node::new(Host::Tcp("db1".into()), 5432);
+    let e = c.connect_params(&node).await.unwrap_err();
+    assert!(e.to_string().contains("non-UTF-8"), "{e}");
+}

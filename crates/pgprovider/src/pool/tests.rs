@@ -11,6 +11,7 @@ struct Script {
     fail_next: AtomicU64,
     fatal: AtomicBool,
     ping_fails: AtomicBool,
+    hang: AtomicBool,
     dirty: AtomicBool,
     reset_fails: AtomicBool,
     resets: AtomicU64,
@@ -34,6 +35,9 @@ impl Driver for Fake {
     }
     async fn connect(&self, _: &ConnectParams) -> Result<FakeConn> {
         let s = &self.0;
+        if s.hang.load(Relaxed) {
+            std::future::pending::<()>().await;
+        }
         if s.fatal.load(Relaxed) {
             return Err(Error::new(
                 ErrorKind::Auth,
@@ -385,4 +389,32 @@ async fn close_waits_for_a_reset_in_flight() {
     let s = pool.stats();
     assert_eq!((s.resets, s.closed_pool, s.size), (1, 1, 0));
     assert_eq!(script.closed.load(Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_hangs_ends_at_the_acquire_deadline() {
+    let (pool, script) = pool("pool_acquire_timeout=2s");
+    script.hang.store(true, Relaxed);
+    let start = Instant::now();
+    let e = pool.get().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PoolTimeout);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(pool.stats().size, 0);
+}
+
+#[test]
+fn returning_outside_a_runtime_never_panics() {
+    let (pool, script) = pool("pool_max_size=2");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (clean, dirty) =
+        rt.block_on(async { (pool.get().await.unwrap(), pool.get().await.unwrap()) });
+    drop(rt);
+    drop(clean); // back to idle: no runtime needed
+    script.dirty.store(true, Relaxed);
+    drop(dirty); // cannot be reset without a runtime: closed instead
+    let s = pool.stats();
+    assert_eq!((s.idle, s.closed_error, s.in_use), (1, 1, 0));
 }
