@@ -28,21 +28,8 @@ impl ServerBinaries {
                  install them (Debian/Ubuntu: apt-get install postgresql) or set PGPROVIDER_PG_BINDIR",
             )
         })?;
-        let run_as = if nix::unistd::geteuid().is_root() {
-            let name = std::env::var("PGPROVIDER_TEST_USER").unwrap_or_else(|_| "postgres".into());
-            let user = nix::unistd::User::from_name(&name)
-                .ok()
-                .flatten()
-                .ok_or_else(|| {
-                    KitError::new(format!(
-                        "running as root, and initdb refuses root: create the user {name:?} \
-                         (useradd --system {name}) or set PGPROVIDER_TEST_USER to an unprivileged user"
-                    ))
-                })?;
-            Some((user.uid.as_raw(), user.gid.as_raw(), name))
-        } else {
-            None
-        };
+        let user = std::env::var("PGPROVIDER_TEST_USER").unwrap_or_else(|_| "postgres".into());
+        let run_as = run_as(nix::unistd::geteuid().is_root(), &user)?;
         Ok(ServerBinaries { bindir, run_as })
     }
 
@@ -95,6 +82,27 @@ impl ServerBinaries {
     }
 }
 
+/// The user to run servers as: none unless root, else `name`, which must exist.
+fn run_as(is_root: bool, name: &str) -> Result<Option<(u32, u32, String)>, KitError> {
+    if !is_root {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| {
+            KitError::new(format!(
+                "running as root, and initdb refuses root: create the user {name:?} \
+             (useradd --system {name}) or set PGPROVIDER_TEST_USER to an unprivileged user"
+            ))
+        })?;
+    Ok(Some((
+        user.uid.as_raw(),
+        user.gid.as_raw(),
+        name.to_owned(),
+    )))
+}
+
 fn has_all(dir: &Path) -> bool {
     NEEDED.iter().all(|b| dir.join(b).is_file())
 }
@@ -102,6 +110,7 @@ fn has_all(dir: &Path) -> bool {
 fn find_bindir() -> Option<PathBuf> {
     find_bindir_in(
         std::env::var_os("PGPROVIDER_PG_BINDIR"),
+        "pg_config",
         std::env::var_os("PATH"),
         Path::new("/usr/lib/postgresql"),
     )
@@ -110,13 +119,14 @@ fn find_bindir() -> Option<PathBuf> {
 /// [`find_bindir`] with its inputs given: the override, `PATH`, and the Debian root.
 fn find_bindir_in(
     override_dir: Option<std::ffi::OsString>,
+    pg_config: &str,
     path: Option<std::ffi::OsString>,
     debian_root: &Path,
 ) -> Option<PathBuf> {
     if let Some(d) = override_dir {
         return Some(PathBuf::from(d)).filter(|d| has_all(d));
     }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+    if let Ok(out) = Command::new(pg_config).arg("--bindir").output() {
         let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_all(&d) {
             return Some(d);
@@ -152,6 +162,8 @@ fn find_bindir_in(
 mod tests {
     use super::*;
 
+    const NO_PG_CONFIG: &str = "pgprovider-no-such-pg-config";
+
     fn fake_bindir(root: &Path) -> PathBuf {
         std::fs::create_dir_all(root).unwrap();
         for b in NEEDED {
@@ -164,29 +176,60 @@ mod tests {
     fn the_override_wins_and_must_hold_every_binary() {
         let dir = tempfile::tempdir().unwrap();
         let good = fake_bindir(&dir.path().join("good"));
-        let found = find_bindir_in(Some(good.clone().into()), None, dir.path());
+        let found = find_bindir_in(Some(good.clone().into()), "pg_config", None, dir.path());
         assert_eq!(found, Some(good));
         let empty = dir.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        assert_eq!(find_bindir_in(Some(empty.into()), None, dir.path()), None);
+        assert_eq!(
+            find_bindir_in(Some(empty.into()), "pg_config", None, dir.path()),
+            None
+        );
     }
 
     #[test]
-    fn path_then_the_newest_debian_version() {
+    fn pg_config_then_path_then_the_newest_debian_version() {
         let dir = tempfile::tempdir().unwrap();
-        let on_path = fake_bindir(&dir.path().join("onpath"));
-        let found = find_bindir_in(None, Some(on_path.clone().into()), dir.path());
-        // pg_config may answer first on a machine that has it; either way a full bindir.
-        assert!(found.is_some_and(|d| has_all(&d)));
+        // pg_config, where installed, answers first.
+        if let Some(d) = find_bindir_in(None, "pg_config", None, dir.path()) {
+            assert!(has_all(&d));
+        }
+        let real = fake_bindir(&dir.path().join("real"));
+        let on_path = dir.path().join("onpath");
+        std::fs::create_dir(&on_path).unwrap();
+        for b in NEEDED {
+            std::os::unix::fs::symlink(real.join(b), on_path.join(b)).unwrap();
+        }
+        let path = std::env::join_paths([dir.path().join("nothing"), on_path.clone()]).unwrap();
+        // Links on PATH are followed to the directory that holds the real binaries.
+        let found = find_bindir_in(None, NO_PG_CONFIG, Some(path), dir.path());
+        assert_eq!(found, Some(real.canonicalize().unwrap()));
 
         let root = dir.path().join("debian");
         fake_bindir(&root.join("13/bin"));
         let newest = fake_bindir(&root.join("16/bin"));
         std::fs::create_dir_all(root.join("notaversion/bin")).unwrap();
-        if Command::new("pg_config").output().is_err() {
-            assert_eq!(find_bindir_in(None, None, &root), Some(newest));
-        } else {
-            assert!(find_bindir_in(None, None, &root).is_some());
+        assert_eq!(
+            find_bindir_in(None, NO_PG_CONFIG, None, &root),
+            Some(newest)
+        );
+        assert_eq!(
+            find_bindir_in(None, NO_PG_CONFIG, None, &dir.path().join("none")),
+            None
+        );
+    }
+
+    #[test]
+    fn root_needs_an_unprivileged_user() {
+        assert!(run_as(false, "anyone").unwrap().is_none());
+        let e = run_as(true, "pgprovider-no-such-user")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("initdb refuses root") && e.contains("PGPROVIDER_TEST_USER"),
+            "{e}"
+        );
+        if let Ok(Some((_, _, name))) = run_as(true, "postgres") {
+            assert_eq!(name, "postgres");
         }
     }
 }

@@ -353,3 +353,28 @@ async fn operations_on_a_node_in_the_wrong_state_say_so() {
     let e = p.query_one("SELEC 1").await.unwrap_err();
     assert!(e.to_string().contains("42601"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_start_reports_its_log() {
+    let e = TestCluster::builder()
+        .setting("max_connections", "-1")
+        .start()
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("the server exited while starting"), "{text}");
+    assert!(
+        text.contains("max_connections"),
+        "the server's own complaint: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promoting_a_primary_fails_with_pg_ctl_output() {
+    let cluster = TestCluster::start().await.unwrap();
+    let e = cluster.primary().promote().await.unwrap_err().to_string();
+    assert!(
+        e.contains("pg_ctl promote failed") && e.contains("not in standby mode"),
+        "{e}"
+    );
+}

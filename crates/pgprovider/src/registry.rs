@@ -181,3 +181,16 @@ impl DriverRegistry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_registry_says_how_to_fill_it() {
+        let e = DriverRegistry::new().get("tokio-postgres").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Config);
+        assert!(e.to_string().contains("no driver is registered"), "{e}");
+        assert!(DriverRegistry::new().names().is_empty());
+    }
+}

@@ -98,24 +98,17 @@ pub(super) fn pgpass_lookup(text: &str, node: &Node, dbname: &str, user: &str) -
 }
 
 fn split_pgpass(line: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
+    let mut fields = Vec::with_capacity(5);
+    let mut cur = String::new();
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         match c {
-            '\\' => {
-                if let Some(n) = chars.next() {
-                    if let Some(f) = fields.last_mut() {
-                        f.push(n)
-                    }
-                }
-            }
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            c => {
-                if let Some(f) = fields.last_mut() {
-                    f.push(c)
-                }
-            }
+            '\\' => cur.extend(chars.next()),
+            // The password, last, may hold unescaped colons.
+            ':' if fields.len() < 4 => fields.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
         }
     }
+    fields.push(cur);
     fields
 }

@@ -388,6 +388,9 @@ fn every_validation_message() {
         ("postgres://h/db?host=", "host", "host name is empty"),
         ("postgres://h/db?host=./rel", "host", "absolute path"),
         ("postgres://h/%FF", "dbname", "UTF-8"),
+        ("postgres://%FF@h/db", "user", "UTF-8"),
+        ("postgres://%FF/db", "host", "UTF-8"),
+        ("postgres://h/db?%FF=1", "url", "UTF-8"),
     ];
     for (url, field, text) in cases {
         let e = err(url);
@@ -576,7 +579,7 @@ async fn password_sources_resolve_at_connect() {
     let mut pgpass = std::fs::File::create(dir.path().join("pgpass")).unwrap();
     writeln!(
         pgpass,
-        "# comment\nother:*:*:*:nope\ndb1:5432:app:u:pa\\:ss\n*:*:*:*:fallback"
+        "# comment\nshort:line\nother:*:*:*:nope\ndb1:5432:app:u:pa\\:ss\n*:*:*:*:fall:back"
     )
     .unwrap();
     let c = Config::builder()
@@ -589,7 +592,7 @@ async fn password_sources_resolve_at_connect() {
     assert_eq!(p.password.unwrap().expose(), "pa:ss");
     let other = Node::new(Host::Unix("/tmp".into()), 1);
     let p = c.connect_params(&other).await.unwrap();
-    assert_eq!(p.password.unwrap().expose(), "fallback");
+    assert_eq!(p.password.unwrap().expose(), "fall:back");
 
     let c = Config::builder()
         .with_password("lit")
