@@ -17,6 +17,8 @@ pub struct ClusterBuilder {
     synchronous: bool,
     settings: Vec<(String, String)>,
     hba: Vec<String>,
+    tls: Option<(String, String)>,
+    client_ca: Option<String>,
     on_progress: Option<Progress>,
 }
 
@@ -47,6 +49,19 @@ impl ClusterBuilder {
     /// Adds a `postgresql.conf` setting for every node, such as `("max_connections", "20")`.
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Turns TLS on (`ssl = on`) with this PEM certificate (chain) and private key.
+    pub fn tls(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Trusts client certificates signed by this PEM CA (`ssl_ca_file`), for `cert`
+    /// authentication in [`hba`](Self::hba) lines. Needs [`tls`](Self::tls).
+    pub fn tls_client_ca(mut self, ca_pem: impl Into<String>) -> Self {
+        self.client_ca = Some(ca_pem.into());
         self
     }
 
@@ -142,6 +157,19 @@ impl ClusterBuilder {
         }
         for (k, v) in &self.settings {
             let _ = writeln!(conf, "{k} = '{}'", v.replace('\'', "''"));
+        }
+        if let Some((cert, key)) = &self.tls {
+            write_private(&bins, &data.join("server.crt"), cert)?;
+            write_private(&bins, &data.join("server.key"), key)?;
+            conf.push_str("ssl = on\n");
+            if let Some(ca) = &self.client_ca {
+                write_private(&bins, &data.join("root.crt"), ca)?;
+                conf.push_str("ssl_ca_file = 'root.crt'\n");
+            }
+        } else if self.client_ca.is_some() {
+            return Err(KitError::new(
+                "tls_client_ca needs tls (a server certificate) too",
+            ));
         }
         append(&data.join("postgresql.conf"), &conf)?;
         append(&data.join("postgresql.conf"), &node_conf(&primary))?;
@@ -375,6 +403,14 @@ fn node_conf(node: &TestNode) -> String {
         node.dir.join("sock").display(),
         node.name()
     )
+}
+
+/// Writes a file only the server's user may read, as PostgreSQL demands of its key.
+fn write_private(bins: &ServerBinaries, path: &Path, text: &str) -> Result<(), KitError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    bins.chown(path)
 }
 
 fn append(path: &Path, text: &str) -> Result<(), KitError> {

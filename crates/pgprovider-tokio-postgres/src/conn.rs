@@ -6,6 +6,13 @@ use std::fmt;
 use std::sync::Arc;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
+/// How cancel requests reach the server: the same way the connection did.
+#[derive(Clone)]
+pub(crate) enum Cancel {
+    Plain,
+    Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
 /// A tokio-postgres connection. [`client`](Self::client) gives the driver's own client for
 /// typed queries.
 ///
@@ -22,6 +29,7 @@ pub struct PgConnection {
     node: String,
     in_flight: bool,
     dirty: bool,
+    cancel: Cancel,
     driver_task: tokio::task::JoinHandle<()>,
 }
 
@@ -38,6 +46,7 @@ impl PgConnection {
     pub(crate) fn new<S, T>(
         client: Client,
         connection: tokio_postgres::Connection<S, T>,
+        cancel: Cancel,
         node: String,
     ) -> Self
     where
@@ -55,6 +64,7 @@ impl PgConnection {
             node,
             in_flight: false,
             dirty: false,
+            cancel,
             driver_task,
         }
     }
@@ -137,20 +147,21 @@ impl Connection for PgConnection {
     fn cancel_token(&self) -> CancelToken {
         let token = self.client.cancel_token();
         let node = self.node.clone();
+        let cancel = self.cancel.clone();
         CancelToken::new(move || {
-            let token = token.clone();
-            let node = node.clone();
+            let (token, node, cancel) = (token.clone(), node.clone(), cancel.clone());
             async move {
-                token
-                    .cancel_query(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| {
-                        Error::new(
-                            ErrorKind::Connect,
-                            format!("cannot send the cancel request: {e}"),
-                        )
-                        .with_node(node)
-                    })
+                let sent = match cancel {
+                    Cancel::Plain => token.cancel_query(tokio_postgres::NoTls).await,
+                    Cancel::Tls(tls) => token.cancel_query(tls).await,
+                };
+                sent.map_err(|e| {
+                    Error::new(
+                        ErrorKind::Connect,
+                        format!("cannot send the cancel request: {e}"),
+                    )
+                    .with_node(node)
+                })
             }
         })
     }

@@ -48,7 +48,20 @@ pub(crate) fn connect_error(e: tokio_postgres::Error, node: &str) -> Error {
         // while 53300 and 57P03 are, through their SQLSTATE.
         return err.with_node(node).with_hint(hint);
     }
-    let detail = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+    let text = e.to_string();
+    if text.starts_with("error performing TLS handshake") {
+        let detail = std::error::Error::source(&e).map_or_else(|| text.clone(), |s| s.to_string());
+        let hint = if detail.contains("server does not support TLS") {
+            "the server does not offer TLS: turn ssl on at the server, or lower sslmode to prefer"
+        } else {
+            "check sslrootcert, the server's certificate and the host name it was issued for"
+        };
+        return Error::new(ErrorKind::Tls, format!("TLS handshake failed: {detail}"))
+            .with_node(node)
+            .with_hint(hint)
+            .with_source(e);
+    }
+    let detail = std::error::Error::source(&e).map_or_else(|| text, |s| s.to_string());
     Error::new(ErrorKind::Connect, format!("cannot connect: {detail}"))
         .with_node(node)
         .with_hint("check that the server is running and reachable at this address")

@@ -14,18 +14,34 @@
 //! # Ok(()) }
 //! ```
 //!
-//! TLS: this version connects in plaintext and honours `sslmode=disable`, `allow` and
-//! `prefer` (which fall back to plaintext); `require`, `verify-ca` and `verify-full` are
-//! refused with an [`ErrorKind::Tls`] error rather than silently sent in plaintext.
+//! TLS is rustls for every libpq `sslmode` (disable, allow, prefer, require, verify-ca,
+//! verify-full), with a custom root CA (`sslrootcert`, or `system`) and client certificates
+//! (`sslcert`/`sslkey`); see the table in the `tls` module's docs, repeated here:
+//!
+//! | sslmode | encrypted | chain checked | host name checked |
+//! | --- | --- | --- | --- |
+//! | disable | never | - | - |
+//! | allow | only if the server insists | no | no |
+//! | prefer | if the server offers it | no | no |
+//! | require | always | only if `sslrootcert` is set (libpq's rule) | no |
+//! | verify-ca | always | yes | no |
+//! | verify-full | always | yes | yes |
+//!
+//! No mode falls back to plaintext unless it allows it.
 #![deny(missing_docs)]
 
 mod conn;
 mod error;
+mod tls;
 
 pub use conn::{PgConnection, RESET_RECIPE};
 pub use error::map_error;
+pub use tls::SYSTEM_ROOTS;
 
+use conn::Cancel;
 use pgprovider_core::{ConnectParams, Driver, Error, ErrorKind, Host, Result, SslMode};
+use tokio_postgres::Socket;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
 /// The tokio-postgres driver. Registered under the name `"tokio-postgres"`.
 #[derive(Clone, Debug, Default)]
@@ -66,41 +82,84 @@ impl Driver for TokioPostgres {
         if let Some(app) = &params.application_name {
             cfg.application_name(app);
         }
-        if let Some(t) = params.connect_timeout {
-            cfg.connect_timeout(t);
-        }
         if let Some(o) = &params.options {
             cfg.options(o);
         }
-        match params.tls.mode {
-            SslMode::Disable | SslMode::Allow => {
+        // libpq ignores sslmode on unix sockets: the server never encrypts them.
+        let mode = match params.host {
+            Host::Unix(_) => SslMode::Disable,
+            Host::Tcp(_) => params.tls.mode,
+        };
+        let Some(tls) = tls::connector(&params.tls, &node)?.filter(|_| mode != SslMode::Disable)
+        else {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            return open(&cfg, tokio_postgres::NoTls, Cancel::Plain, params, &node).await;
+        };
+        match mode {
+            SslMode::Allow => {
+                // Plaintext first; TLS only when the server refuses plaintext.
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                match open(&cfg, tokio_postgres::NoTls, Cancel::Plain, params, &node).await {
+                    Err(e) if refuses_plaintext(&e) => {
+                        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                        open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node).await
+                    }
+                    other => other,
+                }
             }
             SslMode::Prefer => {
-                // With NoTls, tokio-postgres skips the TLS request: plaintext, as prefer allows.
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
+                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node).await
             }
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Tls,
-                    format!("sslmode={} needs TLS, which this build of the tokio-postgres driver does not support yet", other.as_str()),
-                )
-                .with_node(node)
-                .with_hint("use sslmode=disable or prefer for now; nothing was sent in plaintext"));
+            _ => {
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node).await
             }
         }
-        // tokio-postgres's connect_timeout covers the TCP connect only; a hung server
-        // accepts the socket and never answers the startup, so bound the whole handshake.
-        let connecting = cfg.connect(tokio_postgres::NoTls);
-        let result = match params.connect_timeout {
-            Some(t) => tokio::time::timeout(t, connecting).await.map_err(|_| {
-                Error::new(ErrorKind::Connect, format!("connection attempt timed out after {t:?}"))
-                    .with_node(node.clone())
-                    .with_hint("the server accepted the connection but did not answer: it may be overloaded or hung")
-            })?,
-            None => connecting.await,
-        };
-        let (client, connection) = result.map_err(|e| error::connect_error(e, &node))?;
-        Ok(PgConnection::new(client, connection, node))
     }
+}
+
+/// The server's pg_hba.conf rejected an unencrypted connection (`hostssl` only).
+fn refuses_plaintext(e: &Error) -> bool {
+    e.sql_state() == Some(pgprovider_core::SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+        && e.message().contains("no encryption")
+}
+
+/// Opens one connection with `tls`, bounding the whole handshake by the connect timeout.
+async fn open<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    cancel: Cancel,
+    params: &ConnectParams,
+    node: &str,
+) -> Result<PgConnection>
+where
+    T: MakeTlsConnect<Socket> + Send,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    // tokio-postgres's connect_timeout covers the TCP connect only; a hung server
+    // accepts the socket and never answers the startup, so bound the whole handshake.
+    let connecting = cfg.connect(tls);
+    let result = match params.connect_timeout {
+        Some(t) => tokio::time::timeout(t, connecting).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("connection attempt timed out after {t:?}"),
+            )
+            .with_node(node)
+            .with_hint(
+                "the server accepted the connection but did not answer: it may be overloaded or hung",
+            )
+        })?,
+        None => connecting.await,
+    };
+    let (client, connection) = result.map_err(|e| error::connect_error(e, node))?;
+    Ok(PgConnection::new(
+        client,
+        connection,
+        cancel,
+        node.to_owned(),
+    ))
 }

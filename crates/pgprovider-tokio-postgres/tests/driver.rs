@@ -206,26 +206,6 @@ async fn unreachable_node_times_out_with_the_last_error() {
 }
 
 #[tokio::test]
-async fn tls_modes_that_need_tls_are_refused_not_downgraded() {
-    for mode in ["require", "verify-ca", "verify-full"] {
-        let c = config(&format!("&sslmode={mode}")).await;
-        let e = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
-            .get()
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Tls, "{mode}: {e}");
-        assert!(e.to_string().contains("nothing was sent in plaintext"));
-    }
-    for mode in ["disable", "allow", "prefer"] {
-        let c = config(&format!("&sslmode={mode}")).await;
-        Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
-            .get()
-            .await
-            .unwrap();
-    }
-}
-
-#[tokio::test]
 async fn registry_creates_pools_by_name() {
     let mut reg = DriverRegistry::new();
     reg.register(TokioPostgres::new());

@@ -302,8 +302,21 @@ impl ConfigBuilder {
         }
 
         let ssl_mode = self.ssl_mode.unwrap_or_default();
-        if let Some(path) = &self.ssl_root_cert {
-            check_readable(&mut p, "sslrootcert", path);
+        match &self.ssl_root_cert {
+            Some(path) if path.as_os_str() != "system" => {
+                check_readable(&mut p, "sslrootcert", path)
+            }
+            Some(_) => {}
+            None if matches!(ssl_mode, SslMode::VerifyCa | SslMode::VerifyFull) => p(
+                "sslrootcert",
+                None,
+                &format!(
+                    "sslmode={} needs trusted roots to check the server's certificate",
+                    ssl_mode.as_str()
+                ),
+                "set sslrootcert to a PEM file of the CA that signed the server's certificate, or sslrootcert=system for the system's roots",
+            ),
+            None => {}
         }
         match (&self.ssl_cert, &self.ssl_key) {
             (Some(_), None) => p(

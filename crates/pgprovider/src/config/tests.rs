@@ -155,7 +155,7 @@ fn every_url_parameter() {
             Box::new(|c| c.password_source() == &PasswordSource::Command("echo pw".into())),
         ),
         (
-            "sslmode=verify-ca".into(),
+            "sslmode=verify-ca&sslrootcert=system".into(),
             Box::new(|c| c.ssl_mode() == SslMode::VerifyCa),
         ),
         (
@@ -260,7 +260,18 @@ fn every_url_parameter() {
         );
     }
     for (name, mode) in SslMode::ALL {
-        assert_eq!(ok(&format!("postgres://h?sslmode={name}")).ssl_mode(), mode);
+        assert_eq!(
+            ok(&format!(
+                "postgres://h?sslmode={name}{}",
+                if name.starts_with("verify") {
+                    "&sslrootcert=system"
+                } else {
+                    ""
+                }
+            ))
+            .ssl_mode(),
+            mode
+        );
         assert_eq!(mode.as_str(), name);
     }
 }
@@ -388,6 +399,16 @@ fn every_validation_message() {
         ("postgres://h/db?host=", "host", "host name is empty"),
         ("postgres://h/db?host=./rel", "host", "absolute path"),
         ("postgres://h/%FF", "dbname", "UTF-8"),
+        (
+            "postgres://h/db?sslmode=verify-full",
+            "sslrootcert",
+            "needs trusted roots",
+        ),
+        (
+            "postgres://h/db?sslmode=verify-ca",
+            "sslrootcert",
+            "sslrootcert=system",
+        ),
         ("postgres://%FF@h/db", "user", "UTF-8"),
         ("postgres://%FF/db", "host", "UTF-8"),
         ("postgres://h/db?%FF=1", "url", "UTF-8"),
