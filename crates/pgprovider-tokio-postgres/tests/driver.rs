@@ -433,3 +433,145 @@ async fn a_terminated_backend_is_never_handed_out_again() {
         "{e}"
     );
 }
+
+async fn backends(p: &pgprovider_testkit::TestNode, app: &str) -> usize {
+    p.query_one(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
+    ))
+    .await
+    .unwrap()
+    .parse()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_lifetime_resize_leaks_and_graceful_close_on_a_real_server() {
+    let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+    let p = cluster.primary();
+    let c = Config::from_url(&format!(
+        "{}?application_name=lifecycle&pool_min_idle=2&pool_max_size=4&pool_max_lifetime=2s&pool_leak_detection_threshold=300ms&pool_acquire_timeout=2s",
+        p.url()
+    ))
+    .unwrap();
+    let leaks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = leaks.clone();
+    let pool = Pool::builder(TokioPostgres::new(), &c, &c.nodes()[0])
+        .on_leak(move |r| seen.lock().unwrap().push(r.location.line()))
+        .build();
+
+    // Warm-up: two connections open on the server before anyone asks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backends(p, "lifecycle").await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "warm-up did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Lifetime: after 2 s (less up to 1/8 jitter) a connection is replaced.
+    let first = pid(&mut pool.get().await.unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let later = pid(&mut pool.get().await.unwrap()).await;
+    assert_ne!(first, later, "an expired connection is not reused");
+    assert!(pool.stats().closed_lifetime >= 1);
+
+    // Leak report, with the line of the checkout.
+    let line = line!() + 1;
+    let held = pool.get().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(*leaks.lock().unwrap(), vec![line]);
+    assert_eq!(pool.stats().leaks, 1);
+
+    // Resize: shrinking to one closes the idle surplus on the server within a second.
+    pool.resize(1).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while backends(p, "lifecycle").await > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shrink did not take effect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = pool.get().await.unwrap_err();
+    assert_eq!(
+        e.kind(),
+        ErrorKind::PoolTimeout,
+        "the held connection is the only one"
+    );
+    pool.resize(3).unwrap();
+    let extra = pool.get().await.unwrap();
+
+    // Graceful close: waits for the returns, then nothing is left on the server.
+    let returner = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+        drop(extra);
+    });
+    assert_eq!(pool.close_graceful(Duration::from_secs(10)).await, 0);
+    returner.await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while backends(p, "lifecycle").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections left open after close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_goes_away_and_comes_back() {
+    let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+    let p = cluster.primary();
+    let proxy = pgprovider_testkit::FaultProxy::start(p.addr().parse().unwrap())
+        .await
+        .unwrap();
+    let c = Config::from_url(&format!(
+        "postgres://postgres@{}/postgres?pool_acquire_timeout=1s&connect_timeout=300ms&pool_validation=always",
+        proxy.addr()
+    ))
+    .unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    pool.get()
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+
+    // Network gone without a FIN: the idle connection fails validation, new ones time
+    // out, and the caller waits no longer than the acquire timeout.
+    proxy.blackhole();
+    let start = std::time::Instant::now();
+    let e = pool.get().await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(e.kind(), ErrorKind::PoolTimeout);
+    assert_eq!(e.node(), Some(proxy.addr().to_string().as_str()));
+    proxy.heal();
+    proxy.reset_all();
+    pool.get()
+        .await
+        .unwrap()
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+
+    // The server crashes: pooled connections are discarded, not handed out.
+    p.crash().unwrap();
+    let e = pool.get().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PoolTimeout, "{e}");
+    assert!(e.to_string().contains("last connection error"), "{e}");
+    p.start().await.unwrap();
+    let mut conn = pool.get().await.unwrap();
+    assert_eq!(
+        conn.simple_query("SELECT 2").await.unwrap()[0].get(0),
+        Some("2")
+    );
+    let s = pool.stats();
+    assert!(s.closed_validation >= 1 || s.closed_error >= 1, "{s:?}");
+}

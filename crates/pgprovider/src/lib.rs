@@ -30,7 +30,7 @@ pub mod pool;
 pub mod registry;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
-pub use pool::{Pool, PoolStats, Pooled};
+pub use pool::{LeakReport, Pool, PoolBuilder, PoolStats, Pooled};
 pub use registry::{AnyConnection, AnyDriver, DriverRegistry};
 
 pub use pgprovider_core::{

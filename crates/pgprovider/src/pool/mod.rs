@@ -3,36 +3,50 @@
 //! A FIFO-fair [`tokio::sync::Semaphore`] bounds the connections; idle connections wait in
 //! a short-locked queue (never locked across an await). A checkout takes a permit, reuses
 //! the most recently returned idle connection (so surplus ones age out) or opens a new one,
-//! and returns a [`Pooled`] guard. Dropping the guard returns the connection, unless it is
-//! broken, past its lifetime, or the pool is closed, in which case it is closed.
+//! and returns a [`Pooled`] guard. A connection is opened only under a permit with the idle
+//! queue empty, so open connections never exceed the maximum size.
 //!
-//! A returned connection whose session may carry state (an open transaction, changed
-//! settings: see [`Connection::needs_reset`]) is reset first, in a task of its own, and
-//! closed if the reset fails; the next user never inherits it.
-//!
-//! Why hand-written and not deadpool or bb8: the pool is the heart of the provider (per-node
-//! pools, tenant quotas, leak detection, multiplexing), and DESIGN.md requires it to beat both.
+//! Dropping the guard returns the connection, unless it is broken, past its lifetime, or
+//! the pool is closed or shrinking, in which case it is closed. A returned connection whose
+//! session may carry state (an open transaction, changed settings: see
+//! [`Connection::needs_reset`]) is reset first, in a task of its own, and closed if the
+//! reset fails; the next user never inherits it.
 //!
 //! One deadline covers the whole checkout: waiting for a permit, validating idle
 //! connections and opening new ones, with backoff between failed connection attempts. A
 //! timeout error names the node, the pool's state and the last connection error.
+//!
+//! A background task (started when the pool is made inside a tokio runtime) keeps
+//! `min_idle` connections ready, closes idle connections past the idle timeout (down to
+//! `min_idle`) or their lifetime, applies a shrinking [`resize`](Pool::resize), and reports
+//! leaks. It holds only a weak reference, so it ends when the pool is dropped.
+//!
+//! Why hand-written and not deadpool or bb8: the pool is the heart of the provider (per-node
+//! pools, tenant quotas, leak detection, multiplexing), and DESIGN.md requires it to beat both.
 
+mod guard;
+mod hooks;
+mod maintain;
 mod stats;
 
-pub use stats::PoolStats;
+pub use guard::Pooled;
+pub use hooks::{BoxFuture, LeakReport};
 use stats::{CloseReason, Counters};
+pub use stats::{PoolStats, WAIT_BUCKETS};
 
 use crate::config::{Config, Node, ValidationPolicy};
+use hooks::{CatchUnwind, Hooks, guarded};
 use pgprovider_core::{Connection, Driver, Error, ErrorKind, Result};
-use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::hash::BuildHasher;
-use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// A pool of connections to one node.
@@ -63,25 +77,49 @@ impl<D: Driver> Clone for Pool<D> {
     }
 }
 
-struct Inner<D: Driver> {
+pub(crate) struct Inner<D: Driver> {
     driver: D,
     config: Config,
     node: Node,
+    hooks: Hooks<D::Connection>,
     semaphore: Arc<Semaphore>,
+    max: AtomicUsize,
+    /// Permits still to remove after a shrink; `shrinking` mirrors `debt > 0` so the
+    /// return path checks one atomic.
+    debt: Mutex<usize>,
+    shrinking: AtomicBool,
     idle: Mutex<VecDeque<(D::Connection, Meta)>>,
     counters: Counters,
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     jitter: (RandomState, AtomicU64),
-    /// Returned connections being reset, and a signal each time one is done.
+    /// Returned connections being reset.
     resetting: AtomicU64,
-    settled: tokio::sync::Notify,
+    /// Signalled when a reset ends, and on every return once the pool is closing.
+    settled: Notify,
+    /// Wakes the maintenance task (resize, close); shared with it so it can wait without
+    /// holding the pool.
+    wake: Arc<Notify>,
+    /// Open checkouts, tracked only when leak detection is on.
+    leases: Option<Mutex<Leases>>,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Meta {
+pub(crate) struct Meta {
     expires: Option<Instant>,
     idle_since: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct Leases {
+    next: u64,
+    open: HashMap<u64, Lease>,
+}
+
+pub(crate) struct Lease {
+    since: Instant,
+    location: &'static Location<'static>,
+    reported: bool,
 }
 
 impl<D: Driver> fmt::Debug for Pool<D> {
@@ -89,6 +127,7 @@ impl<D: Driver> fmt::Debug for Pool<D> {
         f.debug_struct("Pool")
             .field("driver", &self.inner.driver.name())
             .field("node", &self.inner.node.to_string())
+            .field("hooks", &self.inner.hooks)
             .field("stats", &self.stats())
             .finish()
     }
@@ -97,25 +136,119 @@ impl<D: Driver> fmt::Debug for Pool<D> {
 const BACKOFF_START: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Builds a [`Pool`] with lifecycle hooks; see the table in the `hooks` docs for when each
+/// runs and what its failure does.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), pgprovider::Error> {
+/// use pgprovider::{Config, Connection, Pool};
+/// use pgprovider_tokio_postgres::TokioPostgres;
+/// let config = Config::from_url("postgres://app@localhost/app")?;
+/// let pool = Pool::builder(TokioPostgres::new(), &config, &config.nodes()[0])
+///     .after_connect(|conn| Box::pin(async move {
+///         conn.simple_query("SET application_name = 'worker'").await.map(|_| ())
+///     }))
+///     .on_leak(|leak| eprintln!("connection from {} held for {:?}", leak.location, leak.held_for))
+///     .build();
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct PoolBuilder<D: Driver> {
+    driver: D,
+    config: Config,
+    node: Node,
+    hooks: Hooks<D::Connection>,
+}
+
+impl<D: Driver> fmt::Debug for PoolBuilder<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("node", &self.node.to_string())
+            .field("hooks", &self.hooks)
+            .finish()
+    }
+}
+
+impl<D: Driver> PoolBuilder<D> {
+    /// Runs `f` on every new connection before its first use, such as to set session
+    /// defaults. (Settings it makes survive the pool's reset on return only if they are
+    /// connection defaults: prefer the `options` URL key for `SET`s.)
+    pub fn after_connect<F>(mut self, f: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut D::Connection) -> BoxFuture<'a, Result<()>> + Send + Sync + 'static,
+    {
+        self.hooks.after_connect = Some(Arc::new(f));
+        self
+    }
+
+    /// Asks `f` before an idle connection is handed out; `false` closes it and another is
+    /// taken.
+    pub fn before_checkout(
+        mut self,
+        f: impl Fn(&D::Connection) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.before_checkout = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` on each connection put back into the idle queue.
+    pub fn after_return(mut self, f: impl Fn(&D::Connection) + Send + Sync + 'static) -> Self {
+        self.hooks.after_return = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` once for each checkout held longer than the leak-detection threshold
+    /// (besides the `warn` event and the `leaks` count, which happen anyway).
+    pub fn on_leak(mut self, f: impl Fn(&LeakReport) + Send + Sync + 'static) -> Self {
+        self.hooks.on_leak = Some(Arc::new(f));
+        self
+    }
+
+    /// Makes the pool. Inside a tokio runtime this also starts its maintenance task.
+    pub fn build(self) -> Pool<D> {
+        let max = self.config.pool().max_size();
+        let leases = self
+            .config
+            .pool()
+            .leak_detection_threshold()
+            .map(|_| Mutex::new(Leases::default()));
+        let inner = Arc::new(Inner {
+            driver: self.driver,
+            config: self.config,
+            node: self.node,
+            hooks: self.hooks,
+            semaphore: Arc::new(Semaphore::new(max)),
+            max: AtomicUsize::new(max),
+            debt: Mutex::new(0),
+            shrinking: AtomicBool::new(false),
+            idle: Mutex::new(VecDeque::with_capacity(max)),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            jitter: (RandomState::new(), AtomicU64::new(0)),
+            resetting: AtomicU64::new(0),
+            settled: Notify::new(),
+            wake: Arc::new(Notify::new()),
+            leases,
+        });
+        maintain::start(&inner);
+        Pool { inner }
+    }
+}
+
 impl<D: Driver> Pool<D> {
-    /// A pool of connections to `node`, with the pool knobs of `config`. No connection is
-    /// opened until the first checkout.
+    /// A pool of connections to `node`, with the pool knobs of `config` and no hooks.
     pub fn new(driver: D, config: &Config, node: &Node) -> Self {
-        let max = config.pool().max_size();
-        Pool {
-            inner: Arc::new(Inner {
-                driver,
-                config: config.clone(),
-                node: node.clone(),
-                semaphore: Arc::new(Semaphore::new(max)),
-                idle: Mutex::new(VecDeque::with_capacity(max)),
-                counters: Counters::default(),
-                last_error: Mutex::new(None),
-                closed: AtomicBool::new(false),
-                jitter: (RandomState::new(), AtomicU64::new(0)),
-                resetting: AtomicU64::new(0),
-                settled: tokio::sync::Notify::new(),
-            }),
+        Self::builder(driver, config, node).build()
+    }
+
+    /// A builder, to add lifecycle hooks.
+    pub fn builder(driver: D, config: &Config, node: &Node) -> PoolBuilder<D> {
+        PoolBuilder {
+            driver,
+            config: config.clone(),
+            node: node.clone(),
+            hooks: Hooks::default(),
         }
     }
 
@@ -126,11 +259,11 @@ impl<D: Driver> Pool<D> {
 
     /// A snapshot of the pool's state and counters.
     pub fn stats(&self) -> PoolStats {
-        let idle = lock(&self.inner.idle).len() as u64;
-        self.inner.counters.snapshot(idle)
+        self.inner.stats()
     }
 
-    /// Checks out a connection, waiting in FIFO order when all are in use.
+    /// Checks out a connection, waiting in FIFO order when all are in use. The caller's
+    /// location is kept for leak reports.
     ///
     /// Cancel-safe: dropping the future while it waits or connects leaves the pool's counts
     /// right and any half-made connection closed.
@@ -139,8 +272,15 @@ impl<D: Driver> Pool<D> {
     /// - [`ErrorKind::PoolTimeout`] when no connection is ready within the acquire timeout;
     ///   the error names the node, the pool's state and the last connection error.
     /// - [`ErrorKind::PoolClosed`] once [`close`](Self::close) was called.
-    /// - A connection error that retrying cannot fix (authentication, configuration).
-    pub async fn get(&self) -> Result<Pooled<D>> {
+    /// - A connection error that retrying cannot fix (authentication, configuration), or
+    ///   the error of the `after_connect` hook.
+    #[track_caller]
+    pub fn get(&self) -> impl Future<Output = Result<Pooled<D>>> + Send + '_ {
+        let at = Location::caller();
+        self.checkout(at)
+    }
+
+    async fn checkout(&self, at: &'static Location<'static>) -> Result<Pooled<D>> {
         let inner = &self.inner;
         if inner.closed.load(Relaxed) {
             return Err(inner.closed_error());
@@ -155,9 +295,7 @@ impl<D: Driver> Pool<D> {
                 Err(_) => return Err(inner.timeout_error(start)),
             }
         };
-        loop {
-            let idle = lock(&inner.idle).pop_back();
-            let Some((mut conn, meta)) = idle else { break };
+        while let Some((mut conn, meta)) = inner.pop_idle() {
             let now = Instant::now();
             if meta.expires.is_some_and(|e| now >= e) {
                 inner.close_conn(conn, CloseReason::Lifetime);
@@ -178,24 +316,30 @@ impl<D: Driver> Pool<D> {
                 ValidationPolicy::WhenIdleFor(t) => idle_for >= t,
                 _ => false,
             };
-            if validate {
-                let ok = matches!(
+            if validate
+                && !matches!(
                     tokio::time::timeout_at(deadline, conn.ping()).await,
                     Ok(Ok(()))
-                );
-                if !ok {
+                )
+            {
+                inner.close_conn(conn, CloseReason::Validation);
+                continue;
+            }
+            if let Some(check) = &inner.hooks.before_checkout {
+                let node = inner.node.to_string();
+                if guarded("before_checkout", &node, || check(&conn)) != Some(true) {
                     inner.close_conn(conn, CloseReason::Validation);
                     continue;
                 }
             }
-            return Ok(self.hand_out(conn, meta, permit, start));
+            return Ok(self.hand_out(conn, meta, permit, start, at));
         }
-        let conn = self.connect_until(deadline, start).await?;
+        let conn = inner.connect_until(deadline, start).await?;
         let meta = Meta {
             expires: inner.expiry(),
             idle_since: Instant::now(),
         };
-        Ok(self.hand_out(conn, meta, permit, start))
+        Ok(self.hand_out(conn, meta, permit, start, at))
     }
 
     fn hand_out(
@@ -204,63 +348,83 @@ impl<D: Driver> Pool<D> {
         meta: Meta,
         permit: OwnedSemaphorePermit,
         start: Instant,
+        at: &'static Location<'static>,
     ) -> Pooled<D> {
         let c = &self.inner.counters;
         c.acquired.fetch_add(1, Relaxed);
         c.in_use.fetch_add(1, Relaxed);
         c.waited(start.elapsed());
-        Pooled {
-            conn: Some((conn, meta)),
-            _permit: Some(permit),
-            pool: self.inner.clone(),
-        }
+        let lease = self.inner.leases.as_ref().map(|l| {
+            let mut l = lock(l);
+            l.next += 1;
+            let id = l.next;
+            l.open.insert(
+                id,
+                Lease {
+                    since: Instant::now(),
+                    location: at,
+                    reported: false,
+                },
+            );
+            id
+        });
+        Pooled::new(conn, meta, permit, lease, self.inner.clone())
     }
 
-    async fn connect_until(&self, deadline: Instant, start: Instant) -> Result<D::Connection> {
-        let inner = &self.inner;
-        let mut backoff = BACKOFF_START;
-        loop {
-            let params = inner.config.connect_params(&inner.node).await?;
-            let err = match tokio::time::timeout_at(deadline, inner.driver.connect(&params)).await {
-                Ok(Ok(conn)) => {
-                    inner.counters.created.fetch_add(1, Relaxed);
-                    inner.counters.size.fetch_add(1, Relaxed);
-                    return Ok(conn);
-                }
-                Ok(Err(e)) => e,
-                Err(_) => return Err(inner.timeout_error(start)),
-            };
-            inner.counters.connect_errors.fetch_add(1, Relaxed);
-            *lock(&inner.last_error) = Some(match err.sql_state() {
-                Some(code) => format!("{} (SQLSTATE {code})", err.message()),
-                None => err.message().to_owned(),
-            });
-            tracing::debug!(node = %inner.node, error = %err, "connection attempt failed");
-            if !err.is_retryable() {
-                return Err(if err.node().is_some() {
-                    err
-                } else {
-                    err.with_node(inner.node.to_string())
-                });
-            }
-            if tokio::time::timeout_at(deadline, tokio::time::sleep(backoff))
-                .await
-                .is_err()
-            {
-                return Err(inner.timeout_error(start));
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+    /// Changes the maximum size at run time. Growing takes effect at once; shrinking closes
+    /// surplus idle connections at once and surplus busy ones as they are returned.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for a size of zero.
+    pub fn resize(&self, max_size: usize) -> Result<()> {
+        if max_size == 0 {
+            return Err(
+                Error::new(ErrorKind::Config, "a pool needs at least one connection")
+                    .with_node(self.inner.node.to_string())
+                    .with_hint("give a size of 1 or more"),
+            );
         }
+        let inner = &self.inner;
+        {
+            let mut debt = lock(&inner.debt);
+            let old = inner.max.swap(max_size, Relaxed);
+            if max_size >= old {
+                let grow = max_size - old;
+                let cancelled = grow.min(*debt);
+                *debt -= cancelled;
+                inner.semaphore.add_permits(grow - cancelled);
+            } else {
+                *debt += old - max_size;
+                *debt -= inner.semaphore.forget_permits(*debt);
+            }
+            inner.shrinking.store(*debt > 0, Relaxed);
+        }
+        inner.trim_to_max();
+        inner.wake.notify_one();
+        Ok(())
     }
 
     /// Stops handing out connections and closes the idle ones; connections in use are
     /// closed as they are returned. Waiting checkouts fail with [`ErrorKind::PoolClosed`].
     /// Returns once every connection the pool holds (idle, or being reset after a return)
-    /// is closed.
+    /// is closed; see [`close_graceful`](Self::close_graceful) to also wait for busy ones.
     pub async fn close(&self) {
+        self.close_within(Duration::ZERO).await;
+    }
+
+    /// As [`close`](Self::close), and waits up to `deadline` for checked-out connections to
+    /// come back. Returns how many were still out when it gave up (they are closed when
+    /// returned).
+    pub async fn close_graceful(&self, deadline: Duration) -> usize {
+        self.close_within(deadline).await
+    }
+
+    async fn close_within(&self, wait: Duration) -> usize {
         let inner = &self.inner;
         inner.closed.store(true, Relaxed);
         inner.semaphore.close();
+        inner.wake.notify_one();
+        let until = Instant::now() + wait;
         loop {
             let settled = inner.settled.notified();
             let mut settled = std::pin::pin!(settled);
@@ -270,10 +434,16 @@ impl<D: Driver> Pool<D> {
                 inner.counters.closed(CloseReason::Pool);
                 conn.close().await;
             }
-            if inner.resetting.load(Relaxed) == 0 {
-                return;
+            let out = inner.counters.in_use.load(Relaxed) as usize;
+            let resetting = inner.resetting.load(Relaxed);
+            if resetting == 0 && (out == 0 || Instant::now() >= until) {
+                return out;
             }
-            settled.await;
+            if resetting == 0 {
+                let _ = tokio::time::timeout_at(until, settled).await;
+            } else {
+                settled.await;
+            }
         }
     }
 
@@ -284,6 +454,81 @@ impl<D: Driver> Pool<D> {
 }
 
 impl<D: Driver> Inner<D> {
+    fn stats(&self) -> PoolStats {
+        let idle = lock(&self.idle).len() as u64;
+        self.counters.snapshot(idle, self.max.load(Relaxed) as u64)
+    }
+
+    fn pop_idle(&self) -> Option<(D::Connection, Meta)> {
+        lock(&self.idle).pop_back()
+    }
+
+    /// Opens a connection (with backoff on retryable failures) and runs `after_connect`.
+    async fn connect_until(&self, deadline: Instant, start: Instant) -> Result<D::Connection> {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let err = match tokio::time::timeout_at(deadline, self.connect_once()).await {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) => e,
+                Err(_) => return Err(self.timeout_error(start)),
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            if tokio::time::timeout_at(deadline, tokio::time::sleep(backoff))
+                .await
+                .is_err()
+            {
+                return Err(self.timeout_error(start));
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One attempt: connect, count it, run `after_connect`. Errors name the node.
+    async fn connect_once(&self) -> Result<D::Connection> {
+        let attempt = async {
+            let params = self.config.connect_params(&self.node).await?;
+            self.driver.connect(&params).await
+        };
+        let mut conn = match attempt.await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.counters.connect_errors.fetch_add(1, Relaxed);
+                *lock(&self.last_error) = Some(match e.sql_state() {
+                    Some(code) => format!("{} (SQLSTATE {code})", e.message()),
+                    None => e.message().to_owned(),
+                });
+                tracing::debug!(node = %self.node, error = %e, "connection attempt failed");
+                return Err(if e.node().is_some() {
+                    e
+                } else {
+                    e.with_node(self.node.to_string())
+                });
+            }
+        };
+        self.counters.created.fetch_add(1, Relaxed);
+        self.counters.size.fetch_add(1, Relaxed);
+        if let Some(hook) = &self.hooks.after_connect {
+            let failed = match CatchUnwind(hook(&mut conn)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{e}")),
+                Err(panic) => Some(format!("panicked: {panic}")),
+            };
+            if let Some(why) = failed {
+                self.close_conn(conn, CloseReason::Error);
+                *lock(&self.last_error) = Some(format!("after_connect hook failed: {why}"));
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!("the pool's after_connect hook failed: {why}"),
+                )
+                .with_node(self.node.to_string())
+                .with_hint("fix the after_connect hook; the connection was closed"));
+            }
+        }
+        Ok(conn)
+    }
+
     fn closed_error(&self) -> Error {
         Error::new(ErrorKind::PoolClosed, "the pool is closed")
             .with_node(self.node.to_string())
@@ -292,7 +537,7 @@ impl<D: Driver> Inner<D> {
 
     fn timeout_error(&self, start: Instant) -> Error {
         self.counters.timeouts.fetch_add(1, Relaxed);
-        let s = self.counters.snapshot(lock(&self.idle).len() as u64);
+        let s = self.stats();
         let last = lock(&self.last_error)
             .clone()
             .unwrap_or_else(|| "none".to_owned());
@@ -305,7 +550,7 @@ impl<D: Driver> Inner<D> {
                 s.idle,
                 s.in_use,
                 s.waiters,
-                self.config.pool().max_size()
+                s.max_size
             ),
         )
         .with_node(self.node.to_string())
@@ -322,7 +567,48 @@ impl<D: Driver> Inner<D> {
         Some(Instant::now() + lifetime - jitter)
     }
 
+    /// Removes one permit owed by a shrink, if any; true when the caller's permit and
+    /// connection must go.
+    fn take_debt(&self) -> bool {
+        if !self.shrinking.load(Relaxed) {
+            return false;
+        }
+        let mut debt = lock(&self.debt);
+        let owed = *debt > 0;
+        if owed {
+            *debt -= 1;
+        }
+        self.shrinking.store(*debt > 0, Relaxed);
+        owed
+    }
+
+    /// Forgets available permits owed by a shrink.
+    fn absorb_debt(&self) {
+        let mut debt = lock(&self.debt);
+        if *debt > 0 {
+            *debt -= self.semaphore.forget_permits(*debt);
+            self.shrinking.store(*debt > 0, Relaxed);
+        }
+    }
+
+    /// Closes idle connections while there are more open than the maximum.
+    fn trim_to_max(&self) {
+        let max = self.max.load(Relaxed) as u64;
+        while self.counters.size.load(Relaxed) > max {
+            let Some((conn, _)) = lock(&self.idle).pop_front() else {
+                break;
+            };
+            self.close_conn(conn, CloseReason::Resize);
+        }
+    }
+
     fn return_idle(&self, conn: D::Connection, meta: Meta) {
+        if let Some(hook) = &self.hooks.after_return {
+            if guarded("after_return", &self.node.to_string(), || hook(&conn)).is_none() {
+                self.close_conn(conn, CloseReason::Error);
+                return;
+            }
+        }
         let meta = Meta {
             idle_since: Instant::now(),
             ..meta
@@ -342,111 +628,6 @@ impl<D: Driver> Inner<D> {
     }
 }
 
-/// A checked-out connection. Derefs to the driver's connection; dropping it returns the
-/// connection to the pool (or closes it when it is broken or expired).
-pub struct Pooled<D: Driver> {
-    conn: Option<(D::Connection, Meta)>,
-    // Released after the connection is back in the idle queue (fields drop in order), so
-    // the next waiter finds it there.
-    _permit: Option<OwnedSemaphorePermit>,
-    pool: Arc<Inner<D>>,
-}
-
-impl<D: Driver> Pooled<D> {
-    /// Takes the connection out of the pool for good; the pool opens another in its place.
-    pub fn detach(mut this: Self) -> D::Connection {
-        let (conn, _) = this.conn.take().expect("connection present until drop");
-        this.pool.counters.in_use.fetch_sub(1, Relaxed);
-        this.pool.counters.size.fetch_sub(1, Relaxed);
-        conn
-    }
-
-    /// Closes the connection instead of returning it, for example after an error that
-    /// leaves its state unknown.
-    pub fn discard(mut this: Self) {
-        let (conn, _) = this.conn.take().expect("connection present until drop");
-        this.pool.counters.in_use.fetch_sub(1, Relaxed);
-        this.pool.close_conn(conn, CloseReason::Error);
-    }
-}
-
-impl<D: Driver> Deref for Pooled<D> {
-    type Target = D::Connection;
-    fn deref(&self) -> &D::Connection {
-        &self.conn.as_ref().expect("connection present until drop").0
-    }
-}
-
-impl<D: Driver> DerefMut for Pooled<D> {
-    fn deref_mut(&mut self) -> &mut D::Connection {
-        &mut self.conn.as_mut().expect("connection present until drop").0
-    }
-}
-
-impl<D: Driver> fmt::Debug for Pooled<D> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pooled")
-            .field("node", &self.pool.node.to_string())
-            .finish()
-    }
-}
-
-impl<D: Driver> Drop for Pooled<D> {
-    fn drop(&mut self) {
-        let Some((conn, meta)) = self.conn.take() else {
-            return;
-        };
-        let pool = &self.pool;
-        pool.counters.in_use.fetch_sub(1, Relaxed);
-        if pool.closed.load(Relaxed) {
-            pool.close_conn(conn, CloseReason::Pool);
-        } else if conn.is_broken() {
-            pool.close_conn(conn, CloseReason::Error);
-        } else if meta.expires.is_some_and(|e| Instant::now() >= e) {
-            pool.close_conn(conn, CloseReason::Lifetime);
-        } else if conn.needs_reset() {
-            // Reset in a task of its own (drop never blocks), holding the permit so the
-            // connection still counts against max size until it is idle again.
-            let permit = self._permit.take();
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => {
-                    pool.resetting.fetch_add(1, Relaxed);
-                    h.spawn(reset_and_return(pool.clone(), conn, meta, permit));
-                }
-                Err(_) => pool.close_conn(conn, CloseReason::Error),
-            }
-        } else {
-            pool.return_idle(conn, meta);
-        }
-    }
-}
-
-/// How long a reset on return may take before the connection is closed instead.
-const RESET_TIMEOUT: Duration = Duration::from_secs(5);
-
-async fn reset_and_return<D: Driver>(
-    pool: Arc<Inner<D>>,
-    mut conn: D::Connection,
-    meta: Meta,
-    _permit: Option<OwnedSemaphorePermit>,
-) {
-    pool.counters.resets.fetch_add(1, Relaxed);
-    let ok = matches!(
-        tokio::time::timeout(RESET_TIMEOUT, conn.reset()).await,
-        Ok(Ok(()))
-    );
-    if !ok || conn.is_broken() {
-        pool.close_conn(conn, CloseReason::Error);
-    } else if pool.closed.load(Relaxed) {
-        pool.close_conn(conn, CloseReason::Pool);
-    } else {
-        pool.return_idle(conn, meta);
-    }
-    pool.resetting.fetch_sub(1, Relaxed);
-    pool.settled.notify_waiters();
-    // The permit drops here, after the connection is idle, so the next waiter finds it.
-}
-
 /// Counts itself in while alive (waiters), out when dropped, also on cancellation.
 struct CountGuard<'a>(&'a AtomicU64);
 
@@ -463,8 +644,10 @@ impl Drop for CountGuard<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the queue inconsistent (push/pop only).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a lock cannot leave these structures inconsistent: every
+    // critical section is a single push, pop, insert or arithmetic step, and hooks never
+    // run under a lock.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

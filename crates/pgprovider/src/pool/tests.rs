@@ -418,3 +418,283 @@ fn returning_outside_a_runtime_never_panics() {
     let s = pool.stats();
     assert_eq!((s.idle, s.closed_error, s.in_use), (1, 1, 0));
 }
+
+/// Lets the maintenance task and spawned closes run (paused time auto-advances).
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_up_keeps_min_idle_ready_within_max() {
+    let (pool, _) = pool("pool_min_idle=3&pool_max_size=5");
+    settle().await;
+    let s = pool.stats();
+    assert_eq!((s.idle, s.created, s.max_size), (3, 3, 5));
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    assert_eq!(pool.stats().idle, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // one maintenance round
+    let s = pool.stats();
+    assert_eq!((s.idle, s.size), (3, 5), "refilled to min idle");
+    drop((a, b));
+
+    let (small, _) = self::pool("pool_min_idle=3&pool_max_size=3");
+    small.resize(2).unwrap();
+    settle().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(small.stats().size, 2, "warm-up never goes above max size");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connections_are_reaped_in_the_background_down_to_min_idle() {
+    let (pool, script) = pool("pool_min_idle=1&pool_idle_timeout=10s&pool_max_size=4");
+    let held: Vec<_> = futures_get(&pool, 3).await;
+    drop(held);
+    assert_eq!(pool.stats().idle, 3);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let s = pool.stats();
+    assert_eq!((s.size, s.closed_idle), (1, 2), "{s:?}");
+    settle().await;
+    assert_eq!(script.closed.load(Relaxed), 2);
+}
+
+async fn futures_get(pool: &Pool<Fake>, n: usize) -> Vec<Pooled<Fake>> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(pool.get().await.unwrap());
+    }
+    v
+}
+
+#[tokio::test(start_paused = true)]
+async fn lifetime_expiry_is_applied_to_idle_connections_in_the_background() {
+    let (pool, _) = pool("pool_max_lifetime=20s&pool_min_idle=2&pool_idle_timeout=off");
+    settle().await;
+    assert_eq!(pool.stats().created, 2);
+    tokio::time::sleep(Duration::from_secs(22)).await;
+    let s = pool.stats();
+    assert_eq!(
+        (s.closed_lifetime, s.idle, s.created),
+        (2, 2, 4),
+        "expired and replaced: {s:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn growing_serves_waiters_at_once() {
+    let (pool, _) = pool("pool_max_size=1");
+    let held = pool.get().await.unwrap();
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    settle().await;
+    assert_eq!(pool.stats().waiters, 1);
+    pool.resize(2).unwrap();
+    assert_eq!(
+        waiter.await.unwrap().unwrap(),
+        1,
+        "a second connection, without waiting"
+    );
+    assert_eq!(pool.stats().max_size, 2);
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shrinking_closes_surplus_idle_now_and_busy_ones_on_return() {
+    let (pool, _) = pool("pool_max_size=4&pool_acquire_timeout=1s");
+    let mut busy = futures_get(&pool, 4).await;
+    drop(busy.pop()); // one idle
+    pool.resize(2).unwrap();
+    let s = pool.stats();
+    assert_eq!(
+        (s.max_size, s.size, s.closed_resize),
+        (2, 3, 1),
+        "the idle one went at once: {s:?}"
+    );
+    drop(busy); // three come back: one closes, two stay
+    let s = pool.stats();
+    assert_eq!((s.size, s.idle, s.closed_resize), (2, 2, 2), "{s:?}");
+    // Only two permits remain.
+    let two = futures_get(&pool, 2).await;
+    assert_eq!(pool.get().await.unwrap_err().kind(), ErrorKind::PoolTimeout);
+    drop(two);
+    pool.resize(3).unwrap();
+    let three = futures_get(&pool, 3).await;
+    assert_eq!(three.len(), 3);
+    assert_eq!(pool.resize(0).unwrap_err().kind(), ErrorKind::Config);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shrinking_under_load_then_growing_back_cancels_the_debt() {
+    let (pool, _) = pool("pool_max_size=3&pool_acquire_timeout=1s");
+    let busy = futures_get(&pool, 3).await;
+    pool.resize(1).unwrap(); // owes two permits
+    pool.resize(2).unwrap(); // now owes one
+    drop(busy);
+    let s = pool.stats();
+    assert_eq!((s.size, s.closed_resize), (2, 1), "{s:?}");
+    let two = futures_get(&pool, 2).await;
+    assert_eq!(pool.get().await.unwrap_err().kind(), ErrorKind::PoolTimeout);
+    drop(two);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_connection_is_reported_once_with_where_it_was_taken() {
+    let c = Config::from_url(
+        "postgres://fake/db?pool_leak_detection_threshold=5s&pool_validation=never",
+    )
+    .unwrap();
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = reports.clone();
+    let pool = Pool::builder(Fake::default(), &c, &c.nodes()[0])
+        .on_leak(move |r| seen.lock().unwrap().push(r.clone()))
+        .build();
+    let line = line!() + 1;
+    let held = pool.get().await.unwrap();
+    let quick = pool.get().await.unwrap();
+    drop(quick); // returned in time: never reported
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    {
+        let r = reports.lock().unwrap();
+        assert_eq!(r.len(), 1);
+        assert!(
+            r[0].location.file().ends_with("pool/tests.rs"),
+            "{}",
+            r[0].location
+        );
+        assert_eq!(r[0].location.line(), line);
+        assert!(r[0].held_for >= Duration::from_secs(5));
+        assert_eq!(r[0].node, "fake:5432");
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(reports.lock().unwrap().len(), 1, "reported once");
+    assert_eq!(pool.stats().leaks, 1);
+    drop(held);
+    assert!(
+        pool.inner
+            .leases
+            .as_ref()
+            .unwrap()
+            .lock()
+            .unwrap()
+            .open
+            .is_empty()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_connect_runs_once_per_connection_and_its_failure_is_the_callers() {
+    let c = Config::from_url("postgres://fake/db?pool_validation=never").unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let pool = Pool::builder(Fake::default(), &c, &c.nodes()[0])
+        .after_connect(move |conn| {
+            let r = r.clone();
+            Box::pin(async move {
+                r.fetch_add(1, Relaxed);
+                match conn.id {
+                    1 => Err(Error::new(ErrorKind::Database, "set failed")),
+                    2 => panic!("hook bug"),
+                    _ => Ok(()),
+                }
+            })
+        })
+        .build();
+    drop(pool.get().await.unwrap());
+    drop(pool.get().await.unwrap());
+    assert_eq!(runs.load(Relaxed), 1, "not again for a reused connection");
+    let busy = pool.get().await.unwrap();
+    let e = pool.get().await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("after_connect hook failed: set failed"),
+        "{e}"
+    );
+    let e = pool.get().await.unwrap_err();
+    assert!(e.to_string().contains("panicked: hook bug"), "{e}");
+    let s = pool.stats();
+    assert_eq!((s.closed_error, s.size), (2, 1), "{s:?}");
+    assert_eq!(pool.get().await.unwrap().id, 3, "the pool still works");
+    drop(busy);
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_checkout_and_after_return_can_reject_and_never_poison_the_pool() {
+    let c = Config::from_url("postgres://fake/db?pool_validation=never").unwrap();
+    let pool = Pool::builder(Fake::default(), &c, &c.nodes()[0])
+        .before_checkout(|conn| match conn.id {
+            0 => false,
+            1 => panic!("checkout hook bug"),
+            _ => true,
+        })
+        .after_return(|conn| {
+            if conn.id == 3 {
+                panic!("return hook bug")
+            }
+        })
+        .build();
+    let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    assert_eq!((a.id, b.id), (0, 1));
+    drop((a, b));
+    assert_eq!(
+        pool.get().await.unwrap().id,
+        2,
+        "0 and 1 were rejected and closed"
+    );
+    assert_eq!(pool.stats().closed_validation, 2);
+    let (c2, c3) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    assert_eq!((c2.id, c3.id), (2, 3));
+    drop(c3); // its after_return panics: closed
+    assert_eq!(pool.stats().closed_error, 1);
+    drop(c2);
+    assert!(format!("{pool:?}").contains("before_checkout: true"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_close_waits_for_returns_up_to_its_deadline() {
+    let (pool, _) = pool("pool_max_size=2");
+    let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drop(a);
+    });
+    let start = Instant::now();
+    let still_out = pool.close_graceful(Duration::from_secs(10)).await;
+    // b never comes back in time; a does after 2 s.
+    assert_eq!(still_out, 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(pool.stats().closed_pool, 1);
+    drop(b);
+    assert_eq!(pool.stats().closed_pool, 2);
+
+    let (pool, _) = self::pool("");
+    let c = pool.get().await.unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(c);
+    });
+    let start = Instant::now();
+    assert_eq!(pool.close_graceful(Duration::from_secs(30)).await, 0);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(1),
+        "returns as soon as all are back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_histogram_counts_every_checkout() {
+    let (pool, _) = pool("pool_max_size=1");
+    for _ in 0..5 {
+        drop(pool.get().await.unwrap());
+    }
+    let s = pool.stats();
+    assert_eq!(s.acquire_wait_histogram.iter().sum::<u64>(), 5);
+    assert!(
+        s.acquire_wait_quantile(0.99) <= Duration::from_micros(1),
+        "no waiting in paused time"
+    );
+}

@@ -1,0 +1,156 @@
+//! The pool's background task: warm-up to `min_idle`, reaping, shrinking, leak reports.
+
+use super::hooks::{LeakReport, guarded};
+use super::stats::CloseReason;
+use super::{Inner, Meta, lock};
+use pgprovider_core::Driver;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The longest pause between rounds; also how soon a resize or a new `min_idle` shows.
+const TICK: Duration = Duration::from_secs(1);
+const MIN_TICK: Duration = Duration::from_millis(10);
+
+/// Starts the task when there is a runtime to run it on. Without one, the pool still
+/// works; it only lacks warm-up, proactive reaping and leak reports.
+pub(super) fn start<D: Driver>(inner: &Arc<Inner<D>>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        tracing::debug!(node = %inner.node, "no tokio runtime: pool maintenance is off");
+        return;
+    };
+    let pool = inner.config.pool();
+    let tick = [
+        Some(TICK),
+        pool.leak_detection_threshold().map(|t| t / 4),
+        pool.idle_timeout().map(|t| t / 2),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(TICK)
+    .max(MIN_TICK);
+    rt.spawn(run(Arc::downgrade(inner), inner.wake.clone(), tick));
+}
+
+async fn run<D: Driver>(pool: Weak<Inner<D>>, wake: Arc<tokio::sync::Notify>, tick: Duration) {
+    loop {
+        {
+            // Hold the pool only for one round, so dropping it ends the task.
+            let Some(inner) = pool.upgrade() else { return };
+            if inner.closed.load(Relaxed) {
+                return;
+            }
+            inner.absorb_debt();
+            inner.trim_to_max();
+            inner.reap_idle();
+            inner.report_leaks();
+            inner.warm_up().await;
+        }
+        let _ = tokio::time::timeout(tick, wake.notified()).await;
+    }
+}
+
+impl<D: Driver> Inner<D> {
+    /// Closes idle connections past their lifetime, and those idle past the idle timeout
+    /// while more than `min_idle` are open.
+    fn reap_idle(&self) {
+        let now = Instant::now();
+        let min_idle = self.config.pool().min_idle() as u64;
+        let idle_timeout = self.config.pool().idle_timeout();
+        let mut doomed = Vec::new();
+        {
+            let mut idle = lock(&self.idle);
+            let mut keep = std::collections::VecDeque::with_capacity(idle.len());
+            let mut open = self.counters.size.load(Relaxed);
+            // Oldest first, so the warmest connections are the ones kept.
+            while let Some((conn, meta)) = idle.pop_front() {
+                let expired = meta.expires.is_some_and(|e| now >= e);
+                let stale =
+                    idle_timeout.is_some_and(|t| now - meta.idle_since >= t) && open > min_idle;
+                if expired || stale {
+                    open -= 1;
+                    doomed.push((
+                        conn,
+                        if expired {
+                            CloseReason::Lifetime
+                        } else {
+                            CloseReason::Idle
+                        },
+                    ));
+                } else {
+                    keep.push_back((conn, meta));
+                }
+            }
+            *idle = keep;
+        }
+        for (conn, reason) in doomed {
+            self.close_conn(conn, reason);
+        }
+    }
+
+    /// Reports each checkout held past the threshold, once.
+    fn report_leaks(&self) {
+        let (Some(leases), Some(threshold)) =
+            (&self.leases, self.config.pool().leak_detection_threshold())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let found: Vec<LeakReport> = lock(leases)
+            .open
+            .values_mut()
+            .filter(|l| !l.reported && now - l.since >= threshold)
+            .map(|l| {
+                l.reported = true;
+                LeakReport {
+                    node: self.node.to_string(),
+                    location: l.location,
+                    held_for: now - l.since,
+                }
+            })
+            .collect();
+        for leak in found {
+            self.counters.leaks.fetch_add(1, Relaxed);
+            tracing::warn!(
+                node = %leak.node,
+                location = %leak.location,
+                held_for = ?leak.held_for,
+                "connection held longer than the leak-detection threshold"
+            );
+            if let Some(hook) = &self.hooks.on_leak {
+                guarded("on_leak", &leak.node, || hook(&leak));
+            }
+        }
+    }
+
+    /// Opens connections until `min_idle` are idle (within the maximum size), each under a
+    /// permit so checkouts and warm-up together never exceed the maximum.
+    async fn warm_up(&self) {
+        let want = self.config.pool().min_idle().min(self.max.load(Relaxed));
+        while lock(&self.idle).len() < want && !self.closed.load(Relaxed) {
+            let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
+                return;
+            };
+            let connecting =
+                tokio::time::timeout(self.config.pool().acquire_timeout(), self.connect_once());
+            match connecting.await {
+                Ok(Ok(conn)) => {
+                    let meta = Meta {
+                        expires: self.expiry(),
+                        idle_since: Instant::now(),
+                    };
+                    if self.closed.load(Relaxed) {
+                        self.close_conn(conn, CloseReason::Pool);
+                    } else {
+                        self.return_idle(conn, meta);
+                    }
+                }
+                // Failures were counted and logged; the next round tries again.
+                Ok(Err(_)) | Err(_) => return,
+            }
+            drop(permit);
+        }
+    }
+}
