@@ -1,14 +1,13 @@
 //! The checked-out connection and what happens when it comes back.
 
 use super::stats::CloseReason;
-use super::{Inner, Meta, lock};
+use super::{Inner, Slot, lock};
 use pgprovider_core::{Connection, Driver};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 /// A checked-out connection. Derefs to the driver's connection; dropping it returns the
@@ -16,8 +15,9 @@ use tokio::time::Instant;
 /// or shrinking). Helpers are associated functions ([`Pooled::detach`],
 /// [`Pooled::discard`]) so they never shadow the connection's own methods.
 pub struct Pooled<D: Driver> {
-    conn: Option<(D::Connection, Meta)>,
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Option<Box<Slot<D::Connection>>>,
+    /// Whether this guard still owes the semaphore its permit.
+    permit: bool,
     lease: Option<u64>,
     pool: Arc<Inner<D>>,
 }
@@ -27,15 +27,13 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<D: Driver> Pooled<D> {
     pub(super) fn new(
-        conn: D::Connection,
-        meta: Meta,
-        permit: OwnedSemaphorePermit,
+        slot: Box<Slot<D::Connection>>,
         lease: Option<u64>,
         pool: Arc<Inner<D>>,
     ) -> Self {
         Pooled {
-            conn: Some((conn, meta)),
-            permit: Some(permit),
+            slot: Some(slot),
+            permit: true,
             lease,
             pool,
         }
@@ -43,39 +41,47 @@ impl<D: Driver> Pooled<D> {
 
     /// Takes the connection out of the pool for good; the pool opens another in its place.
     pub fn detach(mut this: Self) -> D::Connection {
-        let (conn, _) = this.take();
+        let slot = this.take();
         this.pool.counters.size.fetch_sub(1, Relaxed);
-        conn
+        slot.conn
     }
 
     /// Closes the connection instead of returning it, for example after an error that
     /// leaves its state unknown.
     pub fn discard(mut this: Self) {
-        let (conn, _) = this.take();
-        this.pool.close_conn(conn, CloseReason::Error);
+        let slot = this.take();
+        this.pool.close_conn(slot.conn, CloseReason::Error);
     }
 
     /// Takes the connection out of the guard, ending the checkout's accounting.
-    fn take(&mut self) -> (D::Connection, Meta) {
-        let taken = self.conn.take().expect("connection present until drop");
+    fn take(&mut self) -> Box<Slot<D::Connection>> {
+        let slot = self.slot.take().expect("connection present until drop");
         self.pool.counters.in_use.fetch_sub(1, Relaxed);
         if let (Some(id), Some(leases)) = (self.lease.take(), &self.pool.leases) {
             lock(leases).open.remove(&id);
         }
-        taken
+        slot
     }
 }
 
 impl<D: Driver> Deref for Pooled<D> {
     type Target = D::Connection;
     fn deref(&self) -> &D::Connection {
-        &self.conn.as_ref().expect("connection present until drop").0
+        &self
+            .slot
+            .as_ref()
+            .expect("connection present until drop")
+            .conn
     }
 }
 
 impl<D: Driver> DerefMut for Pooled<D> {
     fn deref_mut(&mut self) -> &mut D::Connection {
-        &mut self.conn.as_mut().expect("connection present until drop").0
+        &mut self
+            .slot
+            .as_mut()
+            .expect("connection present until drop")
+            .conn
     }
 }
 
@@ -89,63 +95,57 @@ impl<D: Driver> fmt::Debug for Pooled<D> {
 
 impl<D: Driver> Drop for Pooled<D> {
     fn drop(&mut self) {
-        if self.conn.is_none() {
-            self.pool.signal_if_closing();
-            return;
-        }
-        let (conn, meta) = self.take();
-        let pool = &self.pool;
-        if pool.closed.load(Relaxed) {
-            pool.close_conn(conn, CloseReason::Pool);
-        } else if conn.is_broken() {
-            pool.close_conn(conn, CloseReason::Error);
-        } else if meta.expires.is_some_and(|e| Instant::now() >= e) {
-            pool.close_conn(conn, CloseReason::Lifetime);
-        } else if pool.take_debt() {
-            // The pool shrank: this connection and its permit go.
-            if let Some(p) = self.permit.take() {
-                p.forget();
-            }
-            pool.close_conn(conn, CloseReason::Resize);
-        } else if conn.needs_reset() {
-            // Reset in a task of its own (drop never blocks), holding the permit so the
-            // connection still counts against max size until it is idle again.
-            let permit = self.permit.take();
-            match tokio::runtime::Handle::try_current() {
-                Ok(h) => {
-                    pool.resetting.fetch_add(1, Relaxed);
-                    h.spawn(reset_and_return(pool.clone(), conn, meta, permit));
+        if self.slot.is_some() {
+            let slot = self.take();
+            let pool = &self.pool;
+            let now = Instant::now();
+            if pool.closed.load(Relaxed) {
+                pool.close_conn(slot.conn, CloseReason::Pool);
+            } else if slot.conn.is_broken() {
+                pool.close_conn(slot.conn, CloseReason::Error);
+            } else if slot.expires.is_some_and(|e| now >= e) {
+                pool.close_conn(slot.conn, CloseReason::Lifetime);
+            } else if pool.take_debt() {
+                // The pool shrank: this connection and its permit go.
+                self.permit = false;
+                pool.close_conn(slot.conn, CloseReason::Resize);
+            } else if slot.conn.needs_reset() {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        // Reset in a task of its own (drop never blocks), which gives the
+                        // permit back once the connection is idle again.
+                        self.permit = false;
+                        pool.resetting.fetch_add(1, Relaxed);
+                        h.spawn(reset_and_return(pool.clone(), slot));
+                    }
+                    Err(_) => pool.close_conn(slot.conn, CloseReason::Error),
                 }
-                Err(_) => pool.close_conn(conn, CloseReason::Error),
+            } else {
+                pool.return_idle(slot, now);
             }
-        } else {
-            pool.return_idle(conn, meta);
         }
-        // The permit is released after the connection is idle, so the next waiter finds it.
-        drop(self.permit.take());
-        pool.signal_if_closing();
+        // The permit goes back after the connection is idle, so the next waiter finds it.
+        if self.permit {
+            self.pool.semaphore.add_permits(1);
+        }
+        self.pool.signal_if_closing();
     }
 }
 
-async fn reset_and_return<D: Driver>(
-    pool: Arc<Inner<D>>,
-    mut conn: D::Connection,
-    meta: Meta,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+async fn reset_and_return<D: Driver>(pool: Arc<Inner<D>>, mut slot: Box<Slot<D::Connection>>) {
     pool.counters.resets.fetch_add(1, Relaxed);
     let ok = matches!(
-        tokio::time::timeout(RESET_TIMEOUT, conn.reset()).await,
+        tokio::time::timeout(RESET_TIMEOUT, slot.conn.reset()).await,
         Ok(Ok(()))
     );
-    if !ok || conn.is_broken() {
-        pool.close_conn(conn, CloseReason::Error);
+    if !ok || slot.conn.is_broken() {
+        pool.close_conn(slot.conn, CloseReason::Error);
     } else if pool.closed.load(Relaxed) {
-        pool.close_conn(conn, CloseReason::Pool);
+        pool.close_conn(slot.conn, CloseReason::Pool);
     } else {
-        pool.return_idle(conn, meta);
+        pool.return_idle(slot, Instant::now());
     }
-    drop(permit);
+    pool.semaphore.add_permits(1);
     pool.resetting.fetch_sub(1, Relaxed);
     pool.settled.notify_waiters();
 }

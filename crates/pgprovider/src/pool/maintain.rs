@@ -2,7 +2,7 @@
 
 use super::hooks::{LeakReport, guarded};
 use super::stats::CloseReason;
-use super::{Inner, Meta, lock};
+use super::{Inner, Slot, lock};
 use pgprovider_core::Driver;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -65,28 +65,26 @@ impl<D: Driver> Inner<D> {
             let mut keep = std::collections::VecDeque::with_capacity(idle.len());
             let mut open = self.counters.size.load(Relaxed);
             // Oldest first, so the warmest connections are the ones kept.
-            while let Some((conn, meta)) = idle.pop_front() {
-                let expired = meta.expires.is_some_and(|e| now >= e);
-                let stale =
-                    idle_timeout.is_some_and(|t| now - meta.idle_since >= t) && open > min_idle;
+            while let Some(slot) = idle.pop_front() {
+                let expired = slot.expires.is_some_and(|e| now >= e);
+                let idle_for = now.saturating_duration_since(slot.idle_since);
+                let stale = idle_timeout.is_some_and(|t| idle_for >= t) && open > min_idle;
                 if expired || stale {
                     open -= 1;
-                    doomed.push((
-                        conn,
-                        if expired {
-                            CloseReason::Lifetime
-                        } else {
-                            CloseReason::Idle
-                        },
-                    ));
+                    let reason = if expired {
+                        CloseReason::Lifetime
+                    } else {
+                        CloseReason::Idle
+                    };
+                    doomed.push((slot, reason));
                 } else {
-                    keep.push_back((conn, meta));
+                    keep.push_back(slot);
                 }
             }
             *idle = keep;
         }
-        for (conn, reason) in doomed {
-            self.close_conn(conn, reason);
+        for (slot, reason) in doomed {
+            self.close_conn(slot.conn, reason);
         }
     }
 
@@ -130,22 +128,25 @@ impl<D: Driver> Inner<D> {
     async fn warm_up(&self) {
         let want = self.config.pool().min_idle().min(self.max.load(Relaxed));
         while lock(&self.idle).len() < want && !self.closed.load(Relaxed) {
-            let Ok(permit) = self.semaphore.clone().try_acquire_owned() else {
+            let Ok(permit) = self.semaphore.try_acquire() else {
                 return;
             };
-            let connecting =
-                tokio::time::timeout(self.config.pool().acquire_timeout(), self.connect_once());
-            match connecting.await {
+            let timeout = self.config.pool().acquire_timeout();
+            match tokio::time::timeout(timeout, self.connect_once()).await {
+                Ok(Ok(conn)) if self.closed.load(Relaxed) => {
+                    self.close_conn(conn, CloseReason::Pool)
+                }
                 Ok(Ok(conn)) => {
-                    let meta = Meta {
-                        expires: self.expiry(),
-                        idle_since: Instant::now(),
-                    };
-                    if self.closed.load(Relaxed) {
-                        self.close_conn(conn, CloseReason::Pool);
-                    } else {
-                        self.return_idle(conn, meta);
-                    }
+                    let now = Instant::now();
+                    let expires = self.expiry();
+                    self.return_idle(
+                        Box::new(Slot {
+                            conn,
+                            expires,
+                            idle_since: now,
+                        }),
+                        now,
+                    );
                 }
                 // Failures were counted and logged; the next round tries again.
                 Ok(Err(_)) | Err(_) => return,

@@ -24,6 +24,7 @@
 //! Why hand-written and not deadpool or bb8: the pool is the heart of the provider (per-node
 //! pools, tenant quotas, leak detection, multiplexing), and DESIGN.md requires it to beat both.
 
+mod deadline;
 mod guard;
 mod hooks;
 mod maintain;
@@ -46,7 +47,7 @@ use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
 /// A pool of connections to one node.
@@ -82,13 +83,13 @@ pub(crate) struct Inner<D: Driver> {
     config: Config,
     node: Node,
     hooks: Hooks<D::Connection>,
-    semaphore: Arc<Semaphore>,
+    semaphore: Semaphore,
     max: AtomicUsize,
     /// Permits still to remove after a shrink; `shrinking` mirrors `debt > 0` so the
     /// return path checks one atomic.
     debt: Mutex<usize>,
     shrinking: AtomicBool,
-    idle: Mutex<VecDeque<(D::Connection, Meta)>>,
+    idle: Mutex<VecDeque<Box<Slot<D::Connection>>>>,
     counters: Counters,
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
@@ -102,12 +103,35 @@ pub(crate) struct Inner<D: Driver> {
     wake: Arc<Notify>,
     /// Open checkouts, tracked only when leak detection is on.
     leases: Option<Mutex<Leases>>,
+    /// Acquire deadlines of waiting checkouts; `None` when built outside a runtime (a timer
+    /// per waiter then).
+    deadlines: Option<Arc<deadline::Deadlines>>,
 }
 
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Meta {
+/// A connection and its timestamps, boxed once for its whole life so that checkouts and
+/// returns move a pointer, not the driver's (large) connection.
+pub(crate) struct Slot<C> {
+    conn: C,
     expires: Option<Instant>,
     idle_since: Instant,
+}
+
+/// A permit taken from the semaphore and forgotten, so that no `Arc` is cloned per
+/// checkout; given back on drop unless disarmed (then its owner gives it back).
+struct Permit<'a>(Option<&'a Semaphore>);
+
+impl Permit<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.add_permits(1);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -217,7 +241,7 @@ impl<D: Driver> PoolBuilder<D> {
             config: self.config,
             node: self.node,
             hooks: self.hooks,
-            semaphore: Arc::new(Semaphore::new(max)),
+            semaphore: Semaphore::new(max),
             max: AtomicUsize::new(max),
             debt: Mutex::new(0),
             shrinking: AtomicBool::new(false),
@@ -230,6 +254,7 @@ impl<D: Driver> PoolBuilder<D> {
             settled: Notify::new(),
             wake: Arc::new(Notify::new()),
             leases,
+            deadlines: deadline::Deadlines::start(),
         });
         maintain::start(&inner);
         Pool { inner }
@@ -285,30 +310,51 @@ impl<D: Driver> Pool<D> {
         if inner.closed.load(Relaxed) {
             return Err(inner.closed_error());
         }
-        let start = Instant::now();
-        let deadline = start + inner.config.pool().acquire_timeout();
-        let permit = {
-            let _waiting = CountGuard::new(&inner.counters.waiters);
-            match tokio::time::timeout_at(deadline, inner.semaphore.clone().acquire_owned()).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(inner.closed_error()),
-                Err(_) => return Err(inner.timeout_error(start)),
+        // Fast path: a free permit, no clock, no timer. Slow path: wait in FIFO order
+        // under the acquire deadline, counted as a waiter.
+        let mut start = None;
+        let permit = match inner.semaphore.try_acquire() {
+            Ok(p) => p,
+            Err(TryAcquireError::Closed) => return Err(inner.closed_error()),
+            Err(TryAcquireError::NoPermits) => {
+                let now = Instant::now();
+                start = Some(now);
+                let _waiting = CountGuard::new(&inner.counters.waiters);
+                let deadline = now + inner.config.pool().acquire_timeout();
+                let acquired = match &inner.deadlines {
+                    Some(d) => {
+                        let registration = d.register(deadline);
+                        let acquire = std::pin::pin!(inner.semaphore.acquire());
+                        registration.bound(acquire).await
+                    }
+                    None => tokio::time::timeout_at(deadline, inner.semaphore.acquire())
+                        .await
+                        .ok(),
+                };
+                match acquired {
+                    Some(Ok(p)) => p,
+                    Some(Err(_)) => return Err(inner.closed_error()),
+                    None => return Err(inner.timeout_error(now)),
+                }
             }
         };
-        while let Some((mut conn, meta)) = inner.pop_idle() {
-            let now = Instant::now();
-            if meta.expires.is_some_and(|e| now >= e) {
-                inner.close_conn(conn, CloseReason::Lifetime);
+        permit.forget();
+        let permit = Permit(Some(&inner.semaphore));
+        let mut now = Instant::now();
+        let deadline = start.unwrap_or(now) + inner.config.pool().acquire_timeout();
+        while let Some(mut slot) = inner.pop_idle() {
+            if slot.expires.is_some_and(|e| now >= e) {
+                inner.close_conn(slot.conn, CloseReason::Lifetime);
                 continue;
             }
-            let idle_for = now - meta.idle_since;
+            let idle_for = now.saturating_duration_since(slot.idle_since);
             if inner
                 .config
                 .pool()
                 .idle_timeout()
                 .is_some_and(|t| idle_for >= t)
             {
-                inner.close_conn(conn, CloseReason::Idle);
+                inner.close_conn(slot.conn, CloseReason::Idle);
                 continue;
             }
             let validate = match inner.config.pool().validation() {
@@ -316,44 +362,51 @@ impl<D: Driver> Pool<D> {
                 ValidationPolicy::WhenIdleFor(t) => idle_for >= t,
                 _ => false,
             };
-            if validate
-                && !matches!(
-                    tokio::time::timeout_at(deadline, conn.ping()).await,
+            if validate {
+                let ok = matches!(
+                    tokio::time::timeout_at(deadline, slot.conn.ping()).await,
                     Ok(Ok(()))
-                )
-            {
-                inner.close_conn(conn, CloseReason::Validation);
-                continue;
-            }
-            if let Some(check) = &inner.hooks.before_checkout {
-                let node = inner.node.to_string();
-                if guarded("before_checkout", &node, || check(&conn)) != Some(true) {
-                    inner.close_conn(conn, CloseReason::Validation);
+                );
+                now = Instant::now();
+                if !ok {
+                    inner.close_conn(slot.conn, CloseReason::Validation);
                     continue;
                 }
             }
-            return Ok(self.hand_out(conn, meta, permit, start, at));
+            if let Some(check) = &inner.hooks.before_checkout {
+                let node = inner.node.to_string();
+                if guarded("before_checkout", &node, || check(&slot.conn)) != Some(true) {
+                    inner.close_conn(slot.conn, CloseReason::Validation);
+                    continue;
+                }
+            }
+            return Ok(self.hand_out(slot, permit, start, now, at));
         }
-        let conn = inner.connect_until(deadline, start).await?;
-        let meta = Meta {
+        let conn = inner.connect_until(deadline, start.unwrap_or(now)).await?;
+        let now = Instant::now();
+        let slot = Box::new(Slot {
+            conn,
             expires: inner.expiry(),
-            idle_since: Instant::now(),
-        };
-        Ok(self.hand_out(conn, meta, permit, start, at))
+            idle_since: now,
+        });
+        Ok(self.hand_out(slot, permit, start, now, at))
     }
 
     fn hand_out(
         &self,
-        conn: D::Connection,
-        meta: Meta,
-        permit: OwnedSemaphorePermit,
-        start: Instant,
+        slot: Box<Slot<D::Connection>>,
+        permit: Permit<'_>,
+        start: Option<Instant>,
+        now: Instant,
         at: &'static Location<'static>,
     ) -> Pooled<D> {
         let c = &self.inner.counters;
         c.acquired.fetch_add(1, Relaxed);
         c.in_use.fetch_add(1, Relaxed);
-        c.waited(start.elapsed());
+        match start {
+            Some(s) => c.waited(now.saturating_duration_since(s)),
+            None => c.waited_none(),
+        }
         let lease = self.inner.leases.as_ref().map(|l| {
             let mut l = lock(l);
             l.next += 1;
@@ -361,14 +414,16 @@ impl<D: Driver> Pool<D> {
             l.open.insert(
                 id,
                 Lease {
-                    since: Instant::now(),
+                    since: now,
                     location: at,
                     reported: false,
                 },
             );
             id
         });
-        Pooled::new(conn, meta, permit, lease, self.inner.clone())
+        // From here the guard gives the permit back.
+        permit.disarm();
+        Pooled::new(slot, lease, self.inner.clone())
     }
 
     /// Changes the maximum size at run time. Growing takes effect at once; shrinking closes
@@ -430,9 +485,9 @@ impl<D: Driver> Pool<D> {
             let mut settled = std::pin::pin!(settled);
             settled.as_mut().enable();
             let idle: Vec<_> = lock(&inner.idle).drain(..).collect();
-            for (conn, _) in idle {
+            for slot in idle {
                 inner.counters.closed(CloseReason::Pool);
-                conn.close().await;
+                slot.conn.close().await;
             }
             let out = inner.counters.in_use.load(Relaxed) as usize;
             let resetting = inner.resetting.load(Relaxed);
@@ -459,7 +514,7 @@ impl<D: Driver> Inner<D> {
         self.counters.snapshot(idle, self.max.load(Relaxed) as u64)
     }
 
-    fn pop_idle(&self) -> Option<(D::Connection, Meta)> {
+    fn pop_idle(&self) -> Option<Box<Slot<D::Connection>>> {
         lock(&self.idle).pop_back()
     }
 
@@ -595,25 +650,23 @@ impl<D: Driver> Inner<D> {
     fn trim_to_max(&self) {
         let max = self.max.load(Relaxed) as u64;
         while self.counters.size.load(Relaxed) > max {
-            let Some((conn, _)) = lock(&self.idle).pop_front() else {
+            let Some(slot) = lock(&self.idle).pop_front() else {
                 break;
             };
-            self.close_conn(conn, CloseReason::Resize);
+            self.close_conn(slot.conn, CloseReason::Resize);
         }
     }
 
-    fn return_idle(&self, conn: D::Connection, meta: Meta) {
+    /// Puts a connection back into the idle queue, as idle since `now`.
+    fn return_idle(&self, mut slot: Box<Slot<D::Connection>>, now: Instant) {
         if let Some(hook) = &self.hooks.after_return {
-            if guarded("after_return", &self.node.to_string(), || hook(&conn)).is_none() {
-                self.close_conn(conn, CloseReason::Error);
+            if guarded("after_return", &self.node.to_string(), || hook(&slot.conn)).is_none() {
+                self.close_conn(slot.conn, CloseReason::Error);
                 return;
             }
         }
-        let meta = Meta {
-            idle_since: Instant::now(),
-            ..meta
-        };
-        lock(&self.idle).push_back((conn, meta));
+        slot.idle_since = now;
+        lock(&self.idle).push_back(slot);
     }
 
     fn close_conn(&self, conn: D::Connection, reason: CloseReason) {

@@ -136,6 +136,11 @@ impl Counters {
         self.wait_buckets[bucket.min(WAIT_BUCKETS - 1)].fetch_add(1, Relaxed);
     }
 
+    /// A checkout that did not wait (fast path): no clock read.
+    pub(crate) fn waited_none(&self) {
+        self.wait_buckets[0].fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn snapshot(&self, idle: u64, max_size: u64) -> PoolStats {
         PoolStats {
             max_size,
