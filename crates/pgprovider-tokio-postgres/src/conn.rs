@@ -80,6 +80,12 @@ impl PgConnection {
         &self.client
     }
 
+    /// Gives up the pooled wrapper and keeps the bare client (for multiplexed mode, where
+    /// many tasks share it).
+    pub(crate) fn into_client(self) -> Client {
+        self.client
+    }
+
     /// `host:port` of the node.
     pub fn node(&self) -> &str {
         &self.node

@@ -32,10 +32,12 @@
 
 mod conn;
 mod error;
+mod mux;
 mod tls;
 
 pub use conn::{PgConnection, RESET_RECIPE};
 pub use error::map_error;
+pub use mux::{Multiplexed, MuxStats};
 pub use tls::SYSTEM_ROOTS;
 
 use conn::Cancel;

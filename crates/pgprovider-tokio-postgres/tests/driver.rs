@@ -575,3 +575,137 @@ async fn a_node_that_goes_away_and_comes_back() {
     let s = pool.stats();
     assert!(s.closed_validation >= 1 || s.closed_error >= 1, "{s:?}");
 }
+
+mod multiplexed {
+    use super::*;
+    use pgprovider_tokio_postgres::Multiplexed;
+
+    async fn mux(p: &pgprovider_testkit::TestNode, app: &str, n: usize) -> Multiplexed {
+        let c = Config::from_url(&format!("{}?application_name={app}", p.url())).unwrap();
+        Multiplexed::connect(c.connect_params(&c.nodes()[0]).await.unwrap(), n)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_tasks_share_two_connections_for_reads() {
+        let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+        let p = cluster.primary();
+        p.execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g")
+            .await
+            .unwrap();
+        let mux = mux(p, "mux-reads", 2).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..200_i32 {
+            let mux = mux.clone();
+            tasks.spawn(async move {
+                for i in 0..10_i32 {
+                    let k = (t * 10 + i) % 100 + 1;
+                    let row = mux
+                        .query_one("SELECT v FROM kv WHERE k = $1", &[&k])
+                        .await
+                        .unwrap();
+                    assert_eq!(row.get::<_, String>(0), format!("v{k}"));
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        assert_eq!(
+            backends(p, "mux-reads").await,
+            2,
+            "2,000 reads over two server connections"
+        );
+        let s = mux.stats();
+        assert_eq!(
+            (s.connections, s.queries, s.in_flight, s.rejected),
+            (2, 2000, 0, 0)
+        );
+        assert!(format!("{mux:?}").contains("Multiplexed"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsafe_uses_are_refused_before_or_at_the_server() {
+        let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+        let p = cluster.primary();
+        p.execute("CREATE TABLE w (x int)").await.unwrap();
+        let mux = mux(p, "mux-guard", 1).await;
+        for sql in [
+            "INSERT INTO w VALUES (1)",
+            "BEGIN",
+            "SET work_mem = '64MB'",
+            "SELECT set_config('a.b', 'c', false)",
+            "SELECT pg_advisory_lock(7)",
+            "CREATE TEMP TABLE t (x int)",
+            "SELECT 1; SELECT 2",
+        ] {
+            let e = mux.query(sql, &[]).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Rejected, "{sql}: {e}");
+            assert!(e.hint().unwrap().contains("through the pool"));
+        }
+        assert_eq!(mux.stats().rejected, 7);
+        // Writes hidden inside reads reach the server and are refused there.
+        for sql in [
+            "WITH i AS (INSERT INTO w VALUES (1) RETURNING x) SELECT * FROM i",
+            "SELECT * FROM w FOR UPDATE",
+        ] {
+            let e = mux.query(sql, &[]).await.unwrap_err();
+            assert_eq!(
+                e.sql_state(),
+                Some(SqlState::READ_ONLY_SQL_TRANSACTION),
+                "{sql}: {e}"
+            );
+        }
+        assert_eq!(p.query_one("SELECT count(*) FROM w").await.unwrap(), "0");
+        assert!(
+            Multiplexed::connect(
+                pgprovider::ConnectParams::new(pgprovider::Host::Tcp("x".into()), 1, "u", "d"),
+                0
+            )
+            .await
+            .is_err()
+        );
+        let e = mux
+            .query_one("SELECT 1 WHERE false", &[])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("expected one row, got 0"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lost_connections_and_changed_tables_heal() {
+        let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+        let p = cluster.primary();
+        p.execute("CREATE TABLE s (a int); INSERT INTO s VALUES (1)")
+            .await
+            .unwrap();
+        let mux = mux(p, "mux-heal", 1).await;
+        assert_eq!(mux.query("SELECT * FROM s", &[]).await.unwrap().len(), 1);
+
+        // The backend is terminated: the next read reconnects and succeeds.
+        p.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'mux-heal'").await.unwrap();
+        assert_eq!(mux.query("SELECT * FROM s", &[]).await.unwrap().len(), 1);
+        assert_eq!(mux.stats().reconnects, 1);
+
+        // The cached statement's result type changes: re-prepared once, invisibly.
+        p.execute("ALTER TABLE s ADD COLUMN b text DEFAULT 'x'")
+            .await
+            .unwrap();
+        let rows = mux.query("SELECT * FROM s", &[]).await.unwrap();
+        assert_eq!(rows[0].get::<_, String>(1), "x");
+
+        // A dropped query future leaves the shared connection usable for others.
+        let slow = mux.query("SELECT pg_sleep(0.5)", &[]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), slow)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            mux.query("SELECT 42", &[]).await.unwrap()[0].get::<_, i32>(0),
+            42
+        );
+        assert_eq!(mux.stats().in_flight, 0);
+    }
+}
