@@ -216,10 +216,27 @@ async fn registry_creates_pools_by_name() {
         e.to_string().contains("registered drivers: tokio-postgres"),
         "{e}"
     );
+    let c = config("").await;
+    let by_name = reg.pool("tokio-postgres", &c, &c.nodes()[0]).unwrap();
+    assert_eq!(
+        by_name
+            .get()
+            .await
+            .unwrap()
+            .simple_query("SELECT 3")
+            .await
+            .unwrap()[0]
+            .get(0),
+        Some("3")
+    );
+    let e = reg.pool("diesel", &c, &c.nodes()[0]).unwrap_err();
+    assert!(
+        e.to_string().contains("registered drivers: tokio-postgres"),
+        "{e}"
+    );
     let driver = reg.get("tokio-postgres").unwrap();
     assert_eq!(format!("{driver:?}"), "AnyDriver(tokio-postgres)");
     assert_eq!(pgprovider::Driver::name(&driver), "tokio-postgres");
-    let c = config("").await;
     let pool = Pool::new(driver, &c, &c.nodes()[0]);
     let mut conn = pool.get().await.unwrap();
     assert_eq!(

@@ -164,6 +164,28 @@ impl DriverRegistry {
         self.drivers.keys().copied().collect()
     }
 
+    /// A pool of connections to `node` through the driver named `name`.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), pgprovider::Error> {
+    /// let mut registry = pgprovider::DriverRegistry::new();
+    /// registry.register(pgprovider_tokio_postgres::TokioPostgres::new());
+    /// let config = pgprovider::Config::from_url("postgres://app@db1/app")?;
+    /// let pool = registry.pool("tokio-postgres", &config, &config.nodes()[0])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn pool(
+        &self,
+        name: &str,
+        config: &crate::Config,
+        node: &crate::config::Node,
+    ) -> Result<crate::Pool<AnyDriver>> {
+        Ok(crate::Pool::new(self.get(name)?, config, node))
+    }
+
     /// The driver named `name`.
     ///
     /// # Errors

@@ -253,6 +253,12 @@ fn print_report(r: &Report, s: &PoolStats, max_size: usize) {
             "max checkout wait ms",
             format!("{:.3}", s.acquire_wait_max.as_secs_f64() * 1e3),
         ),
+        (
+            "checkout wait p99 ms (<=)",
+            format!("{:.3}", s.acquire_wait_quantile(0.99).as_secs_f64() * 1e3),
+        ),
+        ("sessions reset on return", s.resets.to_string()),
+        ("leaks reported", s.leaks.to_string()),
         ("connections created", s.created.to_string()),
         ("connect errors", s.connect_errors.to_string()),
         ("closed: error", s.closed_error.to_string()),
