@@ -36,14 +36,18 @@ pub const SYSTEM_ROOTS: &str = "system";
 /// The rustls connector for `tls`, or `None` for `sslmode=disable`.
 pub(crate) fn connector(tls: &TlsParams, node: &str) -> Result<Option<MakeRustlsConnect>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let lenient = |chain| {
+        Arc::new(Lenient {
+            chain,
+            provider: provider.clone(),
+        })
+    };
     let verifier: Arc<dyn ServerCertVerifier> = match tls.mode {
         SslMode::Disable => return Ok(None),
         SslMode::VerifyFull => webpki(tls, node, &provider)?,
-        SslMode::VerifyCa => Arc::new(ChainOnly(webpki(tls, node, &provider)?)),
-        SslMode::Require if tls.root_cert.is_some() => {
-            Arc::new(ChainOnly(webpki(tls, node, &provider)?))
-        }
-        _ => Arc::new(AnyCert(provider.clone())),
+        SslMode::VerifyCa => lenient(Some(webpki(tls, node, &provider)?)),
+        SslMode::Require if tls.root_cert.is_some() => lenient(Some(webpki(tls, node, &provider)?)),
+        _ => lenient(None),
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -122,11 +126,18 @@ fn tls_error(node: &str, msg: String) -> Error {
     Error::new(ErrorKind::Tls, msg).with_node(node)
 }
 
-/// verify-ca: the chain must lead to a trusted root; the name is not checked.
+/// The server-certificate check of every mode but verify-full (which uses webpki as is):
+/// with `chain`, the chain must lead to a trusted root but the name is not checked
+/// (verify-ca, and require with sslrootcert); without it, any certificate is accepted
+/// (prefer, require, allow: encryption without authentication, as libpq does). Handshake
+/// signatures are always checked.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -135,10 +146,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -152,51 +163,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// prefer, require (without sslrootcert), allow: encryption without authentication of the
-/// server, as libpq does. The handshake signatures are still checked.
-#[derive(Debug)]
-struct AnyCert(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         verify_tls12_signature(
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -210,11 +181,13 @@ impl ServerCertVerifier for AnyCert {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -451,6 +451,21 @@ async fn a_terminated_backend_is_never_handed_out_again() {
     );
 }
 
+/// Waits until the number of server backends with `app` satisfies `ok`, or fails with `what`.
+async fn wait_for_backends(
+    p: &pgprovider_testkit::TestNode,
+    app: &str,
+    ok: impl Fn(usize) -> bool,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !ok(backends(p, app).await) {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn backends(p: &pgprovider_testkit::TestNode, app: &str) -> usize {
     p.query_one(&format!(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}'"
@@ -477,14 +492,14 @@ async fn warm_up_lifetime_resize_leaks_and_graceful_close_on_a_real_server() {
         .build();
 
     // Warm-up: two connections open on the server before anyone asks.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while backends(p, "lifecycle").await < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "warm-up did not happen"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_backends(
+        p,
+        "lifecycle",
+        |n| n >= 2,
+        Duration::from_secs(10),
+        "warm-up did not happen",
+    )
+    .await;
 
     // Lifetime: after 2 s (less up to 1/8 jitter) a connection is replaced.
     let first = pid(&mut pool.get().await.unwrap()).await;
@@ -502,14 +517,14 @@ async fn warm_up_lifetime_resize_leaks_and_graceful_close_on_a_real_server() {
 
     // Resize: shrinking to one closes the idle surplus on the server within a second.
     pool.resize(1).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while backends(p, "lifecycle").await > 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "shrink did not take effect"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_backends(
+        p,
+        "lifecycle",
+        |n| n <= 1,
+        Duration::from_secs(2),
+        "shrink did not take effect",
+    )
+    .await;
     let e = pool.get().await.unwrap_err();
     assert_eq!(
         e.kind(),
@@ -527,14 +542,14 @@ async fn warm_up_lifetime_resize_leaks_and_graceful_close_on_a_real_server() {
     });
     assert_eq!(pool.close_graceful(Duration::from_secs(10)).await, 0);
     returner.await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while backends(p, "lifecycle").await > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "connections left open after close"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_backends(
+        p,
+        "lifecycle",
+        |n| n == 0,
+        Duration::from_secs(5),
+        "connections left open after close",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
