@@ -261,3 +261,76 @@ async fn unreadable_certificates_are_clear_errors() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_servers_bad_keys_bad_roots_and_system_roots() {
+    let trusted = ca("pgprovider test ca");
+    let (cert, key) = leaf(&trusted, "db", &["127.0.0.1"]);
+    let cluster = TestCluster::builder()
+        .tls(cert, key)
+        .setting("ssl_max_protocol_version", "TLSv1.2")
+        .start()
+        .await
+        .unwrap();
+    let port = cluster.primary().port();
+    let dir = tempfile::tempdir().unwrap();
+    let root = write(dir.path(), "root.crt", &trusted.pem);
+    let url = |q: &str| format!("postgres://postgres@127.0.0.1:{port}/postgres?{q}");
+
+    // A TLS 1.2-only server, with and without certificate checks.
+    for q in [
+        "sslmode=require".to_owned(),
+        format!("sslmode=verify-full&sslrootcert={root}"),
+    ] {
+        let (ssl, _) = session(&url(&q))
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+        assert!(ssl, "{q}");
+    }
+    // The system's roots do not include our test CA.
+    let e = session(&url("sslmode=verify-full&sslrootcert=system"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+
+    // Client key problems are reported before anything is sent.
+    let (ccert, _) = leaf(&trusted, "someone", &["someone"]);
+    let (_, other_key) = leaf(&trusted, "else", &["else"]);
+    let ccert = write(dir.path(), "c.crt", &ccert);
+    let other_key = write(dir.path(), "other.key", &other_key);
+    let junk = write(dir.path(), "junk.key", "not a key");
+    let e = session(&url(&format!(
+        "sslmode=require&sslcert={ccert}&sslkey={junk}"
+    )))
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("cannot read sslkey"), "{e}");
+    let e = session(&url(&format!(
+        "sslmode=require&sslcert={ccert}&sslkey={other_key}"
+    )))
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Tls, "{e}");
+
+    // A root file whose certificate does not parse.
+    let bad_root = write(
+        dir.path(),
+        "bad.crt",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let e = session(&url(&format!("sslmode=verify-ca&sslrootcert={bad_root}")))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("unusable certificate"), "{e}");
+
+    // Verify modes without roots, from parameters built by hand (the config refuses this).
+    let mut params = pgprovider::ConnectParams::new(
+        pgprovider::Host::Tcp("127.0.0.1".into()),
+        port,
+        "postgres",
+        "postgres",
+    );
+    params.tls.mode = pgprovider::SslMode::VerifyFull;
+    let e = TokioPostgres::new().connect(&params).await.unwrap_err();
+    assert!(e.to_string().contains("needs sslrootcert"), "{e}");
+}
