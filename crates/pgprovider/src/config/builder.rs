@@ -49,6 +49,8 @@ pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 5432;
 /// The default user when none is given.
 pub const DEFAULT_USER: &str = "postgres";
+/// The largest pool: PostgreSQL's own upper limit on `max_connections`.
+pub const MAX_POOL_SIZE: usize = 262_143;
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -366,6 +368,14 @@ impl ConfigBuilder {
                 Some("0".into()),
                 "the pool needs at least one connection",
                 "set pool_max_size to 1 or more",
+            );
+        }
+        if max_size > MAX_POOL_SIZE {
+            p(
+                "pool_max_size",
+                Some(max_size.to_string()),
+                &format!("more connections than a PostgreSQL server accepts ({MAX_POOL_SIZE})"),
+                "give a size the server's max_connections can hold, such as 10 to 100",
             );
         }
         if min_idle > max_size {

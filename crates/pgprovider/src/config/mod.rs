@@ -41,7 +41,7 @@ mod password;
 mod problem;
 
 pub use builder::{
-    ConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_USER,
+    ConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_USER, MAX_POOL_SIZE,
 };
 pub use problem::{ConfigError, Problem};
 

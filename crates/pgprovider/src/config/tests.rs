@@ -337,6 +337,11 @@ fn every_validation_message() {
             "not a whole number",
         ),
         (
+            "postgres://h/db?pool_max_size=99999999999999",
+            "pool_max_size",
+            "more connections than a PostgreSQL server accepts",
+        ),
+        (
             "postgres://h/db?pool_min_idle=5&pool_max_size=2",
             "pool_min_idle",
             "min idle (5) is above max size (2)",

@@ -432,12 +432,16 @@ impl<D: Driver> Pool<D> {
     /// # Errors
     /// [`ErrorKind::Config`] for a size of zero.
     pub fn resize(&self, max_size: usize) -> Result<()> {
-        if max_size == 0 {
-            return Err(
-                Error::new(ErrorKind::Config, "a pool needs at least one connection")
-                    .with_node(self.inner.node.to_string())
-                    .with_hint("give a size of 1 or more"),
-            );
+        if max_size == 0 || max_size > crate::config::MAX_POOL_SIZE {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "a pool size must be between 1 and {}",
+                    crate::config::MAX_POOL_SIZE
+                ),
+            )
+            .with_node(self.inner.node.to_string())
+            .with_hint("give a size the server's max_connections can hold"));
         }
         let inner = &self.inner;
         {

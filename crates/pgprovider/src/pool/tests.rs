@@ -525,6 +525,10 @@ async fn shrinking_closes_surplus_idle_now_and_busy_ones_on_return() {
     let three = futures_get(&pool, 3).await;
     assert_eq!(three.len(), 3);
     assert_eq!(pool.resize(0).unwrap_err().kind(), ErrorKind::Config);
+    assert_eq!(
+        pool.resize(usize::MAX).unwrap_err().kind(),
+        ErrorKind::Config
+    );
 }
 
 #[tokio::test(start_paused = true)]
