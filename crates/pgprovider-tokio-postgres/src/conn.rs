@@ -123,8 +123,14 @@ impl Connection for PgConnection {
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        self.dirty |= may_change_session(sql);
-        let msgs = self.run(async |c| c.simple_query(sql).await).await?;
+        // Dirty until the whole string has run: a failure part-way may leave a transaction
+        // open (aborted), and a string that opens one then counts as dirty.
+        let after_ok = self.dirty || may_change_session(sql);
+        let after_err = after_ok || opens_transaction(sql);
+        self.dirty = true;
+        let result = self.run(async |c| c.simple_query(sql).await).await;
+        self.dirty = if result.is_ok() { after_ok } else { after_err };
+        let msgs = result?;
         let mut rows = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
         for m in msgs {
@@ -205,15 +211,55 @@ pub(crate) fn may_change_session(sql: &str) -> bool {
     if lower.contains("set_config") || lower.contains("advisory") {
         return true;
     }
-    sql.split(';').any(|stmt| {
-        let stmt = stmt.trim_start();
-        let word: String = stmt
-            .chars()
-            .take_while(char::is_ascii_alphabetic)
-            .collect::<String>()
-            .to_ascii_uppercase();
-        !(stmt.is_empty() || SAFE_LEADING_WORDS.contains(&word.as_str()))
-    })
+    // A transaction block that ends in the same string leaves nothing behind, so plain
+    // data statements, savepoints and SET LOCAL are fine inside one.
+    let mut in_transaction = false;
+    for stmt in sql.split(';') {
+        let (first, second) = leading_words(stmt);
+        match first.as_str() {
+            "" => {}
+            "BEGIN" | "START" => in_transaction = true,
+            "COMMIT" | "END" | "ROLLBACK" | "ABORT" if second == "TO" => {
+                if !in_transaction {
+                    return true;
+                }
+            }
+            "COMMIT" | "END" | "ROLLBACK" | "ABORT" => {
+                // COMMIT AND CHAIN starts the next transaction at once.
+                in_transaction = stmt.to_ascii_uppercase().contains("CHAIN");
+            }
+            "SAVEPOINT" | "RELEASE" if in_transaction => {}
+            "SET" if in_transaction && second == "LOCAL" => {}
+            w if SAFE_LEADING_WORDS.contains(&w) => {}
+            _ => return true,
+        }
+    }
+    in_transaction
+}
+
+/// Whether `sql` opens a transaction block (which a failure part-way would leave open).
+fn opens_transaction(sql: &str) -> bool {
+    sql.split(';')
+        .any(|s| matches!(leading_words(s).0.as_str(), "BEGIN" | "START"))
+}
+
+/// The first two words of a statement, upper-cased.
+fn leading_words(stmt: &str) -> (String, String) {
+    let mut words = stmt
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_uppercase);
+    let starts_with_word = stmt
+        .trim_start()
+        .starts_with(|c: char| c.is_ascii_alphabetic());
+    if !starts_with_word && !stmt.trim().is_empty() {
+        // A comment or anything unusual first: not a plain statement.
+        return ("?".to_owned(), String::new());
+    }
+    (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -229,6 +275,10 @@ mod tests {
             "WITH a AS (DELETE FROM t RETURNING *) SELECT * FROM a",
             "SHOW application_name",
             "",
+            "BEGIN; UPDATE t SET x = 1; INSERT INTO t VALUES (2); COMMIT",
+            "begin; set local work_mem = '1MB'; select 1; commit;",
+            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE; SAVEPOINT a; ROLLBACK TO a; RELEASE a; END",
+            "BEGIN; SELECT 1; ROLLBACK",
         ] {
             assert!(!may_change_session(sql), "{sql}");
         }
@@ -246,6 +296,11 @@ mod tests {
             "/* comment */ BEGIN",
             "DO $$ BEGIN PERFORM 1; END $$",
             "SAVEPOINT s",
+            "BEGIN; SELECT 1",
+            "ROLLBACK TO a",
+            "BEGIN; COMMIT AND CHAIN",
+            "BEGIN; CREATE TEMP TABLE t (x int); COMMIT",
+            "SET LOCAL work_mem = '1MB'",
         ] {
             assert!(may_change_session(sql), "{sql}");
         }

@@ -741,3 +741,40 @@ mod multiplexed {
         assert_eq!(mux.stats().in_flight, 0);
     }
 }
+
+#[tokio::test]
+async fn complete_transactions_need_no_reset_failed_ones_do() {
+    let pool = pool("&pool_max_size=1").await;
+    let mut c = pool.get().await.unwrap();
+    let resets = pool.stats().resets;
+    c.simple_query("SELECT 1").await.unwrap();
+    assert!(!c.needs_reset());
+    let e = c
+        .simple_query("BEGIN; SELECT 1/0; COMMIT")
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state(), SqlState::new("22012"));
+    assert!(
+        c.needs_reset(),
+        "the failed block left an aborted transaction"
+    );
+    drop(c);
+    let mut c = pool.get().await.unwrap();
+    assert_eq!(pool.stats().resets, resets + 1);
+    let row = &c
+        .simple_query("SELECT now() = statement_timestamp()")
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        row.get(0),
+        Some("t"),
+        "not left inside the aborted transaction"
+    );
+    c.simple_query("BEGIN; SET LOCAL work_mem = '1MB'; SELECT 1; COMMIT")
+        .await
+        .unwrap();
+    assert!(
+        !c.needs_reset(),
+        "a complete transaction leaves nothing behind"
+    );
+}
