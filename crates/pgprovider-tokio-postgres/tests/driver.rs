@@ -613,7 +613,11 @@ mod multiplexed {
     use pgprovider_tokio_postgres::Multiplexed;
 
     async fn mux(p: &pgprovider_testkit::TestNode, app: &str, n: usize) -> Multiplexed {
-        let c = Config::from_url(&format!("{}?application_name={app}", p.url())).unwrap();
+        let c = Config::from_url(&format!(
+            "{}?application_name={app}&options=-c%20statement_timeout%3D5s",
+            p.url()
+        ))
+        .unwrap();
         Multiplexed::connect(c.connect_params(&c.nodes()[0]).await.unwrap(), n)
             .await
             .unwrap()
@@ -649,10 +653,16 @@ mod multiplexed {
             2,
             "2,000 reads over two server connections"
         );
+        // The user's own options are kept; read-only is added to them.
+        let row = mux.query_one("SELECT current_setting('statement_timeout'), current_setting('default_transaction_read_only')", &[]).await.unwrap();
+        assert_eq!(
+            (row.get::<_, String>(0), row.get::<_, String>(1)),
+            ("5s".to_owned(), "on".to_owned())
+        );
         let s = mux.stats();
         assert_eq!(
             (s.connections, s.queries, s.in_flight, s.rejected),
-            (2, 2000, 0, 0)
+            (2, 2001, 0, 0)
         );
         assert!(format!("{mux:?}").contains("Multiplexed"));
     }
@@ -663,6 +673,12 @@ mod multiplexed {
         let p = cluster.primary();
         p.execute("CREATE TABLE w (x int)").await.unwrap();
         let mux = mux(p, "mux-guard", 1).await;
+        // A statement that fails to prepare is the caller's error, not retried.
+        let e = mux
+            .query("SELECT * FROM no_such_table", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.sql_state(), Some(SqlState::UNDEFINED_TABLE), "{e}");
         for sql in [
             "INSERT INTO w VALUES (1)",
             "BEGIN",
@@ -776,5 +792,36 @@ async fn complete_transactions_need_no_reset_failed_ones_do() {
     assert!(
         !c.needs_reset(),
         "a complete transaction leaves nothing behind"
+    );
+}
+
+#[tokio::test]
+async fn startup_and_conversion_errors_are_mapped_with_hints() {
+    let c = config("&options=-c%20no_such_setting%3D1").await;
+    let params = c.connect_params(&c.nodes()[0]).await.unwrap();
+    let e = pgprovider::Driver::connect(&TokioPostgres::new(), &params)
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state(), SqlState::new("42704"), "{e}");
+    assert!(e.hint().unwrap().contains("see the server's message"));
+
+    // Parameters built by hand, with no connect timeout at all.
+    let mut params = c.connect_params(&c.nodes()[0]).await.unwrap();
+    params.options = None;
+    params.connect_timeout = None;
+    let mut conn = pgprovider::Driver::connect(&TokioPostgres::new(), &params)
+        .await
+        .unwrap();
+    // A client-side conversion error, mapped by the documented helper.
+    let row = conn
+        .client()
+        .query_one("SELECT 1::int8", &[])
+        .await
+        .unwrap();
+    let e = pgprovider_tokio_postgres::map_error(row.try_get::<_, String>(0).unwrap_err());
+    assert_eq!(e.kind(), ErrorKind::Other);
+    assert!(
+        e.to_string().contains("error deserializing column 0"),
+        "{e}"
     );
 }

@@ -30,7 +30,7 @@ pub(crate) struct Entry {
 
 #[derive(Default)]
 pub(crate) struct Deadlines {
-    queue: Mutex<VecDeque<Arc<Entry>>>,
+    pub(crate) queue: Mutex<VecDeque<Arc<Entry>>>,
     wake: Arc<Notify>,
 }
 

@@ -702,3 +702,90 @@ async fn the_wait_histogram_counts_every_checkout() {
         "no waiting in paused time"
     );
 }
+
+#[test]
+fn a_pool_built_outside_a_runtime_still_enforces_timeouts_and_idle_limits() {
+    // No runtime at build: no maintenance task, and a timer per waiter for deadlines.
+    let (pool, _) = pool("pool_max_size=1&pool_acquire_timeout=2s&pool_idle_timeout=10s");
+    assert!(pool.inner.deadlines.is_none());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let held = pool.get().await.unwrap();
+        let start = Instant::now();
+        assert_eq!(pool.get().await.unwrap_err().kind(), ErrorKind::PoolTimeout);
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        // Nothing reaped it in the background; the checkout itself closes it.
+        assert_eq!(pool.stats().idle, 1);
+        assert_eq!(pool.get().await.unwrap().id, 1);
+        assert_eq!(pool.stats().closed_idle, 1);
+    });
+    let b = Pool::builder(
+        Fake::default(),
+        &Config::builder().build().unwrap(),
+        &pool.inner.node.clone(),
+    );
+    assert!(format!("{b:?}").contains("PoolBuilder"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_up_retries_after_connect_failures() {
+    let c = Config::from_url("postgres://fake/db?pool_min_idle=2&pool_validation=never").unwrap();
+    let fake = Fake::default();
+    fake.0.fail_next.store(3, Relaxed);
+    let pool = Pool::new(fake, &c, &c.nodes()[0]);
+    settle().await;
+    assert!(pool.stats().connect_errors >= 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = pool.stats();
+    assert_eq!(
+        (s.idle, s.connect_errors),
+        (2, 3),
+        "warmed up once the node answered: {s:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_leak_hook_is_contained_and_an_awaiting_connect_hook_works() {
+    let c = Config::from_url(
+        "postgres://fake/db?pool_leak_detection_threshold=1s&pool_validation=never",
+    )
+    .unwrap();
+    let pool = Pool::builder(Fake::default(), &c, &c.nodes()[0])
+        .on_leak(|_| panic!("leak hook bug"))
+        .after_connect(|_conn| {
+            Box::pin(async {
+                tokio::task::yield_now().await;
+                Ok(())
+            })
+        })
+        .build();
+    let held = pool.get().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pool.stats().leaks, 1, "counted although the hook panicked");
+    drop(held);
+    assert_eq!(pool.get().await.unwrap().id, 0, "the pool goes on");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_gives_up_leaves_the_deadline_queue_clean() {
+    let (pool, _) = pool("pool_max_size=1&pool_acquire_timeout=30s");
+    let held = pool.get().await.unwrap();
+    for _ in 0..3 {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), pool.get())
+                .await
+                .is_err()
+        );
+    }
+    // The watchdog sleeps until the first deadline, then drops the finished entries.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(lock(&pool.inner.deadlines.as_ref().unwrap().queue).is_empty());
+    assert_eq!(pool.stats().waiters, 0);
+    drop(held);
+}
