@@ -623,14 +623,22 @@ mod multiplexed {
             .unwrap()
     }
 
+    /// A throwaway cluster set up by `sql`, and `n` multiplexed connections to it.
+    async fn with_table(
+        sql: &str,
+        app: &str,
+        n: usize,
+    ) -> (pgprovider_testkit::TestCluster, Multiplexed) {
+        let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+        cluster.primary().execute(sql).await.unwrap();
+        let mux = mux(cluster.primary(), app, n).await;
+        (cluster, mux)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn many_tasks_share_two_connections_for_reads() {
-        let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+        let (cluster, mux) = with_table("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g", "mux-reads", 2).await;
         let p = cluster.primary();
-        p.execute("CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv SELECT g, 'v' || g FROM generate_series(1, 100) g")
-            .await
-            .unwrap();
-        let mux = mux(p, "mux-reads", 2).await;
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..200_i32 {
             let mux = mux.clone();
@@ -669,10 +677,8 @@ mod multiplexed {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn unsafe_uses_are_refused_before_or_at_the_server() {
-        let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+        let (cluster, mux) = with_table("CREATE TABLE w (x int)", "mux-guard", 1).await;
         let p = cluster.primary();
-        p.execute("CREATE TABLE w (x int)").await.unwrap();
-        let mux = mux(p, "mux-guard", 1).await;
         // A statement that fails to prepare is the caller's error, not retried.
         let e = mux
             .query("SELECT * FROM no_such_table", &[])
@@ -723,12 +729,13 @@ mod multiplexed {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lost_connections_and_changed_tables_heal() {
-        let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+        let (cluster, mux) = with_table(
+            "CREATE TABLE s (a int); INSERT INTO s VALUES (1)",
+            "mux-heal",
+            1,
+        )
+        .await;
         let p = cluster.primary();
-        p.execute("CREATE TABLE s (a int); INSERT INTO s VALUES (1)")
-            .await
-            .unwrap();
-        let mux = mux(p, "mux-heal", 1).await;
         assert_eq!(mux.query("SELECT * FROM s", &[]).await.unwrap().len(), 1);
 
         // The backend is terminated: the next read reconnects and succeeds.
