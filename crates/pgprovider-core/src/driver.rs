@@ -61,6 +61,11 @@ pub trait Connection: Send + 'static {
     /// When the reset fails; the connection should then be discarded.
     fn reset(&mut self) -> impl Future<Output = Result<()>> + Send;
 
+    /// Called when the connection goes back to the pool's idle queue, to restore
+    /// per-checkout settings (such as a query timeout the last user changed). Synchronous
+    /// and without I/O; the default does nothing.
+    fn recycled(&mut self) {}
+
     /// Runs one or more statements with the simple query protocol and returns their rows
     /// as text. For administration (health checks, session setup), not for application data.
     ///

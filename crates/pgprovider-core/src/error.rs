@@ -36,6 +36,11 @@ pub enum ErrorKind {
     Rejected,
     /// The driver or server does not support what was asked.
     Unsupported,
+    /// A query returned another number of rows than the call expects (`query_one` and none,
+    /// say).
+    RowCount,
+    /// A value could not be read as the requested type, or a column does not exist.
+    Decode,
     /// A protocol or internal error.
     Other,
 }
@@ -56,6 +61,8 @@ impl ErrorKind {
             ErrorKind::OutcomeUnknown => "outcome_unknown",
             ErrorKind::Rejected => "rejected",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::RowCount => "row_count",
+            ErrorKind::Decode => "decode",
             ErrorKind::Other => "other",
         }
     }
@@ -170,6 +177,13 @@ impl Error {
         self
     }
 
+    /// Puts `context` (what was being done) in front of the message, keeping the kind,
+    /// SQLSTATE, fields, node and hint: `"{context}: {message}"`.
+    pub fn context(mut self, context: impl fmt::Display) -> Self {
+        self.0.message = format!("{context}: {}", self.0.message);
+        self
+    }
+
     /// Changes the kind, keeping everything else.
     pub fn with_kind(mut self, kind: ErrorKind) -> Self {
         self.0.kind = kind;
@@ -224,6 +238,39 @@ impl Error {
                 .sql_state
                 .is_some_and(|s| s.is_retryable_transaction() || s.is_transient_connect_refusal()),
         }
+    }
+
+    /// A transaction lost to another (serialization failure `40001`, deadlock `40P01`):
+    /// running the whole transaction again may succeed.
+    pub fn is_transaction_conflict(&self) -> bool {
+        self.0
+            .sql_state
+            .is_some_and(|s| s.is_retryable_transaction())
+    }
+
+    /// A prepared statement the server no longer accepts: `cached plan must not change
+    /// result type` (`0A000`, after a table it reads was altered) or `prepared statement …
+    /// does not exist` (`26000`, after `DEALLOCATE` or behind a transaction-mode pooler).
+    /// Preparing it again fixes it.
+    pub fn is_stale_statement(&self) -> bool {
+        match self.0.sql_state {
+            Some(SqlState::INVALID_SQL_STATEMENT_NAME) => true,
+            Some(SqlState::FEATURE_NOT_SUPPORTED) => self.0.message.contains("cached plan"),
+            _ => false,
+        }
+    }
+
+    /// An integrity constraint was violated (class `23`); see
+    /// [`DbErrorFields::constraint`].
+    pub fn is_constraint_violation(&self) -> bool {
+        self.0
+            .sql_state
+            .is_some_and(|s| s.is_constraint_violation())
+    }
+
+    /// A write reached a read-only node or transaction (`25006`).
+    pub fn is_read_only(&self) -> bool {
+        self.0.sql_state.is_some_and(|s| s.is_read_only())
     }
 
     /// Whether the connection that produced this error must be discarded.
@@ -334,6 +381,37 @@ mod tests {
     }
 
     #[test]
+    fn classification_helpers() {
+        let conflict = Error::database(SqlState::SERIALIZATION_FAILURE, "could not serialize");
+        assert!(conflict.is_transaction_conflict());
+        assert!(!conflict.is_stale_statement());
+        assert!(
+            Error::database(
+                SqlState::FEATURE_NOT_SUPPORTED,
+                "cached plan must not change result type"
+            )
+            .is_stale_statement()
+        );
+        assert!(
+            !Error::database(SqlState::FEATURE_NOT_SUPPORTED, "not supported").is_stale_statement()
+        );
+        assert!(
+            Error::database(
+                SqlState::INVALID_SQL_STATEMENT_NAME,
+                "prepared statement \"s1\" does not exist"
+            )
+            .is_stale_statement()
+        );
+        assert!(Error::database(SqlState::CHECK_VIOLATION, "check").is_constraint_violation());
+        assert!(Error::database(SqlState::READ_ONLY_SQL_TRANSACTION, "ro").is_read_only());
+        assert!(!Error::new(ErrorKind::Timeout, "slow").is_read_only());
+        let e = Error::database(SqlState::UNIQUE_VIOLATION, "duplicate key")
+            .context("statement 2 of 3");
+        assert_eq!(e.message(), "statement 2 of 3: duplicate key");
+        assert_eq!(e.sql_state(), Some(SqlState::UNIQUE_VIOLATION));
+    }
+
+    #[test]
     fn display_debug_and_source() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let e = Error::new(ErrorKind::Connect, "could not connect")
@@ -380,6 +458,8 @@ mod tests {
             ErrorKind::OutcomeUnknown,
             ErrorKind::Rejected,
             ErrorKind::Unsupported,
+            ErrorKind::RowCount,
+            ErrorKind::Decode,
             ErrorKind::Other,
         ] {
             let name = kind.as_str();

@@ -23,11 +23,15 @@
 mod driver;
 mod error;
 mod params;
+mod query;
 mod secret;
 mod sqlstate;
+mod statements;
 
 pub use driver::{CancelToken, Connection, Driver, SimpleRow};
 pub use error::{DbErrorFields, Error, ErrorKind, Result};
-pub use params::{ConnectParams, Host, SslMode, TlsParams};
+pub use params::{ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, SslMode, TlsParams};
+pub use query::{Column, FromRow, Queries};
 pub use secret::Secret;
 pub use sqlstate::SqlState;
+pub use statements::{Stale, StatementCacheStats, StatementCaches};

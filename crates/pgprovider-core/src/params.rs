@@ -1,6 +1,6 @@
 //! What a driver needs to reach one node.
 
-use crate::Secret;
+use crate::{Secret, StatementCaches};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,7 +108,18 @@ pub struct ConnectParams {
     pub options: Option<String>,
     /// TLS settings.
     pub tls: TlsParams,
+    /// How many prepared statements each connection keeps (least recently used ones are
+    /// closed). `0` uses only unnamed statements, for transaction-mode poolers such as
+    /// PgBouncer.
+    pub statement_cache_capacity: usize,
+    /// State shared by the statement caches of every connection of one pool.
+    pub statements: StatementCaches,
+    /// How long one statement may run before it is cancelled; `None` for no limit.
+    pub query_timeout: Option<Duration>,
 }
+
+/// The default [`ConnectParams::statement_cache_capacity`].
+pub const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 256;
 
 impl ConnectParams {
     /// Parameters for `host:port` with the given user and database, everything else default.
@@ -123,6 +134,9 @@ impl ConnectParams {
             connect_timeout: None,
             options: None,
             tls: TlsParams::default(),
+            statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
+            statements: StatementCaches::new(),
+            query_timeout: None,
         }
     }
 

@@ -1,9 +1,13 @@
 //! One tokio-postgres connection, as the pool sees it.
 
+use crate::cache::StatementCache;
 use crate::error::map_error;
-use pgprovider_core::{CancelToken, Connection, Error, ErrorKind, Result, SimpleRow};
+use pgprovider_core::{
+    CancelToken, ConnectParams, Connection, Error, ErrorKind, Result, SimpleRow,
+};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// How cancel requests reach the server: the same way the connection did.
@@ -13,31 +17,46 @@ pub(crate) enum Cancel {
     Tls(tokio_postgres_rustls::MakeRustlsConnect),
 }
 
-/// A tokio-postgres connection. [`client`](Self::client) gives the driver's own client for
-/// typed queries.
+/// A tokio-postgres connection, with a prepared-statement cache, typed queries (the
+/// [`Queries`](pgprovider_core::Queries) trait and the methods in `query.rs`), pipelined
+/// batches and COPY.
 ///
 /// Cancel safety: when a future running a query on this connection is dropped before the
 /// reply arrives, the connection is marked broken, so the pool closes it instead of handing a
 /// connection with a reply still in flight (or an open transaction) to the next user.
+///
+/// Timeouts: a statement running longer than the query timeout is cancelled on the server
+/// (a cancel request); when its reply then arrives the connection is clean and stays in use,
+/// otherwise it is marked broken.
 ///
 /// Session state: a statement that may change the session (anything but a plain `SELECT`,
 /// `INSERT`, `UPDATE`, `DELETE`, `WITH`, `VALUES`, `TABLE`, `SHOW`, `EXPLAIN` or `MERGE`, and
 /// any call of `set_config` or an advisory-lock function) marks the connection for
 /// [`RESET_RECIPE`] when it is returned to the pool; so does [`client`](Self::client).
 pub struct PgConnection {
-    client: Client,
-    node: String,
-    in_flight: bool,
-    dirty: bool,
+    pub(crate) client: Client,
+    pub(crate) node: String,
+    pub(crate) in_flight: bool,
+    pub(crate) dirty: bool,
+    pub(crate) in_tx: bool,
+    pub(crate) cache: StatementCache,
+    pub(crate) timeout: Option<Duration>,
+    default_timeout: Option<Duration>,
     cancel: Cancel,
     driver_task: tokio::task::JoinHandle<()>,
 }
+
+/// How long to wait for the reply of a cancelled statement before giving up on the
+/// connection.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 impl fmt::Debug for PgConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConnection")
             .field("node", &self.node)
             .field("closed", &self.client.is_closed())
+            .field("in_transaction", &self.in_tx)
+            .field("cached_statements", &self.cache.len())
             .finish()
     }
 }
@@ -47,12 +66,13 @@ impl PgConnection {
         client: Client,
         connection: tokio_postgres::Connection<S, T>,
         cancel: Cancel,
-        node: String,
+        params: &ConnectParams,
     ) -> Self
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let node = params.node_name();
         let n = node.clone();
         let driver_task = tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -64,12 +84,16 @@ impl PgConnection {
             node,
             in_flight: false,
             dirty: false,
+            in_tx: false,
+            cache: StatementCache::new(params.statement_cache_capacity, params.statements.clone()),
+            timeout: params.query_timeout,
+            default_timeout: params.query_timeout,
             cancel,
             driver_task,
         }
     }
 
-    /// The tokio-postgres client, for typed and prepared queries.
+    /// The tokio-postgres client, for what this wrapper does not offer.
     ///
     /// What runs through it is not tracked, so calling this marks the session for reset on
     /// return (one extra round trip). Nor is it tracked for cancel safety: if you drop such a
@@ -91,15 +115,65 @@ impl PgConnection {
         &self.node
     }
 
-    async fn run<T>(
+    /// Runs `f` on the client, tracking it for cancel safety and bounding it by the query
+    /// timeout: on expiry the server is sent a cancel request and the reply awaited, so the
+    /// connection stays usable; if no reply comes, it is left marked broken.
+    pub(crate) async fn run<T>(
         &mut self,
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
         self.in_flight = true;
-        let r = f(&self.client).await;
+        let timeout = self.timeout;
+        let fut = f(&self.client);
+        let r = match timeout {
+            None => fut.await,
+            Some(t) => {
+                let mut fut = std::pin::pin!(fut);
+                match tokio::time::timeout(t, &mut fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let cancelled = self.cancel_token().cancel().await;
+                        let reply = tokio::time::timeout(CANCEL_GRACE, fut).await;
+                        let clean = cancelled.is_ok() && reply_is_clean(&reply);
+                        // A reply other than "canceled" means the statement finished first
+                        // and the cancel may still hit the next one: discard then.
+                        self.in_flight = !clean;
+                        return Err(self.timeout_error(t, clean));
+                    }
+                }
+            }
+        };
         self.in_flight = false;
         r.map_err(|e| map_error(e).with_node(self.node.clone()))
     }
+
+    fn timeout_error(&self, t: Duration, clean: bool) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!("statement cancelled after the query timeout of {t:?}"),
+        )
+        .with_node(self.node.clone())
+        .with_hint(if clean {
+            "the server stopped the statement; raise query_timeout or make it faster"
+        } else {
+            "the server did not confirm the cancel; the connection will be closed"
+        })
+    }
+
+    /// Notes the effect of a transaction-control statement that ran successfully.
+    pub(crate) fn track_transaction(&mut self, sql: &str) {
+        if let Some(open) = transaction_effect(sql) {
+            self.in_tx = open;
+        }
+    }
+}
+
+/// Whether the reply to a cancelled statement left the connection clean: it arrived, and
+/// it is the "canceling statement" error (so the cancel was used up).
+fn reply_is_clean<T>(
+    reply: &Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+) -> bool {
+    matches!(reply, Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED))
 }
 
 impl Connection for PgConnection {
@@ -112,14 +186,23 @@ impl Connection for PgConnection {
     }
 
     fn needs_reset(&self) -> bool {
-        self.dirty
+        self.dirty || self.in_tx
     }
 
     async fn reset(&mut self) -> Result<()> {
-        self.run(async |c| c.batch_execute(RESET_RECIPE).await)
-            .await?;
+        let timeout = self.timeout.take();
+        let r = self
+            .run(async |c| c.batch_execute(RESET_RECIPE).await)
+            .await;
+        self.timeout = timeout;
+        r?;
         self.dirty = false;
+        self.in_tx = false;
         Ok(())
+    }
+
+    fn recycled(&mut self) {
+        self.timeout = self.default_timeout;
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
@@ -130,6 +213,11 @@ impl Connection for PgConnection {
         self.dirty = true;
         let result = self.run(async |c| c.simple_query(sql).await).await;
         self.dirty = if result.is_ok() { after_ok } else { after_err };
+        if result.is_ok() {
+            self.track_transaction(sql);
+        } else if opens_transaction(sql) {
+            self.in_tx = true;
+        }
         let msgs = result?;
         let mut rows = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
@@ -235,6 +323,25 @@ pub(crate) fn may_change_session(sql: &str) -> bool {
         }
     }
     in_transaction
+}
+
+/// What `sql`, run to the end without error, leaves behind: `Some(true)` when its last
+/// transaction-control statement opens a block (`BEGIN`, `START`, `COMMIT AND CHAIN`),
+/// `Some(false)` when it ends one, `None` when it has none (or only savepoint commands).
+pub(crate) fn transaction_effect(sql: &str) -> Option<bool> {
+    let mut effect = None;
+    for stmt in sql.split(';') {
+        let (first, second) = leading_words(stmt);
+        match first.as_str() {
+            "BEGIN" | "START" => effect = Some(true),
+            "COMMIT" | "END" | "ROLLBACK" | "ABORT" if second != "TO" => {
+                effect = Some(stmt.to_ascii_uppercase().contains("CHAIN"));
+            }
+            "PREPARE" if second == "TRANSACTION" => effect = Some(false),
+            _ => {}
+        }
+    }
+    effect
 }
 
 /// Whether `sql` opens a transaction block (which a failure part-way would leave open).

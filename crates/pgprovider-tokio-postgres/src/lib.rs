@@ -30,15 +30,21 @@
 //! No mode falls back to plaintext unless it allows it.
 #![deny(missing_docs)]
 
+mod cache;
 mod conn;
+mod copy;
 mod error;
 mod mux;
+mod query;
 mod tls;
 
 pub use conn::{PgConnection, RESET_RECIPE};
+pub use copy::CopyRow;
 pub use error::map_error;
 pub use mux::{Multiplexed, MuxStats};
+pub use query::{BatchResult, Param, PgRow, PgRowStream};
 pub use tls::SYSTEM_ROOTS;
+pub use tokio_postgres::types;
 
 use conn::Cancel;
 use pgprovider_core::{ConnectParams, Driver, Error, ErrorKind, Host, Result, SslMode};
@@ -158,10 +164,5 @@ where
         None => connecting.await,
     };
     let (client, connection) = result.map_err(|e| error::connect_error(e, node))?;
-    Ok(PgConnection::new(
-        client,
-        connection,
-        cancel,
-        node.to_owned(),
-    ))
+    Ok(PgConnection::new(client, connection, cancel, params))
 }

@@ -36,6 +36,7 @@ impl<D: Driver> DynDriver for D {
 trait DynConnection: Send {
     fn is_broken(&self) -> bool;
     fn needs_reset(&self) -> bool;
+    fn recycled(&mut self);
     fn ping(&mut self) -> BoxFuture<'_, Result<()>>;
     fn reset(&mut self) -> BoxFuture<'_, Result<()>>;
     fn simple_query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<SimpleRow>>>;
@@ -49,6 +50,9 @@ impl<C: Connection> DynConnection for C {
     }
     fn needs_reset(&self) -> bool {
         Connection::needs_reset(self)
+    }
+    fn recycled(&mut self) {
+        Connection::recycled(self)
     }
     fn ping(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(Connection::ping(self))
@@ -109,6 +113,9 @@ impl Connection for AnyConnection {
     }
     fn needs_reset(&self) -> bool {
         self.0.needs_reset()
+    }
+    fn recycled(&mut self) {
+        self.0.recycled()
     }
     fn ping(&mut self) -> impl Future<Output = Result<()>> + Send {
         self.0.ping()

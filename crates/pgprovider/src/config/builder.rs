@@ -40,6 +40,9 @@ pub struct ConfigBuilder {
     pub(super) max_lifetime: Option<Option<Duration>>,
     pub(super) validation: Option<ValidationPolicy>,
     pub(super) leak_detection_threshold: Option<Option<Duration>>,
+    pub(super) statement_cache_capacity: Option<usize>,
+    pub(super) query_timeout: Option<Option<Duration>>,
+    pub(super) statement_timeout: Option<Option<Duration>>,
     pub(super) problems: Vec<Problem>,
 }
 
@@ -202,6 +205,30 @@ impl ConfigBuilder {
     /// When connections are pinged at checkout (default: when idle for 30 s).
     pub fn with_validation(mut self, policy: ValidationPolicy) -> Self {
         self.validation = Some(policy);
+        self
+    }
+
+    /// How many prepared statements each connection keeps, least recently used closed
+    /// first (default 256). `0` uses unnamed statements only, for PgBouncer in transaction
+    /// mode: parameter types then come from the Rust values, not from the server.
+    pub fn with_statement_cache_capacity(mut self, capacity: usize) -> Self {
+        self.statement_cache_capacity = Some(capacity);
+        self
+    }
+
+    /// How long one statement may run before the client cancels it on the server and
+    /// reports [`ErrorKind::Timeout`](pgprovider_core::ErrorKind::Timeout) (`None`, the
+    /// default, for no limit). A `COMMIT` is never cancelled.
+    pub fn with_query_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.query_timeout = Some(timeout);
+        self
+    }
+
+    /// The server's own `statement_timeout` for every session, sent at startup (it also
+    /// guards against clients that vanish mid-query). `None`, the default, keeps the
+    /// server's setting.
+    pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.statement_timeout = Some(timeout);
         self
     }
 
@@ -414,6 +441,21 @@ impl ConfigBuilder {
                 );
             }
         }
+        let query_timeout = self.query_timeout.flatten();
+        let statement_timeout = self.statement_timeout.flatten();
+        for (field, value) in [
+            ("query_timeout", query_timeout),
+            ("statement_timeout", statement_timeout),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                p(
+                    field,
+                    Some("0".into()),
+                    "timeout must be positive",
+                    "give a duration such as 5s, or off for no limit",
+                );
+            }
+        }
         let validation = self.validation.unwrap_or(defaults.validation);
         if validation == ValidationPolicy::WhenIdleFor(Duration::ZERO) {
             p(
@@ -437,6 +479,11 @@ impl ConfigBuilder {
             application_name: self.application_name,
             connect_timeout: Some(connect_timeout),
             options: self.options,
+            statement_cache_capacity: self
+                .statement_cache_capacity
+                .unwrap_or(pgprovider_core::DEFAULT_STATEMENT_CACHE_CAPACITY),
+            query_timeout,
+            statement_timeout,
             tls: {
                 let mut t = TlsParams::default();
                 t.mode = ssl_mode;

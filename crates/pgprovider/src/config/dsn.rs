@@ -33,6 +33,9 @@ pub(super) const KEYS: &[&str] = &[
     "pool_max_lifetime",
     "pool_validation",
     "pool_leak_detection_threshold",
+    "statement_cache_capacity",
+    "query_timeout",
+    "statement_timeout",
 ];
 
 /// Keys whose values are secret: masked in problems.
@@ -274,6 +277,20 @@ impl ConfigBuilder {
             "pool_leak_detection_threshold" => {
                 if let Some(d) = self.optional_duration(key, value) {
                     self.leak_detection_threshold = Some(d);
+                }
+            }
+            "statement_cache_capacity" => {
+                self.statement_cache_capacity =
+                    self.count(key, value).or(self.statement_cache_capacity)
+            }
+            "query_timeout" => {
+                if let Some(d) = self.optional_duration(key, value) {
+                    self.query_timeout = Some(d);
+                }
+            }
+            "statement_timeout" => {
+                if let Some(d) = self.optional_duration(key, value) {
+                    self.statement_timeout = Some(d);
                 }
             }
             "pool_validation" => {

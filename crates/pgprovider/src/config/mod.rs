@@ -31,6 +31,9 @@
 //! | `pool_max_lifetime` | close connections this old, with jitter (`off` to keep them) | `30m` |
 //! | `pool_validation` | `always`, `never`, or a duration: ping at checkout when idle longer than it | `30s` |
 //! | `pool_leak_detection_threshold` | report a connection held longer than this (`off` to disable) | `off` |
+//! | `statement_cache_capacity` | prepared statements kept per connection; `0` for unnamed statements only (PgBouncer transaction mode) | `256` |
+//! | `query_timeout` | cancel a statement on the server after this long (a `COMMIT` never is) | `off` |
+//! | `statement_timeout` | the server's `statement_timeout`, sent at startup | server's |
 //!
 //! Durations are a whole number with an optional unit: `ms`, `s` (the default), `m`, `h`.
 
@@ -271,6 +274,9 @@ pub struct Config {
     pub(crate) application_name: Option<String>,
     pub(crate) connect_timeout: Option<Duration>,
     pub(crate) options: Option<String>,
+    pub(crate) statement_cache_capacity: usize,
+    pub(crate) query_timeout: Option<Duration>,
+    pub(crate) statement_timeout: Option<Duration>,
     pub(crate) tls: TlsParams,
     pub(crate) target_session_attrs: TargetSessionAttrs,
     pub(crate) load_balance_hosts: LoadBalanceHosts,
@@ -333,6 +339,18 @@ impl Config {
     pub fn options(&self) -> Option<&str> {
         self.options.as_deref()
     }
+    /// Prepared statements kept per connection (`0`: unnamed statements only).
+    pub fn statement_cache_capacity(&self) -> usize {
+        self.statement_cache_capacity
+    }
+    /// The client-side limit on one statement.
+    pub fn query_timeout(&self) -> Option<Duration> {
+        self.query_timeout
+    }
+    /// The server-side `statement_timeout` sent at startup.
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        self.statement_timeout
+    }
     /// TLS settings.
     pub fn tls(&self) -> &TlsParams {
         &self.tls
@@ -387,7 +405,13 @@ impl Config {
         p.password = password;
         p.application_name = self.application_name.clone();
         p.connect_timeout = self.connect_timeout;
-        p.options = self.options.clone();
+        p.options = match (self.options.as_deref(), self.statement_timeout) {
+            (o, None) => o.map(str::to_owned),
+            (None, Some(t)) => Some(format!("-c statement_timeout={}", t.as_millis())),
+            (Some(o), Some(t)) => Some(format!("{o} -c statement_timeout={}", t.as_millis())),
+        };
+        p.statement_cache_capacity = self.statement_cache_capacity;
+        p.query_timeout = self.query_timeout;
         p.tls = self.tls.clone();
         Ok(p)
     }

@@ -37,7 +37,7 @@ pub use stats::{PoolStats, WAIT_BUCKETS};
 
 use crate::config::{Config, Node, ValidationPolicy};
 use hooks::{CatchUnwind, Hooks, guarded};
-use pgprovider_core::{Connection, Driver, Error, ErrorKind, Result};
+use pgprovider_core::{Connection, Driver, Error, ErrorKind, Result, StatementCaches};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -91,6 +91,8 @@ pub(crate) struct Inner<D: Driver> {
     shrinking: AtomicBool,
     idle: Mutex<VecDeque<Box<Slot<D::Connection>>>>,
     counters: Counters,
+    /// Shared by the statement caches of this pool's connections.
+    statements: StatementCaches,
     last_error: Mutex<Option<String>>,
     closed: AtomicBool,
     jitter: (RandomState, AtomicU64),
@@ -247,6 +249,7 @@ impl<D: Driver> PoolBuilder<D> {
             shrinking: AtomicBool::new(false),
             idle: Mutex::new(VecDeque::with_capacity(max)),
             counters: Counters::default(),
+            statements: StatementCaches::new(),
             last_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             jitter: (RandomState::new(), AtomicU64::new(0)),
@@ -515,7 +518,9 @@ impl<D: Driver> Pool<D> {
 impl<D: Driver> Inner<D> {
     fn stats(&self) -> PoolStats {
         let idle = lock(&self.idle).len() as u64;
-        self.counters.snapshot(idle, self.max.load(Relaxed) as u64)
+        let mut s = self.counters.snapshot(idle, self.max.load(Relaxed) as u64);
+        s.statement_cache = self.statements.stats();
+        s
     }
 
     fn pop_idle(&self) -> Option<Box<Slot<D::Connection>>> {
@@ -547,7 +552,8 @@ impl<D: Driver> Inner<D> {
     /// One attempt: connect, count it, run `after_connect`. Errors name the node.
     async fn connect_once(&self) -> Result<D::Connection> {
         let attempt = async {
-            let params = self.config.connect_params(&self.node).await?;
+            let mut params = self.config.connect_params(&self.node).await?;
+            params.statements = self.statements.clone();
             self.driver.connect(&params).await
         };
         let mut conn = match attempt.await {
@@ -670,6 +676,7 @@ impl<D: Driver> Inner<D> {
             }
         }
         slot.idle_since = now;
+        slot.conn.recycled();
         lock(&self.idle).push_back(slot);
     }
 

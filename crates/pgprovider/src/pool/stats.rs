@@ -54,6 +54,8 @@ pub struct PoolStats {
     pub closed_resize: u64,
     /// Connections closed because the pool was closed.
     pub closed_pool: u64,
+    /// The prepared-statement caches of this pool's connections.
+    pub statement_cache: pgprovider_core::StatementCacheStats,
 }
 
 impl PoolStats {
@@ -163,6 +165,7 @@ impl Counters {
             closed_validation: self.closed_validation.load(Relaxed),
             closed_resize: self.closed_resize.load(Relaxed),
             closed_pool: self.closed_pool.load(Relaxed),
+            statement_cache: Default::default(),
         }
     }
 }

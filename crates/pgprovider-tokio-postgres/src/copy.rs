@@ -1,0 +1,200 @@
+//! COPY: bulk load with `COPY … FROM STDIN (FORMAT binary)` and export with `COPY … TO
+//! STDOUT`.
+//!
+//! Both count rows. A load whose source fails, or whose future is dropped, aborts the COPY
+//! on the server (nothing is loaded); a dropped future also leaves the connection marked
+//! broken, so the pool closes it.
+
+use crate::conn::PgConnection;
+use crate::error::map_error;
+use futures_util::{Stream, StreamExt, TryStreamExt, pin_mut};
+use pgprovider_core::{Error, ErrorKind, Result};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream};
+use tokio_postgres::types::{ToSql, Type};
+
+/// A row that [`PgConnection::copy_in`] can send: tuples of up to 12 values, or a vector of
+/// boxed values.
+pub trait CopyRow {
+    /// The row's values, in column order.
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)>;
+}
+
+impl CopyRow for Vec<Box<dyn ToSql + Send + Sync>> {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.iter().map(|v| &**v as &(dyn ToSql + Sync)).collect()
+    }
+}
+
+impl<R: CopyRow + ?Sized> CopyRow for &R {
+    fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+        (**self).values()
+    }
+}
+
+macro_rules! tuple_copy_row {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: ToSql + Sync),+> CopyRow for ($($t,)+) {
+            fn values(&self) -> Vec<&(dyn ToSql + Sync)> {
+                vec![$(&self.$i as &(dyn ToSql + Sync)),+]
+            }
+        }
+    };
+}
+
+tuple_copy_row!(A 0);
+tuple_copy_row!(A 0, B 1);
+tuple_copy_row!(A 0, B 1, C 2);
+tuple_copy_row!(A 0, B 1, C 2, D 3);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10);
+tuple_copy_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7, I 8, J 9, K 10, L 11);
+
+impl PgConnection {
+    /// Loads `rows` with `sql`, a `COPY table (columns) FROM STDIN (FORMAT binary)` whose
+    /// columns have the SQL `types` given, and returns the number of rows loaded.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: &mut pgprovider_tokio_postgres::PgConnection) -> pgprovider::Result<()> {
+    /// use pgprovider_tokio_postgres::types::Type;
+    /// let rows = (0..100_000_i64).map(|i| (i, format!("name {i}")));
+    /// let n = conn
+    ///     .copy_in("COPY users (id, name) FROM STDIN (FORMAT binary)", &[Type::INT8, Type::TEXT], rows)
+    ///     .await?;
+    /// assert_eq!(n, 100_000);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The server's error (a constraint violated by some row, say); nothing is loaded then.
+    pub async fn copy_in<R, I>(&mut self, sql: &str, types: &[Type], rows: I) -> Result<u64>
+    where
+        R: CopyRow + Send,
+        I: IntoIterator<Item = R>,
+        I::IntoIter: Send,
+    {
+        let stream = futures_util::stream::iter(rows.into_iter().map(Ok::<R, Error>));
+        self.copy_in_stream(sql, types, stream).await
+    }
+
+    /// Like [`copy_in`](Self::copy_in), from a fallible stream: an error from the stream
+    /// aborts the COPY (nothing is loaded) and is returned.
+    ///
+    /// # Errors
+    /// The stream's error, or the server's.
+    pub async fn copy_in_stream<R, S>(&mut self, sql: &str, types: &[Type], rows: S) -> Result<u64>
+    where
+        R: CopyRow + Send,
+        S: Stream<Item = Result<R>> + Send,
+    {
+        self.dirty = true;
+        self.in_flight = true;
+        let node = self.node.clone();
+        let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
+        let sink = self.client.copy_in(sql).await.map_err(db)?;
+        let writer = BinaryCopyInWriter::new(sink, types);
+        pin_mut!(writer);
+        pin_mut!(rows);
+        while let Some(row) = rows.next().await {
+            // Returning before `finish` drops the sink, which aborts the COPY.
+            let row = match row {
+                Ok(r) => r,
+                Err(e) => {
+                    drop(writer);
+                    self.settle().await;
+                    return Err(e.context("the row source failed; the COPY was aborted"));
+                }
+            };
+            let values = row.values();
+            if values.len() != types.len() {
+                drop(writer);
+                self.settle().await;
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "a row has {} values for {} columns; the COPY was aborted",
+                        values.len(),
+                        types.len()
+                    ),
+                )
+                .with_hint("give one type per column, in the column order of the COPY"));
+            }
+            if let Err(e) = writer.as_mut().write(&values).await {
+                drop(writer);
+                self.settle().await;
+                return Err(db(e));
+            }
+        }
+        let n = writer.as_mut().finish().await.map_err(db)?;
+        self.in_flight = false;
+        Ok(n)
+    }
+
+    /// After an aborted COPY, waits for the server to confirm the abort so the connection
+    /// can be reused.
+    async fn settle(&mut self) {
+        if self.client.batch_execute("").await.is_ok() {
+            self.in_flight = false;
+        }
+    }
+
+    /// Exports with `sql`, a `COPY … TO STDOUT (FORMAT binary)` whose columns have the SQL
+    /// `types` given, calling `each` on every row; returns the number of rows.
+    ///
+    /// # Errors
+    /// The server's error, or the first error `each` returns (the export stops there).
+    pub async fn copy_out<F>(&mut self, sql: &str, types: &[Type], mut each: F) -> Result<u64>
+    where
+        F: FnMut(BinaryCopyOutRow) -> Result<()> + Send,
+    {
+        self.in_flight = true;
+        let node = self.node.clone();
+        let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
+        let stream = self.client.copy_out(sql).await.map_err(db)?;
+        let rows = BinaryCopyOutStream::new(stream, types);
+        pin_mut!(rows);
+        let mut n = 0;
+        while let Some(row) = rows.try_next().await.map_err(db)? {
+            n += 1;
+            if let Err(e) = each(row) {
+                // Left mid-stream: the rest would still arrive, so the connection goes.
+                return Err(e.context(format!("the export stopped at row {n}")));
+            }
+        }
+        self.in_flight = false;
+        Ok(n)
+    }
+
+    /// Exports with `sql`, any `COPY … TO STDOUT` (text, CSV or binary), writing the raw
+    /// bytes to `out`; returns the number of bytes written.
+    ///
+    /// # Errors
+    /// The server's error, or `out`'s.
+    pub async fn copy_out_raw<W>(&mut self, sql: &str, out: &mut W) -> Result<u64>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        self.in_flight = true;
+        let node = self.node.clone();
+        let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
+        let stream = self.client.copy_out(sql).await.map_err(db)?;
+        pin_mut!(stream);
+        let mut bytes = 0;
+        while let Some(chunk) = stream.try_next().await.map_err(db)? {
+            out.write_all(&chunk).await.map_err(|e| {
+                Error::new(ErrorKind::Other, format!("cannot write the export: {e}")).with_source(e)
+            })?;
+            bytes += chunk.len() as u64;
+        }
+        out.flush().await.map_err(|e| {
+            Error::new(ErrorKind::Other, format!("cannot write the export: {e}")).with_source(e)
+        })?;
+        self.in_flight = false;
+        Ok(bytes)
+    }
+}

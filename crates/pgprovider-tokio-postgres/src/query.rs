@@ -1,0 +1,531 @@
+//! Typed queries on a [`PgConnection`]: the [`Queries`] trait, row streams and pipelined
+//! batches, all through the prepared-statement cache.
+//!
+//! A cached statement that the server rejects as stale (`0A000` cached plan must not change
+//! result type, `26000` prepared statement does not exist) is dropped from every cache of
+//! the pool and, outside a transaction, prepared again and run once more; the caller sees
+//! nothing. Inside a transaction the transaction is already aborted by the error, so the
+//! error is returned, saying so (the provider's transaction closure re-runs it).
+//!
+//! With a statement-cache capacity of `0` only unnamed statements are used (one round trip,
+//! nothing left on the server session), as PgBouncer's transaction mode needs. The
+//! parameter types are then taken from the Rust values (`i32` is `int4`, `String` is
+//! `text`, …), not asked of the server: cast in SQL where the column's type differs.
+
+use crate::conn::{PgConnection, may_change_session};
+use crate::error::map_error;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use pgprovider_core::{Column, Error, ErrorKind, FromRow, Queries, Result};
+use std::fmt;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio_postgres::types::{FromSqlOwned, ToSql, Type};
+use tokio_postgres::{Client, Row, RowStream, Statement};
+
+/// A parameter: any value tokio-postgres can send.
+pub type Param<'a> = dyn ToSql + Sync + 'a;
+
+/// A result row. Derefs to tokio-postgres's [`Row`] (`row.get(0)`, `row.try_get("id")`);
+/// implements [`Column`] so [`FromRow`] types and tuples can be read from it.
+pub struct PgRow(pub(crate) Row);
+
+impl PgRow {
+    /// The driver's row.
+    pub fn into_inner(self) -> Row {
+        self.0
+    }
+
+    /// Reads the row as a [`FromRow`] type (a tuple, or a struct deriving `FromRow`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Decode`] when a column is missing or has another type.
+    pub fn to<T: FromRow<PgRow>>(&self) -> Result<T> {
+        T::from_row(self)
+    }
+}
+
+impl Deref for PgRow {
+    type Target = Row;
+    fn deref(&self) -> &Row {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PgRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<T: FromSqlOwned> Column<T> for PgRow {
+    fn column(&self, idx: usize) -> Result<T> {
+        self.0.try_get(idx).map_err(decode_error)
+    }
+    fn column_named(&self, name: &str) -> Result<T> {
+        self.0.try_get(name).map_err(decode_error)
+    }
+}
+
+fn decode_error(e: tokio_postgres::Error) -> Error {
+    Error::new(ErrorKind::Decode, format!("cannot read the row: {e}"))
+        .with_hint("check the column names and that the Rust types match the SQL types")
+        .with_source(e)
+}
+
+impl Queries for PgConnection {
+    type Row = PgRow;
+    type Param<'a> = Param<'a>;
+
+    async fn query<'p>(&mut self, sql: &str, params: &[&'p Param<'p>]) -> Result<Vec<PgRow>> {
+        match self.exec(sql, params, Op::Query).await? {
+            Out::Rows(rows) => Ok(rows.into_iter().map(PgRow).collect()),
+            _ => unreachable!("a query returns rows"),
+        }
+    }
+
+    async fn execute<'p>(&mut self, sql: &str, params: &[&'p Param<'p>]) -> Result<u64> {
+        match self.exec(sql, params, Op::Execute).await? {
+            Out::Count(n) => Ok(n),
+            _ => unreachable!("an execute returns a count"),
+        }
+    }
+
+    fn query_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    fn set_query_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.in_tx
+    }
+}
+
+impl PgConnection {
+    /// Runs `sql` and returns its rows as a stream, for results too large to collect. The
+    /// connection is busy until the stream ends; dropping the stream early is safe (the
+    /// pool then closes the connection rather than wait for the rest).
+    ///
+    /// The query timeout bounds the wait for the first row only.
+    ///
+    /// # Errors
+    /// As [`Queries::query`]; each item may also carry an error.
+    pub async fn query_stream(
+        &mut self,
+        sql: &str,
+        params: &[&Param<'_>],
+    ) -> Result<PgRowStream<'_>> {
+        let Out::Stream(stream) = self.exec(sql, params, Op::Stream).await? else {
+            unreachable!("a stream query returns a stream")
+        };
+        self.in_flight = true;
+        Ok(PgRowStream {
+            inner: Box::pin(stream),
+            conn: self,
+        })
+    }
+
+    /// Sends every statement in one pipelined window (a single round trip when the
+    /// statements are cached) and returns their results in order.
+    ///
+    /// Outside a transaction the batch runs in one (sent in the same window): it applies
+    /// entirely or not at all. Inside a transaction it runs in it.
+    ///
+    /// ```no_run
+    /// # async fn run(conn: &mut pgprovider_tokio_postgres::PgConnection) -> pgprovider::Result<()> {
+    /// let results = conn.batch(&[
+    ///     ("INSERT INTO t (id) VALUES ($1)", &[&1_i32]),
+    ///     ("UPDATE t SET n = n + 1 WHERE id = $1", &[&1_i32]),
+    ///     ("SELECT n FROM t WHERE id = $1", &[&1_i32]),
+    /// ]).await?;
+    /// assert_eq!(results[1].rows_affected(), 1);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// The first failing statement's error, with its position ("batch statement 2 of 3
+    /// failed: …"), its SQLSTATE and fields; nothing of the batch was applied (outside a
+    /// transaction) or the transaction is aborted (inside one).
+    pub async fn batch(
+        &mut self,
+        statements: &[(&str, &[&Param<'_>])],
+    ) -> Result<Vec<BatchResult>> {
+        let n = statements.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        for (sql, _) in statements {
+            if may_change_session(sql) {
+                self.dirty = true;
+            }
+        }
+        let typed = match self.cache.enabled() {
+            true => None,
+            false => Some(
+                statements
+                    .iter()
+                    .map(|(_, p)| typed(p))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        let mut retried = false;
+        loop {
+            let prepared = self.prepare_all(statements).await?;
+            let wrap = !self.in_tx;
+            let (begin, results, commit) = self
+                .run(async |c| {
+                    Ok(
+                        run_pipelined(c, statements, prepared.as_deref(), typed.as_deref(), wrap)
+                            .await,
+                    )
+                })
+                .await?;
+            begin.map_err(|e| map_error(e).with_node(self.node.clone()))?;
+            let failed = results.iter().position(Result::is_err);
+            let Some(i) = failed else {
+                commit.map_err(|e| {
+                    map_error(e)
+                        .with_node(self.node.clone())
+                        .context("the batch's COMMIT failed")
+                })?;
+                return Ok(results.into_iter().map(|r| r.expect("checked")).collect());
+            };
+            let err = results
+                .into_iter()
+                .nth(i)
+                .and_then(Result::err)
+                .map(|e| map_error(e).with_node(self.node.clone()))
+                .expect("checked");
+            if err.is_stale_statement() && self.cache.enabled() {
+                self.cache.invalidate(statements[i].0);
+                if wrap && !retried {
+                    // The batch was rolled back as a whole: running it again is safe.
+                    retried = true;
+                    continue;
+                }
+            }
+            let what = if wrap {
+                "nothing of the batch was applied"
+            } else {
+                "the transaction is aborted"
+            };
+            return Err(err.context(format!("batch statement {} of {n} failed ({what})", i + 1)));
+        }
+    }
+
+    /// The cached statements for a batch, preparing the missing ones in one pipelined round
+    /// trip; `None` when only unnamed statements are used.
+    async fn prepare_all(
+        &mut self,
+        statements: &[(&str, &[&Param<'_>])],
+    ) -> Result<Option<Vec<Statement>>> {
+        if !self.cache.enabled() {
+            return Ok(None);
+        }
+        let mut out: Vec<Option<Statement>> =
+            statements.iter().map(|(s, _)| self.cache.get(s)).collect();
+        let missing: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let prepared = self
+                .run(async |c| {
+                    Ok(futures_util::future::join_all(
+                        missing.iter().map(|i| c.prepare(statements[*i].0)),
+                    )
+                    .await)
+                })
+                .await?;
+            for (i, r) in missing.iter().zip(prepared) {
+                let stmt = r.map_err(|e| {
+                    map_error(e).with_node(self.node.clone()).context(format!(
+                        "batch statement {} of {} failed to prepare (nothing was run)",
+                        i + 1,
+                        statements.len()
+                    ))
+                })?;
+                self.cache.put(statements[*i].0, stmt.clone());
+                out[*i] = Some(stmt);
+            }
+        }
+        Ok(Some(
+            out.into_iter().map(|s| s.expect("prepared")).collect(),
+        ))
+    }
+
+    /// Runs `op` with the cached statement for `sql` (or an unnamed statement when the
+    /// cache is off), preparing it when missing and, outside a transaction, re-preparing and
+    /// running again once when the server says it went stale.
+    async fn exec<'p>(&mut self, sql: &str, params: &[&'p Param<'p>], op: Op) -> Result<Out> {
+        if may_change_session(sql) {
+            self.dirty = true;
+        }
+        if !self.cache.enabled() {
+            let typed = typed(params)?;
+            let r = self
+                .run(async |c| call(c, op, sql, None, params, &typed).await)
+                .await;
+            return self.track(sql, r);
+        }
+        let mut retried = false;
+        loop {
+            let stmt = match self.cache.get(sql) {
+                Some(s) => s,
+                None => {
+                    let s = self.run(async |c| c.prepare(sql).await).await?;
+                    self.cache.put(sql, s.clone());
+                    s
+                }
+            };
+            match self
+                .run(async |c| call(c, op, sql, Some(&stmt), params, &[]).await)
+                .await
+            {
+                Err(e) if e.is_stale_statement() => {
+                    self.cache.invalidate(sql);
+                    if self.in_tx {
+                        return Err(e.with_hint(
+                            "a table changed under this prepared statement inside a transaction, \
+                             which is now aborted; the statement was dropped from every cache, so \
+                             running the transaction again succeeds",
+                        ));
+                    }
+                    if retried {
+                        return Err(e);
+                    }
+                    retried = true;
+                }
+                r => return self.track(sql, r),
+            }
+        }
+    }
+
+    fn track<T>(&mut self, sql: &str, r: Result<T>) -> Result<T> {
+        if r.is_ok() {
+            self.track_transaction(sql);
+        }
+        r
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Query,
+    Execute,
+    Stream,
+}
+
+enum Out {
+    Rows(Vec<Row>),
+    Count(u64),
+    Stream(RowStream),
+}
+
+/// One statement on the client: the prepared `stmt`, or `sql` as an unnamed statement with
+/// the `typed` parameters.
+async fn call<'p>(
+    c: &Client,
+    op: Op,
+    sql: &str,
+    stmt: Option<&Statement>,
+    params: &[&'p Param<'p>],
+    typed: &[(&'p Param<'p>, Type)],
+) -> Result<Out, tokio_postgres::Error> {
+    let unnamed = || typed.iter().map(|(p, t)| (*p, t.clone()));
+    Ok(match (op, stmt) {
+        (Op::Query, Some(s)) => Out::Rows(c.query(s, params).await?),
+        (Op::Execute, Some(s)) => Out::Count(c.execute(s, params).await?),
+        (Op::Stream, Some(s)) => Out::Stream(c.query_raw(s, params.iter().copied()).await?),
+        (Op::Query, None) => Out::Rows(c.query_typed(sql, typed).await?),
+        (Op::Execute, None) => Out::Count(c.execute_typed(sql, typed).await?),
+        (Op::Stream, None) => Out::Stream(c.query_typed_raw(sql, unnamed()).await?),
+    })
+}
+
+/// BEGIN (when `wrap`), every statement and COMMIT, polled together so they leave in one
+/// window and their replies are read in order.
+async fn run_pipelined(
+    c: &Client,
+    statements: &[(&str, &[&Param<'_>])],
+    prepared: Option<&[Statement]>,
+    typed: Option<&[Vec<(&Param<'_>, Type)>]>,
+    wrap: bool,
+) -> (
+    Result<(), tokio_postgres::Error>,
+    Vec<Result<BatchResult, tokio_postgres::Error>>,
+    Result<(), tokio_postgres::Error>,
+) {
+    let begin = async {
+        if wrap {
+            c.batch_execute("BEGIN").await
+        } else {
+            Ok(())
+        }
+    };
+    let each = statements
+        .iter()
+        .enumerate()
+        .map(|(i, (sql, params))| async move {
+            let stream = match prepared {
+                Some(p) => c.query_raw(&p[i], params.iter().copied()).await?,
+                None => {
+                    let typed = typed.map(|t| &t[i][..]).unwrap_or_default();
+                    let _ = params;
+                    c.query_typed_raw(sql, typed.iter().map(|(p, t)| (*p, t.clone())))
+                        .await?
+                }
+            };
+            let mut stream = std::pin::pin!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.try_next().await? {
+                rows.push(PgRow(row));
+            }
+            Ok(BatchResult {
+                rows_affected: stream.rows_affected().unwrap_or(0),
+                rows,
+            })
+        });
+    let all = futures_util::future::join_all(each);
+    let commit = async {
+        if wrap {
+            c.batch_execute("COMMIT").await
+        } else {
+            Ok(())
+        }
+    };
+    futures_util::future::join3(begin, all, commit).await
+}
+
+/// What one statement of a [`PgConnection::batch`] returned.
+#[derive(Debug)]
+pub struct BatchResult {
+    rows: Vec<PgRow>,
+    rows_affected: u64,
+}
+
+impl BatchResult {
+    /// The rows it returned (none for a write without `RETURNING`).
+    pub fn rows(&self) -> &[PgRow] {
+        &self.rows
+    }
+    /// The rows, owned.
+    pub fn into_rows(self) -> Vec<PgRow> {
+        self.rows
+    }
+    /// The rows it inserted, updated, deleted or returned.
+    pub fn rows_affected(&self) -> u64 {
+        self.rows_affected
+    }
+}
+
+/// Rows of [`PgConnection::query_stream`].
+pub struct PgRowStream<'a> {
+    inner: Pin<Box<RowStream>>,
+    conn: &'a mut PgConnection,
+}
+
+impl PgRowStream<'_> {
+    /// The rows affected, once the stream has ended.
+    pub fn rows_affected(&self) -> Option<u64> {
+        self.inner.rows_affected()
+    }
+}
+
+impl fmt::Debug for PgRowStream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgRowStream")
+            .field("node", &self.conn.node)
+            .finish()
+    }
+}
+
+impl Stream for PgRowStream<'_> {
+    type Item = Result<PgRow>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(row))) => Poll::Ready(Some(Ok(PgRow(row)))),
+            Poll::Ready(Some(Err(e))) => {
+                // The statement is over: the server sent its error.
+                this.conn.in_flight = false;
+                Poll::Ready(Some(Err(map_error(e).with_node(this.conn.node.clone()))))
+            }
+            Poll::Ready(None) => {
+                this.conn.in_flight = false;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+/// The types that unnamed statements declare for their parameters, first match wins: the
+/// server is not asked (that would cost a round trip and a named statement).
+const INFERRED: &[Type] = &[
+    Type::BOOL,
+    Type::INT2,
+    Type::INT4,
+    Type::INT8,
+    Type::FLOAT4,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::CHAR,
+    Type::OID,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMP,
+    Type::DATE,
+    Type::TIME,
+    Type::UUID,
+    Type::JSONB,
+    Type::JSON,
+    Type::NUMERIC,
+    Type::INET,
+    Type::BOOL_ARRAY,
+    Type::INT2_ARRAY,
+    Type::INT4_ARRAY,
+    Type::INT8_ARRAY,
+    Type::FLOAT4_ARRAY,
+    Type::FLOAT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::UUID_ARRAY,
+    Type::TIMESTAMPTZ_ARRAY,
+    Type::JSONB_ARRAY,
+];
+
+/// Pairs each parameter with the first type of [`INFERRED`] it can be sent as.
+fn typed<'a>(params: &[&'a Param<'a>]) -> Result<Vec<(&'a Param<'a>, Type)>> {
+    let mut scratch = bytes::BytesMut::new();
+    params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            INFERRED
+                .iter()
+                .find(|t| {
+                    scratch.clear();
+                    p.to_sql_checked(t, &mut scratch).is_ok()
+                })
+                .map(|t| (*p, t.clone()))
+                .ok_or_else(|| untyped_param(i))
+        })
+        .collect()
+}
+
+fn untyped_param(i: usize) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "parameter ${} has a type that unnamed statements cannot declare",
+            i + 1
+        ),
+    )
+    .with_hint(
+        "statement_cache_capacity=0 sends parameter types taken from the Rust values; \
+         pass a value of a common type (integers, floats, text, bytea, timestamps, uuid, json, \
+         their arrays) and cast in SQL, or turn the statement cache on",
+    )
+}
