@@ -267,6 +267,15 @@ impl Connection for PgConnection {
     }
 
     async fn close(self) {
+        // A statement still running would go on until it next writes to the socket
+        // (pg_sleep, a long scan): cancel it first.
+        if self.in_flight && !self.client.is_closed() {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                self.cancel_token().cancel(),
+            )
+            .await;
+        }
         // Dropping the client sends Terminate and lets the connection task finish.
         let PgConnection {
             client,

@@ -3,7 +3,7 @@
 //!
 //! Both count rows. A load whose source fails, or whose future is dropped, aborts the COPY
 //! on the server (nothing is loaded); a dropped future also leaves the connection marked
-//! broken, so the pool closes it.
+//! broken, so the pool closes it, as does a `COPY … FROM` the server refuses outright.
 
 use crate::conn::PgConnection;
 use crate::error::map_error;
@@ -96,9 +96,12 @@ impl PgConnection {
         self.in_flight = true;
         let node = self.node.clone();
         let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
+        // A COPY the server refuses (no such table, say) leaves tokio-postgres's connection
+        // out of step (its next reply is "unexpected message"), so the connection stays
+        // marked broken and the pool replaces it.
         let sink = self.client.copy_in(sql).await.map_err(db)?;
-        let writer = BinaryCopyInWriter::new(sink, types);
-        pin_mut!(writer);
+        // Boxed, so that dropping it really drops the sink (which aborts the COPY).
+        let mut writer = Box::pin(BinaryCopyInWriter::new(sink, types));
         pin_mut!(rows);
         while let Some(row) = rows.next().await {
             // Returning before `finish` drops the sink, which aborts the COPY.
@@ -130,15 +133,27 @@ impl PgConnection {
                 return Err(db(e));
             }
         }
-        let n = writer.as_mut().finish().await.map_err(db)?;
+        let n = writer.as_mut().finish().await;
         self.in_flight = false;
-        Ok(n)
+        n.map_err(db)
+    }
+
+    /// The server ended the COPY with an error: nothing is in flight any more (a lost
+    /// connection shows as closed anyway).
+    fn ended(&mut self, e: Error) -> Error {
+        self.in_flight = false;
+        e
     }
 
     /// After an aborted COPY, waits for the server to confirm the abort so the connection
     /// can be reused.
     async fn settle(&mut self) {
-        if self.client.batch_execute("").await.is_ok() {
+        let confirmed = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.client.batch_execute(""),
+        )
+        .await;
+        if matches!(confirmed, Ok(Ok(()))) {
             self.in_flight = false;
         }
     }
@@ -155,11 +170,19 @@ impl PgConnection {
         self.in_flight = true;
         let node = self.node.clone();
         let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
-        let stream = self.client.copy_out(sql).await.map_err(db)?;
+        let stream = match self.client.copy_out(sql).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.ended(db(e))),
+        };
         let rows = BinaryCopyOutStream::new(stream, types);
         pin_mut!(rows);
         let mut n = 0;
-        while let Some(row) = rows.try_next().await.map_err(db)? {
+        loop {
+            let row = match rows.try_next().await {
+                Ok(Some(row)) => row,
+                Ok(None) => break,
+                Err(e) => return Err(self.ended(db(e))),
+            };
             n += 1;
             if let Err(e) = each(row) {
                 // Left mid-stream: the rest would still arrive, so the connection goes.
@@ -182,10 +205,18 @@ impl PgConnection {
         self.in_flight = true;
         let node = self.node.clone();
         let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
-        let stream = self.client.copy_out(sql).await.map_err(db)?;
+        let stream = match self.client.copy_out(sql).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.ended(db(e))),
+        };
         pin_mut!(stream);
         let mut bytes = 0;
-        while let Some(chunk) = stream.try_next().await.map_err(db)? {
+        loop {
+            let chunk = match stream.try_next().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(self.ended(db(e))),
+            };
             out.write_all(&chunk).await.map_err(|e| {
                 Error::new(ErrorKind::Other, format!("cannot write the export: {e}")).with_source(e)
             })?;

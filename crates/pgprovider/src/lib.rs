@@ -27,15 +27,19 @@
 
 pub mod config;
 pub mod pool;
+mod query;
 pub mod registry;
+pub mod retry;
+pub mod tx;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
 pub use pool::{LeakReport, Pool, PoolBuilder, PoolStats, Pooled};
 pub use registry::{AnyConnection, AnyDriver, DriverRegistry};
+pub use tx::{IsolationLevel, Tx, TxOptions};
 
 pub use pgprovider_core::{
-    CancelToken, ConnectParams, Connection, Driver, Error, ErrorKind, Host, Result, Secret,
-    SimpleRow, SqlState, SslMode,
+    CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, FromRow, Host,
+    Queries, Result, Secret, SimpleRow, SqlState, SslMode, StatementCacheStats,
 };
 
 /// Compiles the README's Rust examples as doctests, so the README stays true.

@@ -236,6 +236,18 @@ fn every_url_parameter() {
             "pool_leak_detection_threshold=30s".into(),
             Box::new(|c| c.pool().leak_detection_threshold() == Some(Duration::from_secs(30))),
         ),
+        (
+            "statement_cache_capacity=0".into(),
+            Box::new(|c| c.statement_cache_capacity() == 0),
+        ),
+        (
+            "query_timeout=250ms".into(),
+            Box::new(|c| c.query_timeout() == Some(Duration::from_millis(250))),
+        ),
+        (
+            "statement_timeout=2s&options=-c%20work_mem%3D4MB".into(),
+            Box::new(|c| c.statement_timeout() == Some(Duration::from_secs(2))),
+        ),
     ];
     let mut covered: Vec<&str> = Vec::new();
     for (query, check) in &cases {
@@ -669,4 +681,38 @@ async fn a_password_command_printing_bytes_that_are_not_utf8_is_refused() {
     let node = Node::new(Host::Tcp("db1".into()), 5432);
     let e = c.connect_params(&node).await.unwrap_err();
     assert!(e.to_string().contains("non-UTF-8"), "{e}");
+}
+
+#[tokio::test]
+async fn query_settings_reach_the_connect_parameters() {
+    let c =
+        ok("postgres://h/db?statement_timeout=1500ms&query_timeout=2s&statement_cache_capacity=16");
+    let p = c.connect_params(&c.nodes()[0]).await.unwrap();
+    assert_eq!(p.options.as_deref(), Some("-c statement_timeout=1500"));
+    assert_eq!(p.query_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(p.statement_cache_capacity, 16);
+    let c = Config::builder()
+        .with_options("-c work_mem=4MB")
+        .with_statement_timeout(Some(Duration::from_secs(3)))
+        .with_query_timeout(None)
+        .with_statement_cache_capacity(0)
+        .build()
+        .unwrap();
+    let p = c.connect_params(&c.nodes()[0]).await.unwrap();
+    assert_eq!(
+        p.options.as_deref(),
+        Some("-c work_mem=4MB -c statement_timeout=3000")
+    );
+    assert_eq!((p.query_timeout, p.statement_cache_capacity), (None, 0));
+    let defaults = ok("postgres://h/db");
+    assert_eq!(defaults.statement_cache_capacity(), 256);
+    assert_eq!(
+        (defaults.query_timeout(), defaults.statement_timeout()),
+        (None, None)
+    );
+    let e = Config::from_url(
+        "postgres://h/db?query_timeout=0&statement_timeout=0&statement_cache_capacity=x",
+    )
+    .unwrap_err();
+    assert_eq!(e.problems().len(), 3, "{e}");
 }

@@ -39,6 +39,11 @@ impl<D: Driver> Pooled<D> {
         }
     }
 
+    /// The node this connection belongs to.
+    pub fn node(this: &Self) -> &crate::config::Node {
+        &this.pool.node
+    }
+
     /// Takes the connection out of the pool for good; the pool opens another in its place.
     pub fn detach(mut this: Self) -> D::Connection {
         let slot = this.take();

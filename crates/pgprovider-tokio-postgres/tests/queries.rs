@@ -1,0 +1,860 @@
+//! Typed queries, the statement cache, transactions, batches, COPY and timeouts against the
+//! shared server (`PGPROVIDER_TEST_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
+
+use futures_util::StreamExt;
+use pgprovider::{
+    Config, Connection, ErrorKind, FromRow, IsolationLevel, Pool, Queries, SqlState, TxOptions,
+};
+use pgprovider_tokio_postgres::types::Type;
+use pgprovider_tokio_postgres::{PgRow, TokioPostgres};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+async fn config(extra: &str) -> Config {
+    let u = pgprovider_testkit::shared_url().await.unwrap();
+    let sep = if u.contains('?') { '&' } else { '?' };
+    Config::from_url(&format!("{u}{sep}application_name=pgprovider-q{extra}")).unwrap()
+}
+
+async fn pool(extra: &str) -> Pool<TokioPostgres> {
+    let c = config(extra).await;
+    Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
+}
+
+/// A fresh table named `name` (tests run in parallel, so each uses its own).
+async fn table(pool: &Pool<TokioPostgres>, name: &str, columns: &str) {
+    let mut c = pool.get().await.unwrap();
+    c.simple_query(&format!(
+        "DROP TABLE IF EXISTS {name}; CREATE TABLE {name} ({columns})"
+    ))
+    .await
+    .unwrap();
+}
+
+/// Sessions of `app` in the state `state` on the server (other than the caller's).
+async fn sessions(pool: &Pool<TokioPostgres>, app: &str, state: &str) -> i64 {
+    pool.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND state = $2 \
+         AND pid <> pg_backend_pid()",
+        &[&app, &state],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[derive(Debug, PartialEq)]
+struct Account {
+    id: i64,
+    owner: String,
+    balance: Option<i64>,
+}
+
+impl FromRow<PgRow> for Account {
+    fn from_row(row: &PgRow) -> pgprovider::Result<Self> {
+        use pgprovider::Column;
+        Ok(Account {
+            id: row.column_named("id")?,
+            owner: row.column_named("owner")?,
+            balance: row.column_named("balance")?,
+        })
+    }
+}
+
+#[tokio::test]
+async fn typed_queries_on_the_pool_and_on_a_connection() {
+    let pool = pool("").await;
+    table(
+        &pool,
+        "q_accounts",
+        "id bigint PRIMARY KEY, owner text NOT NULL, balance bigint",
+    )
+    .await;
+    let owner = String::from("ada");
+    let n = pool
+        .execute(
+            "INSERT INTO q_accounts VALUES ($1, $2, $3), (2, 'bob', NULL)",
+            &[&1_i64, &owner.as_str(), &Some(10_i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let rows = pool
+        .query("SELECT id, owner FROM q_accounts ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].get::<_, &str>("owner"), "bob");
+    let accounts: Vec<Account> = pool
+        .query_as("SELECT * FROM q_accounts ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        accounts,
+        vec![
+            Account {
+                id: 1,
+                owner: "ada".into(),
+                balance: Some(10)
+            },
+            Account {
+                id: 2,
+                owner: "bob".into(),
+                balance: None
+            },
+        ]
+    );
+    let pairs: Vec<(i64, String)> = pool
+        .query_as("SELECT id, owner FROM q_accounts ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(pairs[0], (1, "ada".to_owned()));
+    assert!(
+        pool.query_opt("SELECT 1 FROM q_accounts WHERE id = $1", &[&9_i64])
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Wrong row counts and types are errors that say what to do.
+    let e = pool
+        .query_one("SELECT 1 FROM q_accounts WHERE id = 9", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RowCount);
+    assert!(e.hint().unwrap().contains("query_opt"));
+    let e = pool
+        .query_opt("SELECT id FROM q_accounts", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RowCount);
+    let e = pool
+        .query_as::<(String,)>("SELECT id FROM q_accounts", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Decode);
+    let e = pool
+        .query_as::<Account>("SELECT id FROM q_accounts", &[])
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("owner"), "{e}");
+
+    // The same on a checked-out connection, and server errors keep their fields.
+    let mut c = pool.get().await.unwrap();
+    let row = c
+        .query_one("SELECT count(*) FROM q_accounts", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.to::<(i64,)>().unwrap().0, 2);
+    let e = c
+        .execute("INSERT INTO q_accounts VALUES (1, 'dup', 0)", &[])
+        .await
+        .unwrap_err();
+    assert!(e.is_constraint_violation());
+    assert_eq!(
+        e.db_fields().unwrap().constraint.as_deref(),
+        Some("q_accounts_pkey")
+    );
+    assert_eq!(e.db_fields().unwrap().table.as_deref(), Some("q_accounts"));
+    assert!(e.node().is_some());
+}
+
+#[tokio::test]
+async fn the_statement_cache_counts_and_heals_the_whole_pool_after_a_schema_change() {
+    let pool = pool("&pool_max_size=3").await;
+    table(&pool, "q_altered", "id int").await;
+    pool.execute("INSERT INTO q_altered VALUES (1)", &[])
+        .await
+        .unwrap();
+    let before = pool.stats().statement_cache;
+    let (mut a, mut b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    for c in [&mut a, &mut b] {
+        for _ in 0..3 {
+            assert_eq!(
+                c.query("SELECT * FROM q_altered", &[]).await.unwrap()[0].len(),
+                1
+            );
+        }
+    }
+    let s = pool.stats().statement_cache;
+    assert_eq!(s.misses - before.misses, 2, "one prepare per connection");
+    assert_eq!(s.hits - before.hits, 4);
+
+    // Alter the table under both cached statements.
+    pool.execute(
+        "ALTER TABLE q_altered ADD COLUMN extra text DEFAULT 'x'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let rows = a.query("SELECT * FROM q_altered", &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 2, "re-prepared and run again, invisibly");
+    assert_eq!(
+        pool.stats().statement_cache.invalidations - before.invalidations,
+        1
+    );
+    // The other connection dropped its copy before using it: no error, no second
+    // invalidation.
+    let rows = b.query("SELECT * FROM q_altered", &[]).await.unwrap();
+    assert_eq!(rows[0].get::<_, &str>("extra"), "x");
+    assert_eq!(
+        pool.stats().statement_cache.invalidations - before.invalidations,
+        1
+    );
+
+    // Inside a transaction the error is returned and says why; the closure API re-runs.
+    drop((a, b));
+    pool.execute("ALTER TABLE q_altered ADD COLUMN more int DEFAULT 7", &[])
+        .await
+        .unwrap();
+    let tx = pool.begin(&TxOptions::new()).await.unwrap();
+    let e = tx.query("SELECT * FROM q_altered", &[]).await.unwrap_err();
+    assert!(e.is_stale_statement());
+    assert!(e.hint().unwrap().contains("inside a transaction"), "{e:?}");
+    tx.rollback().await.unwrap();
+    pool.execute("ALTER TABLE q_altered ADD COLUMN most int DEFAULT 8", &[])
+        .await
+        .unwrap();
+    let width = pool
+        .transaction(&TxOptions::new(), |tx| async move {
+            Ok::<_, pgprovider::Error>(tx.query("SELECT * FROM q_altered", &[]).await?[0].len())
+        })
+        .await
+        .unwrap();
+    assert_eq!(width, 4);
+}
+
+#[tokio::test]
+async fn a_small_cache_evicts_and_unnamed_mode_leaves_nothing_prepared() {
+    let pool = pool("&statement_cache_capacity=2&pool_max_size=1").await;
+    for i in 0..5 {
+        pool.query(&format!("SELECT {i}"), &[]).await.unwrap();
+    }
+    let s = pool.stats().statement_cache;
+    assert_eq!((s.misses, s.evictions), (5, 3));
+    let prepared: i64 = pool
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        prepared <= 3,
+        "evicted statements are closed on the server: {prepared}"
+    );
+
+    let unnamed = self::pool("&statement_cache_capacity=0").await;
+    let mut c = unnamed.get().await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT $1::int8 + 1, $2 || '!', $3::float8 * 2, $4::bool, $5::bytea",
+            &[&41_i64, &"hi", &1.5_f64, &true, &vec![1_u8, 2]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 42);
+    assert_eq!(row.get::<_, String>(1), "hi!");
+    assert_eq!(row.get::<_, f64>(2), 3.0);
+    let n = c
+        .execute("SELECT generate_series(1, $1)", &[&3_i32])
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let mut stream = c
+        .query_stream("SELECT generate_series(1, $1)", &[&4_i32])
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while let Some(r) = stream.next().await {
+        seen += r.unwrap().get::<_, i32>(0);
+    }
+    assert_eq!(seen, 10);
+    drop(stream);
+    let prepared: i64 = c
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0);
+    let s = unnamed.stats().statement_cache;
+    assert_eq!((s.hits, s.misses), (0, 0));
+    // A type unnamed statements cannot declare is refused before anything is sent.
+    let e = c
+        .query(
+            "SELECT $1",
+            &[&std::collections::HashMap::<String, Option<String>>::new()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.hint().unwrap().contains("statement_cache_capacity=0"));
+}
+
+#[tokio::test]
+async fn the_transaction_closure_commits_rolls_back_and_nests_savepoints() {
+    let pool = pool("").await;
+    table(&pool, "q_tx", "id int PRIMARY KEY").await;
+    let opts = TxOptions::new();
+    pool.transaction(&opts, |tx| async move {
+        tx.execute("INSERT INTO q_tx VALUES (1)", &[]).await?;
+        // A failing savepoint is undone; the transaction carries on.
+        let inner: Result<(), pgprovider::Error> = tx
+            .savepoint(|sp| async move {
+                sp.execute("INSERT INTO q_tx VALUES (2)", &[]).await?;
+                sp.savepoint(|deeper| async move {
+                    deeper
+                        .execute("INSERT INTO q_tx VALUES (3)", &[])
+                        .await
+                        .map(|_| ())
+                })
+                .await?;
+                sp.execute("INSERT INTO q_tx VALUES (1)", &[]).await?; // duplicate
+                Ok(())
+            })
+            .await;
+        assert!(inner.unwrap_err().is_constraint_violation());
+        tx.savepoint(|sp| async move { sp.execute("INSERT INTO q_tx VALUES (4)", &[]).await })
+            .await?;
+        Ok::<_, pgprovider::Error>(())
+    })
+    .await
+    .unwrap();
+    let ids: Vec<(i32,)> = pool
+        .query_as("SELECT id FROM q_tx ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![(1,), (4,)]);
+
+    // Err rolls back and returns the closure's own error.
+    #[derive(Debug)]
+    enum AppError {
+        Db(pgprovider::Error),
+        Refused,
+    }
+    impl From<pgprovider::Error> for AppError {
+        fn from(e: pgprovider::Error) -> Self {
+            AppError::Db(e)
+        }
+    }
+    let r = pool
+        .transaction(&opts, |tx| async move {
+            tx.execute("INSERT INTO q_tx VALUES (5)", &[]).await?;
+            Err::<(), _>(AppError::Refused)
+        })
+        .await;
+    assert!(matches!(r, Err(AppError::Refused)));
+    // A swallowed statement error does not let the commit pass silently.
+    let r = pool
+        .transaction(&opts, |tx| async move {
+            tx.execute("INSERT INTO q_tx VALUES (6)", &[]).await?;
+            let _ignored = tx.execute("INSERT INTO q_tx VALUES (1)", &[]).await;
+            Ok::<_, AppError>(())
+        })
+        .await;
+    let Err(AppError::Db(e)) = r else {
+        panic!("{r:?}")
+    };
+    assert!(e.message().contains("rolled back, not committed"), "{e}");
+    assert_eq!(e.sql_state(), Some(SqlState::UNIQUE_VIOLATION));
+    let n: i64 = pool
+        .query_one("SELECT count(*) FROM q_tx", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+
+    // Read-only transactions refuse writes; a committed handle refuses further use.
+    let ro = TxOptions::new()
+        .with_read_only(true)
+        .with_isolation(IsolationLevel::RepeatableRead);
+    assert!(ro.begin_sql().contains("REPEATABLE READ READ ONLY"));
+    let e = pool
+        .transaction(&ro, |tx| async move {
+            tx.execute("INSERT INTO q_tx VALUES (7)", &[]).await
+        })
+        .await
+        .unwrap_err();
+    assert!(e.is_read_only());
+    let tx = pool.begin(&opts).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        tx.query("SELECT 1", &[])
+            .await
+            .unwrap_err()
+            .message()
+            .contains("ended")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialization_conflicts_are_run_again_and_the_data_is_right() {
+    let pool = pool("&pool_max_size=4").await;
+    table(&pool, "q_counter", "id int PRIMARY KEY, n int NOT NULL").await;
+    pool.execute("INSERT INTO q_counter VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    let opts = TxOptions::new()
+        .with_isolation(IsolationLevel::Serializable)
+        .with_retries(
+            pgprovider::retry::Backoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(20),
+                50,
+            )
+            .unwrap(),
+        );
+    let attempts = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (pool, opts, attempts) = (pool.clone(), opts.clone(), attempts.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..5 {
+                let attempts = attempts.clone();
+                pool.transaction(&opts, move |tx| {
+                    let attempts = attempts.clone();
+                    async move {
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        let n: i32 = tx
+                            .query_one("SELECT n FROM q_counter WHERE id = 1", &[])
+                            .await?
+                            .get(0);
+                        tokio::task::yield_now().await;
+                        tx.execute("UPDATE q_counter SET n = $1 WHERE id = 1", &[&(n + 1)])
+                            .await?;
+                        Ok::<_, pgprovider::Error>(())
+                    }
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n: i32 = pool
+        .query_one("SELECT n FROM q_counter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 20, "every increment applied exactly once");
+    assert!(attempts.load(Ordering::Relaxed) >= 20);
+
+    // Without retries the conflict reaches the caller, classified.
+    let once = opts
+        .clone()
+        .with_retries(pgprovider::retry::Backoff::never());
+    let t1 = pool.begin(&once).await.unwrap();
+    let t2 = pool.begin(&once).await.unwrap();
+    t1.query("SELECT n FROM q_counter", &[]).await.unwrap();
+    t2.query("SELECT n FROM q_counter", &[]).await.unwrap();
+    t1.execute("UPDATE q_counter SET n = n + 1", &[])
+        .await
+        .unwrap();
+    t1.commit().await.unwrap();
+    let e = t2
+        .execute("UPDATE q_counter SET n = n + 1", &[])
+        .await
+        .unwrap_err();
+    assert!(e.is_transaction_conflict() && e.is_retryable());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_or_panicking_transactions_leave_nothing_open() {
+    let app = "pgprovider-q-drop";
+    let pool = pool(&format!("&application_name={app}&pool_max_size=2")).await;
+    let observer = self::pool("").await;
+    table(&pool, "q_drop", "id int").await;
+    // Dropped while a statement runs.
+    let p = pool.clone();
+    let opts = TxOptions::new();
+    let fut = p.transaction(&opts, |tx| async move {
+        tx.execute("INSERT INTO q_drop VALUES (1)", &[]).await?;
+        tx.execute("SELECT pg_sleep(30)", &[]).await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), fut)
+            .await
+            .is_err()
+    );
+    // Dropped between statements.
+    let p = pool.clone();
+    let (started, wait) = tokio::sync::oneshot::channel();
+    let started = Arc::new(std::sync::Mutex::new(Some(started)));
+    let fut = p.transaction(&opts, move |tx| {
+        let started = started.clone();
+        async move {
+            tx.execute("INSERT INTO q_drop VALUES (2)", &[]).await?;
+            if let Some(s) = started.lock().unwrap().take() {
+                let _ = s.send(());
+            }
+            std::future::pending::<()>().await;
+            Ok::<_, pgprovider::Error>(())
+        }
+    });
+    tokio::select! {
+        _ = fut => unreachable!(),
+        _ = wait => {}
+    }
+    // Panicking.
+    let p = pool.clone();
+    let panicked = tokio::spawn(async move {
+        p.transaction(&TxOptions::new(), |tx| async move {
+            tx.execute("INSERT INTO q_drop VALUES (3)", &[]).await?;
+            if tx.query("SELECT 1", &[]).await?.len() == 1 {
+                panic!("application bug");
+            }
+            Ok::<_, pgprovider::Error>(())
+        })
+        .await
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    // The pool rolls back what it gets back (reset) and closes what was mid-statement.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sessions(&observer, app, "idle in transaction").await
+        + sessions(&observer, app, "active").await
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a transaction stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n: i64 = observer
+        .query_one("SELECT count(*) FROM q_drop", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing of the abandoned transactions committed");
+    assert!(pool.stats().closed_error >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_cancel_on_the_server_and_leave_the_connection_clean() {
+    let app = "pgprovider-q-timeout";
+    let pool = pool(&format!(
+        "&application_name={app}&pool_max_size=1&query_timeout=200ms"
+    ))
+    .await;
+    let observer = self::pool("").await;
+    let mut c = pool.get().await.unwrap();
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let e = c.execute("SELECT pg_sleep(30)", &[]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    assert!(e.message().contains("200ms"), "{e}");
+    assert!(
+        !c.is_broken(),
+        "the cancel was confirmed: the connection stays"
+    );
+    assert_eq!(
+        sessions(&observer, app, "active").await,
+        0,
+        "no longer running on the server"
+    );
+    // The same connection answers the next statement.
+    let again: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pid, again);
+    // A per-connection override, restored when the connection goes back.
+    c.set_query_timeout(None);
+    c.execute("SELECT pg_sleep(0.3)", &[]).await.unwrap();
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert_eq!(c.query_timeout(), Some(Duration::from_millis(200)));
+    drop(c);
+    assert_eq!(pool.stats().closed_error, 0);
+
+    // A transaction deadline rolls back and says so.
+    let slow = self::pool(&format!("&application_name={app}")).await;
+    table(&slow, "q_deadline", "id int").await;
+    let opts = TxOptions::new().with_timeout(Duration::from_millis(300));
+    let e = slow
+        .transaction(&opts, |tx| async move {
+            tx.execute("INSERT INTO q_deadline VALUES (1)", &[]).await?;
+            tx.execute("SELECT pg_sleep(30)", &[]).await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let e = slow
+        .transaction(&opts, |tx| async move {
+            tx.execute("INSERT INTO q_deadline VALUES (2)", &[]).await?;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, pgprovider::Error>(0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    assert!(e.message().contains("deadline"));
+    assert_eq!(sessions(&observer, app, "active").await, 0);
+    let n: i64 = observer
+        .query_one("SELECT count(*) FROM q_deadline", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+
+    // The server-side statement_timeout from the configuration.
+    let st = self::pool("&statement_timeout=100ms").await;
+    let e = st.execute("SELECT pg_sleep(5)", &[]).await.unwrap_err();
+    assert_eq!(e.sql_state(), Some(SqlState::QUERY_CANCELED));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_reply_is_lost_is_an_unknown_outcome() {
+    let base = config("").await;
+    let node = &base.nodes()[0];
+    let target = format!("{}:{}", node.host(), node.port()).parse().unwrap();
+    let proxy = pgprovider_testkit::FaultProxy::start(target).await.unwrap();
+    let url = pgprovider_testkit::shared_url().await.unwrap();
+    let url = url.replace(
+        &format!(":{}/", node.port()),
+        &format!(":{}/", proxy.port()),
+    );
+    let c = Config::from_url(&url).unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &c, &c.nodes()[0]);
+    let direct = self::pool("").await;
+    table(&direct, "q_unknown", "id int").await;
+    let opts = TxOptions::new().with_timeout(Duration::from_millis(500));
+    let proxy = Arc::new(proxy);
+    let p = proxy.clone();
+    let e = pool
+        .transaction(&opts, move |tx| {
+            let p = p.clone();
+            async move {
+                tx.execute("INSERT INTO q_unknown VALUES (1)", &[]).await?;
+                p.blackhole();
+                Ok::<_, pgprovider::Error>(())
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e:?}");
+    assert!(!e.is_retryable());
+    assert!(e.hint().unwrap().contains("may or may not"));
+    proxy.heal();
+}
+
+#[tokio::test]
+async fn batches_are_pipelined_atomic_and_name_the_failing_statement() {
+    let pool = pool("").await;
+    table(&pool, "q_batch", "id int PRIMARY KEY, n int").await;
+    let mut c = pool.get().await.unwrap();
+    let results = c
+        .batch(&[
+            ("INSERT INTO q_batch VALUES ($1, 0)", &[&1_i32]),
+            (
+                "INSERT INTO q_batch VALUES ($1, 0), ($2, 0)",
+                &[&2_i32, &3_i32],
+            ),
+            ("UPDATE q_batch SET n = n + $1", &[&5_i32]),
+            ("SELECT id, n FROM q_batch ORDER BY id", &[]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[1].rows_affected(), 2);
+    assert_eq!(results[2].rows_affected(), 3);
+    let rows: Vec<(i32, i32)> = results[3].rows().iter().map(|r| r.to().unwrap()).collect();
+    assert_eq!(rows, vec![(1, 5), (2, 5), (3, 5)]);
+    assert!(c.batch(&[]).await.unwrap().is_empty());
+
+    let e = c
+        .batch(&[
+            ("INSERT INTO q_batch VALUES ($1, 0)", &[&4_i32]),
+            ("INSERT INTO q_batch VALUES ($1, 0)", &[&1_i32]),
+            ("UPDATE q_batch SET n = 0", &[]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().starts_with("batch statement 2 of 3 failed"),
+        "{e}"
+    );
+    assert!(e.message().contains("nothing of the batch was applied"));
+    assert_eq!(e.sql_state(), Some(SqlState::UNIQUE_VIOLATION));
+    let e = c
+        .batch(&[("SELECT 1", &[]), ("SELEC 2", &[])])
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .contains("batch statement 2 of 2 failed to prepare"),
+        "{e}"
+    );
+    let sum: i64 = c
+        .query_one("SELECT sum(n) FROM q_batch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 15, "the failed batch changed nothing");
+    assert!(!c.in_transaction());
+
+    // Inside a transaction the batch joins it.
+    drop(c);
+    let tx = pool.begin(&TxOptions::new()).await.unwrap();
+    tx.conn()
+        .await
+        .unwrap()
+        .batch(&[
+            ("UPDATE q_batch SET n = 0", &[]),
+            ("DELETE FROM q_batch WHERE id = 1", &[]),
+        ])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let sum: i64 = pool
+        .query_one("SELECT sum(n) FROM q_batch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_round_trips_100k_rows_exactly() {
+    let pool = pool("").await;
+    table(&pool, "q_copy", "id bigint, name text, score float8").await;
+    let mut c = pool.get().await.unwrap();
+    let types = [Type::INT8, Type::TEXT, Type::FLOAT8];
+    let rows = (0..100_000_i64).map(|i| (i, format!("name-{i}"), i as f64 / 4.0));
+    let n = c
+        .copy_in(
+            "COPY q_copy (id, name, score) FROM STDIN (FORMAT binary)",
+            &types,
+            rows,
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 100_000);
+    let mut next = 0_i64;
+    let out = c
+        .copy_out(
+            "COPY (SELECT * FROM q_copy ORDER BY id) TO STDOUT (FORMAT binary)",
+            &types,
+            |row| {
+                assert_eq!(row.get::<i64>(0), next);
+                assert_eq!(row.get::<String>(1), format!("name-{next}"));
+                assert_eq!(row.get::<f64>(2), next as f64 / 4.0);
+                next += 1;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((out, next), (100_000, 100_000));
+    let mut csv = Vec::new();
+    let bytes = c
+        .copy_out_raw(
+            "COPY (SELECT id FROM q_copy WHERE id < 3 ORDER BY id) TO STDOUT (FORMAT csv)",
+            &mut csv,
+        )
+        .await
+        .unwrap();
+    assert_eq!(csv, b"0\n1\n2\n");
+    assert_eq!(bytes, 6);
+
+    // A failing source aborts the load: nothing from it lands, the connection stays usable.
+    let source = futures_util::stream::iter((0..10_i64).map(|i| {
+        if i == 5 {
+            Err(pgprovider::Error::new(ErrorKind::Other, "source broke"))
+        } else {
+            Ok((i, "x".to_owned(), 0.0_f64))
+        }
+    }));
+    let e = c
+        .copy_in_stream("COPY q_copy FROM STDIN (FORMAT binary)", &types, source)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("source broke"));
+    let e = c
+        .copy_in(
+            "COPY q_copy FROM STDIN (FORMAT binary)",
+            &types,
+            [(1_i64, "short".to_owned())],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("2 values for 3 columns"), "{e}");
+    assert!(!c.is_broken());
+    let total: i64 = c
+        .query_one("SELECT count(*) FROM q_copy", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 100_000);
+    let e = c
+        .copy_out(
+            "COPY (SELECT 1 / 0) TO STDOUT (FORMAT binary)",
+            &types,
+            |_| Ok(()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state().unwrap().code(), "22012");
+    assert!(!c.is_broken());
+    c.query("SELECT 1", &[]).await.unwrap();
+    // A COPY the server refuses: the connection is replaced, not reused.
+    let e = c
+        .copy_in(
+            "COPY q_nowhere FROM STDIN (FORMAT binary)",
+            &types,
+            Vec::<(i64, String, f64)>::new(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state().unwrap().code(), "42P01");
+    assert!(c.is_broken());
+    drop(c);
+    assert_eq!(pool.stats().closed_error, 1);
+    pool.query("SELECT 1", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn row_streams_end_cleanly_or_discard_the_connection() {
+    let pool = pool("&pool_max_size=1").await;
+    let mut c = pool.get().await.unwrap();
+    let mut s = c
+        .query_stream("SELECT generate_series(1, 1000)", &[])
+        .await
+        .unwrap();
+    let mut sum = 0_i64;
+    while let Some(row) = s.next().await {
+        sum += i64::from(row.unwrap().get::<_, i32>(0));
+    }
+    assert_eq!(s.rows_affected(), Some(1000));
+    assert_eq!(sum, 500_500);
+    drop(s);
+    assert!(!c.is_broken());
+    let mut s = c
+        .query_stream("SELECT 1 / (g - 3) FROM generate_series(1, 5) g", &[])
+        .await
+        .unwrap();
+    let mut errors = 0;
+    while let Some(row) = s.next().await {
+        errors += usize::from(row.is_err());
+    }
+    assert_eq!(errors, 1);
+    drop(s);
+    assert!(!c.is_broken());
+    // Left half-way: the connection is not handed out again with rows still coming.
+    let mut s = c
+        .query_stream("SELECT generate_series(1, 100000)", &[])
+        .await
+        .unwrap();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    assert!(c.is_broken());
+    drop(c);
+    assert_eq!(pool.stats().closed_error, 1);
+    pool.query("SELECT 1", &[]).await.unwrap();
+}

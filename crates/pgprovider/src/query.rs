@@ -1,0 +1,77 @@
+//! Queries on the pool, with the checkout handled: each call checks out a connection, runs
+//! one statement, and returns the connection.
+//!
+//! ```no_run
+//! # async fn run(pool: pgprovider::Pool<pgprovider_tokio_postgres::TokioPostgres>) -> pgprovider::Result<()> {
+//! let name: Option<(String,)> = pool
+//!     .query_opt("SELECT name FROM users WHERE id = $1", &[&42_i64])
+//!     .await?
+//!     .map(|row| row.to())
+//!     .transpose()?;
+//! let n = pool.execute("DELETE FROM sessions WHERE expires < now()", &[]).await?;
+//! # Ok(()) }
+//! ```
+
+use crate::pool::Pool;
+use pgprovider_core::{Driver, FromRow, Queries, Result};
+
+type Param<'p, D> = <<D as Driver>::Connection as Queries>::Param<'p>;
+type Row<D> = <<D as Driver>::Connection as Queries>::Row;
+
+impl<D: Driver> Pool<D>
+where
+    D::Connection: Queries,
+{
+    /// Runs a statement on a pooled connection and returns its rows.
+    ///
+    /// # Errors
+    /// Checkout errors (see [`get`](Pool::get)) or the statement's (see [`Queries::query`]).
+    pub async fn query<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<Vec<Row<D>>> {
+        self.get().await?.query(sql, params).await
+    }
+
+    /// Runs a statement that returns exactly one row.
+    ///
+    /// # Errors
+    /// As [`query`](Pool::query), or [`ErrorKind::RowCount`](crate::ErrorKind::RowCount).
+    pub async fn query_one<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<Row<D>> {
+        self.get().await?.query_one(sql, params).await
+    }
+
+    /// Runs a statement that returns at most one row.
+    ///
+    /// # Errors
+    /// As [`query`](Pool::query), or [`ErrorKind::RowCount`](crate::ErrorKind::RowCount).
+    pub async fn query_opt<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p Param<'p, D>],
+    ) -> Result<Option<Row<D>>> {
+        self.get().await?.query_opt(sql, params).await
+    }
+
+    /// Runs a statement and reads every row as a `T` (a tuple, or a struct deriving
+    /// `FromRow`).
+    ///
+    /// # Errors
+    /// As [`query`](Pool::query), or [`ErrorKind::Decode`](crate::ErrorKind::Decode).
+    pub async fn query_as<'p, T: FromRow<Row<D>>>(
+        &self,
+        sql: &str,
+        params: &[&'p Param<'p, D>],
+    ) -> Result<Vec<T>> {
+        self.query(sql, params)
+            .await?
+            .iter()
+            .map(T::from_row)
+            .collect()
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    ///
+    /// # Errors
+    /// As [`query`](Pool::query).
+    pub async fn execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
+        self.get().await?.execute(sql, params).await
+    }
+}

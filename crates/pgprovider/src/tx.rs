@@ -1,0 +1,594 @@
+//! Transactions: options, the [`Tx`] handle, and the closure API that commits, rolls back
+//! and re-runs on conflicts.
+//!
+//! ```no_run
+//! # async fn run(pool: pgprovider::Pool<pgprovider_tokio_postgres::TokioPostgres>) -> pgprovider::Result<()> {
+//! use pgprovider::{IsolationLevel, TxOptions};
+//! let opts = TxOptions::new().with_isolation(IsolationLevel::Serializable);
+//! let moved: u64 = pool
+//!     .transaction(&opts, |tx| async move {
+//!         tx.execute("UPDATE accounts SET balance = balance - 10 WHERE id = $1", &[&1_i64]).await?;
+//!         tx.execute("UPDATE accounts SET balance = balance + 10 WHERE id = $1", &[&2_i64]).await
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! What happens when:
+//!
+//! | the closure… | then |
+//! | --- | --- |
+//! | returns `Ok` | `COMMIT`; its result is returned |
+//! | returns `Err` | `ROLLBACK`; the error is returned, unless the transaction lost a conflict (below) |
+//! | lost a conflict (`40001` serialization failure, `40P01` deadlock, a statement gone stale) | rolled back and run again from the start, up to the [`Backoff`]'s attempts, waiting with jitter between them |
+//! | returned `Ok` although a statement failed (its error swallowed) | rolled back; an error names the failed statement's message |
+//! | panics, or its future is dropped | the connection goes back to the pool, which rolls the transaction back (or closes the connection if a statement was in flight) |
+//! | runs past the deadline ([`TxOptions::with_timeout`]) | the running statement is cancelled on the server, the transaction rolled back, and [`ErrorKind::Timeout`] returned |
+//!
+//! `COMMIT` itself is never cancelled and never retried: with a synchronous standby, a
+//! cancelled commit may still be committed locally. A commit whose reply is lost (the
+//! connection drops, or the deadline passes) fails with [`ErrorKind::OutcomeUnknown`]: the
+//! transaction may or may not have committed, and the caller must check.
+
+use crate::pool::{Pool, Pooled};
+use crate::retry::{Backoff, fresh_seed};
+use pgprovider_core::{Connection, Driver, Error, ErrorKind, FromRow, Queries, Result, SqlState};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
+use tokio::time::Instant;
+
+/// The SQL isolation levels PostgreSQL implements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IsolationLevel {
+    /// Each statement sees data committed before it began (PostgreSQL's default).
+    #[default]
+    ReadCommitted,
+    /// The transaction sees one snapshot; concurrent updates of the same rows fail with
+    /// `40001`.
+    RepeatableRead,
+    /// As if transactions ran one at a time; conflicts fail with `40001` and are re-run.
+    Serializable,
+}
+
+impl IsolationLevel {
+    fn sql(self) -> &'static str {
+        match self {
+            IsolationLevel::ReadCommitted => "READ COMMITTED",
+            IsolationLevel::RepeatableRead => "REPEATABLE READ",
+            IsolationLevel::Serializable => "SERIALIZABLE",
+        }
+    }
+}
+
+/// How to run a transaction: isolation, access mode, deadline, and retries.
+#[must_use]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TxOptions {
+    isolation: IsolationLevel,
+    read_only: bool,
+    deferrable: bool,
+    timeout: Option<Duration>,
+    backoff: Backoff,
+    seed: Option<u64>,
+}
+
+impl TxOptions {
+    /// Read committed, read-write, no deadline, [`Backoff::default`] retries.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The isolation level.
+    pub fn with_isolation(mut self, level: IsolationLevel) -> Self {
+        self.isolation = level;
+        self
+    }
+    /// A read-only transaction: writes fail with `25006`.
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+    /// `DEFERRABLE`: with serializable and read-only, waits for a safe snapshot and then
+    /// never fails with a serialization error.
+    pub fn with_deferrable(mut self, deferrable: bool) -> Self {
+        self.deferrable = deferrable;
+        self
+    }
+    /// A deadline for the whole transaction, retries and waits included.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    /// How often to re-run after a conflict, and how long to wait between runs.
+    pub fn with_retries(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+    /// A fixed seed for the jitter, for repeatable tests.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The `BEGIN` statement for these options.
+    pub fn begin_sql(&self) -> String {
+        let mut sql = format!("BEGIN ISOLATION LEVEL {}", self.isolation.sql());
+        if self.read_only {
+            sql.push_str(" READ ONLY");
+        }
+        if self.deferrable {
+            sql.push_str(" DEFERRABLE");
+        }
+        sql
+    }
+}
+
+/// An open transaction. Cheap to clone: clones share it. See the [module docs](self).
+///
+/// Dropping every handle without [`commit`](Tx::commit) rolls it back (the pool resets
+/// the connection). Once committed or rolled back, further calls fail with
+/// [`ErrorKind::Other`] saying the transaction has ended.
+pub struct Tx<D: Driver> {
+    shared: Arc<Mutex<State<D>>>,
+}
+
+impl<D: Driver> Clone for Tx<D> {
+    fn clone(&self) -> Self {
+        Tx {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<D: Driver> fmt::Debug for Tx<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Tx")
+    }
+}
+
+struct State<D: Driver> {
+    conn: Option<Pooled<D>>,
+    deadline: Option<Instant>,
+    base_timeout: Option<Duration>,
+    savepoints: u32,
+    /// The first statement that failed outside a savepoint that was rolled back.
+    failed: Option<(Option<SqlState>, String)>,
+    /// Whether a failure means the whole transaction may succeed when run again.
+    conflict: bool,
+    /// A savepoint's future was dropped half-way: its statements' fate is unknown.
+    poisoned: bool,
+}
+
+/// The connection of a transaction, for the driver's own operations (batches, COPY,
+/// streams). Errors of what runs through it are not seen by the transaction: return them
+/// from the closure so it rolls back.
+pub type TxConn<'a, D> = tokio::sync::MappedMutexGuard<'a, <D as Driver>::Connection>;
+
+impl<D: Driver> Tx<D>
+where
+    D::Connection: Queries,
+{
+    /// Begins a transaction on `conn` with `opts`.
+    ///
+    /// # Errors
+    /// The server's error for `BEGIN`.
+    pub(crate) async fn begin(
+        mut conn: Pooled<D>,
+        opts: &TxOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Self> {
+        let base_timeout = conn.query_timeout();
+        conn.simple_query(&opts.begin_sql()).await?;
+        Ok(Tx {
+            shared: Arc::new(Mutex::new(State {
+                conn: Some(conn),
+                deadline,
+                base_timeout,
+                savepoints: 0,
+                failed: None,
+                conflict: false,
+                poisoned: false,
+            })),
+        })
+    }
+
+    /// Locks the transaction for one statement, bounding it by the deadline.
+    async fn lock(&self) -> Result<MutexGuard<'_, State<D>>> {
+        let mut st = self.shared.lock().await;
+        let timeout = match st.deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(deadline_error());
+                }
+                Some(st.base_timeout.map_or(left, |b| b.min(left)))
+            }
+            None => st.base_timeout,
+        };
+        let conn = st.conn.as_mut().ok_or_else(ended_error)?;
+        conn.set_query_timeout(timeout);
+        Ok(st)
+    }
+
+    /// Runs a statement and returns its rows.
+    ///
+    /// # Errors
+    /// As [`Queries::query`].
+    pub async fn query<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<Vec<<D::Connection as Queries>::Row>> {
+        let mut st = self.lock().await?;
+        let r = st.conn_mut().query(sql, params).await;
+        st.note(r)
+    }
+
+    /// Runs a statement that returns exactly one row.
+    ///
+    /// # Errors
+    /// As [`Queries::query_one`].
+    pub async fn query_one<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<<D::Connection as Queries>::Row> {
+        let mut st = self.lock().await?;
+        let r = st.conn_mut().query_one(sql, params).await;
+        st.note(r)
+    }
+
+    /// Runs a statement that returns at most one row.
+    ///
+    /// # Errors
+    /// As [`Queries::query_opt`].
+    pub async fn query_opt<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<Option<<D::Connection as Queries>::Row>> {
+        let mut st = self.lock().await?;
+        let r = st.conn_mut().query_opt(sql, params).await;
+        st.note(r)
+    }
+
+    /// Runs a statement and reads every row as a `T`.
+    ///
+    /// # Errors
+    /// As [`query`](Tx::query), or [`ErrorKind::Decode`].
+    pub async fn query_as<'p, T>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<Vec<T>>
+    where
+        T: FromRow<<D::Connection as Queries>::Row>,
+    {
+        self.query(sql, params)
+            .await?
+            .iter()
+            .map(T::from_row)
+            .collect()
+    }
+
+    /// Runs a statement and returns the number of rows it affected.
+    ///
+    /// # Errors
+    /// As [`Queries::execute`].
+    pub async fn execute<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<u64> {
+        let mut st = self.lock().await?;
+        let r = st.conn_mut().execute(sql, params).await;
+        st.note(r)
+    }
+
+    /// The connection, for the driver's own operations; see [`TxConn`].
+    ///
+    /// # Errors
+    /// When the transaction has ended or its deadline has passed.
+    pub async fn conn(&self) -> Result<TxConn<'_, D>> {
+        let st = self.lock().await?;
+        Ok(MutexGuard::map(st, |s| {
+            &mut **s.conn.as_mut().expect("checked by lock")
+        }))
+    }
+
+    /// Runs `f` inside a savepoint: released when `f` returns `Ok`, rolled back to when it
+    /// returns `Err` (the transaction then goes on as before the savepoint). Savepoints
+    /// nest. Dropping the returned future half-way makes the transaction fail at commit.
+    ///
+    /// # Errors
+    /// `f`'s error, or the server's for the savepoint commands.
+    pub async fn savepoint<T, E, F, Fut>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(Tx<D>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error>,
+    {
+        let (name, saved_failed) = {
+            let mut st = self.lock().await?;
+            st.savepoints += 1;
+            let name = format!("pgprovider_sp_{}", st.savepoints);
+            let r = st
+                .conn_mut()
+                .simple_query(&format!("SAVEPOINT {name}"))
+                .await;
+            st.note(r)?;
+            (name, st.failed.take())
+        };
+        let mut guard = PoisonOnDrop(Some(self.shared.clone()));
+        let r = f(self.clone()).await;
+        let mut st = self.lock().await?;
+        guard.0 = None;
+        let sql = match r {
+            Ok(_) => format!("RELEASE SAVEPOINT {name}"),
+            Err(_) => format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"),
+        };
+        let done = st.conn_mut().simple_query(&sql).await;
+        if r.is_err() && done.is_ok() {
+            // What failed inside the savepoint is undone.
+            st.failed = saved_failed;
+        } else if st.failed.is_none() {
+            st.failed = saved_failed;
+        }
+        st.note(done)?;
+        r
+    }
+
+    /// Commits. Never cancelled; see the [module docs](self) for what a lost reply means.
+    ///
+    /// # Errors
+    /// - The server's error (a deferred constraint, a serialization failure at commit):
+    ///   the transaction did not commit.
+    /// - A statement in the transaction failed earlier: it is rolled back instead, and the
+    ///   error says which failure.
+    /// - [`ErrorKind::OutcomeUnknown`] when the reply to `COMMIT` is lost.
+    pub async fn commit(&self) -> Result<()> {
+        let mut st = self.shared.lock().await;
+        let mut conn = st.conn.take().ok_or_else(ended_error)?;
+        if let Some((state, msg)) = st.failed.take() {
+            let _ = conn.simple_query("ROLLBACK").await;
+            let e = match state {
+                Some(s) => Error::database(s, msg),
+                None => Error::new(ErrorKind::Other, msg),
+            };
+            return Err(e
+                .context("the transaction was rolled back, not committed, because a statement in it failed")
+                .with_hint("return the statement's error from the transaction closure, or run it in a savepoint"));
+        }
+        if st.poisoned {
+            let _ = conn.simple_query("ROLLBACK").await;
+            return Err(Error::new(
+                ErrorKind::Other,
+                "the transaction was rolled back, not committed: a savepoint inside it was abandoned half-way",
+            )
+            .with_hint("await savepoint futures to the end"));
+        }
+        let wait = st.deadline.map(|d| {
+            d.saturating_duration_since(Instant::now())
+                .max(MIN_COMMIT_WAIT)
+        });
+        conn.set_query_timeout(None);
+        let node = Pooled::node(&conn).to_string();
+        let reply = match wait {
+            Some(w) => tokio::time::timeout(w, conn.simple_query("COMMIT")).await,
+            None => Ok(conn.simple_query("COMMIT").await),
+        };
+        match reply {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.is_connection_lost() || e.kind() == ErrorKind::Other => Err(
+                outcome_unknown(format!("the connection failed while committing: {e}"), node),
+            ),
+            Ok(Err(e)) => Err(e.context("COMMIT failed; the transaction was rolled back")),
+            Err(_) => {
+                // The connection still has COMMIT in flight: it is broken and the pool
+                // closes it when `conn` drops.
+                Err(outcome_unknown(
+                    format!("no reply to COMMIT within {:?}", wait.unwrap_or_default()),
+                    node,
+                ))
+            }
+        }
+    }
+
+    /// Rolls back.
+    ///
+    /// # Errors
+    /// The server's error; the connection is then closed, which rolls back too.
+    pub async fn rollback(&self) -> Result<()> {
+        let mut st = self.shared.lock().await;
+        let mut conn = st.conn.take().ok_or_else(ended_error)?;
+        conn.set_query_timeout(st.base_timeout);
+        let r = conn.simple_query("ROLLBACK").await.map(|_| ());
+        if r.is_err() {
+            Pooled::discard(conn);
+        }
+        r
+    }
+
+    /// Ends the transaction after its deadline passed: a statement still running is
+    /// cancelled and the connection closed; otherwise the transaction is rolled back.
+    async fn abandon(&self) {
+        let conn = self.shared.lock().await.conn.take();
+        if let Some(conn) = conn {
+            if conn.is_broken() {
+                let _ = conn.cancel_token().cancel().await;
+                Pooled::discard(conn);
+            } else {
+                let tx = Tx {
+                    shared: Arc::new(Mutex::new(State {
+                        conn: Some(conn),
+                        deadline: None,
+                        base_timeout: None,
+                        savepoints: 0,
+                        failed: None,
+                        conflict: false,
+                        poisoned: false,
+                    })),
+                };
+                let _ = tx.rollback().await;
+            }
+        }
+    }
+
+    /// Whether the transaction lost a conflict that running it again may win.
+    async fn lost_conflict(&self) -> bool {
+        self.shared.lock().await.conflict
+    }
+}
+
+/// Commit replies get at least this long, even when the deadline is (nearly) up.
+const MIN_COMMIT_WAIT: Duration = Duration::from_secs(1);
+
+impl<D: Driver> State<D> {
+    fn conn_mut(&mut self) -> &mut D::Connection {
+        self.conn.as_mut().expect("checked by lock")
+    }
+
+    /// Records a failure so commit can refuse, and whether it is worth a re-run.
+    fn note<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if e.is_transaction_conflict() || e.is_stale_statement() {
+                self.conflict = true;
+            }
+            // Client-side errors (row counts, decoding) leave the server's transaction
+            // intact; anything the server or the network said does not.
+            let server_side =
+                e.sql_state().is_some() || e.is_connection_lost() || e.kind() == ErrorKind::Timeout;
+            if self.failed.is_none() && server_side {
+                self.failed = Some((e.sql_state(), e.message().to_owned()));
+            }
+        }
+        r
+    }
+}
+
+struct PoisonOnDrop<D: Driver>(Option<Arc<Mutex<State<D>>>>);
+
+impl<D: Driver> Drop for PoisonOnDrop<D> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            let locked = shared.try_lock().map(|mut st| st.poisoned = true).is_ok();
+            if !locked {
+                // Someone holds the lock (a statement of the abandoned savepoint was
+                // dropped with it, so nobody does for long): poison it from a task.
+                if let Ok(h) = tokio::runtime::Handle::try_current() {
+                    h.spawn(async move { shared.lock().await.poisoned = true });
+                }
+            }
+        }
+    }
+}
+
+fn ended_error() -> Error {
+    Error::new(ErrorKind::Other, "the transaction has already ended")
+        .with_hint("a Tx handle was used after commit, rollback, or the end of its closure")
+}
+
+fn deadline_error() -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        "the transaction ran past its deadline and was rolled back",
+    )
+    .with_hint("raise TxOptions::with_timeout, or do less in one transaction")
+}
+
+fn outcome_unknown(msg: String, node: String) -> Error {
+    Error::new(ErrorKind::OutcomeUnknown, msg)
+        .with_node(node)
+        .with_hint("the transaction may or may not have committed: check before doing it again")
+}
+
+impl<D: Driver> Pool<D>
+where
+    D::Connection: Queries,
+{
+    /// Checks out a connection and begins a transaction on it. Prefer
+    /// [`transaction`](Pool::transaction), which also commits and retries.
+    ///
+    /// # Errors
+    /// As [`get`](Pool::get), or the server's error for `BEGIN`.
+    pub async fn begin(&self, opts: &TxOptions) -> Result<Tx<D>> {
+        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        Tx::begin(self.get().await?, opts, deadline).await
+    }
+
+    /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back when it returns
+    /// `Err`, and runs it again after a serialization failure or deadlock. See the table in
+    /// the [`tx` module docs](crate::tx).
+    ///
+    /// # Errors
+    /// `f`'s error; [`ErrorKind::Timeout`] past the deadline; the commit's error
+    /// ([`ErrorKind::OutcomeUnknown`] when its reply is lost); checkout errors.
+    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, mut f: F) -> Result<T, E>
+    where
+        F: FnMut(Tx<D>) -> Fut + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: From<Error> + Send,
+        T: Send,
+    {
+        let deadline = opts.timeout.map(|t| Instant::now() + t);
+        let mut delays = opts.backoff.delays(opts.seed.unwrap_or_else(fresh_seed));
+        loop {
+            let run = async {
+                let conn = self.get().await?;
+                let tx = Tx::begin(conn, opts, deadline).await?;
+                Ok::<_, Error>(tx)
+            };
+            let tx = match deadline {
+                Some(d) => tokio::time::timeout_at(d, run)
+                    .await
+                    .map_err(|_| deadline_error())??,
+                None => run.await?,
+            };
+            let body = f(tx.clone());
+            let outcome = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, body).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tx.abandon().await;
+                        return Err(deadline_error().into());
+                    }
+                },
+                None => body.await,
+            };
+            let lost: Result<Error, E> = match outcome {
+                Ok(value) => match tx.commit().await {
+                    Ok(()) => return Ok(value),
+                    Err(e) if e.is_transaction_conflict() || tx.lost_conflict().await => Ok(e),
+                    Err(e) => return Err(e.into()),
+                },
+                Err(e) => {
+                    let conflict = tx.lost_conflict().await;
+                    let _ = tx.rollback().await;
+                    if !conflict {
+                        return Err(e);
+                    }
+                    Err(e)
+                }
+            };
+            let Some(wait) = delays.next() else {
+                return Err(match lost {
+                    Ok(ours) => ours
+                        .context(format!(
+                            "the transaction lost a conflict on each of its {} attempts",
+                            opts.backoff.max_attempts()
+                        ))
+                        .into(),
+                    Err(theirs) => theirs,
+                });
+            };
+            tracing::debug!(?wait, "transaction lost a conflict; running it again");
+            match deadline {
+                Some(d) if Instant::now() + wait >= d => return Err(deadline_error().into()),
+                _ => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+}
