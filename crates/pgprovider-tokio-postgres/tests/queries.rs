@@ -44,21 +44,27 @@ async fn sessions(pool: &Pool<TokioPostgres>, app: &str, state: &str) -> i64 {
     .get(0)
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, pgprovider::FromRow)]
 struct Account {
     id: i64,
-    owner: String,
+    #[from_row(rename = "owner")]
+    holder: String,
     balance: Option<i64>,
 }
 
-impl FromRow<PgRow> for Account {
+/// Read by position.
+#[derive(Debug, PartialEq, pgprovider::FromRow)]
+struct Pair(i64, String);
+
+/// A hand-written impl, for rows that need more than field-by-field reading.
+#[derive(Debug, PartialEq)]
+struct Label(String);
+
+impl FromRow<PgRow> for Label {
     fn from_row(row: &PgRow) -> pgprovider::Result<Self> {
         use pgprovider::Column;
-        Ok(Account {
-            id: row.column_named("id")?,
-            owner: row.column_named("owner")?,
-            balance: row.column_named("balance")?,
-        })
+        let (id, owner): (i64, String) = (row.column(0)?, row.column_named("owner")?);
+        Ok(Label(format!("{owner}#{id}")))
     }
 }
 
@@ -95,12 +101,12 @@ async fn typed_queries_on_the_pool_and_on_a_connection() {
         vec![
             Account {
                 id: 1,
-                owner: "ada".into(),
+                holder: "ada".into(),
                 balance: Some(10)
             },
             Account {
                 id: 2,
-                owner: "bob".into(),
+                holder: "bob".into(),
                 balance: None
             },
         ]
@@ -110,6 +116,16 @@ async fn typed_queries_on_the_pool_and_on_a_connection() {
         .await
         .unwrap();
     assert_eq!(pairs[0], (1, "ada".to_owned()));
+    let pairs: Vec<Pair> = pool
+        .query_as("SELECT id, owner FROM q_accounts ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(pairs[1], Pair(2, "bob".into()));
+    let labels: Vec<Label> = pool
+        .query_as("SELECT id, owner FROM q_accounts ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(labels[0], Label("ada#1".into()));
     assert!(
         pool.query_opt("SELECT 1 FROM q_accounts WHERE id = $1", &[&9_i64])
             .await

@@ -37,6 +37,20 @@ pub use pool::{LeakReport, Pool, PoolBuilder, PoolStats, Pooled};
 pub use registry::{AnyConnection, AnyDriver, DriverRegistry};
 pub use tx::{IsolationLevel, Tx, TxOptions};
 
+/// Derives [`FromRow`](trait@FromRow) for a struct: named fields by column name (`#[from_row(rename =
+/// "col")]` for another), tuple-struct fields by position. Works with every driver's rows.
+///
+/// ```
+/// #[derive(pgprovider::FromRow)]
+/// struct User {
+///     id: i64,
+///     #[from_row(rename = "user_name")]
+///     name: String,
+/// }
+/// ```
+#[cfg(feature = "derive")]
+pub use pgprovider_macros::FromRow;
+
 pub use pgprovider_core::{
     CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, FromRow, Host,
     Queries, Result, Secret, SimpleRow, SqlState, SslMode, StatementCacheStats,
