@@ -8,11 +8,26 @@
 //! let config = Config::from_url("postgres://postgres@127.0.0.1:5432/postgres")?;
 //! let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
 //! let mut conn = pool.get().await?;
-//! // The driver's own client is one call away, for typed queries:
+//! // Typed queries through the statement cache (the `Queries` trait):
+//! use pgprovider::Queries;
+//! let n: i32 = conn.query_one("SELECT $1::int4 + 1", &[&41_i32]).await?.get(0);
+//! assert_eq!(n, 42);
+//! // The driver's own client is one call away, for the rest:
 //! let n: i32 = conn.client().query_one("SELECT 1", &[]).await.map_err(pgprovider_tokio_postgres::map_error)?.get(0);
-//! assert_eq!(n, 1);
 //! # Ok(()) }
 //! ```
+//!
+//! [`PgConnection`] implements [`Queries`](pgprovider_core::Queries) and adds row streams
+//! ([`PgConnection::query_stream`]), pipelined batches ([`PgConnection::batch`]) and binary
+//! COPY ([`PgConnection::copy_in`], [`PgConnection::copy_out`]).
+//!
+//! Statements go through a per-connection cache of prepared statements. A cached statement
+//! the server rejects as stale (`0A000` cached plan must not change result type, `26000`)
+//! is dropped from every connection's cache in the pool and, outside a transaction,
+//! prepared again and run once more, invisibly. With `statement_cache_capacity=0` only
+//! unnamed statements are used (for PgBouncer in transaction mode); parameter types then
+//! come from the Rust values (`i32` is `int4`, `String` is `text`, …): cast in SQL where a
+//! column's type differs.
 //!
 //! TLS is rustls for every libpq `sslmode` (disable, allow, prefer, require, verify-ca,
 //! verify-full), with a custom root CA (`sslrootcert`, or `system`) and client certificates

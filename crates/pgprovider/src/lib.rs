@@ -23,6 +23,13 @@
 //! | configuration | [`config`] |
 //! | driver registry | [`registry`] |
 //! | pool | [`pool`] |
+//! | queries on the pool | [`Pool::query`], [`Pool::query_as`], [`Pool::execute`], … |
+//! | transactions | [`tx`]: [`Pool::transaction`], [`Pool::begin`], [`TxOptions`] |
+//! | backoff with jitter | [`retry`] |
+//!
+//! | feature | enables | default |
+//! | --- | --- | --- |
+//! | `derive` | `#[derive(FromRow)]` | on |
 #![deny(missing_docs)]
 
 pub mod config;
