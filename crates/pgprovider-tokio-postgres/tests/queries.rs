@@ -874,3 +874,276 @@ async fn row_streams_end_cleanly_or_discard_the_connection() {
     assert_eq!(pool.stats().closed_error, 1);
     pool.query("SELECT 1", &[]).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_failures_abandoned_savepoints_and_exhausted_retries() {
+    let pool = pool("&pool_max_size=4").await;
+    table(
+        &pool,
+        "q_deferred",
+        "id int, CONSTRAINT q_deferred_u UNIQUE (id) DEFERRABLE INITIALLY DEFERRED",
+    )
+    .await;
+    // A deferred constraint fails at COMMIT: a definite failure, not an unknown outcome.
+    let e = pool
+        .transaction(&TxOptions::new(), |tx| async move {
+            tx.execute("INSERT INTO q_deferred VALUES (1), (1)", &[])
+                .await
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().starts_with("COMMIT failed"), "{e}");
+    assert_eq!(
+        e.db_fields().unwrap().constraint.as_deref(),
+        Some("q_deferred_u")
+    );
+    // The same in a batch: the batch's own COMMIT fails, nothing is applied.
+    let mut c = pool.get().await.unwrap();
+    let e = c
+        .batch(&[
+            ("INSERT INTO q_deferred VALUES (2)", &[]),
+            ("INSERT INTO q_deferred VALUES (2)", &[]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("COMMIT failed"), "{e}");
+    let results = c
+        .batch(&[("INSERT INTO q_deferred VALUES (3) RETURNING id", &[])])
+        .await
+        .unwrap();
+    let rows = results.into_iter().next().unwrap().into_rows();
+    assert!(format!("{:?}", rows[0]).contains("Row"));
+    assert_eq!(
+        rows.into_iter()
+            .next()
+            .unwrap()
+            .into_inner()
+            .get::<_, i32>(0),
+        3
+    );
+    // Inside a transaction a failing batch statement aborts it, and says so.
+    let tx = pool.begin(&TxOptions::new()).await.unwrap();
+    let e = tx
+        .conn()
+        .await
+        .unwrap()
+        .batch(&[("SELECT 1/0", &[])])
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("the transaction is aborted"), "{e}");
+    tx.rollback().await.unwrap();
+    drop(c);
+
+    // A savepoint future dropped half-way: the commit refuses.
+    let tx = pool
+        .begin(&TxOptions::new().with_deferrable(true).with_seed(7))
+        .await
+        .unwrap();
+    assert_eq!(format!("{tx:?}"), "Tx");
+    let sp = tx.savepoint(|sp| async move {
+        sp.execute("INSERT INTO q_deferred VALUES (10)", &[])
+            .await?;
+        std::future::pending::<()>().await;
+        Ok::<_, pgprovider::Error>(())
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), sp)
+            .await
+            .is_err()
+    );
+    let e = tx.commit().await.unwrap_err();
+    assert!(
+        e.message().contains("savepoint inside it was abandoned"),
+        "{e}"
+    );
+    assert!(
+        pool.query_opt("SELECT 1 FROM q_deferred WHERE id = 10", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // query_opt and query_as in a transaction; a statement after the deadline is refused.
+    let tx = pool
+        .begin(&TxOptions::new().with_timeout(Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert!(
+        tx.query_opt("SELECT 1 WHERE false", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let v: Vec<(i32,)> = tx.query_as("SELECT 5", &[]).await.unwrap();
+    assert_eq!(v, vec![(5,)]);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        tx.query("SELECT 1", &[]).await.unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    tx.rollback().await.unwrap();
+    assert!(tx.rollback().await.is_err(), "already ended");
+
+    // Retries run out: the conflict reaches the caller with the attempt count.
+    table(&pool, "q_hot", "id int PRIMARY KEY, n int").await;
+    pool.execute("INSERT INTO q_hot VALUES (1, 0)", &[])
+        .await
+        .unwrap();
+    let two = TxOptions::new()
+        .with_isolation(IsolationLevel::RepeatableRead)
+        .with_retries(
+            pgprovider::retry::Backoff::new(Duration::from_millis(1), Duration::from_millis(2), 2)
+                .unwrap(),
+        )
+        .with_seed(1);
+    let e = pool
+        .transaction(&two, |tx| {
+            let pool = pool.clone();
+            async move {
+                tx.query("SELECT n FROM q_hot", &[]).await?;
+                // Another transaction updates the row first, every time.
+                pool.execute("UPDATE q_hot SET n = n + 1", &[]).await?;
+                tx.execute("UPDATE q_hot SET n = n + 10", &[]).await
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(e.is_transaction_conflict());
+    let n: i32 = pool
+        .query_one("SELECT n FROM q_hot", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "two attempts, each lost; none of ours applied");
+}
+
+#[tokio::test]
+async fn unnamed_batches_and_copy_edge_cases() {
+    let pool = pool("&statement_cache_capacity=0").await;
+    table(&pool, "q_unnamed", "id int, name text").await;
+    let mut c = pool.get().await.unwrap();
+    let results = c
+        .batch(&[
+            ("INSERT INTO q_unnamed VALUES ($1, $2)", &[&1_i32, &"a"]),
+            ("SELECT name FROM q_unnamed WHERE id = $1", &[&1_i32]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results[1].rows()[0].get::<_, &str>(0), "a");
+    let e = c
+        .batch(&[(
+            "SELECT $1",
+            &[&std::collections::HashMap::<String, Option<String>>::new()],
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+
+    // COPY from boxed values and borrowed rows.
+    let types = [Type::INT4, Type::TEXT];
+    let boxed: Vec<Vec<Box<dyn pgprovider_tokio_postgres::types::ToSql + Send + Sync>>> =
+        vec![vec![Box::new(2_i32), Box::new("b".to_owned())]];
+    let n = c
+        .copy_in("COPY q_unnamed FROM STDIN (FORMAT binary)", &types, boxed)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let owned = [(3_i32, "c".to_owned())];
+    let n = c
+        .copy_in(
+            "COPY q_unnamed FROM STDIN (FORMAT binary)",
+            &types,
+            owned.iter(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // An export stopped by its callback, and failing exports.
+    let e = c
+        .copy_out("COPY q_unnamed TO STDOUT (FORMAT binary)", &types, |_| {
+            Err(pgprovider::Error::new(ErrorKind::Other, "enough"))
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("stopped at row 1"), "{e}");
+    assert!(c.is_broken(), "rows were still coming");
+    drop(c);
+    let mut c = pool.get().await.unwrap();
+    let mut out = Vec::new();
+    let e = c
+        .copy_out_raw("COPY (SELECT 1/0) TO STDOUT", &mut out)
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state().unwrap().code(), "22012");
+    let e = c
+        .copy_out_raw("COPY q_nowhere TO STDOUT", &mut out)
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state().unwrap().code(), "42P01");
+    assert!(!c.is_broken());
+    struct Full;
+    impl tokio::io::AsyncWrite for Full {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Err(std::io::Error::other("disk full")))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let e = c
+        .copy_out_raw("COPY q_unnamed TO STDOUT", &mut Full)
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("disk full"), "{e}");
+    let stream = {
+        let mut c = pool.get().await.unwrap();
+        let s = format!("{:?}", c.query_stream("SELECT 1", &[]).await.unwrap());
+        s
+    };
+    assert!(stream.contains("PgRowStream"));
+}
+
+#[tokio::test]
+async fn a_batch_heals_a_stale_statement_and_runs_again() {
+    let pool = pool("&pool_max_size=2").await;
+    table(&pool, "q_batch_stale", "id int").await;
+    let mut c = pool.get().await.unwrap();
+    c.batch(&[("SELECT * FROM q_batch_stale", &[])])
+        .await
+        .unwrap();
+    let mut other = pool.get().await.unwrap();
+    other
+        .execute("ALTER TABLE q_batch_stale ADD COLUMN extra int", &[])
+        .await
+        .unwrap();
+    drop(other);
+    let before = pool.stats().statement_cache.invalidations;
+    let r = c
+        .batch(&[
+            ("INSERT INTO q_batch_stale VALUES (1, 2)", &[]),
+            ("SELECT * FROM q_batch_stale", &[]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(r[1].rows()[0].len(), 2);
+    assert_eq!(pool.stats().statement_cache.invalidations, before + 1);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM q_batch_stale", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the first, rolled-back run left nothing behind");
+}
