@@ -5,12 +5,32 @@
 //! a capacity in the hundreds an eviction that scans for the oldest entry costs about a
 //! microsecond and happens only when a workload has more distinct statements than the cap.
 
+use crate::conn::{may_change_session, transaction_effect};
 use pgprovider_core::{Stale, StatementCaches};
 use std::collections::HashMap;
 use tokio_postgres::Statement;
 
+/// What running a statement does to the session, worked out once per statement (the SQL
+/// scan costs more than the rest of a cached lookup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SqlTraits {
+    /// May leave state on the session: reset on return.
+    pub(crate) changes_session: bool,
+    /// Opens (`Some(true)`) or ends (`Some(false)`) a transaction block when it succeeds.
+    pub(crate) tx_effect: Option<bool>,
+}
+
+impl SqlTraits {
+    pub(crate) fn of(sql: &str) -> Self {
+        SqlTraits {
+            changes_session: may_change_session(sql),
+            tx_effect: transaction_effect(sql),
+        }
+    }
+}
+
 pub(crate) struct StatementCache {
-    map: HashMap<Box<str>, (Statement, u64)>,
+    map: HashMap<Box<str>, (Statement, SqlTraits, u64)>,
     capacity: usize,
     tick: u64,
     seen: u64,
@@ -35,14 +55,14 @@ impl StatementCache {
     }
 
     /// The cached statement for `sql`, after dropping whatever the pool marked stale.
-    pub(crate) fn get(&mut self, sql: &str) -> Option<Statement> {
+    pub(crate) fn get(&mut self, sql: &str) -> Option<(Statement, SqlTraits)> {
         self.catch_up();
         self.tick += 1;
         match self.map.get_mut(sql) {
-            Some((stmt, used)) => {
+            Some((stmt, traits, used)) => {
                 *used = self.tick;
                 self.shared.hit();
-                Some(stmt.clone())
+                Some((stmt.clone(), *traits))
             }
             None => {
                 self.shared.miss();
@@ -53,12 +73,12 @@ impl StatementCache {
 
     /// Keeps `stmt` for `sql`, evicting the least recently used entry when full. Dropping an
     /// evicted statement makes tokio-postgres close it on the server.
-    pub(crate) fn put(&mut self, sql: &str, stmt: Statement) {
+    pub(crate) fn put(&mut self, sql: &str, stmt: Statement, traits: SqlTraits) {
         if self.map.len() >= self.capacity && !self.map.contains_key(sql) {
             let oldest = self
                 .map
                 .iter()
-                .min_by_key(|(_, (_, used))| *used)
+                .min_by_key(|(_, (_, _, used))| *used)
                 .map(|(k, _)| k.clone());
             if let Some(k) = oldest {
                 self.map.remove(&k);
@@ -66,7 +86,7 @@ impl StatementCache {
             }
         }
         self.tick += 1;
-        self.map.insert(sql.into(), (stmt, self.tick));
+        self.map.insert(sql.into(), (stmt, traits, self.tick));
     }
 
     /// Drops `sql` here and, through the shared log, from every connection of the pool.

@@ -300,38 +300,27 @@ const SAFE_LEADING_WORDS: [&str; 10] = [
     "SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN", "MERGE",
 ];
 
-/// Whether `sql` may leave state on the session. Errs on the side of yes: statements are
-/// split at every `;` (even inside literals), and any statement not led by a plain data
-/// keyword counts, as does any mention of `set_config` or advisory locks.
+/// Whether `sql` may leave state on the session besides an open transaction (which
+/// [`transaction_effect`] tracks). Errs on the side of yes: statements are split at every
+/// `;` (even inside literals), and any statement not led by a plain data keyword or a
+/// transaction-control one counts, as does any mention of `set_config` or advisory locks.
 pub(crate) fn may_change_session(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
     if lower.contains("set_config") || lower.contains("advisory") {
         return true;
     }
-    // A transaction block that ends in the same string leaves nothing behind, so plain
-    // data statements, savepoints and SET LOCAL are fine inside one.
-    let mut in_transaction = false;
     for stmt in sql.split(';') {
         let (first, second) = leading_words(stmt);
         match first.as_str() {
-            "" => {}
-            "BEGIN" | "START" => in_transaction = true,
-            "COMMIT" | "END" | "ROLLBACK" | "ABORT" if second == "TO" => {
-                if !in_transaction {
-                    return true;
-                }
-            }
-            "COMMIT" | "END" | "ROLLBACK" | "ABORT" => {
-                // COMMIT AND CHAIN starts the next transaction at once.
-                in_transaction = stmt.to_ascii_uppercase().contains("CHAIN");
-            }
-            "SAVEPOINT" | "RELEASE" if in_transaction => {}
-            "SET" if in_transaction && second == "LOCAL" => {}
+            // Transaction control, and settings that end with the transaction.
+            "" | "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT"
+            | "RELEASE" => {}
+            "SET" if second == "LOCAL" || second == "TRANSACTION" => {}
             w if SAFE_LEADING_WORDS.contains(&w) => {}
             _ => return true,
         }
     }
-    in_transaction
+    false
 }
 
 /// What `sql`, run to the end without error, leaves behind: `Some(true)` when its last
@@ -395,12 +384,19 @@ mod tests {
             "begin; set local work_mem = '1MB'; select 1; commit;",
             "START TRANSACTION ISOLATION LEVEL SERIALIZABLE; SAVEPOINT a; ROLLBACK TO a; RELEASE a; END",
             "BEGIN; SELECT 1; ROLLBACK",
+            // The transaction itself is tracked apart (transaction_effect).
+            "BEGIN",
+            "SELECT 1; begin",
+            "SAVEPOINT s",
+            "BEGIN; SELECT 1",
+            "ROLLBACK TO a",
+            "BEGIN; COMMIT AND CHAIN",
+            "SET LOCAL work_mem = '1MB'",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
         ] {
             assert!(!may_change_session(sql), "{sql}");
         }
         for sql in [
-            "BEGIN",
-            "SELECT 1; begin",
             "SET search_path = x",
             "reset all",
             "CREATE TEMP TABLE t (x int)",
@@ -411,14 +407,29 @@ mod tests {
             "SELECT pg_advisory_lock(1)",
             "/* comment */ BEGIN",
             "DO $$ BEGIN PERFORM 1; END $$",
-            "SAVEPOINT s",
-            "BEGIN; SELECT 1",
-            "ROLLBACK TO a",
-            "BEGIN; COMMIT AND CHAIN",
             "BEGIN; CREATE TEMP TABLE t (x int); COMMIT",
-            "SET LOCAL work_mem = '1MB'",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
         ] {
             assert!(may_change_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn transaction_effects_follow_the_last_control_statement() {
+        use super::transaction_effect;
+        for (sql, effect) in [
+            ("SELECT 1", None),
+            ("BEGIN", Some(true)),
+            ("start transaction read only", Some(true)),
+            ("BEGIN; SELECT 1; COMMIT", Some(false)),
+            ("COMMIT AND CHAIN", Some(true)),
+            ("ROLLBACK TO SAVEPOINT a", None),
+            ("SAVEPOINT a; RELEASE a", None),
+            ("END", Some(false)),
+            ("ABORT", Some(false)),
+            ("PREPARE TRANSACTION 'x'", Some(false)),
+        ] {
+            assert_eq!(transaction_effect(sql), effect, "{sql}");
         }
     }
 }

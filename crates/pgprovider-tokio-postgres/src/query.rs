@@ -12,6 +12,7 @@
 //! parameter types are then taken from the Rust values (`i32` is `int4`, `String` is
 //! `text`, …), not asked of the server: cast in SQL where the column's type differs.
 
+use crate::cache::SqlTraits;
 use crate::conn::{PgConnection, may_change_session};
 use crate::error::map_error;
 use futures_util::{Stream, StreamExt, TryStreamExt};
@@ -226,8 +227,10 @@ impl PgConnection {
         if !self.cache.enabled() {
             return Ok(None);
         }
-        let mut out: Vec<Option<Statement>> =
-            statements.iter().map(|(s, _)| self.cache.get(s)).collect();
+        let mut out: Vec<Option<Statement>> = statements
+            .iter()
+            .map(|(s, _)| self.cache.get(s).map(|(st, _)| st))
+            .collect();
         let missing: Vec<usize> = (0..out.len()).filter(|i| out[*i].is_none()).collect();
         if !missing.is_empty() {
             let prepared = self
@@ -246,7 +249,8 @@ impl PgConnection {
                         statements.len()
                     ))
                 })?;
-                self.cache.put(statements[*i].0, stmt.clone());
+                let sql = statements[*i].0;
+                self.cache.put(sql, stmt.clone(), SqlTraits::of(sql));
                 out[*i] = Some(stmt);
             }
         }
@@ -259,26 +263,27 @@ impl PgConnection {
     /// cache is off), preparing it when missing and, outside a transaction, re-preparing and
     /// running again once when the server says it went stale.
     async fn exec<'p>(&mut self, sql: &str, params: &[&'p Param<'p>], op: Op) -> Result<Out> {
-        if may_change_session(sql) {
-            self.dirty = true;
-        }
         if !self.cache.enabled() {
+            let traits = SqlTraits::of(sql);
+            self.dirty |= traits.changes_session;
             let typed = typed(params)?;
             let r = self
                 .run(async |c| call(c, op, sql, None, params, &typed).await)
                 .await;
-            return self.track(sql, r);
+            return self.track(traits, r);
         }
         let mut retried = false;
         loop {
-            let stmt = match self.cache.get(sql) {
-                Some(s) => s,
+            let (stmt, traits) = match self.cache.get(sql) {
+                Some(found) => found,
                 None => {
                     let s = self.run(async |c| c.prepare(sql).await).await?;
-                    self.cache.put(sql, s.clone());
-                    s
+                    let traits = SqlTraits::of(sql);
+                    self.cache.put(sql, s.clone(), traits);
+                    (s, traits)
                 }
             };
+            self.dirty |= traits.changes_session;
             match self
                 .run(async |c| call(c, op, sql, Some(&stmt), params, &[]).await)
                 .await
@@ -297,14 +302,15 @@ impl PgConnection {
                     }
                     retried = true;
                 }
-                r => return self.track(sql, r),
+                r => return self.track(traits, r),
             }
         }
     }
 
-    fn track<T>(&mut self, sql: &str, r: Result<T>) -> Result<T> {
-        if r.is_ok() {
-            self.track_transaction(sql);
+    /// Notes a successful statement's effect on the transaction state.
+    fn track<T>(&mut self, traits: SqlTraits, r: Result<T>) -> Result<T> {
+        if let (Ok(_), Some(open)) = (&r, traits.tx_effect) {
+            self.in_tx = open;
         }
         r
     }

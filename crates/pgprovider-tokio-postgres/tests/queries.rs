@@ -174,6 +174,17 @@ async fn typed_queries_on_the_pool_and_on_a_connection() {
     );
     assert_eq!(e.db_fields().unwrap().table.as_deref(), Some("q_accounts"));
     assert!(e.node().is_some());
+    // Transaction and session state are tracked for typed statements too (and remembered
+    // with the cached statement, so a cache hit does not scan the SQL again).
+    for _ in 0..2 {
+        assert!(!c.needs_reset());
+        c.execute("BEGIN", &[]).await.unwrap();
+        assert!(c.in_transaction() && c.needs_reset());
+        c.execute("COMMIT", &[]).await.unwrap();
+        assert!(!c.in_transaction() && !c.needs_reset());
+    }
+    c.execute("SET work_mem = '8MB'", &[]).await.unwrap();
+    assert!(c.needs_reset());
 }
 
 #[tokio::test]
