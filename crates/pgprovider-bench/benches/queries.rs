@@ -4,7 +4,8 @@
 //!   next to `psql -c '\copy … from file csv'` loading the same rows (psql's time includes
 //!   its start-up, measured separately and shown);
 //! - a batch of 100 single-row inserts sent in one pipelined window, next to the same
-//!   inserts run one after another in a transaction, and one after another in autocommit.
+//!   inserts run one after another in a transaction, and one after another in autocommit
+//!   (through pgprovider, and through a raw tokio-postgres client for reference).
 //!
 //! ```text
 //! cargo bench -p pgprovider-bench --bench queries
@@ -109,7 +110,16 @@ async fn main() {
         })
         .collect();
     let stmts: Vec<(&str, &[&Param<'_>])> = stmts.iter().map(|(s, p)| (*s, &p[..])).collect();
-    let (mut pipelined, mut in_tx, mut autocommit) = (Vec::new(), Vec::new(), Vec::new());
+    let (raw, raw_conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("a raw tokio-postgres connection");
+    tokio::spawn(raw_conn);
+    let raw_insert = raw
+        .prepare("INSERT INTO bench_batch VALUES ($1, 0)")
+        .await
+        .unwrap();
+    let (mut pipelined, mut in_tx, mut autocommit, mut raw_autocommit) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let start = Instant::now();
         for _ in 0..10 {
@@ -141,6 +151,11 @@ async fn main() {
                 .unwrap();
         }
         autocommit.push(BATCH as f64 / start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        for i in ids.iter().take(BATCH) {
+            raw.execute(&raw_insert, &[i]).await.unwrap();
+        }
+        raw_autocommit.push(BATCH as f64 / start.elapsed().as_secs_f64());
         c.simple_query("TRUNCATE bench_batch").await.unwrap();
     }
     let (p, t, a) = (median(pipelined), median(in_tx), median(autocommit));
@@ -158,6 +173,12 @@ async fn main() {
         "  sequential, autocommit             {:>10.0} statements/s   (pipelined {:.2}x)",
         a,
         p / a
+    );
+    let r = median(raw_autocommit);
+    println!(
+        "  raw tokio-postgres, autocommit     {:>10.0} statements/s   (pgprovider sequential {:.2}x)",
+        r,
+        a / r
     );
     c.simple_query("DROP TABLE bench_copy; DROP TABLE bench_batch")
         .await
