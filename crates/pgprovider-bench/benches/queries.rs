@@ -44,7 +44,16 @@ fn psql(url: &str, command: &str) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    // Every contender plaintext, like for like (psql and pgprovider would pick TLS on a
+    // server that offers it; the raw client cannot).
     let url = pgprovider_bench::server().await;
+    let url = if url.contains("sslmode=") {
+        url
+    } else if url.contains('?') {
+        format!("{url}&sslmode=disable")
+    } else {
+        format!("{url}?sslmode=disable")
+    };
     let config = Config::from_url(&url).expect("a valid URL");
     let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
     let mut c = pool.get().await.expect("a connection");
