@@ -669,6 +669,21 @@ async fn a_commit_whose_reply_is_lost_is_an_unknown_outcome() {
     assert!(!e.is_retryable());
     assert!(e.hint().unwrap().contains("may or may not"));
     proxy.heal();
+    // The connection drops while committing: unknown too.
+    let p = proxy.clone();
+    let e = pool
+        .transaction(&TxOptions::new(), move |tx| {
+            let p = p.clone();
+            async move {
+                tx.execute("INSERT INTO q_unknown VALUES (2)", &[]).await?;
+                p.reset_all();
+                Ok::<_, pgprovider::Error>(())
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e:?}");
+    assert!(e.message().contains("committing"), "{e}");
 }
 
 #[tokio::test]
@@ -1026,6 +1041,42 @@ async fn commit_failures_abandoned_savepoints_and_exhausted_retries() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2, "two attempts, each lost; none of ours applied");
+    // A conflict swallowed by the closure is still seen at commit, and still re-run.
+    let e = pool
+        .transaction(&two, |tx| {
+            let pool = pool.clone();
+            async move {
+                tx.query("SELECT n FROM q_hot", &[]).await?;
+                pool.execute("UPDATE q_hot SET n = n + 1", &[]).await?;
+                let _swallowed = tx.execute("UPDATE q_hot SET n = n + 10", &[]).await;
+                Ok::<_, pgprovider::Error>(())
+            }
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("on each of its 2 attempts"), "{e}");
+    assert!(e.is_transaction_conflict());
+    // A deadline that the next wait would pass ends the re-runs at once.
+    let slow_retries = two
+        .clone()
+        .with_retries(
+            pgprovider::retry::Backoff::new(Duration::from_secs(5), Duration::from_secs(5), 3)
+                .unwrap(),
+        )
+        .with_seed(3)
+        .with_timeout(Duration::from_millis(400));
+    let e = pool
+        .transaction(&slow_retries, |tx| {
+            let pool = pool.clone();
+            async move {
+                tx.query("SELECT n FROM q_hot", &[]).await?;
+                pool.execute("UPDATE q_hot SET n = n + 1", &[]).await?;
+                tx.execute("UPDATE q_hot SET n = n + 10", &[]).await
+            }
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
 }
 
 #[tokio::test]
