@@ -138,11 +138,31 @@ impl PgConnection {
         n.map_err(db)
     }
 
+    /// Sends a `COPY … TO STDOUT`, marking the connection busy until its end.
+    async fn start_copy_out(&mut self, sql: &str) -> Result<tokio_postgres::CopyOutStream> {
+        self.in_flight = true;
+        match self.client.copy_out(sql).await {
+            Ok(stream) => Ok(stream),
+            Err(e) => Err(self.ended(e)),
+        }
+    }
+
+    /// The next item of a COPY's output; `None` at its end.
+    async fn next_or_end<T>(
+        &mut self,
+        mut stream: std::pin::Pin<&mut impl Stream<Item = Result<T, tokio_postgres::Error>>>,
+    ) -> Result<Option<T>> {
+        match stream.try_next().await {
+            Ok(item) => Ok(item),
+            Err(e) => Err(self.ended(e)),
+        }
+    }
+
     /// The server ended the COPY with an error: nothing is in flight any more (a lost
     /// connection shows as closed anyway).
-    fn ended(&mut self, e: Error) -> Error {
+    fn ended(&mut self, e: tokio_postgres::Error) -> Error {
         self.in_flight = false;
-        e
+        map_error(e).with_node(self.node.clone())
     }
 
     /// After an aborted COPY, waits for the server to confirm the abort so the connection
@@ -167,22 +187,11 @@ impl PgConnection {
     where
         F: FnMut(BinaryCopyOutRow) -> Result<()> + Send,
     {
-        self.in_flight = true;
-        let node = self.node.clone();
-        let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
-        let stream = match self.client.copy_out(sql).await {
-            Ok(s) => s,
-            Err(e) => return Err(self.ended(db(e))),
-        };
+        let stream = self.start_copy_out(sql).await?;
         let rows = BinaryCopyOutStream::new(stream, types);
         pin_mut!(rows);
         let mut n = 0;
-        loop {
-            let row = match rows.try_next().await {
-                Ok(Some(row)) => row,
-                Ok(None) => break,
-                Err(e) => return Err(self.ended(db(e))),
-            };
+        while let Some(row) = self.next_or_end(rows.as_mut()).await? {
             n += 1;
             if let Err(e) = each(row) {
                 // Left mid-stream: the rest would still arrive, so the connection goes.
@@ -202,30 +211,19 @@ impl PgConnection {
     where
         W: AsyncWrite + Unpin + Send,
     {
-        self.in_flight = true;
-        let node = self.node.clone();
-        let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
-        let stream = match self.client.copy_out(sql).await {
-            Ok(s) => s,
-            Err(e) => return Err(self.ended(db(e))),
-        };
+        let stream = self.start_copy_out(sql).await?;
         pin_mut!(stream);
         let mut bytes = 0;
-        loop {
-            let chunk = match stream.try_next().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => return Err(self.ended(db(e))),
-            };
-            out.write_all(&chunk).await.map_err(|e| {
-                Error::new(ErrorKind::Other, format!("cannot write the export: {e}")).with_source(e)
-            })?;
+        while let Some(chunk) = self.next_or_end(stream.as_mut()).await? {
+            out.write_all(&chunk).await.map_err(write_error)?;
             bytes += chunk.len() as u64;
         }
-        out.flush().await.map_err(|e| {
-            Error::new(ErrorKind::Other, format!("cannot write the export: {e}")).with_source(e)
-        })?;
+        out.flush().await.map_err(write_error)?;
         self.in_flight = false;
         Ok(bytes)
     }
+}
+
+fn write_error(e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Other, format!("cannot write the export: {e}")).with_source(e)
 }

@@ -5,16 +5,8 @@ use pgprovider::{Config, Connection, DriverRegistry, ErrorKind, Pool, Pooled, Sq
 use pgprovider_tokio_postgres::TokioPostgres;
 use std::time::Duration;
 
-async fn config(extra: &str) -> Config {
-    let u = pgprovider_testkit::shared_url().await.unwrap();
-    let sep = if u.contains('?') { '&' } else { '?' };
-    Config::from_url(&format!("{u}{sep}application_name=pgprovider-test{extra}")).unwrap()
-}
-
-async fn pool(extra: &str) -> Pool<TokioPostgres> {
-    let c = config(extra).await;
-    Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
-}
+mod common;
+use common::{config, pool};
 
 #[tokio::test]
 async fn queries_and_reuse() {

@@ -11,16 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-async fn config(extra: &str) -> Config {
-    let u = pgprovider_testkit::shared_url().await.unwrap();
-    let sep = if u.contains('?') { '&' } else { '?' };
-    Config::from_url(&format!("{u}{sep}application_name=pgprovider-q{extra}")).unwrap()
-}
-
-async fn pool(extra: &str) -> Pool<TokioPostgres> {
-    let c = config(extra).await;
-    Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
-}
+mod common;
+use common::{config, pool};
 
 /// A fresh table named `name` (tests run in parallel, so each uses its own).
 async fn table(pool: &Pool<TokioPostgres>, name: &str, columns: &str) {
@@ -1022,18 +1014,7 @@ async fn commit_failures_abandoned_savepoints_and_exhausted_retries() {
                 .unwrap(),
         )
         .with_seed(1);
-    let e = pool
-        .transaction(&two, |tx| {
-            let pool = pool.clone();
-            async move {
-                tx.query("SELECT n FROM q_hot", &[]).await?;
-                // Another transaction updates the row first, every time.
-                pool.execute("UPDATE q_hot SET n = n + 1", &[]).await?;
-                tx.execute("UPDATE q_hot SET n = n + 10", &[]).await
-            }
-        })
-        .await
-        .unwrap_err();
+    let e = lose_a_conflict(&pool, &two, false).await;
     assert!(e.is_transaction_conflict());
     let n: i32 = pool
         .query_one("SELECT n FROM q_hot", &[])
@@ -1042,18 +1023,7 @@ async fn commit_failures_abandoned_savepoints_and_exhausted_retries() {
         .get(0);
     assert_eq!(n, 2, "two attempts, each lost; none of ours applied");
     // A conflict swallowed by the closure is still seen at commit, and still re-run.
-    let e = pool
-        .transaction(&two, |tx| {
-            let pool = pool.clone();
-            async move {
-                tx.query("SELECT n FROM q_hot", &[]).await?;
-                pool.execute("UPDATE q_hot SET n = n + 1", &[]).await?;
-                let _swallowed = tx.execute("UPDATE q_hot SET n = n + 10", &[]).await;
-                Ok::<_, pgprovider::Error>(())
-            }
-        })
-        .await
-        .unwrap_err();
+    let e = lose_a_conflict(&pool, &two, true).await;
     assert!(e.message().contains("on each of its 2 attempts"), "{e}");
     assert!(e.is_transaction_conflict());
     // A deadline that the next wait would pass ends the re-runs at once.
@@ -1065,18 +1035,29 @@ async fn commit_failures_abandoned_savepoints_and_exhausted_retries() {
         )
         .with_seed(3)
         .with_timeout(Duration::from_millis(400));
-    let e = pool
-        .transaction(&slow_retries, |tx| {
-            let pool = pool.clone();
-            async move {
-                tx.query("SELECT n FROM q_hot", &[]).await?;
-                pool.execute("UPDATE q_hot SET n = n + 1", &[]).await?;
-                tx.execute("UPDATE q_hot SET n = n + 10", &[]).await
-            }
-        })
-        .await
-        .unwrap_err();
+    let e = lose_a_conflict(&pool, &slow_retries, false).await;
     assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+}
+
+/// Runs a transaction on `q_hot` that always loses: another transaction updates the row
+/// between its read and its write. With `swallow`, the closure hides the conflict and
+/// returns `Ok`.
+async fn lose_a_conflict(
+    pool: &Pool<TokioPostgres>,
+    opts: &TxOptions,
+    swallow: bool,
+) -> pgprovider::Error {
+    pool.transaction(opts, |tx| {
+        let pool = pool.clone();
+        async move {
+            tx.query("SELECT n FROM q_hot", &[]).await?;
+            pool.execute("UPDATE q_hot SET n = n + 1", &[]).await?;
+            let r = tx.execute("UPDATE q_hot SET n = n + 10", &[]).await;
+            if swallow { Ok(()) } else { r.map(|_| ()) }
+        }
+    })
+    .await
+    .unwrap_err()
 }
 
 #[tokio::test]
