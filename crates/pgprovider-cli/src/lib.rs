@@ -1,4 +1,4 @@
-//! The `pgprovider` command-line tool: `demo` and `health`.
+//! The `pgprovider` command-line tool: `demo`, `health` and `bench`.
 //!
 //! The binary is a thin wrapper around [`main`]; every command returns an `anyhow::Result`
 //! and errors are printed as one readable message, never as a panic or backtrace.
@@ -57,6 +57,7 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         opt::Command::Demo(args) => cmd::demo::run(args).await,
         opt::Command::Health(args) => cmd::health::run(args).await,
+        opt::Command::Bench(args) => cmd::bench::run(args).await,
     }
 }
 

@@ -20,6 +20,54 @@ pub enum Command {
     /// One line per node: reachability, role, server version, replication lag. Exits 0 when
     /// every node is reachable, 1 otherwise.
     Health(HealthArgs),
+    /// Throughput and latency of pgprovider against raw tokio-postgres and (with the `peers`
+    /// feature) deadpool-postgres, bb8 and sqlx, interleaved round by round on one server.
+    /// Uses DATABASE_URL when set; otherwise starts a throwaway PostgreSQL cluster.
+    Bench(BenchArgs),
+}
+
+/// Options of `pgprovider bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The database to use; without it an embedded throwaway cluster is started. The bench
+    /// connects in plaintext (`sslmode=disable`) so every contender does the same work.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub url: Option<String>,
+    /// Measuring time per workload, contender and round (`500ms`, `3s`).
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub duration: std::time::Duration,
+    /// Warm-up before each measurement.
+    #[arg(long, default_value = "500ms", value_parser = duration)]
+    pub warmup: std::time::Duration,
+    /// Rounds; every contender runs once per round, in turn, and medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Server connections per contender.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Concurrent tasks in the pooled workloads (`tasks_1000` always uses 1,000).
+    #[arg(long, default_value_t = 64)]
+    pub tasks: usize,
+    /// Workloads to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<String>,
+    /// Contenders to run, comma-separated (default: all compiled in).
+    #[arg(long, value_delimiter = ',')]
+    pub contenders: Vec<String>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms or 3s"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "" | "s" => Ok(std::time::Duration::from_secs(n)),
+        _ => Err(format!("{s:?} is not a duration such as 500ms or 3s")),
+    }
 }
 
 /// Options of `pgprovider demo`.

@@ -212,3 +212,74 @@ fn health_rejects_bad_urls() {
     assert!(err.contains("invalid configuration (2 problems)"), "{err}");
     assert_no_panic(&err);
 }
+
+#[test]
+fn bench_writes_every_workload_and_contender_to_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let o = pgprovider(
+        &[
+            "bench",
+            "--duration",
+            "200ms",
+            "--warmup",
+            "50ms",
+            "--rounds",
+            "2",
+            "--tasks",
+            "16",
+            "--connections",
+            "2",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        Some(&shared_url()),
+    );
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_no_panic(&stderr);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let w = &v["workloads"];
+    for (workload, contenders) in [
+        ("select1", &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..]),
+        ("point_select", &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..]),
+        ("write_tx", &["pgprovider", "raw"][..]),
+        ("checkout", &["pgprovider"][..]),
+        ("tasks_1000", &["pgprovider", "pgprovider_mux", "raw_pipelined"][..]),
+    ] {
+        for c in contenders {
+            let r = &w[workload][c];
+            assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{workload}/{c}: {r}");
+            for key in ["p50_us", "p99_us", "p999_us"] {
+                assert!(r[key].as_f64().unwrap() > 0.0, "{workload}/{c}/{key}");
+            }
+            assert_eq!(r["rounds_ops_per_sec"].as_array().unwrap().len(), 2);
+        }
+    }
+    assert_eq!(w["tasks_1000"]["pgprovider"]["tasks"], 1000);
+    assert_eq!(w["checkout"]["pgprovider"]["tasks"], 1);
+    assert!(v["ratios"]["select1"]["pgprovider/raw"].as_f64().unwrap() > 0.0);
+    assert!(stdout.contains("ratios: pgprovider/pgprovider_mux"), "{stdout}");
+    let accounts = stdout.contains("point_select");
+    assert!(accounts);
+}
+
+#[test]
+fn bench_rejects_bad_input() {
+    for (args, want) in [
+        (&["bench", "--workloads", "selec1"][..], "unknown workload \"selec1\""),
+        (&["bench", "--contenders", "hikari"][..], "unknown contender \"hikari\""),
+        (&["bench", "--rounds", "0"][..], "must be above zero"),
+        (&["bench", "--duration", "3x"][..], "not a duration"),
+    ] {
+        let o = pgprovider(args, Some("postgres://postgres@127.0.0.1:1/none"));
+        let (_, stderr) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert_no_panic(&stderr);
+    }
+    if !cfg!(feature = "peers") {
+        let o = pgprovider(&["bench", "--contenders", "sqlx"], Some("postgres://h/x"));
+        assert!(text(&o).1.contains("--features peers"));
+    }
+}

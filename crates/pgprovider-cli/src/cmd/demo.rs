@@ -80,7 +80,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn start_embedded() -> anyhow::Result<TestCluster> {
+pub(crate) async fn start_embedded() -> anyhow::Result<TestCluster> {
     eprintln!("DATABASE_URL is not set: starting a throwaway PostgreSQL cluster");
     let pb = ProgressBar::new_spinner();
     pb.enable_steady_tick(Duration::from_millis(100));

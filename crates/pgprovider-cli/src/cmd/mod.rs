@@ -1,3 +1,4 @@
-//! The subcommands, one file each.
+//! The subcommands, one file (or folder) each.
+pub(crate) mod bench;
 pub(crate) mod demo;
 pub(crate) mod health;
