@@ -62,7 +62,9 @@ pub struct BenchArgs {
 fn duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration such as 500ms or 3s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms or 3s"))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "" | "s" => Ok(std::time::Duration::from_secs(n)),

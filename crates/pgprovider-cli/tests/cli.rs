@@ -238,18 +238,31 @@ fn bench_writes_every_workload_and_contender_to_json() {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert_no_panic(&stderr);
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let w = &v["workloads"];
     for (workload, contenders) in [
-        ("select1", &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..]),
-        ("point_select", &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..]),
+        (
+            "select1",
+            &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..],
+        ),
+        (
+            "point_select",
+            &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..],
+        ),
         ("write_tx", &["pgprovider", "raw"][..]),
         ("checkout", &["pgprovider"][..]),
-        ("tasks_1000", &["pgprovider", "pgprovider_mux", "raw_pipelined"][..]),
+        (
+            "tasks_1000",
+            &["pgprovider", "pgprovider_mux", "raw_pipelined"][..],
+        ),
     ] {
         for c in contenders {
             let r = &w[workload][c];
-            assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{workload}/{c}: {r}");
+            assert!(
+                r["ops_per_sec"].as_f64().unwrap() > 0.0,
+                "{workload}/{c}: {r}"
+            );
             for key in ["p50_us", "p99_us", "p999_us"] {
                 assert!(r[key].as_f64().unwrap() > 0.0, "{workload}/{c}/{key}");
             }
@@ -259,7 +272,10 @@ fn bench_writes_every_workload_and_contender_to_json() {
     assert_eq!(w["tasks_1000"]["pgprovider"]["tasks"], 1000);
     assert_eq!(w["checkout"]["pgprovider"]["tasks"], 1);
     assert!(v["ratios"]["select1"]["pgprovider/raw"].as_f64().unwrap() > 0.0);
-    assert!(stdout.contains("ratios: pgprovider/pgprovider_mux"), "{stdout}");
+    assert!(
+        stdout.contains("ratios: pgprovider/pgprovider_mux"),
+        "{stdout}"
+    );
     let accounts = stdout.contains("point_select");
     assert!(accounts);
 }
@@ -267,8 +283,14 @@ fn bench_writes_every_workload_and_contender_to_json() {
 #[test]
 fn bench_rejects_bad_input() {
     for (args, want) in [
-        (&["bench", "--workloads", "selec1"][..], "unknown workload \"selec1\""),
-        (&["bench", "--contenders", "hikari"][..], "unknown contender \"hikari\""),
+        (
+            &["bench", "--workloads", "selec1"][..],
+            "unknown workload \"selec1\"",
+        ),
+        (
+            &["bench", "--contenders", "hikari"][..],
+            "unknown contender \"hikari\"",
+        ),
         (&["bench", "--rounds", "0"][..], "must be above zero"),
         (&["bench", "--duration", "3x"][..], "not a duration"),
     ] {

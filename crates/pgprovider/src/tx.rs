@@ -54,16 +54,6 @@ pub enum IsolationLevel {
     Serializable,
 }
 
-impl IsolationLevel {
-    fn sql(self) -> &'static str {
-        match self {
-            IsolationLevel::ReadCommitted => "READ COMMITTED",
-            IsolationLevel::RepeatableRead => "REPEATABLE READ",
-            IsolationLevel::Serializable => "SERIALIZABLE",
-        }
-    }
-}
-
 /// How to run a transaction: isolation, access mode, deadline, and retries.
 #[must_use]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -113,16 +103,28 @@ impl TxOptions {
         self
     }
 
-    /// The `BEGIN` statement for these options.
-    pub fn begin_sql(&self) -> String {
-        let mut sql = format!("BEGIN ISOLATION LEVEL {}", self.isolation.sql());
-        if self.read_only {
-            sql.push_str(" READ ONLY");
+    /// The `BEGIN` statement for these options (a constant string: no allocation per
+    /// transaction).
+    pub fn begin_sql(&self) -> &'static str {
+        use IsolationLevel::*;
+        match (self.isolation, self.read_only, self.deferrable) {
+            (ReadCommitted, false, false) => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            (ReadCommitted, true, false) => "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY",
+            (ReadCommitted, false, true) => "BEGIN ISOLATION LEVEL READ COMMITTED DEFERRABLE",
+            (ReadCommitted, true, true) => {
+                "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY DEFERRABLE"
+            }
+            (RepeatableRead, false, false) => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            (RepeatableRead, true, false) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            (RepeatableRead, false, true) => "BEGIN ISOLATION LEVEL REPEATABLE READ DEFERRABLE",
+            (RepeatableRead, true, true) => {
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY DEFERRABLE"
+            }
+            (Serializable, false, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+            (Serializable, true, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+            (Serializable, false, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE DEFERRABLE",
+            (Serializable, true, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
         }
-        if self.deferrable {
-            sql.push_str(" DEFERRABLE");
-        }
-        sql
     }
 }
 
@@ -181,7 +183,8 @@ where
         deadline: Option<Instant>,
     ) -> Result<Self> {
         let base_timeout = conn.query_timeout();
-        conn.simple_query(&opts.begin_sql()).await?;
+        // Through the statement cache: after the first time, no parsing on either side.
+        conn.execute(opts.begin_sql(), &[]).await?;
         Ok(Tx {
             shared: Arc::new(Mutex::new(State {
                 conn: Some(conn),
@@ -375,23 +378,26 @@ where
                 .max(MIN_COMMIT_WAIT)
         });
         conn.set_query_timeout(None);
-        let node = Pooled::node(&conn).to_string();
         let reply = match wait {
-            Some(w) => tokio::time::timeout(w, conn.simple_query("COMMIT")).await,
-            None => Ok(conn.simple_query("COMMIT").await),
+            Some(w) => tokio::time::timeout(w, conn.execute("COMMIT", &[])).await,
+            None => Ok(conn.execute("COMMIT", &[]).await),
         };
+        let node = || Pooled::node(&conn).to_string();
         match reply {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if e.is_connection_lost() || e.kind() == ErrorKind::Other => Err(
-                outcome_unknown(format!("the connection failed while committing: {e}"), node),
-            ),
+            Ok(Err(e)) if e.is_connection_lost() || e.kind() == ErrorKind::Other => {
+                Err(outcome_unknown(
+                    format!("the connection failed while committing: {e}"),
+                    node(),
+                ))
+            }
             Ok(Err(e)) => Err(e.context("COMMIT failed; the transaction was rolled back")),
             Err(_) => {
                 // The connection still has COMMIT in flight: it is broken and the pool
                 // closes it when `conn` drops.
                 Err(outcome_unknown(
                     format!("no reply to COMMIT within {:?}", wait.unwrap_or_default()),
-                    node,
+                    node(),
                 ))
             }
         }
@@ -534,7 +540,8 @@ where
         T: Send,
     {
         let deadline = opts.timeout.map(|t| Instant::now() + t);
-        let mut delays = opts.backoff.delays(opts.seed.unwrap_or_else(fresh_seed));
+        // Drawn only when a first retry needs it (a seed costs a clock read and a hash).
+        let mut delays = None;
         loop {
             let run = async {
                 let conn = self.get().await?;
@@ -573,7 +580,10 @@ where
                     Err(e)
                 }
             };
-            let Some(wait) = delays.next() else {
+            let wait = delays
+                .get_or_insert_with(|| opts.backoff.delays(opts.seed.unwrap_or_else(fresh_seed)))
+                .next();
+            let Some(wait) = wait else {
                 return Err(match lost {
                     Ok(ours) => ours
                         .context(format!(
@@ -588,6 +598,34 @@ where
             match deadline {
                 Some(d) if Instant::now() + wait >= d => return Err(deadline_error().into()),
                 _ => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn begin_statements_spell_every_option() {
+        for isolation in [
+            IsolationLevel::ReadCommitted,
+            IsolationLevel::RepeatableRead,
+            IsolationLevel::Serializable,
+        ] {
+            for read_only in [false, true] {
+                for deferrable in [false, true] {
+                    let sql = TxOptions::new()
+                        .with_isolation(isolation)
+                        .with_read_only(read_only)
+                        .with_deferrable(deferrable)
+                        .begin_sql();
+                    let level = format!("{isolation:?}").to_ascii_uppercase();
+                    assert!(sql.replace(' ', "").contains(&level), "{sql}");
+                    assert_eq!(sql.contains("READ ONLY"), read_only, "{sql}");
+                    assert_eq!(sql.contains("DEFERRABLE"), deferrable, "{sql}");
+                }
             }
         }
     }

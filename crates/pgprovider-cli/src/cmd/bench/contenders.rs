@@ -77,7 +77,8 @@ impl Workload {
 
 pub(crate) const SELECT1: &str = "SELECT 1";
 pub(crate) const POINT: &str = "SELECT abalance FROM pgprovider_bench_accounts WHERE aid = $1";
-pub(crate) const UPDATE: &str = "UPDATE pgprovider_bench_accounts SET abalance = abalance + $1 WHERE aid = $2";
+pub(crate) const UPDATE: &str =
+    "UPDATE pgprovider_bench_accounts SET abalance = abalance + $1 WHERE aid = $2";
 
 pub(crate) fn aid(task: usize, i: u64) -> i32 {
     (mix(task, i) % ACCOUNTS) as i32 + 1

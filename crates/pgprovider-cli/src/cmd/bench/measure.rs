@@ -19,6 +19,8 @@ pub(crate) struct Sample {
     pub(crate) latency: Histogram<u64>,
     /// Growth of the resident set during the measured window, in KiB.
     pub(crate) peak_growth_kib: u64,
+    /// This process's CPU time (user + system) per operation in the window, in µs.
+    pub(crate) cpu_us_per_op: f64,
 }
 
 /// Runs `op` on `tasks` tasks: `warmup` unmeasured, then `measure` measured.
@@ -63,8 +65,10 @@ pub(crate) async fn drive<O: Op>(
     };
     measuring.store(true, Relaxed);
     let started = Instant::now();
+    let cpu_before = cpu_ticks();
     tokio::time::sleep(measure).await;
     measuring.store(false, Relaxed);
+    let cpu = cpu_ticks().saturating_sub(cpu_before);
     let elapsed = started.elapsed();
     stop.store(true, Relaxed);
     let mut latency = histogram();
@@ -76,6 +80,8 @@ pub(crate) async fn drive<O: Op>(
     }
     let _ = sampler.await;
     Ok(Sample {
+        // USER_HZ is 100 on Linux: a tick is 10 ms.
+        cpu_us_per_op: cpu as f64 * 10_000.0 / ops.max(1) as f64,
         ops_per_sec: ops as f64 / elapsed.as_secs_f64(),
         latency,
         peak_growth_kib: peak.load(Relaxed).saturating_sub(base),
@@ -93,6 +99,25 @@ pub(crate) fn rss_kib() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4)
+}
+
+/// User + system CPU time of this process so far, in clock ticks (0 where `/proc` is
+/// missing).
+fn cpu_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
 }
 
 /// A cheap, well-spread number from a task and an operation index (splitmix64).
@@ -120,16 +145,26 @@ mod tests {
     #[tokio::test]
     async fn counts_only_the_measured_window() {
         let op = Arc::new(Sleepy(AtomicU64::new(0)));
-        let s = drive(op.clone(), 4, Duration::from_millis(50), Duration::from_millis(200))
-            .await
-            .unwrap();
+        let s = drive(
+            op.clone(),
+            4,
+            Duration::from_millis(50),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
         let total = op.0.load(Relaxed) as f64;
         // 4 tasks of ~1 ms operations: at most ~4,000 per second measured, and fewer than
         // all the operations run (the warm-up is left out).
-        assert!(s.ops_per_sec > 100.0 && s.ops_per_sec < 4_500.0, "{}", s.ops_per_sec);
+        assert!(
+            s.ops_per_sec > 100.0 && s.ops_per_sec < 4_500.0,
+            "{}",
+            s.ops_per_sec
+        );
         assert!(s.ops_per_sec * 0.2 < total);
         assert!(s.latency.value_at_quantile(0.5) >= 1_000_000);
         assert!(rss_kib() > 0);
+        assert!(cpu_ticks() > 0 || s.cpu_us_per_op >= 0.0);
         assert_ne!(mix(0, 1), mix(1, 0));
     }
 
@@ -142,10 +177,15 @@ mod tests {
 
     #[tokio::test]
     async fn an_operation_error_ends_the_run_with_it() {
-        let e = drive(Arc::new(Failing), 2, Duration::ZERO, Duration::from_millis(10))
-            .await
-            .err()
-            .unwrap();
+        let e = drive(
+            Arc::new(Failing),
+            2,
+            Duration::ZERO,
+            Duration::from_millis(10),
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("server gone"));
     }
 }

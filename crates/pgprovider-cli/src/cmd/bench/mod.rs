@@ -79,12 +79,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     let runs: usize = workloads
         .iter()
-        .map(|w| {
-            names
-                .iter()
-                .filter(|n| contenders::supports(n, *w))
-                .count()
-        })
+        .map(|w| names.iter().filter(|n| contenders::supports(n, *w)).count())
         .sum();
     let bar = ProgressBar::new((runs * args.rounds) as u64);
     bar.set_style(
@@ -155,7 +150,10 @@ fn choose(args: &BenchArgs) -> anyhow::Result<(Vec<Workload>, Vec<&'static str>)
             None => {
                 return Err(Exit(
                     2,
-                    format!("unknown workload {name:?}; the workloads are {}", all.join(", ")),
+                    format!(
+                        "unknown workload {name:?}; the workloads are {}",
+                        all.join(", ")
+                    ),
                 )
                 .into());
             }

@@ -139,7 +139,11 @@ impl Peer {
                 Workload::WriteTx => {
                     let a = aid(task, i);
                     let mut tx = p.begin().await?;
-                    sqlx::query(UPDATE).bind(1_i32).bind(a).execute(&mut *tx).await?;
+                    sqlx::query(UPDATE)
+                        .bind(1_i32)
+                        .bind(a)
+                        .execute(&mut *tx)
+                        .await?;
                     sqlx::query(POINT).bind(a).fetch_all(&mut *tx).await?;
                     tx.commit().await?;
                 }

@@ -11,6 +11,7 @@ struct Medians {
     p99_us: f64,
     p999_us: f64,
     peak_growth_kib: u64,
+    cpu_us_per_op: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -23,13 +24,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn medians(o: &Outcome) -> Medians {
-    let q = |q: f64| median(o.rounds.iter().map(|s| s.latency.value_at_quantile(q) as f64 / 1e3).collect());
+    let q = |q: f64| {
+        median(
+            o.rounds
+                .iter()
+                .map(|s| s.latency.value_at_quantile(q) as f64 / 1e3)
+                .collect(),
+        )
+    };
     Medians {
         ops_per_sec: median(o.rounds.iter().map(|s| s.ops_per_sec).collect()),
         p50_us: q(0.5),
         p99_us: q(0.99),
         p999_us: q(0.999),
         peak_growth_kib: median(o.rounds.iter().map(|s| s.peak_growth_kib as f64).collect()) as u64,
+        cpu_us_per_op: median(o.rounds.iter().map(|s| s.cpu_us_per_op).collect()),
     }
 }
 
@@ -45,7 +54,10 @@ fn ratios(outcomes: &[&Outcome]) -> Vec<(String, f64)> {
     let mut v = Vec::new();
     if let Some(ours) = ops("pgprovider") {
         for o in outcomes.iter().filter(|o| o.contender != "pgprovider") {
-            v.push((format!("pgprovider/{}", o.contender), ours / medians(o).ops_per_sec));
+            v.push((
+                format!("pgprovider/{}", o.contender),
+                ours / medians(o).ops_per_sec,
+            ));
         }
     }
     if let Some(mux) = ops("pgprovider_mux") {
@@ -72,26 +84,35 @@ fn by_workload(outcomes: &[Outcome]) -> Vec<Vec<&Outcome>> {
 /// Prints one table a workload, medians over rounds, then the ratios.
 pub(crate) fn print(outcomes: &[Outcome], args: &BenchArgs) {
     crate::say!(
-        "\nmedians of {} round(s); latency in µs; memory in KiB (this process's resident set)",
+        "\nmedians of {} round(s); latency and client CPU per operation in µs; memory in KiB (this process's resident set)",
         args.rounds
     );
     for group in by_workload(outcomes) {
         let w = group[0].workload;
         crate::say!("\n{} ({} connections)", w.name(), args.connections);
         crate::say!(
-            "  {:<16} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            "contender", "tasks", "ops/s", "p50", "p99", "p99.9", "mem/conn", "peak"
+            "  {:<16} {:>6} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "contender",
+            "tasks",
+            "ops/s",
+            "p50",
+            "p99",
+            "p99.9",
+            "cpu/op",
+            "mem/conn",
+            "peak"
         );
         for o in &group {
             let m = medians(o);
             crate::say!(
-                "  {:<16} {:>6} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9} {:>9}",
+                "  {:<16} {:>6} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>9.2} {:>9} {:>9}",
                 o.contender,
                 o.tasks,
                 m.ops_per_sec,
                 m.p50_us,
                 m.p99_us,
                 m.p999_us,
+                m.cpu_us_per_op,
                 o.mem_per_conn_kib,
                 m.peak_growth_kib
             );
@@ -119,6 +140,7 @@ pub(crate) fn json(outcomes: &[Outcome], args: &BenchArgs) -> Value {
                     "p50_us": m.p50_us,
                     "p99_us": m.p99_us,
                     "p999_us": m.p999_us,
+                    "cpu_us_per_op": m.cpu_us_per_op,
                     "tasks": o.tasks,
                     "mem_per_conn_kib": o.mem_per_conn_kib,
                     "peak_mem_kib": m.peak_growth_kib,
@@ -127,7 +149,10 @@ pub(crate) fn json(outcomes: &[Outcome], args: &BenchArgs) -> Value {
             );
         }
         let name = group[0].workload.name().to_owned();
-        let r: Map<String, Value> = ratios(&group).into_iter().map(|(k, v)| (k, json!(v))).collect();
+        let r: Map<String, Value> = ratios(&group)
+            .into_iter()
+            .map(|(k, v)| (k, json!(v)))
+            .collect();
         all_ratios.insert(name.clone(), Value::Object(r));
         workloads.insert(name, Value::Object(contenders));
     }
