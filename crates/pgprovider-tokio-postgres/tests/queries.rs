@@ -338,6 +338,16 @@ async fn the_transaction_closure_commits_rolls_back_and_nests_savepoints() {
     })
     .await
     .unwrap();
+    // A committed transaction goes back to the pool clean: no reset round trip.
+    let resets = pool.stats().resets;
+    for _ in 0..3 {
+        pool.transaction(&opts, |tx| async move {
+            tx.query("SELECT count(*) FROM q_tx", &[]).await
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(pool.stats().resets, resets);
     let ids: Vec<(i32,)> = pool
         .query_as("SELECT id FROM q_tx ORDER BY id", &[])
         .await

@@ -12,7 +12,7 @@ use super::lock;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use tokio::sync::Notify;
@@ -32,6 +32,10 @@ pub(crate) struct Entry {
 pub(crate) struct Deadlines {
     pub(crate) queue: Mutex<VecDeque<Arc<Entry>>>,
     wake: Arc<Notify>,
+    /// The watchdog found nothing to wait for and sleeps until notified. Read and written
+    /// under the queue's lock. While it sleeps on a timer instead, new entries need no
+    /// wake-up: their deadlines are later than the one it sleeps until.
+    parked: AtomicBool,
 }
 
 impl Deadlines {
@@ -51,7 +55,7 @@ impl Deadlines {
             state: AtomicU8::new(WAITING),
             waker: Mutex::new(None),
         });
-        let was_empty = {
+        let parked = {
             let mut q = lock(&self.queue);
             while q
                 .front()
@@ -59,11 +63,10 @@ impl Deadlines {
             {
                 q.pop_front();
             }
-            let was_empty = q.is_empty();
             q.push_back(entry.clone());
-            was_empty
+            self.parked.swap(false, Ordering::Relaxed)
         };
-        if was_empty {
+        if parked {
             self.wake.notify_one();
         }
         Registration(entry)
@@ -148,7 +151,9 @@ async fn watchdog(deadlines: Weak<Deadlines>, wake: Arc<Notify>) {
                     break;
                 }
             }
-            q.front().map(|e| e.deadline)
+            let next = q.front().map(|e| e.deadline);
+            d.parked.store(next.is_none(), Ordering::Relaxed);
+            next
         };
         match next {
             Some(at) => {
