@@ -143,30 +143,40 @@ impl Multiplexed {
     /// [`ErrorKind::Rejected`] for a statement that is not a plain read (nothing is sent);
     /// the server's error otherwise (SQLSTATE 25006 for a write hidden in a read).
     pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        let node = self.inner.params.node_name();
-        if let Err(why) = check_read_only(sql) {
-            self.inner.rejected.fetch_add(1, Relaxed);
-            return Err(Error::new(
-                ErrorKind::Rejected,
-                format!("multiplexed mode runs only plain reads: {why}"),
-            )
-            .with_node(node)
-            .with_hint("run writes, transactions and session settings through the pool"));
-        }
-        self.inner.queries.fetch_add(1, Relaxed);
         let shared = &self.inner.conns[self.pick()];
         shared.in_flight.fetch_add(1, Relaxed);
         let _done = InFlight(&shared.in_flight);
         let mut retried = false;
         loop {
             let session = shared.session();
-            let result = match session.statement(sql).await {
-                Ok(stmt) => session.client.query(&stmt, params).await,
-                Err(e) => Err(e),
+            // A statement is checked once, before it is first prepared on a session: a
+            // cached one has passed.
+            let stmt = match session.cached(sql) {
+                Some(stmt) => stmt,
+                None => {
+                    if let Err(why) = check_read_only(sql) {
+                        self.inner.rejected.fetch_add(1, Relaxed);
+                        return Err(Error::new(
+                            ErrorKind::Rejected,
+                            format!("multiplexed mode runs only plain reads: {why}"),
+                        )
+                        .with_node(self.inner.params.node_name())
+                        .with_hint(
+                            "run writes, transactions and session settings through the pool",
+                        ));
+                    }
+                    match session.prepare(sql).await {
+                        Ok(stmt) => stmt,
+                        Err(e) => return Err(map_error(e).with_node(self.inner.params.node_name())),
+                    }
+                }
             };
-            let err = match result {
+            if !retried {
+                self.inner.queries.fetch_add(1, Relaxed);
+            }
+            let err = match session.client.query(&stmt, params).await {
                 Ok(rows) => return Ok(rows),
-                Err(e) => map_error(e).with_node(node.clone()),
+                Err(e) => map_error(e).with_node(self.inner.params.node_name()),
             };
             let state = err.sql_state();
             let stale = state == Some(SqlState::FEATURE_NOT_SUPPORTED)
@@ -249,10 +259,11 @@ impl Shared {
 }
 
 impl Session {
-    async fn statement(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
-        if let Some(s) = self.cache().get(sql) {
-            return Ok(s.clone());
-        }
+    fn cached(&self, sql: &str) -> Option<Statement> {
+        self.cache().get(sql).cloned()
+    }
+
+    async fn prepare(&self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
         let stmt = self.client.prepare(sql).await?;
         let mut cache = self.cache();
         if cache.len() < STATEMENT_CACHE {
