@@ -1,4 +1,5 @@
-//! `#[derive(FromRow)]` for pgprovider: reads a struct from a row, field by field.
+//! Macros for pgprovider: `#[derive(FromRow)]` reads a struct from a row, field by field;
+//! `embed_migrations!` puts a folder of migration files in the binary.
 //!
 //! Use it through `pgprovider` (feature `derive`), which re-exports it next to the
 //! `FromRow` trait:
@@ -91,6 +92,45 @@ fn expand(input: &DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
     })
 }
 
+/// Embeds a folder of migration files in the binary: `embed_migrations!("migrations")`
+/// (relative to the crate's `Cargo.toml`) expands to
+/// `pgprovider::migrate::Migrations::from_files([...])` with every `.sql` file of the folder
+/// included by `include_str!`, so edits rebuild the crate (a file added later needs a
+/// `cargo clean -p` or a touch of the calling file).
+#[proc_macro]
+pub fn embed_migrations(input: TokenStream) -> TokenStream {
+    let dir = parse_macro_input!(input as LitStr);
+    embed(&dir)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+fn embed(dir: &LitStr) -> syn::Result<proc_macro2::TokenStream> {
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    let path = std::path::Path::new(&root).join(dir.value());
+    let entries = std::fs::read_dir(&path).map_err(|e| {
+        syn::Error::new(
+            dir.span(),
+            format!("cannot read the migrations folder {}: {e}", path.display()),
+        )
+    })?;
+    let mut files: Vec<(String, String)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            name.ends_with(".sql")
+                .then(|| (name, e.path().display().to_string()))
+        })
+        .collect();
+    files.sort();
+    let pairs = files
+        .iter()
+        .map(|(name, full)| quote! { (#name, ::std::include_str!(#full)) });
+    Ok(quote! {
+        ::pgprovider::migrate::Migrations::from_files([#(#pairs),*])
+    })
+}
+
 /// The column named by `#[from_row(rename = "…")]`, if any.
 fn rename(field: &syn::Field) -> syn::Result<Option<String>> {
     let mut out = None;
@@ -142,6 +182,33 @@ mod tests {
                 .unwrap()
                 .contains("\"type\"")
         );
+    }
+
+    #[test]
+    fn migrations_are_embedded_in_name_order() {
+        let dir = tempfile_dir();
+        std::fs::write(dir.join("2_b.sql"), "SELECT 2").unwrap();
+        std::fs::write(dir.join("1_a.sql"), "SELECT 1").unwrap();
+        std::fs::write(dir.join("notes.md"), "no").unwrap();
+        let lit = syn::LitStr::new(dir.to_str().unwrap(), proc_macro2::Span::call_site());
+        let out = super::embed(&lit).unwrap().to_string();
+        let a = out.find("\"1_a.sql\"").unwrap();
+        let b = out.find("\"2_b.sql\"").unwrap();
+        assert!(a < b && !out.contains("notes.md"), "{out}");
+        let missing = syn::LitStr::new("/nonexistent/dir", proc_macro2::Span::call_site());
+        assert!(
+            super::embed(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("pgprovider-macros-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     #[test]

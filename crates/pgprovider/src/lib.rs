@@ -26,6 +26,7 @@
 //! | queries on the pool | [`Pool::query`], [`Pool::query_as`], [`Pool::execute`], … |
 //! | transactions | [`tx`]: [`Pool::transaction`], [`Pool::begin`], [`TxOptions`] |
 //! | backoff with jitter | [`retry`] |
+//! | schema migrations, per database or tenant schema | [`migrate`] |
 //!
 //! | feature | enables | default |
 //! | --- | --- | --- |
@@ -33,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod migrate;
 pub mod pool;
 mod query;
 pub mod registry;
@@ -57,6 +59,16 @@ pub use tx::{IsolationLevel, Tx, TxOptions};
 /// ```
 #[cfg(feature = "derive")]
 pub use pgprovider_macros::FromRow;
+
+/// Embeds a folder of migration files in the binary, as [`migrate::Migrations`]; the path is
+/// relative to the calling crate's `Cargo.toml`.
+///
+/// ```no_run
+/// let migrations = pgprovider::embed_migrations!("migrations")?;
+/// # Ok::<(), pgprovider::Error>(())
+/// ```
+#[cfg(feature = "derive")]
+pub use pgprovider_macros::embed_migrations;
 
 pub use pgprovider_core::{
     CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, FromRow, Host,
