@@ -1,4 +1,4 @@
-//! The `pgprovider` command-line tool: `demo`, `health` and `bench`.
+//! The `pgprovider` command-line tool: `demo`, `health`, `bench` and `migrate`.
 //!
 //! The binary is a thin wrapper around [`main`]; every command returns an `anyhow::Result`
 //! and errors are printed as one readable message, never as a panic or backtrace.
@@ -58,6 +58,7 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
         opt::Command::Demo(args) => cmd::demo::run(args).await,
         opt::Command::Health(args) => cmd::health::run(args).await,
         opt::Command::Bench(args) => cmd::bench::run(args).await,
+        opt::Command::Migrate(args) => cmd::migrate::run(args).await,
     }
 }
 

@@ -24,6 +24,56 @@ pub enum Command {
     /// feature) deadpool-postgres, bb8 and sqlx, interleaved round by round on one server.
     /// Uses DATABASE_URL when set; otherwise starts a throwaway PostgreSQL cluster.
     Bench(BenchArgs),
+    /// Versioned schema migrations: `up`, `status`, `down`, for the database or for every
+    /// tenant schema. Uses --url, else DATABASE_URL and the PG* variables.
+    Migrate(MigrateArgs),
+}
+
+/// Options of `pgprovider migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The database; without it, DATABASE_URL and the PG* variables are read.
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// The folder of migration files (`<version>_<name>.sql`, `<version>_<name>.down.sql`).
+    #[arg(long, global = true, default_value = "migrations")]
+    pub dir: std::path::PathBuf,
+    /// The history table.
+    #[arg(long, global = true, default_value = "pgprovider_migrations")]
+    pub table: String,
+    /// Apply to these tenant schemas (comma-separated) instead of the database's default
+    /// schema; each gets its own history table.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub tenants: Vec<String>,
+    /// Apply to every schema whose name matches this SQL LIKE pattern, such as `tenant_%`.
+    #[arg(long, global = true)]
+    pub tenant_pattern: Option<String>,
+    /// Tenants migrated at once.
+    #[arg(long, global = true, default_value_t = 4)]
+    pub concurrency: usize,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: MigrateAction,
+}
+
+/// `pgprovider migrate` actions.
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Apply pending migrations (all, or up to --to).
+    Up {
+        /// The last version to apply.
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// List every migration: applied, pending, changed since applied, or unknown. Exits 1
+    /// when an applied file changed.
+    Status,
+    /// Revert applied migrations newer than --to, newest first, with their down files.
+    Down {
+        /// The version to go back to (0 reverts everything).
+        #[arg(long)]
+        to: i64,
+    },
 }
 
 /// Options of `pgprovider bench`.

@@ -305,3 +305,137 @@ fn bench_rejects_bad_input() {
         assert!(text(&o).1.contains("--features peers"));
     }
 }
+
+#[test]
+fn migrate_up_status_down_and_tenants() {
+    let url = shared_url();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    std::fs::write(
+        dir.path().join("1_cli_mig_t.sql"),
+        "CREATE TABLE cli_mig_t (id int)",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("1_cli_mig_t.down.sql"),
+        "DROP TABLE cli_mig_t",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("2_cli_mig_u.sql"),
+        "CREATE TABLE cli_mig_u (id int)",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("2_cli_mig_u.down.sql"),
+        "DROP TABLE cli_mig_u",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "migrate",
+            "--url",
+            &url,
+            "--dir",
+            d,
+            "--table",
+            "cli_mig_history",
+        ];
+        all.extend_from_slice(args);
+        let o = pgprovider(&all, None);
+        let (out, err) = text(&o);
+        assert_no_panic(&err);
+        (o.status.code(), out, err)
+    };
+    // Leftovers of an earlier failed run.
+    run(&["down", "--to", "0"]);
+    drop_schemas(&url, &["cli_mig_a", "cli_mig_b"]);
+
+    let (code, out, _) = run(&["status"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(out.matches("pending").count(), 2, "{out}");
+    let (code, out, err) = run(&["up", "--to", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("applied 1_cli_mig_t"), "{out}");
+    let (_, out, _) = run(&["up"]);
+    assert!(
+        out.contains("applied 2_cli_mig_u") && out.contains("1 migration(s) applied"),
+        "{out}"
+    );
+    let (_, out, _) = run(&["up"]);
+    assert!(out.contains("0 migration(s) applied"), "{out}");
+    // An applied file edited: status says so and fails.
+    std::fs::write(
+        dir.path().join("1_cli_mig_t.sql"),
+        "CREATE TABLE cli_mig_t (id bigint)",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["status"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("CHANGED") && err.contains("changed"),
+        "{out}{err}"
+    );
+    let (code, _, err) = run(&["up"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("1_cli_mig_t"), "{err}");
+    std::fs::write(
+        dir.path().join("1_cli_mig_t.sql"),
+        "CREATE TABLE cli_mig_t (id int)",
+    )
+    .unwrap();
+    let (code, out, _) = run(&["down", "--to", "0"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("2 migration(s) reverted"), "{out}");
+
+    // Tenants: a list and a pattern.
+    let (code, out, err) = run(&["--tenants", "cli_mig_a,cli_mig_b", "up"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("2 tenant(s) migrated (4 migration(s) applied), 0 failed"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["--tenant-pattern", "cli_mig_%", "status"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("tenant cli_mig_a:") && out.contains("tenant cli_mig_b:"),
+        "{out}"
+    );
+    let (code, _, err) = run(&["--tenants", "cli_mig_a", "down", "--to", "0"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("only `up`"), "{err}");
+    let (code, _, err) = run(&["--tenant-pattern", "no_such_%", "up"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no schema matches"), "{err}");
+    let o = pgprovider(
+        &["migrate", "--url", &url, "--dir", "/nonexistent", "status"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    drop_schemas(&url, &["cli_mig_a", "cli_mig_b"]);
+}
+
+fn drop_schemas(url: &str, schemas: &[&str]) {
+    let url = url.to_owned();
+    let schemas: Vec<String> = schemas.iter().map(|s| s.to_string()).collect();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                for s in schemas {
+                    client
+                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
+                        .await
+                        .unwrap();
+                }
+            })
+    })
+    .join()
+    .unwrap();
+}
