@@ -63,8 +63,10 @@ pub use pgprovider_macros::FromRow;
 /// Embeds a folder of migration files in the binary, as [`migrate::Migrations`]; the path is
 /// relative to the calling crate's `Cargo.toml`.
 ///
-/// ```no_run
-/// let migrations = pgprovider::embed_migrations!("migrations")?;
+/// ```
+/// let migrations = pgprovider::embed_migrations!("examples/migrations")?;
+/// assert_eq!(migrations.get(1).unwrap().name(), "example_users");
+/// assert!(migrations.get(1).unwrap().down().is_some());
 /// # Ok::<(), pgprovider::Error>(())
 /// ```
 #[cfg(feature = "derive")]
