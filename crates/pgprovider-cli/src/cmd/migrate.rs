@@ -20,23 +20,15 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     let code = match (tenants, &args.action) {
         (None, MigrateAction::Up { to }) => {
             let report = migrator.up(&mut *pool.get().await?, *to).await?;
-            for (v, name, took) in &report.applied {
-                crate::say!("applied {v}_{name} ({} ms)", took.as_millis());
-            }
-            crate::say!(
-                "{} migration(s) applied; the database is up to date",
-                report.applied.len()
-            );
+            print_report("applied", &report, "the database is up to date");
             ExitCode::SUCCESS
         }
         (None, MigrateAction::Down { to }) => {
             let report = migrator.down(&mut *pool.get().await?, *to).await?;
-            for (v, name, took) in &report.applied {
-                crate::say!("reverted {v}_{name} ({} ms)", took.as_millis());
-            }
-            crate::say!(
-                "{} migration(s) reverted; now at version {to} or below",
-                report.applied.len()
+            print_report(
+                "reverted",
+                &report,
+                &format!("now at version {to} or below"),
             );
             ExitCode::SUCCESS
         }
@@ -65,6 +57,13 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
     };
     pool.close().await;
     Ok(code)
+}
+
+fn print_report(verb: &str, report: &pgprovider::migrate::Report, end: &str) {
+    for (v, name, took) in &report.applied {
+        crate::say!("{verb} {v}_{name} ({} ms)", took.as_millis());
+    }
+    crate::say!("{} migration(s) {verb}; {end}", report.applied.len());
 }
 
 /// The tenant schemas asked for: the list, and the schemas matching the pattern.
