@@ -395,6 +395,21 @@ fn migrate_up_status_down_and_tenants() {
         out.contains("2 tenant(s) migrated (4 migration(s) applied), 0 failed"),
         "{out}"
     );
+    // A tenant that fails: reported, the others go on, exit 1.
+    drop_schemas(&url, &["cli_mig_c"]);
+    create_conflict(&url);
+    let (code, out, _) = run(&["--tenants", "cli_mig_a,cli_mig_c", "up"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("1 tenant(s) migrated (0 migration(s) applied), 1 failed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cli_mig_c: migration 1_cli_mig_t.sql failed"),
+        "{out}"
+    );
+    assert!(out.contains("fix the failed tenants"), "{out}");
+    drop_schemas(&url, &["cli_mig_c"]);
     let (code, out, _) = run(&["--tenant-pattern", "cli_mig_%", "status"]);
     assert_eq!(code, Some(0));
     assert!(
@@ -415,9 +430,15 @@ fn migrate_up_status_down_and_tenants() {
     drop_schemas(&url, &["cli_mig_a", "cli_mig_b"]);
 }
 
-fn drop_schemas(url: &str, schemas: &[&str]) {
+fn create_conflict(url: &str) {
+    sql(
+        url,
+        "CREATE SCHEMA cli_mig_c; CREATE TABLE cli_mig_c.cli_mig_t (x int)".to_owned(),
+    );
+}
+
+fn sql(url: &str, statement: String) {
     let url = url.to_owned();
-    let schemas: Vec<String> = schemas.iter().map(|s| s.to_string()).collect();
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -428,14 +449,15 @@ fn drop_schemas(url: &str, schemas: &[&str]) {
                     .await
                     .unwrap();
                 tokio::spawn(conn);
-                for s in schemas {
-                    client
-                        .batch_execute(&format!("DROP SCHEMA IF EXISTS {s} CASCADE"))
-                        .await
-                        .unwrap();
-                }
+                client.batch_execute(&statement).await.unwrap();
             })
     })
     .join()
     .unwrap();
+}
+
+fn drop_schemas(url: &str, schemas: &[&str]) {
+    for s in schemas {
+        sql(url, format!("DROP SCHEMA IF EXISTS {s} CASCADE"));
+    }
 }

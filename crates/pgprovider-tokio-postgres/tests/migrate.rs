@@ -282,6 +282,50 @@ async fn fifty_tenants_are_migrated_and_a_failed_one_resumes() {
 }
 
 #[tokio::test]
+async fn non_transactional_migrations_in_a_tenant_schema() {
+    let pool = pool("").await;
+    pool.execute("DROP SCHEMA IF EXISTS mig_notx CASCADE", &[])
+        .await
+        .unwrap();
+    let m = Migrator::new(
+        Migrations::from_files([
+            ("1_t.sql", "CREATE TABLE t (id int)"),
+            (
+                "2_i.sql",
+                "-- pgprovider:no-transaction\nCREATE INDEX CONCURRENTLY t_id ON t (id)",
+            ),
+            (
+                "3_bad.sql",
+                "-- pgprovider:no-transaction\nCREATE INDEX CONCURRENTLY t_x ON t (nope)",
+            ),
+        ])
+        .unwrap(),
+    )
+    .with_schema("mig_notx");
+    let mut c = pool.get().await.unwrap();
+    let e = m.up(&mut *c, None).await.unwrap_err();
+    assert!(
+        e.message()
+            .contains("3_bad.sql failed (outside a transaction"),
+        "{e}"
+    );
+    let idx: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'mig_notx' AND indexname = 't_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idx, 1, "the index went into the tenant's schema");
+    let path: String = c.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    assert!(!path.contains("mig_notx"), "search_path restored: {path}");
+    c.simple_query("DROP SCHEMA mig_notx CASCADE")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn embedded_migrations_apply_and_revert() {
     let migrations = pgprovider::embed_migrations!("tests/fixtures/migrations").unwrap();
     assert_eq!(migrations.len(), 1);

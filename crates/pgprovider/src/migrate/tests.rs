@@ -53,6 +53,14 @@ fn folders_are_read_and_names_quoted() {
     std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
     let m = Migrations::from_dir(dir.path()).unwrap();
     assert_eq!(m.len(), 1);
+    // A .sql entry that cannot be read as a file is an error naming it.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::create_dir(bad.path().join("2_dir.sql")).unwrap();
+    let e = Migrations::from_dir(bad.path()).unwrap_err();
+    assert!(
+        e.message().contains("cannot read") && e.message().contains("2_dir.sql"),
+        "{e}"
+    );
     assert_eq!(ident("we\"ird"), "\"we\"\"ird\"");
     assert_eq!(literal("it's"), "'it''s'");
     let a = Migrator::new(m.clone()).with_schema("t1");
