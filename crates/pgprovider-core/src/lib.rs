@@ -22,6 +22,7 @@
 
 mod driver;
 mod error;
+mod notify;
 mod params;
 mod query;
 mod secret;
@@ -30,6 +31,7 @@ mod statements;
 
 pub use driver::{CancelToken, Connection, Driver, SimpleRow};
 pub use error::{DbErrorFields, Error, ErrorKind, Result};
+pub use notify::{MAX_CHANNEL, MAX_PAYLOAD, Notification, check_channel, check_notification};
 pub use params::{ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, SslMode, TlsParams};
 pub use query::{Column, FromRow, Queries};
 pub use secret::Secret;

@@ -67,6 +67,7 @@ impl PgConnection {
         connection: tokio_postgres::Connection<S, T>,
         cancel: Cancel,
         params: &ConnectParams,
+        notifications: Option<tokio::sync::mpsc::UnboundedSender<pgprovider_core::Notification>>,
     ) -> Self
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -75,8 +76,29 @@ impl PgConnection {
         let node = params.node_name();
         let n = node.clone();
         let driver_task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(node = %n, error = %e, "connection ended with an error");
+            let Some(tx) = notifications else {
+                if let Err(e) = connection.await {
+                    tracing::debug!(node = %n, error = %e, "connection ended with an error");
+                }
+                return;
+            };
+            // Driving the connection message by message hands over its notifications.
+            let mut connection = connection;
+            while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match m {
+                    Ok(tokio_postgres::AsyncMessage::Notification(note)) => {
+                        let _ = tx.send(pgprovider_core::Notification::new(
+                            note.channel(),
+                            note.payload(),
+                            note.process_id(),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(node = %n, error = %e, "listener connection ended with an error");
+                        break;
+                    }
+                }
             }
         });
         PgConnection {

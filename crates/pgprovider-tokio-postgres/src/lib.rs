@@ -49,6 +49,7 @@ mod cache;
 mod conn;
 mod copy;
 mod error;
+mod listen;
 mod mux;
 mod query;
 mod tls;
@@ -56,7 +57,9 @@ mod tls;
 pub use conn::{PgConnection, RESET_RECIPE};
 pub use copy::CopyRow;
 pub use error::map_error;
+pub use listen::{Event, Listener, ListenerBuilder, ListenerStats, Subscription};
 pub use mux::{Multiplexed, MuxStats};
+pub use pgprovider_core::Notification;
 pub use query::{BatchResult, Param, PgRow, PgRowStream};
 pub use tls::SYSTEM_ROOTS;
 pub use tokio_postgres::types;
@@ -69,7 +72,9 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 /// The tokio-postgres driver. Registered under the name `"tokio-postgres"`.
 #[derive(Clone, Debug, Default)]
 pub struct TokioPostgres {
-    _private: (),
+    /// Where the connections' notifications go (the listener's connection); `None` drops
+    /// them, as pooled connections do.
+    notifications: Option<tokio::sync::mpsc::UnboundedSender<pgprovider_core::Notification>>,
 }
 
 impl TokioPostgres {
@@ -79,6 +84,16 @@ impl TokioPostgres {
     /// A new driver.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A driver whose connections forward LISTEN notifications to `tx` (used by
+    /// [`Listener`]).
+    pub(crate) fn with_notifications(
+        tx: tokio::sync::mpsc::UnboundedSender<pgprovider_core::Notification>,
+    ) -> Self {
+        TokioPostgres {
+            notifications: Some(tx),
+        }
     }
 }
 
@@ -116,27 +131,44 @@ impl Driver for TokioPostgres {
         let Some(tls) = tls::connector(&params.tls, &node)?.filter(|_| mode != SslMode::Disable)
         else {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            return open(&cfg, tokio_postgres::NoTls, Cancel::Plain, params, &node).await;
+            return open(
+                &cfg,
+                tokio_postgres::NoTls,
+                Cancel::Plain,
+                params,
+                &node,
+                self,
+            )
+            .await;
         };
         match mode {
             SslMode::Allow => {
                 // Plaintext first; TLS only when the server refuses plaintext.
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                match open(&cfg, tokio_postgres::NoTls, Cancel::Plain, params, &node).await {
+                match open(
+                    &cfg,
+                    tokio_postgres::NoTls,
+                    Cancel::Plain,
+                    params,
+                    &node,
+                    self,
+                )
+                .await
+                {
                     Err(e) if refuses_plaintext(&e) => {
                         cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                        open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node).await
+                        open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
                     }
                     other => other,
                 }
             }
             SslMode::Prefer => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node).await
+                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
             }
             _ => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node).await
+                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
             }
         }
     }
@@ -155,6 +187,7 @@ async fn open<T>(
     cancel: Cancel,
     params: &ConnectParams,
     node: &str,
+    driver: &TokioPostgres,
 ) -> Result<PgConnection>
 where
     T: MakeTlsConnect<Socket> + Send,
@@ -179,5 +212,11 @@ where
         None => connecting.await,
     };
     let (client, connection) = result.map_err(|e| error::connect_error(e, node))?;
-    Ok(PgConnection::new(client, connection, cancel, params))
+    Ok(PgConnection::new(
+        client,
+        connection,
+        cancel,
+        params,
+        driver.notifications.clone(),
+    ))
 }
