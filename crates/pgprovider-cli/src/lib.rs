@@ -1,4 +1,5 @@
-//! The `pgprovider` command-line tool: `demo`, `health`, `bench` and `migrate`.
+//! The `pgprovider` command-line tool: `demo`, `health`, `bench`, `migrate`, `listen` and
+//! `notify`.
 //!
 //! The binary is a thin wrapper around [`main`]; every command returns an `anyhow::Result`
 //! and errors are printed as one readable message, never as a panic or backtrace.
@@ -59,6 +60,8 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
         opt::Command::Health(args) => cmd::health::run(args).await,
         opt::Command::Bench(args) => cmd::bench::run(args).await,
         opt::Command::Migrate(args) => cmd::migrate::run(args).await,
+        opt::Command::Listen(args) => cmd::listen::listen(args).await,
+        opt::Command::Notify(args) => cmd::listen::notify(args).await,
     }
 }
 

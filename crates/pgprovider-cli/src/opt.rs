@@ -27,6 +27,39 @@ pub enum Command {
     /// Versioned schema migrations: `up`, `status`, `down`, for the database or for every
     /// tenant schema. Uses --url, else DATABASE_URL and the PG* variables.
     Migrate(MigrateArgs),
+    /// Print notifications of the channels as JSON lines (and gaps after reconnects) until
+    /// interrupted or --count notifications arrived.
+    Listen(ListenArgs),
+    /// Send one notification.
+    Notify(NotifyArgs),
+}
+
+/// Options of `pgprovider listen`.
+#[derive(Debug, clap::Args)]
+pub struct ListenArgs {
+    /// The channels.
+    #[arg(required = true)]
+    pub channels: Vec<String>,
+    /// The database; without it, DATABASE_URL and the PG* variables are read. With several
+    /// hosts, the listener follows the primary.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Stop after this many notifications.
+    #[arg(long)]
+    pub count: Option<u64>,
+}
+
+/// Options of `pgprovider notify`.
+#[derive(Debug, clap::Args)]
+pub struct NotifyArgs {
+    /// The channel.
+    pub channel: String,
+    /// The payload (at most 7999 bytes).
+    #[arg(default_value = "")]
+    pub payload: String,
+    /// The database; without it, DATABASE_URL and the PG* variables are read.
+    #[arg(long)]
+    pub url: Option<String>,
 }
 
 /// Options of `pgprovider migrate`.

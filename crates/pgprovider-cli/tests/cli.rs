@@ -461,3 +461,41 @@ fn drop_schemas(url: &str, schemas: &[&str]) {
         sql(url, format!("DROP SCHEMA IF EXISTS {s} CASCADE"));
     }
 }
+
+#[test]
+fn listen_prints_notifications_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let url = shared_url();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgprovider"))
+        .args(["listen", "--url", &url, "--count", "2", "cli chan"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening on cli chan"), "{line}");
+    for payload in ["one", "two \"quoted\""] {
+        let o = pgprovider(&["notify", "--url", &url, "cli chan", payload], None);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["channel"], "cli chan");
+    assert_eq!(lines[0]["payload"], "one");
+    assert_eq!(lines[1]["payload"], "two \"quoted\"");
+    assert!(lines[1]["process_id"].as_i64().unwrap() > 0);
+
+    let big = "x".repeat(8000);
+    let o = pgprovider(&["notify", "--url", &url, "jobs", &big], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("at most 7999"), "{:?}", text(&o));
+    let o = pgprovider(&["listen", "--url", &url, &"c".repeat(64)], None);
+    assert_eq!(o.status.code(), Some(2));
+}

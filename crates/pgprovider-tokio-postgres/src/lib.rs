@@ -57,7 +57,7 @@ mod tls;
 pub use conn::{PgConnection, RESET_RECIPE};
 pub use copy::CopyRow;
 pub use error::map_error;
-pub use listen::{Event, Listener, ListenerBuilder, ListenerStats, Subscription};
+pub use listen::{Event, Listener, ListenerBuilder, ListenerStats, SlowSubscriber, Subscription};
 pub use mux::{Multiplexed, MuxStats};
 pub use pgprovider_core::Notification;
 pub use query::{BatchResult, Param, PgRow, PgRowStream};

@@ -16,7 +16,8 @@
 //!   the network gone without a FIN), and it reconnects instead of waiting for TCP's timeout.
 //! - **Backpressure**: each channel buffers up to the configured number of events per
 //!   subscription; a subscriber that falls behind loses the oldest and receives
-//!   [`Event::Lagged`] with the count, so one slow subscriber never blocks the others or the
+//!   [`Event::Lagged`] with the count, or (with [`SlowSubscriber::Disconnect`]) is told so
+//!   and its stream ends; either way one slow subscriber never blocks the others or the
 //!   connection.
 //! - **Channel names** are quoted identifiers (any name is safe, up to 63 bytes); payloads are
 //!   checked against the server's limit before anything is sent ([`PgConnection::notify`]).
@@ -84,12 +85,24 @@ pub struct ListenerStats {
 
 type Callback = Arc<dyn Fn() + Send + Sync>;
 
+/// What happens to a subscriber whose buffer overflows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SlowSubscriber {
+    /// It loses the oldest events and gets [`Event::Lagged`] with the count (the default).
+    #[default]
+    DropOldest,
+    /// It gets [`Event::Lagged`] and then its stream ends: it must subscribe again.
+    Disconnect,
+}
+
 /// Builds a [`Listener`].
 #[must_use]
 pub struct ListenerBuilder {
     nodes: Vec<ConnectParams>,
     heartbeat: Duration,
     buffer: usize,
+    slow: SlowSubscriber,
     on_reconnect: Option<Callback>,
 }
 
@@ -116,6 +129,12 @@ impl ListenerBuilder {
         self
     }
 
+    /// What happens to a subscriber that falls more than the buffer behind.
+    pub fn with_slow_subscriber(mut self, policy: SlowSubscriber) -> Self {
+        self.slow = policy;
+        self
+    }
+
     /// Calls `f` each time the listener is listening again after a reconnect (before the
     /// subscriptions get [`Event::Gap`]), for example to re-read state that notifications
     /// would have announced.
@@ -135,6 +154,7 @@ impl ListenerBuilder {
             channels: Mutex::new(HashMap::new()),
             commands,
             buffer: self.buffer,
+            slow: self.slow,
             notifications: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
         });
@@ -161,6 +181,7 @@ struct Shared {
     channels: Mutex<HashMap<String, broadcast::Sender<Event>>>,
     commands: mpsc::UnboundedSender<Command>,
     buffer: usize,
+    slow: SlowSubscriber,
     notifications: AtomicU64,
     reconnects: AtomicU64,
 }
@@ -187,6 +208,7 @@ impl Listener {
             nodes,
             heartbeat: Duration::from_secs(5),
             buffer: 1024,
+            slow: SlowSubscriber::default(),
             on_reconnect: None,
         }
     }
@@ -219,7 +241,7 @@ impl Listener {
         };
         let sub = Subscription {
             channel: channel.to_owned(),
-            stream: Box::pin(events(rx)),
+            stream: Box::pin(events(rx, self.shared.slow)),
             listener: self.clone(),
         };
         if first {
@@ -296,11 +318,18 @@ impl Drop for Subscription {
     }
 }
 
-fn events(rx: broadcast::Receiver<Event>) -> impl Stream<Item = Event> + Send + Sync {
-    futures_util::stream::unfold(rx, |mut rx| async move {
+fn events(
+    rx: broadcast::Receiver<Event>,
+    slow: SlowSubscriber,
+) -> impl Stream<Item = Event> + Send + Sync {
+    futures_util::stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
         match rx.recv().await {
-            Ok(e) => Some((e, rx)),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some((Event::Lagged(n), rx)),
+            Ok(e) => Some((e, Some(rx))),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let keep = (slow == SlowSubscriber::DropOldest).then_some(rx);
+                Some((Event::Lagged(n), keep))
+            }
             Err(broadcast::error::RecvError::Closed) => None,
         }
     })

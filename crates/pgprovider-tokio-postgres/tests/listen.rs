@@ -181,6 +181,29 @@ async fn a_stalled_subscriber_does_not_delay_another() {
         Event::Notification(n) => assert_eq!(n.payload, "184"),
         e => panic!("{e:?}"),
     }
+
+    // With the disconnect policy, a subscriber that falls behind is told so and dropped.
+    let strict = Listener::builder(nodes(&c).await)
+        .with_buffer(4)
+        .with_slow_subscriber(pgprovider_tokio_postgres::SlowSubscriber::Disconnect)
+        .start()
+        .await
+        .unwrap();
+    let mut slow = strict.subscribe("busy2").await.unwrap();
+    for i in 0..10 {
+        conn.notify("busy2", &i.to_string()).await.unwrap();
+    }
+    // Wait until the listener has received all ten (and so overflowed the buffer).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while strict.stats().notifications < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notifications did not arrive"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(next(&mut slow).await, Event::Lagged(6));
+    assert!(slow.next().await.is_none(), "the stream ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,4 +2,5 @@
 pub(crate) mod bench;
 pub(crate) mod demo;
 pub(crate) mod health;
+pub(crate) mod listen;
 pub(crate) mod migrate;
