@@ -171,7 +171,11 @@ impl ListenerBuilder {
 }
 
 /// A LISTEN connection shared by any number of subscriptions. Cheap to clone; the connection
-/// closes when the listener and every subscription are dropped. See the [module docs](self).
+/// closes when the listener and every subscription are dropped.
+///
+/// It follows the primary among the nodes it was given, reconnects with backoff after any
+/// loss (sending [`Event::Gap`] to every subscription once it listens again), checks an idle
+/// connection with a heartbeat, and bounds each subscriber's buffer ([`SlowSubscriber`]).
 #[derive(Clone)]
 pub struct Listener {
     shared: Arc<Shared>,
