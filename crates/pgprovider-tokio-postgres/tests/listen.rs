@@ -270,3 +270,23 @@ async fn a_failover_is_followed_by_a_gap_then_delivery_from_the_new_primary() {
         e => panic!("{e:?}"),
     }
 }
+
+#[tokio::test]
+async fn no_primary_is_a_clear_error() {
+    let c = Config::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=1",
+        pgprovider_testkit::free_port().unwrap()
+    ))
+    .unwrap();
+    let builder = Listener::builder(nodes(&c).await).with_heartbeat(Duration::from_secs(1));
+    assert!(format!("{builder:?}").contains("heartbeat"));
+    let e = builder.start().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect);
+    assert!(e.message().contains("no primary to listen on"), "{e}");
+    assert!(e.hint().unwrap().contains("LISTEN needs the primary"));
+    let ok = Listener::connect(nodes(&config("").await).await)
+        .await
+        .unwrap();
+    let sub = ok.subscribe("debugged").await.unwrap();
+    assert!(format!("{sub:?}").contains("debugged"));
+}
