@@ -27,6 +27,12 @@
 //!   when missing; `search_path` set to it for each migration); [`up_tenants`] runs every
 //!   tenant, a failure not stopping the others, and a re-run resumes.
 //!
+//! Cancel safety: dropping an `up`/`down` future mid-way leaves at most the running
+//! migration's transaction open and the advisory lock held on that connection; returned to
+//! a pool, the connection is reset (the transaction rolled back, the lock released) or, with
+//! a statement in flight, closed, which does both. A non-transactional migration cut off this
+//! way may have run without being recorded.
+//!
 //! Why not refinery or sqlx's migrator: both are tied to their own drivers' connections,
 //! while this runs on any [`Connection`] through the provider (and its tenants); neither
 //! applies one set of migrations across tenant schemas with a per-tenant report. The file
