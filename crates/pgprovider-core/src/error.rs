@@ -41,6 +41,9 @@ pub enum ErrorKind {
     RowCount,
     /// A value could not be read as the requested type, or a column does not exist.
     Decode,
+    /// The node's circuit breaker is open: it failed repeatedly and calls fail fast until a
+    /// probe succeeds.
+    CircuitOpen,
     /// A protocol or internal error.
     Other,
 }
@@ -63,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::RowCount => "row_count",
             ErrorKind::Decode => "decode",
+            ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Other => "other",
         }
     }
@@ -273,6 +277,23 @@ impl Error {
         self.0.sql_state.is_some_and(|s| s.is_read_only())
     }
 
+    /// A failure of the node rather than of the statement: it could not be reached, the
+    /// connection broke, the pool could not get a connection in time, a statement timed out,
+    /// or the server is shutting down. Circuit breakers count these.
+    pub fn is_node_failure(&self) -> bool {
+        matches!(
+            self.0.kind,
+            ErrorKind::Connect
+                | ErrorKind::ConnectionLost
+                | ErrorKind::PoolTimeout
+                | ErrorKind::Timeout
+                | ErrorKind::OutcomeUnknown
+        ) || self
+            .0
+            .sql_state
+            .is_some_and(|s| s.is_connection_lost() || s.is_transient_connect_refusal())
+    }
+
     /// Whether the connection that produced this error must be discarded.
     pub fn is_connection_lost(&self) -> bool {
         matches!(
@@ -405,6 +426,9 @@ mod tests {
         assert!(Error::database(SqlState::CHECK_VIOLATION, "check").is_constraint_violation());
         assert!(Error::database(SqlState::READ_ONLY_SQL_TRANSACTION, "ro").is_read_only());
         assert!(!Error::new(ErrorKind::Timeout, "slow").is_read_only());
+        assert!(Error::new(ErrorKind::Timeout, "slow").is_node_failure());
+        assert!(Error::database(SqlState::ADMIN_SHUTDOWN, "bye").is_node_failure());
+        assert!(!Error::database(SqlState::UNIQUE_VIOLATION, "dup").is_node_failure());
         let e = Error::database(SqlState::UNIQUE_VIOLATION, "duplicate key")
             .context("statement 2 of 3");
         assert_eq!(e.message(), "statement 2 of 3: duplicate key");
@@ -460,6 +484,7 @@ mod tests {
             ErrorKind::Unsupported,
             ErrorKind::RowCount,
             ErrorKind::Decode,
+            ErrorKind::CircuitOpen,
             ErrorKind::Other,
         ] {
             let name = kind.as_str();

@@ -25,7 +25,8 @@
 //! | pool | [`pool`] |
 //! | queries on the pool | [`Pool::query`], [`Pool::query_as`], [`Pool::execute`], … |
 //! | transactions | [`tx`]: [`Pool::transaction`], [`Pool::begin`], [`TxOptions`] |
-//! | backoff with jitter | [`retry`] |
+//! | backoff with jitter, retry policy | [`retry`] |
+//! | circuit breaker per node | [`breaker`] |
 //! | schema migrations, per database or tenant schema | [`migrate`] |
 //!
 //! | feature | enables | default |
@@ -33,6 +34,7 @@
 //! | `derive` | `#[derive(FromRow)]` | on |
 #![deny(missing_docs)]
 
+pub mod breaker;
 pub mod config;
 pub mod migrate;
 pub mod pool;

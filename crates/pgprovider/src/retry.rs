@@ -5,8 +5,8 @@
 //! that failed together, so they do not collide again on the next attempt. The random source
 //! takes a seed, so tests and simulations are repeatable.
 
-use crate::ConfigError;
 use crate::config::Problem;
+use crate::{ConfigError, Error, ErrorKind};
 use std::time::Duration;
 
 /// How often and how patiently to retry.
@@ -99,6 +99,103 @@ impl Backoff {
     }
 }
 
+/// What to retry and for how long: the [`Backoff`] between attempts, a limit on the total
+/// time, and the safety rule of [`RetryPolicy::is_safe`].
+///
+/// ```
+/// # async fn run() -> pgprovider::Result<()> {
+/// use pgprovider::retry::{Backoff, RetryPolicy};
+/// use std::time::Duration;
+/// let policy = RetryPolicy::new(Backoff::default(), Duration::from_secs(2));
+/// let n = policy.run(false, async |attempt| Ok::<_, pgprovider::Error>(attempt)).await?;
+/// assert_eq!(n, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    backoff: Backoff,
+    max_elapsed: Duration,
+    seed: Option<u64>,
+}
+
+impl RetryPolicy {
+    /// Retries with `backoff`, giving up once `max_elapsed` has passed since the first
+    /// attempt (a wait that would end past it is not started).
+    pub fn new(backoff: Backoff, max_elapsed: Duration) -> Self {
+        RetryPolicy {
+            backoff,
+            max_elapsed,
+            seed: None,
+        }
+    }
+
+    /// A fixed seed for the jitter, for repeatable tests.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Whether running the operation again is safe after `err`:
+    /// - nothing reached the server: a failed connection attempt, a transient refusal
+    ///   (`53300`, `57P03`), an open circuit breaker;
+    /// - the server refused it without applying it: a serialization failure or deadlock
+    ///   (`40001`, `40P01`) in autocommit, a write that reached a read-only node (`25006`);
+    /// - the outcome is unknown (the connection broke, the reply was lost, the statement
+    ///   timed out) only when the caller says the operation is `idempotent`.
+    pub fn is_safe(err: &Error, idempotent: bool) -> bool {
+        let nothing_sent = matches!(err.kind(), ErrorKind::Connect | ErrorKind::CircuitOpen)
+            || err
+                .sql_state()
+                .is_some_and(|s| s.is_transient_connect_refusal());
+        let refused = err.is_transaction_conflict() || err.is_read_only();
+        let unknown = matches!(
+            err.kind(),
+            ErrorKind::ConnectionLost | ErrorKind::OutcomeUnknown | ErrorKind::Timeout
+        ) || err.sql_state().is_some_and(|s| s.is_connection_lost());
+        nothing_sent || refused || (unknown && idempotent)
+    }
+
+    /// Runs `f` (given the attempt number, from 1) until it succeeds, fails in a way that is
+    /// not safe to retry, or the attempts or time run out; returns the last error then, with
+    /// the number of attempts in its message when there were several.
+    ///
+    /// # Errors
+    /// The last error of `f`.
+    pub async fn run<T>(
+        &self,
+        idempotent: bool,
+        mut f: impl AsyncFnMut(u32) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let start = tokio::time::Instant::now();
+        let mut delays = self.backoff.delays(self.seed.unwrap_or_else(fresh_seed));
+        let mut attempt = 1;
+        loop {
+            let err = match f(attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let give_up = |e: Error| {
+                if attempt > 1 {
+                    e.context(format!("failed after {attempt} attempts"))
+                } else {
+                    e
+                }
+            };
+            if !Self::is_safe(&err, idempotent) {
+                return Err(give_up(err));
+            }
+            let Some(wait) = delays.next() else {
+                return Err(give_up(err));
+            };
+            if start.elapsed() + wait > self.max_elapsed {
+                return Err(give_up(err));
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+}
+
 /// A small, seedable random source (splitmix64): good enough for jitter, no dependency.
 struct SplitMix64(u64);
 
@@ -158,6 +255,96 @@ mod tests {
         assert_eq!(Backoff::never().delays(0).count(), 0);
         assert_eq!(Backoff::default().max_attempts(), 5);
         assert_ne!(fresh_seed(), fresh_seed());
+    }
+
+    #[test]
+    fn only_safe_failures_are_retried() {
+        use crate::SqlState;
+        let e = |k: ErrorKind| Error::new(k, "x");
+        assert!(RetryPolicy::is_safe(&e(ErrorKind::Connect), false));
+        assert!(RetryPolicy::is_safe(&e(ErrorKind::CircuitOpen), false));
+        assert!(RetryPolicy::is_safe(
+            &Error::database(SqlState::TOO_MANY_CONNECTIONS, "full"),
+            false
+        ));
+        assert!(RetryPolicy::is_safe(
+            &Error::database(SqlState::SERIALIZATION_FAILURE, "c"),
+            false
+        ));
+        assert!(RetryPolicy::is_safe(
+            &Error::database(SqlState::READ_ONLY_SQL_TRANSACTION, "ro"),
+            false
+        ));
+        for unknown in [
+            ErrorKind::ConnectionLost,
+            ErrorKind::OutcomeUnknown,
+            ErrorKind::Timeout,
+        ] {
+            assert!(!RetryPolicy::is_safe(&e(unknown), false), "{unknown:?}");
+            assert!(RetryPolicy::is_safe(&e(unknown), true), "{unknown:?}");
+        }
+        assert!(RetryPolicy::is_safe(
+            &Error::database(SqlState::ADMIN_SHUTDOWN, "bye"),
+            true
+        ));
+        assert!(!RetryPolicy::is_safe(
+            &Error::database(SqlState::UNIQUE_VIOLATION, "dup"),
+            true
+        ));
+        assert!(!RetryPolicy::is_safe(&e(ErrorKind::Config), true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_retries_until_success_attempts_or_time_run_out() {
+        let backoff =
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(100), 4).unwrap();
+        let policy = RetryPolicy::new(backoff, Duration::from_secs(10)).with_seed(1);
+        // Succeeds on the third attempt.
+        let n = policy
+            .run(false, async |a| {
+                if a < 3 {
+                    Err(Error::new(ErrorKind::Connect, "refused"))
+                } else {
+                    Ok(a)
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        // Not safe: one attempt only.
+        let mut calls = 0;
+        let e = policy
+            .run(false, async |_| {
+                calls += 1;
+                Err::<(), _>(Error::new(ErrorKind::ConnectionLost, "reset"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!((calls, e.message()), (1, "reset"));
+        // Attempts run out: the error says how many.
+        let e = policy
+            .run(true, async |_| {
+                Err::<(), _>(Error::new(ErrorKind::ConnectionLost, "reset"))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.message(), "failed after 4 attempts: reset");
+        // Time runs out before the attempts do.
+        let tight = RetryPolicy::new(
+            Backoff::new(Duration::from_secs(1), Duration::from_secs(1), 10).unwrap(),
+            Duration::from_millis(1500),
+        )
+        .with_seed(5);
+        let start = tokio::time::Instant::now();
+        let mut calls = 0;
+        let _ = tight
+            .run(false, async |_| {
+                calls += 1;
+                Err::<(), _>(Error::new(ErrorKind::Connect, "refused"))
+            })
+            .await;
+        assert!(start.elapsed() <= Duration::from_millis(1500));
+        assert!(calls >= 2 && calls < 10, "{calls}");
     }
 
     #[test]
