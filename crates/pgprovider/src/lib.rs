@@ -27,6 +27,7 @@
 //! | transactions | [`tx`]: [`Pool::transaction`], [`Pool::begin`], [`TxOptions`] |
 //! | backoff with jitter, retry policy | [`retry`] |
 //! | circuit breaker per node | [`breaker`] |
+//! | node roles, WAL positions, lag; waiting for a primary | [`topology`] |
 //! | schema migrations, per database or tenant schema | [`migrate`] |
 //!
 //! | feature | enables | default |
@@ -41,6 +42,7 @@ pub mod pool;
 mod query;
 pub mod registry;
 pub mod retry;
+pub mod topology;
 pub mod tx;
 
 pub use config::{Config, ConfigBuilder, ConfigError};
