@@ -28,6 +28,7 @@
 //! | backoff with jitter, retry policy | [`retry`] |
 //! | circuit breaker per node | [`breaker`] |
 //! | node roles, WAL positions, lag; waiting for a primary | [`topology`] |
+//! | pools per node, writes to the primary through failovers, reads over standbys | [`provider`] |
 //! | schema migrations, per database or tenant schema | [`migrate`] |
 //!
 //! | feature | enables | default |
@@ -39,6 +40,7 @@ pub mod breaker;
 pub mod config;
 pub mod migrate;
 pub mod pool;
+pub mod provider;
 mod query;
 pub mod registry;
 pub mod retry;
