@@ -232,3 +232,181 @@ async fn writes_follow_a_failover_and_reads_respect_the_lag_bound() {
     let lost: Vec<&i32> = acked.iter().filter(|id| !present.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
+
+async fn two_nodes(extra: &str) -> (pgprovider_testkit::TestCluster, Config) {
+    let cluster = pgprovider_testkit::TestCluster::builder()
+        .standbys(1)
+        .start()
+        .await
+        .unwrap();
+    let config = Config::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1{extra}",
+        cluster.primary().port(),
+        cluster.standby(0).port()
+    ))
+    .unwrap();
+    (cluster, config)
+}
+
+fn provider(config: &Config, interval: Duration) -> pgprovider::provider::Provider<TokioPostgres> {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    Provider::new(
+        TokioPostgres::new(),
+        config,
+        TopologyOptions::default()
+            .with_monitor_interval(interval)
+            .with_max_replica_lag_bytes(None)
+            .with_breaker(pgprovider::breaker::BreakerConfig::new(
+                2,
+                Duration::from_secs(30),
+            )),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_read_never_sees_stale_data() {
+    use pgprovider::Queries;
+    let (cluster, config) = two_nodes("").await;
+    let s = cluster.standby(0);
+    let provider = provider(&config, Duration::from_millis(100));
+    provider
+        .monitor()
+        .wait_for(Duration::from_secs(20), |st| st[1].role == Role::Standby)
+        .await
+        .unwrap();
+    let mut w = provider.write().await.unwrap();
+    w.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
+    cluster.wait_for_replay(s).await.unwrap();
+    s.execute("SELECT pg_wal_replay_pause()").await.unwrap();
+    w.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    let token = provider.consistency_token(&mut w).await.unwrap();
+    drop(w);
+    // The standby is behind the token: without waiting, the read goes to the primary.
+    let mut r = provider.read_after(token, Duration::ZERO).await.unwrap();
+    assert!(!in_recovery_ref(&mut r).await);
+    let n: i64 = r
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    drop(r);
+    // A plain read may see the standby's stale state; that is what tokens are for.
+    let mut stale = provider.read().await.unwrap();
+    assert!(in_recovery_ref(&mut stale).await);
+    let n: i64 = stale
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    drop(stale);
+    // Waiting: the read goes to the standby once it has replayed the token.
+    let (r, ()) = tokio::join!(provider.read_after(token, Duration::from_secs(10)), async {
+        s.execute("SELECT pg_wal_replay_resume()").await.unwrap();
+    });
+    let mut r = r.unwrap();
+    assert!(in_recovery_ref(&mut r).await);
+    let n: i64 = r
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+async fn in_recovery_ref(c: &mut pgprovider::Pooled<TokioPostgres>) -> bool {
+    use pgprovider::Queries;
+    c.query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_killed_under_read_load_fails_no_read() {
+    let (cluster, config) = two_nodes("").await;
+    let provider = provider(&config, Duration::from_millis(100));
+    provider
+        .monitor()
+        .wait_for(Duration::from_secs(20), |st| st[1].role == Role::Standby)
+        .await
+        .unwrap();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reader = {
+        let (provider, progress) = (provider.clone(), progress.clone());
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            for _ in 0..400 {
+                if let Err(e) = provider.read_query("SELECT 1", &[]).await {
+                    failed.push(e.to_string());
+                }
+                progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            failed
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < 100 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::task::yield_now().await;
+    }
+    cluster.standby(0).crash().unwrap();
+    let failed = reader.await.unwrap();
+    assert!(failed.is_empty(), "failed reads: {failed:?}");
+    // The monitor saw it; reads now go to the primary.
+    provider
+        .monitor()
+        .wait_for(Duration::from_secs(20), |st| !st[1].reachable)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_standby_opens_its_breaker_and_reads_stop_waiting_for_it() {
+    let cluster = pgprovider_testkit::TestCluster::builder()
+        .standbys(1)
+        .start()
+        .await
+        .unwrap();
+    let target = format!("127.0.0.1:{}", cluster.standby(0).port())
+        .parse()
+        .unwrap();
+    let proxy = pgprovider_testkit::FaultProxy::start(target).await.unwrap();
+    let config = Config::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=300ms&pool_acquire_timeout=400ms&query_timeout=300ms&pool_validation=always",
+        cluster.primary().port(),
+        proxy.port()
+    ))
+    .unwrap();
+    // A monitor that looks once a minute: the reads meet the dead standby themselves.
+    let provider = provider(&config, Duration::from_secs(60));
+    provider
+        .monitor()
+        .wait_for(Duration::from_secs(20), |st| {
+            st[1].role == Role::Standby && st[0].role == Role::Primary
+        })
+        .await
+        .unwrap();
+    provider.read_query("SELECT 1", &[]).await.unwrap();
+    proxy.blackhole();
+    let standby = &config.nodes()[1];
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let start = std::time::Instant::now();
+        provider.read_query("SELECT 1", &[]).await.unwrap();
+        slow.push(start.elapsed());
+    }
+    assert_eq!(
+        provider.breaker(standby).unwrap().state(),
+        pgprovider::breaker::BreakerState::Open
+    );
+    // Every read succeeded (on the primary); none waited much past the node's timeouts,
+    // and once the breaker opened they stopped waiting at all.
+    assert!(slow.iter().all(|d| *d < Duration::from_secs(2)), "{slow:?}");
+    assert!(
+        slow[4] < Duration::from_millis(200) && slow[5] < Duration::from_millis(200),
+        "{slow:?}"
+    );
+    proxy.heal();
+}

@@ -23,13 +23,20 @@
 //!   [`TopologyOptions::read_from_primary`] allows it. A standby whose checkout fails is
 //!   skipped for that read and rechecked.
 //!
-//! This is the routing core of the topology layer; read-your-writes tokens, breakers in the
-//! routing, role-change eviction and the failover drill build on it.
+//! - **Read-your-writes**: [`Provider::consistency_token`] after a write, then
+//!   [`Provider::read_after`] reads only from a node that has replayed it (waiting a bounded
+//!   time for a standby, else the primary).
+//! - **Breakers**: reads skip a node whose circuit breaker is open and try the next;
+//!   [`Provider::read_query`] also retries a read on the next node when one fails.
+//!
+//! Still to come in the topology layer: breakers on the write path, evicting pooled
+//! connections when a node's role changes, and the failover drill.
 
+use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::config::{Config, Node};
 use crate::pool::{Pool, Pooled};
-use crate::topology::{HealthMonitor, Role};
-use crate::{Driver, Error, ErrorKind, Result};
+use crate::topology::{HealthMonitor, Role, parse_lsn};
+use crate::{Connection, Driver, Error, ErrorKind, Queries, Result};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -48,6 +55,8 @@ pub struct TopologyOptions {
     pub read_from_primary: bool,
     /// How often the monitor probes each node.
     pub monitor_interval: Duration,
+    /// The circuit breakers of the nodes (reads skip a node whose breaker is open).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for TopologyOptions {
@@ -59,6 +68,7 @@ impl Default for TopologyOptions {
             max_replica_lag_bytes: Some(16 << 20),
             read_from_primary: true,
             monitor_interval: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -77,6 +87,11 @@ impl TopologyOptions {
     /// Whether reads may fall back to the primary.
     pub fn with_read_from_primary(mut self, allowed: bool) -> Self {
         self.read_from_primary = allowed;
+        self
+    }
+    /// Sets the circuit breakers' configuration.
+    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
         self
     }
     /// Sets the probe interval.
@@ -103,6 +118,7 @@ impl<D: Driver> Clone for Provider<D> {
 struct Inner<D: Driver> {
     nodes: Vec<Node>,
     pools: Vec<Pool<D>>,
+    breakers: Vec<CircuitBreaker>,
     monitor: HealthMonitor,
     options: TopologyOptions,
     next_read: AtomicUsize,
@@ -125,10 +141,15 @@ impl<D: Driver + Clone> Provider<D> {
             .map(|n| Pool::new(driver.clone(), config, n))
             .collect();
         let monitor = HealthMonitor::start(driver, config, options.monitor_interval);
+        let breakers = nodes
+            .iter()
+            .map(|n| CircuitBreaker::new(n.to_string(), options.breaker))
+            .collect();
         Provider {
             inner: Arc::new(Inner {
                 nodes,
                 pools,
+                breakers,
                 monitor,
                 options,
                 next_read: AtomicUsize::new(0),
@@ -207,12 +228,15 @@ impl<D: Driver> Provider<D> {
         }
     }
 
-    /// A connection for reading: a standby within the lag bound (round-robin), else the
-    /// primary when allowed.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Connect`] when no node qualifies (naming every node's state).
-    pub async fn read(&self) -> Result<Pooled<D>> {
+    /// The circuit breaker of `node`.
+    pub fn breaker(&self, node: &Node) -> Option<&CircuitBreaker> {
+        let i = self.inner.nodes.iter().position(|n| n == node)?;
+        Some(&self.inner.breakers[i])
+    }
+
+    /// The nodes a read may use, in the order to try them: standbys within the lag bound
+    /// (rotating), then the primary when allowed.
+    fn read_candidates(&self) -> Vec<usize> {
         let statuses = self.inner.monitor.statuses();
         let bound = self.inner.options.max_replica_lag_bytes;
         let standbys: Vec<usize> = statuses
@@ -226,10 +250,57 @@ impl<D: Driver> Provider<D> {
             .map(|(i, _)| i)
             .collect();
         let start = self.inner.next_read.fetch_add(1, Relaxed);
+        let mut order: Vec<usize> = (0..standbys.len())
+            .map(|k| standbys[(start + k) % standbys.len()])
+            .collect();
+        if self.inner.options.read_from_primary {
+            if let Some(i) = statuses
+                .iter()
+                .position(|s| s.reachable && s.role == Role::Primary)
+            {
+                order.push(i);
+            }
+        }
+        order
+    }
+
+    fn no_reader(&self, errors: &[String]) -> Error {
+        let states: Vec<String> = self
+            .inner
+            .monitor
+            .statuses()
+            .iter()
+            .map(|s| format!("{} {:?} lag {:?}", s.node, s.role, s.replay_lag_bytes))
+            .collect();
+        let failed = if errors.is_empty() {
+            String::new()
+        } else {
+            format!("; failed: {}", errors.join("; "))
+        };
+        Error::new(
+            ErrorKind::Connect,
+            format!("no node can serve the read ({}{failed})", states.join("; ")),
+        )
+        .with_hint(
+            "standbys are down or too far behind; allow read_from_primary or raise max_replica_lag_bytes",
+        )
+    }
+
+    /// A connection for reading: a standby within the lag bound (round-robin), else the
+    /// primary when allowed.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Connect`] when no node qualifies (naming every node's state).
+    pub async fn read(&self) -> Result<Pooled<D>> {
         let mut errors = Vec::new();
-        for k in 0..standbys.len() {
-            let i = standbys[(start + k) % standbys.len()];
-            match self.inner.pools[i].get().await {
+        for i in self.read_candidates() {
+            let Ok(permit) = self.inner.breakers[i].try_acquire() else {
+                errors.push(format!("{}: circuit breaker open", self.inner.nodes[i]));
+                continue;
+            };
+            let got = self.inner.pools[i].get().await;
+            permit.record(&got);
+            match got {
                 Ok(conn) => return Ok(conn),
                 Err(e) => {
                     self.inner.monitor.recheck(&self.inner.nodes[i]);
@@ -237,23 +308,102 @@ impl<D: Driver> Provider<D> {
                 }
             }
         }
-        if self.inner.options.read_from_primary {
-            if let Some(p) = self.inner.monitor.primary() {
-                return self.pool(&p).expect("known node").get().await;
+        Err(self.no_reader(&errors))
+    }
+
+    /// Runs a read-only statement on a node chosen as [`read`](Self::read) does, trying the
+    /// next candidate when a node fails (reads are safe to repeat): a standby that dies under
+    /// load costs its callers a retry, not an error. Nodes whose breaker is open are skipped.
+    ///
+    /// # Errors
+    /// The statement's own error (a syntax error is not retried elsewhere), or
+    /// [`ErrorKind::Connect`] when every candidate failed.
+    pub async fn read_query<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<Vec<<D::Connection as Queries>::Row>>
+    where
+        D::Connection: Queries,
+    {
+        let mut errors = Vec::new();
+        for i in self.read_candidates() {
+            let Ok(permit) = self.inner.breakers[i].try_acquire() else {
+                errors.push(format!("{}: circuit breaker open", self.inner.nodes[i]));
+                continue;
+            };
+            let r = async {
+                let mut conn = self.inner.pools[i].get().await?;
+                conn.query(sql, params).await
+            }
+            .await;
+            permit.record(&r);
+            match r {
+                Ok(rows) => return Ok(rows),
+                Err(e) if e.is_node_failure() => {
+                    self.inner.monitor.recheck(&self.inner.nodes[i]);
+                    errors.push(format!("{}: {e}", self.inner.nodes[i]));
+                }
+                Err(e) => return Err(e),
             }
         }
-        let states: Vec<String> = statuses
-            .iter()
-            .map(|s| format!("{} {:?} lag {:?}", s.node, s.role, s.replay_lag_bytes))
-            .collect();
-        Err(Error::new(
-            ErrorKind::Connect,
-            format!(
-                "no node can serve the read ({}{})",
-                states.join("; "),
-                if errors.is_empty() { String::new() } else { format!("; failed: {}", errors.join("; ")) }
-            ),
-        )
-        .with_hint("standbys are down or too far behind; allow read_from_primary or raise max_replica_lag_bytes"))
+        Err(self.no_reader(&errors))
     }
+
+    /// The position a read must have seen to include everything committed so far on `conn`
+    /// (a connection to the primary, after its writes committed).
+    ///
+    /// # Errors
+    /// The server's error.
+    pub async fn consistency_token(&self, conn: &mut Pooled<D>) -> Result<ConsistencyToken> {
+        let rows = conn.simple_query("SELECT pg_current_wal_lsn()").await?;
+        rows.first()
+            .and_then(|r| r.get(0))
+            .and_then(parse_lsn)
+            .map(ConsistencyToken)
+            .ok_or_else(|| Error::new(ErrorKind::Other, "the server returned no WAL position"))
+    }
+
+    /// A connection for reading that sees everything before `token`: a standby that has
+    /// replayed it (waiting up to `wait` for one to catch up), else the primary. Never
+    /// returns a node that is behind the token.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write) when the primary is needed and missing.
+    pub async fn read_after(&self, token: ConsistencyToken, wait: Duration) -> Result<Pooled<D>> {
+        let deadline = Instant::now() + wait;
+        let statuses = self.inner.monitor.statuses();
+        for i in self.read_candidates() {
+            if statuses[i].role != Role::Standby {
+                continue;
+            }
+            let Ok(mut conn) = self.inner.pools[i].get().await else {
+                continue;
+            };
+            loop {
+                match replayed(&mut *conn).await {
+                    Some(lsn) if lsn >= token.0 => return Ok(conn),
+                    Some(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        self.write().await
+    }
+}
+
+/// A WAL position: reads given it see every write committed before it was taken
+/// ([`Provider::consistency_token`], [`Provider::read_after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConsistencyToken(pub u64);
+
+/// The position a standby has replayed.
+async fn replayed<C: Connection>(conn: &mut C) -> Option<u64> {
+    let rows = conn
+        .simple_query("SELECT pg_last_wal_replay_lsn()")
+        .await
+        .ok()?;
+    rows.first()?.get(0).and_then(parse_lsn)
 }

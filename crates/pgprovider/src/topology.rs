@@ -247,7 +247,9 @@ async fn probe_loop<D: Driver>(
     let node = config.nodes()[index].clone();
     let mut conn: Option<D::Connection> = None;
     loop {
-        let outcome = tokio::time::timeout(interval.max(Duration::from_secs(1)), async {
+        // A hung node must not hold its probe for long: at least 1 s, at most 5 s.
+        let limit = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
+        let outcome = tokio::time::timeout(limit, async {
             if conn.as_ref().is_none_or(|c| c.is_broken()) {
                 let params = config.connect_params(&node).await?;
                 conn = Some(driver.connect(&params).await?);
