@@ -410,3 +410,73 @@ async fn a_blackholed_standby_opens_its_breaker_and_reads_stop_waiting_for_it() 
     );
     proxy.heal();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_errors_say_what_is_missing() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    use pgprovider::{ErrorKind, Queries};
+    let url = pgprovider_testkit::shared_url().await.unwrap();
+    let config = Config::from_url(&url).unwrap();
+    let node = &config.nodes()[0];
+    let only_standbys = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_read_from_primary(false),
+    );
+    assert!(format!("{only_standbys:?}").contains("Provider"));
+    assert!(only_standbys.pool(node).is_some());
+    only_standbys
+        .monitor()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let e = only_standbys.read().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connect);
+    assert!(e.message().contains("no node can serve the read"), "{e}");
+    assert!(only_standbys.read_query("SELECT 1", &[]).await.is_err());
+    // The primary serves reads when allowed; a statement's own error is not retried.
+    let p = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)),
+    );
+    p.monitor()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .unwrap();
+    p.read_query("SELECT 1", &[]).await.unwrap();
+    let e = p.read_query("SELEC 1", &[]).await.unwrap_err();
+    assert_eq!(e.sql_state().unwrap().code(), "42601");
+    // An open breaker takes its node out of reads.
+    let b = p.breaker(node).unwrap();
+    for _ in 0..5 {
+        b.try_acquire()
+            .unwrap()
+            .record(&Err::<(), _>(pgprovider::Error::new(
+                ErrorKind::ConnectionLost,
+                "x",
+            )));
+    }
+    let e = p.read().await.unwrap_err();
+    assert!(e.message().contains("circuit breaker open"), "{e}");
+    // No primary and no waiting: writes fail at once, naming the node's state.
+    let down = Config::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=1",
+        pgprovider_testkit::free_port().unwrap()
+    ))
+    .unwrap();
+    let none = Provider::new(
+        TokioPostgres::new(),
+        &down,
+        TopologyOptions::default().with_failover_timeout(Duration::ZERO),
+    );
+    let started = std::time::Instant::now();
+    let e = none.write().await.unwrap_err();
+    assert!(e.message().contains("no primary"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let _ = none.read().await.unwrap_err();
+    let mut c = p.write().await.unwrap();
+    assert!(c.query("SELECT 1", &[]).await.is_ok());
+}
