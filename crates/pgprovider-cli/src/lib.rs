@@ -62,6 +62,7 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
         opt::Command::Migrate(args) => cmd::migrate::run(args).await,
         opt::Command::Listen(args) => cmd::listen::listen(args).await,
         opt::Command::Notify(args) => cmd::listen::notify(args).await,
+        opt::Command::Drill(opt::DrillCommand::Failover(args)) => cmd::drill::failover(args).await,
     }
 }
 

@@ -32,6 +32,31 @@ pub enum Command {
     Listen(ListenArgs),
     /// Send one notification.
     Notify(NotifyArgs),
+    /// Failure drills on an embedded cluster.
+    #[command(subcommand)]
+    Drill(DrillCommand),
+}
+
+/// `pgprovider drill` drills.
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Starts a primary with a synchronous standby, runs writes and reads, kills the primary,
+    /// promotes the standby, and checks every write's fate on the new primary.
+    Failover(FailoverArgs),
+}
+
+/// Options of `pgprovider drill failover`.
+#[derive(Debug, clap::Args)]
+pub struct FailoverArgs {
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// Use an asynchronous standby and report the loss measured (instead of expecting none).
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 4)]
+    pub writers: usize,
 }
 
 /// Options of `pgprovider listen`.

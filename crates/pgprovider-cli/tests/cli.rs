@@ -499,3 +499,37 @@ fn listen_prints_notifications_as_json_lines() {
     let o = pgprovider(&["listen", "--url", &url, &"c".repeat(64)], None);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn the_failover_drill_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("drill.json");
+    let o = pgprovider(
+        &["drill", "failover", "--json", out.to_str().unwrap()],
+        None,
+    );
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_no_panic(&stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for key in [
+        "recovery_ms",
+        "lost_writes",
+        "failed_reads",
+        "failed_writes",
+        "unknown_writes",
+        "phantoms",
+        "duplicates",
+        "write_gap_ms",
+    ] {
+        assert!(!v[key].is_null(), "{key} missing: {v}");
+    }
+    assert_eq!(v["lost_writes"], 0, "{v}");
+    assert_eq!(v["phantoms"], 0, "{v}");
+    assert_eq!(v["duplicates"], 0, "{v}");
+    assert_eq!(v["failed_but_present"], 0, "{v}");
+    assert!(v["acknowledged_writes"].as_u64().unwrap() >= 400, "{v}");
+    // A generous bound that catches a hang, not a performance target.
+    assert!(v["recovery_ms"].as_f64().unwrap() < 20_000.0, "{v}");
+}

@@ -30,7 +30,8 @@
 //!   [`Provider::read_query`] also retries a read on the next node when one fails.
 //!
 //! Still to come in the topology layer: breakers on the write path, evicting pooled
-//! connections when a node's role changes, and the failover drill.
+//! connections when a node's role changes, timelines against split brains, and balancing
+//! policies besides round-robin. `pgprovider drill failover` exercises what is here.
 
 use crate::breaker::{BreakerConfig, CircuitBreaker};
 use crate::config::{Config, Node};
