@@ -92,7 +92,7 @@ pub(crate) async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
                         .map_err(|e| {
                             // A definite refusal from the server did not apply; anything
                             // else after sending may have.
-                            !(e.kind() == ErrorKind::Database && !e.is_connection_lost())
+                            e.kind() != ErrorKind::Database || e.is_connection_lost()
                         }),
                 };
                 let mut h = history.lock().unwrap_or_else(|e| e.into_inner());
