@@ -228,13 +228,13 @@ impl Connection for PgConnection {
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        // Dirty until the whole string has run: a failure part-way may leave a transaction
-        // open (aborted), and a string that opens one then counts as dirty.
-        let after_ok = self.dirty || may_change_session(sql);
-        let after_err = after_ok || opens_transaction(sql);
+        // Dirty while it runs (a dropped future leaves the session unknown); afterwards as
+        // its statements say. A failure part-way may leave a transaction open (aborted):
+        // the transaction state says so, and needs_reset covers both.
+        let after = self.dirty || may_change_session(sql);
         self.dirty = true;
         let result = self.run(async |c| c.simple_query(sql).await).await;
-        self.dirty = if result.is_ok() { after_ok } else { after_err };
+        self.dirty = after;
         if result.is_ok() {
             self.track_transaction(sql);
         } else if opens_transaction(sql) {

@@ -131,30 +131,13 @@ impl Driver for TokioPostgres {
         let Some(tls) = tls::connector(&params.tls, &node)?.filter(|_| mode != SslMode::Disable)
         else {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            return open(
-                &cfg,
-                tokio_postgres::NoTls,
-                Cancel::Plain,
-                params,
-                &node,
-                self,
-            )
-            .await;
+            return self.plain(&cfg, params, &node).await;
         };
         match mode {
             SslMode::Allow => {
                 // Plaintext first; TLS only when the server refuses plaintext.
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                match open(
-                    &cfg,
-                    tokio_postgres::NoTls,
-                    Cancel::Plain,
-                    params,
-                    &node,
-                    self,
-                )
-                .await
-                {
+                match self.plain(&cfg, params, &node).await {
                     Err(e) if refuses_plaintext(&e) => {
                         cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
                         open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
@@ -171,6 +154,26 @@ impl Driver for TokioPostgres {
                 open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
             }
         }
+    }
+}
+
+impl TokioPostgres {
+    /// Opens a plaintext connection.
+    async fn plain(
+        &self,
+        cfg: &tokio_postgres::Config,
+        params: &ConnectParams,
+        node: &str,
+    ) -> Result<PgConnection> {
+        open(
+            cfg,
+            tokio_postgres::NoTls,
+            Cancel::Plain,
+            params,
+            node,
+            self,
+        )
+        .await
     }
 }
 

@@ -7,7 +7,7 @@ use pgprovider_tokio_postgres::{Event, Listener, TokioPostgres};
 use std::time::Duration;
 
 mod common;
-use common::{config, pool};
+use common::{config, pool, two_nodes};
 
 async fn nodes(config: &Config) -> Vec<pgprovider::ConnectParams> {
     let mut v = Vec::new();
@@ -240,18 +240,8 @@ async fn a_half_open_connection_is_noticed_by_the_heartbeat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_is_followed_by_a_gap_then_delivery_from_the_new_primary() {
-    let cluster = pgprovider_testkit::TestCluster::builder()
-        .standbys(1)
-        .start()
-        .await
-        .unwrap();
+    let (cluster, config) = two_nodes(false, "").await;
     let (p, s) = (cluster.primary(), cluster.standby(0));
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1",
-        p.port(),
-        s.port()
-    );
-    let config = Config::from_url(&url).unwrap();
     let listener = Listener::connect(nodes(&config).await).await.unwrap();
     let mut sub = listener.subscribe("failover").await.unwrap();
     p.crash().unwrap();

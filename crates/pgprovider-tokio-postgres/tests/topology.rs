@@ -6,20 +6,13 @@ use pgprovider::topology::{HealthMonitor, Role};
 use pgprovider_tokio_postgres::TokioPostgres;
 use std::time::Duration;
 
+mod common;
+use common::two_nodes;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_learns_roles_and_finds_the_promoted_standby() {
-    let cluster = pgprovider_testkit::TestCluster::builder()
-        .standbys(1)
-        .start()
-        .await
-        .unwrap();
+    let (cluster, config) = two_nodes(false, "").await;
     let (p, s) = (cluster.primary(), cluster.standby(0));
-    let config = Config::from_url(&format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1",
-        p.port(),
-        s.port()
-    ))
-    .unwrap();
     let monitor = HealthMonitor::start(TokioPostgres::new(), &config, Duration::from_millis(200));
     // A second monitor that probes only once a minute unless asked.
     let lazy = HealthMonitor::start(TokioPostgres::new(), &config, Duration::from_secs(60));
@@ -97,19 +90,8 @@ async fn in_recovery(mut c: pgprovider::Pooled<TokioPostgres>) -> bool {
 async fn writes_follow_a_failover_and_reads_respect_the_lag_bound() {
     use pgprovider::Queries;
     use pgprovider::provider::{Provider, TopologyOptions};
-    let cluster = pgprovider_testkit::TestCluster::builder()
-        .standbys(1)
-        .synchronous(true)
-        .start()
-        .await
-        .unwrap();
+    let (cluster, config) = two_nodes(true, "&pool_acquire_timeout=2s").await;
     let (p, s) = (cluster.primary(), cluster.standby(0));
-    let config = Config::from_url(&format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1&pool_acquire_timeout=2s",
-        p.port(),
-        s.port()
-    ))
-    .unwrap();
     let provider = Provider::new(
         TokioPostgres::new(),
         &config,
@@ -233,21 +215,6 @@ async fn writes_follow_a_failover_and_reads_respect_the_lag_bound() {
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
-async fn two_nodes(extra: &str) -> (pgprovider_testkit::TestCluster, Config) {
-    let cluster = pgprovider_testkit::TestCluster::builder()
-        .standbys(1)
-        .start()
-        .await
-        .unwrap();
-    let config = Config::from_url(&format!(
-        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1{extra}",
-        cluster.primary().port(),
-        cluster.standby(0).port()
-    ))
-    .unwrap();
-    (cluster, config)
-}
-
 fn provider(config: &Config, interval: Duration) -> pgprovider::provider::Provider<TokioPostgres> {
     use pgprovider::provider::{Provider, TopologyOptions};
     Provider::new(
@@ -266,7 +233,7 @@ fn provider(config: &Config, interval: Duration) -> pgprovider::provider::Provid
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_read_never_sees_stale_data() {
     use pgprovider::Queries;
-    let (cluster, config) = two_nodes("").await;
+    let (cluster, config) = two_nodes(false, "").await;
     let s = cluster.standby(0);
     let provider = provider(&config, Duration::from_millis(100));
     provider
@@ -325,7 +292,7 @@ async fn in_recovery_ref(c: &mut pgprovider::Pooled<TokioPostgres>) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_killed_under_read_load_fails_no_read() {
-    let (cluster, config) = two_nodes("").await;
+    let (cluster, config) = two_nodes(false, "").await;
     let provider = provider(&config, Duration::from_millis(100));
     provider
         .monitor()

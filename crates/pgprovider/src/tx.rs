@@ -421,25 +421,16 @@ where
     /// Ends the transaction after its deadline passed: a statement still running is
     /// cancelled and the connection closed; otherwise the transaction is rolled back.
     async fn abandon(&self) {
-        let conn = self.shared.lock().await.conn.take();
-        if let Some(conn) = conn {
-            if conn.is_broken() {
-                let _ = conn.cancel_token().cancel().await;
-                Pooled::discard(conn);
-            } else {
-                let tx = Tx {
-                    shared: Arc::new(Mutex::new(State {
-                        conn: Some(conn),
-                        deadline: None,
-                        base_timeout: None,
-                        savepoints: 0,
-                        failed: None,
-                        conflict: false,
-                        poisoned: false,
-                    })),
-                };
-                let _ = tx.rollback().await;
-            }
+        let mut st = self.shared.lock().await;
+        if st.conn.as_ref().is_some_and(|c| c.is_broken()) {
+            let conn = st.conn.take().expect("checked above");
+            drop(st);
+            let _ = conn.cancel_token().cancel().await;
+            Pooled::discard(conn);
+        } else {
+            drop(st);
+            // Nothing in flight: roll back (a transaction already ended is no error here).
+            let _ = self.rollback().await;
         }
     }
 
