@@ -172,7 +172,10 @@ mod tests {
         while spin.elapsed() < Duration::from_millis(60) {
             x = std::hint::black_box(x.wrapping_add(1));
         }
-        assert!(cpu_ticks() > before, "no CPU time counted after 60 ms of work");
+        assert!(
+            cpu_ticks() > before,
+            "no CPU time counted after 60 ms of work"
+        );
         assert_ne!(mix(0, 1), mix(1, 0));
     }
 
