@@ -66,6 +66,14 @@ pub trait Connection: Send + 'static {
     /// and without I/O; the default does nothing.
     fn recycled(&mut self) {}
 
+    /// Whether a statement on this connection was refused because the server is read-only
+    /// (SQLSTATE `25006`) since it was last [`recycled`](Connection::recycled). The pool
+    /// reports it when the connection comes back, so the topology rechecks the node's role
+    /// at once (a demoted primary) instead of at its next probe. The default is `false`.
+    fn refused_read_only(&self) -> bool {
+        false
+    }
+
     /// Runs one or more statements with the simple query protocol and returns their rows
     /// as text. For administration (health checks, session setup), not for application data.
     ///

@@ -44,6 +44,9 @@ pub enum ErrorKind {
     /// The node's circuit breaker is open: it failed repeatedly and calls fail fast until a
     /// probe succeeds.
     CircuitOpen,
+    /// Too many callers are already waiting (a bounded queue is full): shed load or retry
+    /// later.
+    Overloaded,
     /// A protocol or internal error.
     Other,
 }
@@ -67,6 +70,7 @@ impl ErrorKind {
             ErrorKind::RowCount => "row_count",
             ErrorKind::Decode => "decode",
             ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Overloaded => "overloaded",
             ErrorKind::Other => "other",
         }
     }

@@ -187,48 +187,7 @@ impl ClusterBuilder {
             let name = format!("standby{i}");
             self.progress(&format!("base backup for {name}"));
             let standby = cluster.new_node(&bins, &name, Role::Standby)?;
-            let p = cluster.primary();
-            let out = bins
-                .command("pg_basebackup")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &p.port().to_string(),
-                    "-U",
-                    "postgres",
-                ])
-                .args([
-                    "-X",
-                    "stream",
-                    "-C",
-                    "-S",
-                    &name,
-                    "-R",
-                    "--checkpoint=fast",
-                    "--no-sync",
-                    "-D",
-                ])
-                .arg(standby.data_dir())
-                .output()
-                .await?;
-            if !out.status.success() {
-                return Err(KitError::new(format!(
-                    "pg_basebackup for {name} failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
-            append(
-                &standby.data_dir().join("postgresql.conf"),
-                &node_conf(&standby),
-            )?;
-            append(
-                &standby.data_dir().join("postgresql.auto.conf"),
-                &format!(
-                    "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\nprimary_slot_name = '{name}'\n",
-                    p.port()
-                ),
-            )?;
+            base_backup(&bins, &standby, cluster.primary()).await?;
             self.progress(&format!("starting {name}"));
             standby.start().await?;
             cluster.standbys.push(standby);
@@ -354,6 +313,32 @@ impl TestCluster {
         out
     }
 
+    /// Makes `node` a fresh streaming standby of `upstream`: stops it if it runs, throws its
+    /// data away, takes a base backup of `upstream` and starts it. This is how an old
+    /// primary rejoins after a failover (the kit has no `pg_rewind`; a new base backup is
+    /// as good for tests), and how a fail-back is staged: rejoin, then stop the current
+    /// primary and promote the node.
+    ///
+    /// # Errors
+    /// When the backup or the start fails.
+    pub async fn rejoin(&self, node: &TestNode, upstream: &TestNode) -> Result<(), KitError> {
+        node.kill_now();
+        let data = node.data_dir();
+        if data.exists() {
+            std::fs::remove_dir_all(&data)?;
+        }
+        base_backup(&node.bins, node, upstream).await?;
+        node.start().await?;
+        let name = node.name().to_owned();
+        poll(WAIT, "the rejoined node to stream", || async {
+            let q = format!(
+                "SELECT count(*) = 1 FROM pg_stat_replication WHERE application_name = '{name}' AND state = 'streaming'"
+            );
+            Ok(upstream.query_one(&q).await? == "t")
+        })
+        .await
+    }
+
     fn new_node(
         &self,
         bins: &ServerBinaries,
@@ -394,6 +379,62 @@ impl Drop for TestCluster {
         }
         // The TempDir removes the files.
     }
+}
+
+/// Fills `standby`'s data directory with a base backup of `upstream` (a replication slot
+/// named after the standby, made anew) and the settings to stream from it.
+async fn base_backup(
+    bins: &ServerBinaries,
+    standby: &TestNode,
+    upstream: &TestNode,
+) -> Result<(), KitError> {
+    let name = standby.name();
+    upstream
+        .execute(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{name}'"
+        ))
+        .await?;
+    let out = bins
+        .command("pg_basebackup")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &upstream.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args([
+            "-X",
+            "stream",
+            "-C",
+            "-S",
+            name,
+            "-R",
+            "--checkpoint=fast",
+            "--no-sync",
+            "-D",
+        ])
+        .arg(standby.data_dir())
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(KitError::new(format!(
+            "pg_basebackup for {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    append(
+        &standby.data_dir().join("postgresql.conf"),
+        &node_conf(standby),
+    )?;
+    append(
+        &standby.data_dir().join("postgresql.auto.conf"),
+        &format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={name}'\nprimary_slot_name = '{name}'\n",
+            upstream.port()
+        ),
+    )
 }
 
 fn node_conf(node: &TestNode) -> String {

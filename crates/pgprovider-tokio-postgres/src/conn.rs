@@ -39,6 +39,8 @@ pub struct PgConnection {
     pub(crate) in_flight: bool,
     pub(crate) dirty: bool,
     pub(crate) in_tx: bool,
+    /// A statement met SQLSTATE 25006 since the last recycle.
+    pub(crate) read_only: bool,
     pub(crate) cache: StatementCache,
     pub(crate) timeout: Option<Duration>,
     default_timeout: Option<Duration>,
@@ -107,6 +109,7 @@ impl PgConnection {
             in_flight: false,
             dirty: false,
             in_tx: false,
+            read_only: false,
             cache: StatementCache::new(params.statement_cache_capacity, params.statements.clone()),
             timeout: params.query_timeout,
             default_timeout: params.query_timeout,
@@ -166,7 +169,11 @@ impl PgConnection {
             }
         };
         self.in_flight = false;
-        r.map_err(|e| map_error(e).with_node(self.node.clone()))
+        r.map_err(|e| {
+            let e = map_error(e).with_node(self.node.clone());
+            self.read_only |= e.is_read_only();
+            e
+        })
     }
 
     fn timeout_error(&self, t: Duration, clean: bool) -> Error {
@@ -225,6 +232,11 @@ impl Connection for PgConnection {
 
     fn recycled(&mut self) {
         self.timeout = self.default_timeout;
+        self.read_only = false;
+    }
+
+    fn refused_read_only(&self) -> bool {
+        self.read_only
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {

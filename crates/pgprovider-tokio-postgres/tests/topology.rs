@@ -63,8 +63,14 @@ async fn the_monitor_learns_roles_and_finds_the_promoted_standby() {
     lazy.wait_for(Duration::from_secs(10), |s| s[1].role == Role::Primary)
         .await
         .unwrap();
-    // Its stale view now has two primaries: it trusts neither.
-    assert!(lazy.primary().is_none());
+    // Its stale view now has two primaries: it trusts the one on the newer timeline.
+    assert_eq!(lazy.primary(), Some(config.nodes()[1].clone()));
+    let split = lazy.split_brain().expect("a split brain in the stale view");
+    assert_eq!(split.chosen, Some(config.nodes()[1].to_string()));
+    assert_eq!(split.primaries.len(), 2);
+    assert!(split.primaries[0].1 < split.primaries[1].1, "{split:?}");
+    assert_eq!(lazy.split_brains(), 1);
+    assert!(lazy.statuses()[0].fenced);
     let e = lazy
         .wait_for(Duration::from_millis(100), |s| !s[0].reachable)
         .await
@@ -75,6 +81,9 @@ async fn the_monitor_learns_roles_and_finds_the_promoted_standby() {
         .await
         .unwrap();
     assert_eq!(lazy.primary(), Some(config.nodes()[1].clone()));
+    assert_eq!(lazy.split_brain(), None);
+    assert!(!lazy.statuses()[0].fenced);
+    assert_eq!(monitor.split_brains(), 0);
     assert!(format!("{monitor:?}").contains("statuses"));
 }
 
@@ -428,6 +437,48 @@ async fn routing_errors_say_what_is_missing() {
     }
     let e = p.read().await.unwrap_err();
     assert!(e.message().contains("circuit breaker open"), "{e}");
+    // A write does not hammer a primary whose breaker is open: it waits for the monitor
+    // within the failover timeout, then reports the open breaker.
+    let brief = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_failover_timeout(Duration::from_millis(300))
+            .with_breaker(pgprovider::breaker::BreakerConfig::new(
+                1,
+                Duration::from_millis(700),
+            )),
+    );
+    brief
+        .monitor()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let bb = brief.breaker(node).unwrap();
+    bb.try_acquire()
+        .unwrap()
+        .record(&Err::<(), _>(pgprovider::Error::new(
+            ErrorKind::ConnectionLost,
+            "x",
+        )));
+    let started = std::time::Instant::now();
+    let e = brief.write().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Once the pause is over, a write is the probe that closes the breaker.
+    let e2 = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match brief.write().await {
+                Ok(c) => return c,
+                Err(e) => assert_eq!(e.kind(), ErrorKind::CircuitOpen, "{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    drop(e2);
+    assert_eq!(bb.state(), pgprovider::breaker::BreakerState::Closed);
     // No primary and no waiting: writes fail at once, naming the node's state.
     let down = Config::from_url(&format!(
         "postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=1",
@@ -444,6 +495,157 @@ async fn routing_errors_say_what_is_missing() {
     assert!(e.message().contains("no primary"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(2));
     let _ = none.read().await.unwrap_err();
-    let mut c = p.write().await.unwrap();
+    let mut c = brief.write().await.unwrap();
     assert!(c.query("SELECT 1", &[]).await.is_ok());
+}
+
+/// Waits (bounded) until `pool` has retired `n` connections: the provider retires them in
+/// a task of its own after the monitor saw the role change.
+async fn retired(pool: &pgprovider::Pool<TokioPostgres>, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pool.stats().closed_retired < n {
+        assert!(std::time::Instant::now() < deadline, "{:?}", pool.stats());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(pool.stats().closed_retired, n);
+}
+
+/// The port of the server behind `c`.
+async fn port(c: &mut pgprovider::Pooled<TokioPostgres>) -> i32 {
+    use pgprovider::Queries;
+    c.query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_brain_is_fenced_and_writes_fail_back_after_a_demotion() {
+    use pgprovider::Queries;
+    use pgprovider::provider::{Provider, TopologyOptions};
+    let (cluster, config) = two_nodes(false, "&pool_acquire_timeout=5s").await;
+    let (a, b) = (cluster.primary(), cluster.standby(0));
+    let (a_port, b_port) = (i32::from(a.port()), i32::from(b.port()));
+    let options = TopologyOptions::default()
+        .with_monitor_interval(Duration::from_millis(100))
+        .with_failover_timeout(Duration::from_secs(20))
+        .with_max_replica_lag_bytes(None);
+    let provider = Provider::new(TokioPostgres::new(), &config, options.clone());
+    let wait = Duration::from_secs(20);
+    provider
+        .monitor()
+        .wait_for(wait, |s| {
+            s[0].role == Role::Primary && s[1].role == Role::Standby
+        })
+        .await
+        .unwrap();
+    let mut w = provider.write().await.unwrap();
+    w.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
+    drop(w);
+    // A read leaves an idle connection in b's pool.
+    let mut r = provider.read().await.unwrap();
+    assert_eq!(port(&mut r).await, b_port);
+    drop(r);
+    let b_pool = provider.pool(&config.nodes()[1]).unwrap().clone();
+    assert_eq!(b_pool.stats().idle, 1);
+
+    // Failover: b is promoted, and its pool's sessions from before are retired.
+    a.crash().unwrap();
+    b.promote().await.unwrap();
+    let mut w = provider.write().await.unwrap();
+    assert_eq!(port(&mut w).await, b_port);
+    w.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    drop(w);
+    retired(&b_pool, 1).await;
+
+    // The old primary comes back read-write on the old timeline: a split brain. Only the
+    // newer timeline gets writes and reads; the alarm is raised once.
+    a.start().await.unwrap();
+    let st = provider
+        .monitor()
+        .wait_for(wait, |s| s[0].fenced)
+        .await
+        .unwrap();
+    assert_eq!(st[0].role, Role::Primary);
+    assert!(st[0].timeline < st[1].timeline, "{st:?}");
+    let split = provider.monitor().split_brain().unwrap();
+    assert_eq!(split.chosen, Some(config.nodes()[1].to_string()));
+    assert_eq!(provider.monitor().split_brains(), 1);
+    for _ in 0..20 {
+        let mut w = provider.write().await.unwrap();
+        assert_eq!(port(&mut w).await, b_port);
+        drop(w);
+        let mut r = provider.read().await.unwrap();
+        assert_eq!(port(&mut r).await, b_port, "a read went to the fenced node");
+    }
+    let rows = provider
+        .read_query("SELECT inet_server_port()", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i32>(0), b_port);
+
+    // a rejoins as b's standby: the split brain ends and reads go to a again.
+    cluster.rejoin(a, b).await.unwrap();
+    provider
+        .monitor()
+        .wait_for(wait, |s| s[0].role == Role::Standby && !s[0].fenced)
+        .await
+        .unwrap();
+    assert_eq!(provider.monitor().split_brain(), None);
+    let mut r = provider.read().await.unwrap();
+    assert_eq!(port(&mut r).await, a_port);
+    let n: i64 = r
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the rejoined node holds the new timeline's data");
+    drop(r);
+
+    // A provider whose monitor probes only once a minute, so it learns the next change
+    // only from what its connections meet.
+    let lazy = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        options.with_monitor_interval(Duration::from_secs(60)),
+    );
+    lazy.monitor()
+        .wait_for(wait, |s| {
+            s[0].role == Role::Standby && s[1].role == Role::Primary
+        })
+        .await
+        .unwrap();
+    // Switchover back to a: b stopped, a promoted, b rejoins as a's standby.
+    b.stop().await.unwrap();
+    a.promote().await.unwrap();
+    cluster.rejoin(b, a).await.unwrap();
+    // The stale view still routes the write to b, now a standby: refused as read-only.
+    let mut w = lazy.write().await.unwrap();
+    let e = w
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap_err();
+    assert!(e.is_read_only(), "{e}");
+    drop(w);
+    // That one error had b probed at once (not a minute later), and the next write, finding
+    // no primary, has every node probed: it lands on a.
+    lazy.monitor()
+        .wait_for(Duration::from_secs(10), |s| s[1].role == Role::Standby)
+        .await
+        .unwrap();
+    let mut w = lazy.write().await.unwrap();
+    assert_eq!(port(&mut w).await, a_port);
+    w.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    drop(w);
+    // The demoted node's pool was retired when its role changed.
+    retired(lazy.pool(&config.nodes()[1]).unwrap(), 1).await;
+    // And the first provider follows too.
+    let mut w = provider.write().await.unwrap();
+    assert_eq!(port(&mut w).await, a_port);
+    let n: i64 = w
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
 }

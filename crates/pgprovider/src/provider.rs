@@ -18,8 +18,9 @@
 //!   [`TopologyOptions::failover_timeout`] for the monitor to find one (or fail at once with
 //!   [`ErrorKind::Connect`] when the timeout is zero), then go there: no configuration change.
 //!   A checkout that fails asks the monitor to recheck the node at once.
-//! - **Reads** ([`Provider::read`]) go round-robin over reachable standbys whose replay lag is
-//!   within [`TopologyOptions::max_replica_lag_bytes`]; with none, to the primary when
+//! - **Reads** ([`Provider::read`]) go to reachable standbys whose replay lag is within
+//!   [`TopologyOptions::max_replica_lag_bytes`], in the order of the
+//!   [`ReadBalancing`] policy; with none, to the primary when
 //!   [`TopologyOptions::read_from_primary`] allows it. A standby whose checkout fails is
 //!   skipped for that read and rechecked.
 //!
@@ -27,17 +28,31 @@
 //!   [`Provider::read_after`] reads only from a node that has replayed it (waiting a bounded
 //!   time for a standby, else the primary).
 //! - **Breakers**: reads skip a node whose circuit breaker is open and try the next;
-//!   [`Provider::read_query`] also retries a read on the next node when one fails.
+//!   [`Provider::read_query`] also retries a read on the next node when one fails. A write
+//!   finding the primary's breaker open does not hammer it: it waits (within the failover
+//!   timeout) for the monitor to find a primary it can use, and fails with
+//!   [`ErrorKind::CircuitOpen`] when none appears.
+//! - **Role changes**: when the monitor sees a node change role (a primary demoted, a
+//!   standby promoted) or fenced in a split brain, the node's pool is
+//!   [retired](Pool::retire): no session from before the change is reused. A connection
+//!   of this provider that breaks, or meets a statement refused as read-only (`25006`),
+//!   makes the monitor probe that node at once, and a write finding no primary has every
+//!   node probed at once: writes stop going to a demoted primary after one error, not after
+//!   the next probe, and when a recovered node is primary again, writes follow it.
+//! - **Split brain**: only the primary on the newest timeline gets writes or reads; see the
+//!   [`topology`](crate::topology) module.
+//! - **Overload**: every wait is bounded (the failover timeout, the pool's acquire timeout,
+//!   `pool_max_waiters` callers at most per node, then [`ErrorKind::Overloaded`] at once).
 //!
-//! Still to come in the topology layer: breakers on the write path, evicting pooled
-//! connections when a node's role changes, timelines against split brains, and balancing
-//! policies besides round-robin. `pgprovider drill failover` exercises what is here.
+//! `pgprovider drill failover` exercises all of it against a real primary and standby.
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::config::{Config, Node};
 use crate::pool::{Pool, Pooled};
 use crate::topology::{HealthMonitor, Role, parse_lsn};
 use crate::{Connection, Driver, Error, ErrorKind, Queries, Result};
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
@@ -58,6 +73,26 @@ pub struct TopologyOptions {
     pub monitor_interval: Duration,
     /// The circuit breakers of the nodes (reads skip a node whose breaker is open).
     pub breaker: BreakerConfig,
+    /// How reads are spread over the standbys.
+    pub read_balancing: ReadBalancing,
+}
+
+/// How reads are spread over the standbys that qualify; the others are tried in turn when
+/// the first fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadBalancing {
+    /// Each read starts at the next standby (the default).
+    #[default]
+    RoundRobin,
+    /// Each read starts at a standby picked at random.
+    Random,
+    /// The standby with the fewest checked-out connections first (ties in rotation).
+    LeastOutstanding,
+    /// The standby with the lowest score first, the score being the monitor's smoothed
+    /// probe round trip times (outstanding connections + 1): fast nodes get more, but not
+    /// all, of the reads.
+    LatencyAware,
 }
 
 impl Default for TopologyOptions {
@@ -70,6 +105,7 @@ impl Default for TopologyOptions {
             read_from_primary: true,
             monitor_interval: Duration::from_secs(1),
             breaker: BreakerConfig::default(),
+            read_balancing: ReadBalancing::RoundRobin,
         }
     }
 }
@@ -93,6 +129,11 @@ impl TopologyOptions {
     /// Sets the circuit breakers' configuration.
     pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
         self.breaker = breaker;
+        self
+    }
+    /// Sets the read balancing policy.
+    pub fn with_read_balancing(mut self, policy: ReadBalancing) -> Self {
+        self.read_balancing = policy;
         self
     }
     /// Sets the probe interval.
@@ -123,6 +164,7 @@ struct Inner<D: Driver> {
     monitor: HealthMonitor,
     options: TopologyOptions,
     next_read: AtomicUsize,
+    random: RandomState,
 }
 
 impl<D: Driver> std::fmt::Debug for Provider<D> {
@@ -137,24 +179,66 @@ impl<D: Driver + Clone> Provider<D> {
     /// A pool per node of `config` and a monitor probing them (inside a tokio runtime).
     pub fn new(driver: D, config: &Config, options: TopologyOptions) -> Self {
         let nodes = config.nodes().to_vec();
+        let monitor = HealthMonitor::start(driver.clone(), config, options.monitor_interval);
         let pools = nodes
             .iter()
-            .map(|n| Pool::new(driver.clone(), config, n))
+            .map(|n| {
+                Pool::builder(driver.clone(), config, n)
+                    .on_suspect(monitor.rechecker(n))
+                    .build()
+            })
             .collect();
-        let monitor = HealthMonitor::start(driver, config, options.monitor_interval);
         let breakers = nodes
             .iter()
             .map(|n| CircuitBreaker::new(n.to_string(), options.breaker))
             .collect();
-        Provider {
-            inner: Arc::new(Inner {
-                nodes,
-                pools,
-                breakers,
-                monitor,
-                options,
-                next_read: AtomicUsize::new(0),
-            }),
+        let inner = Arc::new(Inner {
+            nodes,
+            pools,
+            breakers,
+            monitor,
+            options,
+            next_read: AtomicUsize::new(0),
+            random: RandomState::new(),
+        });
+        tokio::spawn(retire_on_role_change(
+            Arc::downgrade(&inner),
+            inner.monitor.changes(),
+        ));
+        Provider { inner }
+    }
+}
+
+/// Retires a node's pool when the node changes role (between known roles: a spell of
+/// unreachability in between does not hide a demotion) or becomes fenced. Ends with the
+/// provider.
+async fn retire_on_role_change<D: Driver>(
+    inner: std::sync::Weak<Inner<D>>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut known: Vec<(Role, bool)> = Vec::new();
+    loop {
+        {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let statuses = inner.monitor.statuses();
+            known.resize(statuses.len(), (Role::Unknown, false));
+            for (i, s) in statuses.iter().enumerate() {
+                if s.role == Role::Unknown {
+                    continue;
+                }
+                let (role, fenced) = known[i];
+                let changed = (role != Role::Unknown && role != s.role) || (s.fenced && !fenced);
+                if changed {
+                    let closed = inner.pools[i].retire();
+                    tracing::warn!(node = %s.node, from = ?role, to = ?s.role, fenced = s.fenced, closed, "node changed role: its pooled connections are retired");
+                }
+                known[i] = (s.role, s.fenced);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -180,21 +264,40 @@ impl<D: Driver> Provider<D> {
         let deadline = Instant::now() + self.inner.options.failover_timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            if self.inner.monitor.primary_index().is_none() {
+                // The monitor's view may be a probe interval old: look again everywhere.
+                self.inner.monitor.recheck_all();
+            }
             let node = self.inner.monitor.wait_for_primary(left).await?;
-            let i = self
-                .inner
-                .nodes
+            let monitor = &self.inner.monitor;
+            let i = monitor
+                .nodes()
                 .iter()
                 .position(|n| *n == node)
                 .expect("the monitor's nodes are the provider's");
-            let probes = self.inner.monitor.statuses()[i].probes;
-            // The checkout races the monitor: when the node stops being a reachable primary
-            // (crashed, demoted), the write re-routes at once instead of waiting out the
-            // pool's connect retries.
-            let demoted = self
-                .inner
-                .monitor
-                .wait_for(left, |s| !(s[i].reachable && s[i].role == Role::Primary));
+            let probes = monitor.statuses()[i].probes;
+            let permit = match self.inner.breakers[i].try_acquire() {
+                Ok(p) => p,
+                Err(e) => {
+                    // Do not hammer a failing primary: wait for the monitor to trust
+                    // another node (or this one's breaker to let a probe through).
+                    monitor.recheck(&node);
+                    let moved = monitor
+                        .wait_for(left, |_| {
+                            monitor.primary_index() != Some(i)
+                                || self.inner.breakers[i].state() != BreakerState::Open
+                        })
+                        .await;
+                    if moved.is_err() {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
+            // The checkout races the monitor: when the node stops being the trusted primary
+            // (crashed, demoted, fenced), the write re-routes at once instead of waiting out
+            // the pool's connect retries.
+            let demoted = monitor.wait_for(left, |_| monitor.primary_index() != Some(i));
             let checkout = tokio::time::timeout(
                 left.max(Duration::from_millis(1)),
                 self.inner.pools[i].get(),
@@ -203,6 +306,9 @@ impl<D: Driver> Provider<D> {
                 r = checkout => r,
                 Ok(_) = demoted => continue,
             };
+            if let Ok(got) = &outcome {
+                permit.record(got);
+            }
             match outcome {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) if Instant::now() < deadline && e.is_node_failure() => {
@@ -236,11 +342,11 @@ impl<D: Driver> Provider<D> {
     }
 
     /// The nodes a read may use, in the order to try them: standbys within the lag bound
-    /// (rotating), then the primary when allowed.
+    /// (ordered by the balancing policy), then the trusted primary when allowed.
     fn read_candidates(&self) -> Vec<usize> {
         let statuses = self.inner.monitor.statuses();
         let bound = self.inner.options.max_replica_lag_bytes;
-        let standbys: Vec<usize> = statuses
+        let standbys: Vec<Candidate> = statuses
             .iter()
             .enumerate()
             .filter(|(_, s)| {
@@ -248,19 +354,21 @@ impl<D: Driver> Provider<D> {
                     && s.role == Role::Standby
                     && bound.is_none_or(|b| s.replay_lag_bytes.unwrap_or(0) <= b)
             })
-            .map(|(i, _)| i)
+            .map(|(i, s)| Candidate {
+                index: i,
+                outstanding: self.inner.pools[i].in_use(),
+                rtt: s.probe_rtt.unwrap_or(Duration::MAX),
+            })
             .collect();
-        let start = self.inner.next_read.fetch_add(1, Relaxed);
-        let mut order: Vec<usize> = (0..standbys.len())
-            .map(|k| standbys[(start + k) % standbys.len()])
-            .collect();
+        let policy = self.inner.options.read_balancing;
+        let n = self.inner.next_read.fetch_add(1, Relaxed);
+        let start = match policy {
+            ReadBalancing::Random => self.inner.random.hash_one(n) as usize,
+            _ => n,
+        };
+        let mut order = balance(policy, standbys, start);
         if self.inner.options.read_from_primary {
-            if let Some(i) = statuses
-                .iter()
-                .position(|s| s.reachable && s.role == Role::Primary)
-            {
-                order.push(i);
-            }
+            order.extend(self.inner.monitor.primary_index());
         }
         order
     }
@@ -395,6 +503,31 @@ impl<D: Driver> Provider<D> {
     }
 }
 
+/// A standby a read may go to, with what the balancing policies weigh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Candidate {
+    index: usize,
+    outstanding: u64,
+    rtt: Duration,
+}
+
+/// Orders `standbys` for one read: rotated to start at `start` (modulo their number), then,
+/// for the weighing policies, stably sorted by their weight (so ties keep the rotation).
+fn balance(policy: ReadBalancing, mut standbys: Vec<Candidate>, start: usize) -> Vec<usize> {
+    if !standbys.is_empty() {
+        let k = start % standbys.len();
+        standbys.rotate_left(k);
+    }
+    match policy {
+        ReadBalancing::RoundRobin | ReadBalancing::Random => {}
+        ReadBalancing::LeastOutstanding => standbys.sort_by_key(|c| c.outstanding),
+        ReadBalancing::LatencyAware => {
+            standbys.sort_by_key(|c| c.rtt.saturating_mul(c.outstanding.saturating_add(1) as u32))
+        }
+    }
+    standbys.into_iter().map(|c| c.index).collect()
+}
+
 /// A WAL position: reads given it see every write committed before it was taken
 /// ([`Provider::consistency_token`], [`Provider::read_after`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -407,4 +540,79 @@ async fn replayed<C: Connection>(conn: &mut C) -> Option<u64> {
         .await
         .ok()?;
     rows.first()?.get(0).and_then(parse_lsn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Candidate, ReadBalancing, balance};
+    use std::time::Duration;
+
+    fn c(index: usize, outstanding: u64, rtt_ms: u64) -> Candidate {
+        Candidate {
+            index,
+            outstanding,
+            rtt: Duration::from_millis(rtt_ms),
+        }
+    }
+
+    #[test]
+    fn balancing_policies_order_the_standbys() {
+        let three = vec![c(0, 5, 1), c(2, 0, 9), c(3, 2, 2)];
+        let rr = |start| balance(ReadBalancing::RoundRobin, three.clone(), start);
+        assert_eq!(rr(0), vec![0, 2, 3]);
+        assert_eq!(rr(1), vec![2, 3, 0]);
+        assert_eq!(rr(5), vec![3, 0, 2]);
+        assert_eq!(
+            balance(ReadBalancing::Random, three.clone(), 7),
+            vec![2, 3, 0]
+        );
+        assert_eq!(
+            balance(ReadBalancing::LeastOutstanding, three.clone(), 0),
+            vec![2, 3, 0]
+        );
+        // Latency × (outstanding + 1): 6 ms, 9 ms, 6 ms; ties keep the rotation.
+        assert_eq!(
+            balance(ReadBalancing::LatencyAware, three.clone(), 0),
+            vec![0, 3, 2]
+        );
+        assert_eq!(
+            balance(ReadBalancing::LatencyAware, three.clone(), 2),
+            vec![3, 0, 2]
+        );
+        // A node never probed has no latency: last.
+        let unknown = vec![c(0, 0, 1), c(1, 0, 1)]
+            .into_iter()
+            .chain([Candidate {
+                index: 2,
+                outstanding: 0,
+                rtt: Duration::MAX,
+            }])
+            .collect();
+        assert_eq!(
+            balance(ReadBalancing::LatencyAware, unknown, 2),
+            vec![0, 1, 2]
+        );
+        for p in [
+            ReadBalancing::RoundRobin,
+            ReadBalancing::Random,
+            ReadBalancing::LeastOutstanding,
+            ReadBalancing::LatencyAware,
+        ] {
+            assert!(balance(p, Vec::new(), 3).is_empty());
+        }
+    }
+
+    #[test]
+    fn round_robin_spreads_evenly() {
+        let mut first = [0usize; 4];
+        for start in 0..400 {
+            let order = balance(
+                ReadBalancing::RoundRobin,
+                (0..4).map(|i| c(i, 0, 1)).collect(),
+                start,
+            );
+            first[order[0]] += 1;
+        }
+        assert_eq!(first, [100; 4]);
+    }
 }

@@ -20,11 +20,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! This is the first part of the topology layer (routing, failover, replicas and breakers
-//! build on it).
+//! **Split brain.** A crashed primary that is restarted after a standby was promoted comes
+//! back read-write on the old timeline: two nodes then claim to be primary. The monitor reads
+//! each primary's timeline (the timeline of its current WAL file) and trusts only the one on
+//! the newest timeline; the other is *fenced*: no writes and no reads go to it. It raises an
+//! alarm once per episode: an `error` log, [`HealthMonitor::split_brains`] counts it, and
+//! [`HealthMonitor::split_brain`] describes it (health reports show it as degraded). When two
+//! primaries share a timeline nothing tells them apart: neither is trusted.
 
 use crate::config::{Config, Node};
 use crate::{Connection, Driver, Error, ErrorKind, Result};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -62,6 +68,25 @@ pub struct NodeStatus {
     pub last_error: Option<String>,
     /// Successful probes so far.
     pub probes: u64,
+    /// The timeline: of the current WAL file on a primary, of the last checkpoint on a
+    /// standby.
+    pub timeline: Option<u32>,
+    /// How long the last successful probe took (a smoothed round trip: the latency-aware
+    /// read balancing uses it).
+    pub probe_rtt: Option<Duration>,
+    /// A primary on an older timeline than another primary (see the module docs): nothing
+    /// is routed to it.
+    pub fenced: bool,
+}
+
+/// Two or more nodes claiming to be primary at once; see the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SplitBrain {
+    /// Every reachable primary, `host:port`, with its timeline.
+    pub primaries: Vec<(String, Option<u32>)>,
+    /// The one trusted (on the newest timeline), if the timelines tell them apart.
+    pub chosen: Option<String>,
 }
 
 impl NodeStatus {
@@ -75,6 +100,58 @@ impl NodeStatus {
             server_version: None,
             last_error: None,
             probes: 0,
+            timeline: None,
+            probe_rtt: None,
+            fenced: false,
+        }
+    }
+}
+
+/// The monitor's whole view, replaced under one lock after each probe.
+struct View {
+    statuses: Vec<NodeStatus>,
+    primary: Option<usize>,
+    split_brain: Option<SplitBrain>,
+}
+
+/// Decides which reachable primary to trust: the only one, or the one on the strictly newest
+/// timeline (the others are fenced). Marks `fenced` and returns the choice and, with several
+/// primaries, the split brain.
+fn decide(statuses: &mut [NodeStatus]) -> (Option<usize>, Option<SplitBrain>) {
+    let primaries: Vec<usize> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.reachable && s.role == Role::Primary)
+        .map(|(i, _)| i)
+        .collect();
+    for s in statuses.iter_mut() {
+        s.fenced = false;
+    }
+    match primaries.as_slice() {
+        [] => (None, None),
+        [one] => (Some(*one), None),
+        many => {
+            let newest = many.iter().map(|i| statuses[*i].timeline).max().flatten();
+            let on_newest: Vec<usize> = many
+                .iter()
+                .copied()
+                .filter(|i| newest.is_some() && statuses[*i].timeline == newest)
+                .collect();
+            let chosen = match on_newest.as_slice() {
+                [one] => Some(*one),
+                _ => None,
+            };
+            for i in many {
+                statuses[*i].fenced = Some(*i) != chosen;
+            }
+            let report = SplitBrain {
+                primaries: many
+                    .iter()
+                    .map(|i| (statuses[*i].node.clone(), statuses[*i].timeline))
+                    .collect(),
+                chosen: chosen.map(|i| statuses[i].node.clone()),
+            };
+            (chosen, Some(report))
         }
     }
 }
@@ -88,9 +165,10 @@ pub struct HealthMonitor {
 
 struct Shared {
     nodes: Vec<Node>,
-    statuses: RwLock<Vec<NodeStatus>>,
+    view: RwLock<View>,
     wakes: Vec<Arc<Notify>>,
     changed: watch::Sender<u64>,
+    split_brains: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -117,9 +195,14 @@ impl HealthMonitor {
     pub fn start<D: Driver + Clone>(driver: D, config: &Config, interval: Duration) -> Self {
         let nodes = config.nodes().to_vec();
         let shared = Arc::new(Shared {
-            statuses: RwLock::new(nodes.iter().map(NodeStatus::unknown).collect()),
+            view: RwLock::new(View {
+                statuses: nodes.iter().map(NodeStatus::unknown).collect(),
+                primary: None,
+                split_brain: None,
+            }),
             wakes: nodes.iter().map(|_| Arc::new(Notify::new())).collect(),
             changed: watch::channel(0).0,
+            split_brains: AtomicU64::new(0),
             nodes,
         });
         for i in 0..shared.nodes.len() {
@@ -135,34 +218,56 @@ impl HealthMonitor {
         HealthMonitor { shared }
     }
 
-    /// What is known of every node, in configuration order.
-    pub fn statuses(&self) -> Vec<NodeStatus> {
-        self.shared
-            .statuses
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
+        self.shared.view.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The reachable primary, if there is exactly one (several claiming it is a split brain:
-    /// none is returned, and a warning is logged).
+    /// What is known of every node, in configuration order.
+    pub fn statuses(&self) -> Vec<NodeStatus> {
+        self.view().statuses.clone()
+    }
+
+    /// The trusted primary: the only reachable one, or during a split brain the one on the
+    /// newest timeline (see the [module docs](self)).
     pub fn primary(&self) -> Option<Node> {
-        let statuses = self.statuses();
-        let primaries: Vec<usize> = statuses
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.reachable && s.role == Role::Primary)
-            .map(|(i, _)| i)
-            .collect();
-        match primaries.as_slice() {
-            [one] => Some(self.shared.nodes[*one].clone()),
-            [] => None,
-            many => {
-                let names: Vec<&str> = many.iter().map(|i| statuses[*i].node.as_str()).collect();
-                tracing::warn!(nodes = ?names, "several nodes claim to be primary");
-                None
+        self.primary_index().map(|i| self.shared.nodes[i].clone())
+    }
+
+    /// The index (configuration order) of [`primary`](Self::primary).
+    pub(crate) fn primary_index(&self) -> Option<usize> {
+        self.view().primary
+    }
+
+    /// The split brain going on now, if any.
+    pub fn split_brain(&self) -> Option<SplitBrain> {
+        self.view().split_brain.clone()
+    }
+
+    /// How many split-brain episodes were seen since the monitor started.
+    pub fn split_brains(&self) -> u64 {
+        self.shared.split_brains.load(Relaxed)
+    }
+
+    /// A receiver that changes after every probe.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
+    /// A function that asks for an immediate probe of `node`, holding the monitor only
+    /// weakly (for pool hooks).
+    pub(crate) fn rechecker(&self, node: &Node) -> impl Fn() + Send + Sync + 'static {
+        let shared = Arc::downgrade(&self.shared);
+        let i = self.shared.nodes.iter().position(|n| n == node);
+        move || {
+            if let (Some(shared), Some(i)) = (shared.upgrade(), i) {
+                shared.wakes[i].notify_one();
             }
         }
+    }
+
+    /// The nodes, in configuration order.
+    pub(crate) fn nodes(&self) -> &[Node] {
+        &self.shared.nodes
     }
 
     /// Probes `node` now instead of at its next tick (after a connection to it failed, or a
@@ -170,6 +275,13 @@ impl HealthMonitor {
     pub fn recheck(&self, node: &Node) {
         if let Some(i) = self.shared.nodes.iter().position(|n| n == node) {
             self.shared.wakes[i].notify_one();
+        }
+    }
+
+    /// Probes every node now.
+    pub fn recheck_all(&self) {
+        for w in &self.shared.wakes {
+            w.notify_one();
         }
     }
 
@@ -205,7 +317,7 @@ impl HealthMonitor {
         }
     }
 
-    /// Waits until exactly one node is a reachable primary, up to `timeout`.
+    /// Waits until a primary is trusted ([`primary`](Self::primary)), up to `timeout`.
     ///
     /// # Errors
     /// [`ErrorKind::Connect`] naming every node's state when none became primary in time.
@@ -227,12 +339,19 @@ impl HealthMonitor {
             .iter()
             .map(|s| match &s.last_error {
                 Some(e) if !s.reachable => format!("{}: unreachable ({e})", s.node),
+                _ if s.fenced => format!(
+                    "{}: fenced primary on old timeline {:?}",
+                    s.node, s.timeline
+                ),
                 _ => format!("{}: {:?}", s.node, s.role),
             })
             .collect();
         states.join("; ")
     }
 }
+
+/// The shortest time between two probes of a node, however often rechecks are asked for.
+const MIN_PROBE_GAP: Duration = Duration::from_millis(10);
 
 /// One node's probing task: keeps a connection, probes every interval or when woken, and
 /// publishes what it found. Ends when the monitor is dropped.
@@ -247,6 +366,7 @@ async fn probe_loop<D: Driver>(
     let node = config.nodes()[index].clone();
     let mut conn: Option<D::Connection> = None;
     loop {
+        let started = Instant::now();
         // A hung node must not hold its probe for long: at least 1 s, at most 5 s.
         let limit = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
         let outcome = tokio::time::timeout(limit, async {
@@ -254,7 +374,10 @@ async fn probe_loop<D: Driver>(
                 let params = config.connect_params(&node).await?;
                 conn = Some(driver.connect(&params).await?);
             }
-            probe(conn.as_mut().expect("connected above")).await
+            let start = Instant::now();
+            let mut found = probe(conn.as_mut().expect("connected above")).await?;
+            found.probe_rtt = Some(start.elapsed());
+            Ok(found)
         })
         .await
         .unwrap_or_else(|_| {
@@ -267,17 +390,22 @@ async fn probe_loop<D: Driver>(
             return;
         };
         {
-            let mut statuses = shared.statuses.write().unwrap_or_else(|e| e.into_inner());
-            let s = &mut statuses[index];
+            let mut view = shared.view.write().unwrap_or_else(|e| e.into_inner());
+            let s = &mut view.statuses[index];
             match outcome {
                 Ok(found) => {
                     if s.role != found.role {
                         tracing::info!(node = %s.node, from = ?s.role, to = ?found.role, "node role changed");
                     }
-                    let probes = s.probes + 1;
+                    // Smoothed, so one slow probe does not swing the read balancing.
+                    let rtt = match (s.probe_rtt, found.probe_rtt) {
+                        (Some(old), Some(new)) => Some((old * 7 + new * 3) / 10),
+                        (_, new) => new,
+                    };
                     *s = NodeStatus {
                         node: s.node.clone(),
-                        probes,
+                        probes: s.probes + 1,
+                        probe_rtt: rtt,
                         ..found
                     };
                 }
@@ -288,10 +416,26 @@ async fn probe_loop<D: Driver>(
                     s.last_error = Some(e.to_string());
                 }
             }
+            let (primary, split) = decide(&mut view.statuses);
+            if let Some(split) = &split {
+                if view.split_brain.is_none() {
+                    shared.split_brains.fetch_add(1, Relaxed);
+                    tracing::error!(
+                        primaries = ?split.primaries,
+                        trusted = ?split.chosen,
+                        "split brain: several nodes claim to be primary; writes go only to the newest timeline"
+                    );
+                }
+            }
+            view.primary = primary;
+            view.split_brain = split;
         }
         shared.changed.send_modify(|g| *g += 1);
         drop(shared);
         let _ = tokio::time::timeout(interval, wake.notified()).await;
+        // Rechecks asked for by many callers at once (a failover under load) must not turn
+        // into back-to-back probes.
+        tokio::time::sleep_until(started + MIN_PROBE_GAP).await;
     }
 }
 
@@ -302,7 +446,9 @@ async fn probe<C: Connection>(conn: &mut C) -> Result<NodeStatus> {
             "SELECT pg_is_in_recovery(), \
              CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, \
              CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), \
-             pg_last_wal_replay_lsn()), pg_last_wal_replay_lsn()) END, current_setting('server_version')",
+             pg_last_wal_replay_lsn()), pg_last_wal_replay_lsn()) END, current_setting('server_version'), \
+             CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
+             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
         )
         .await?;
     let r = rows
@@ -324,6 +470,9 @@ async fn probe<C: Connection>(conn: &mut C) -> Result<NodeStatus> {
         server_version: r.get(3).map(str::to_owned),
         last_error: None,
         probes: 0,
+        timeline: r.get(4).and_then(|v| v.parse().ok()),
+        probe_rtt: None,
+        fenced: false,
     })
 }
 
@@ -335,7 +484,65 @@ pub fn parse_lsn(s: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_lsn;
+    use super::{NodeStatus, Role, decide, parse_lsn};
+    use crate::Host;
+    use crate::config::Node;
+
+    fn status(name: &str, role: Role, timeline: Option<u32>) -> NodeStatus {
+        let mut s = NodeStatus::unknown(&Node::new(Host::Tcp(name.into()), 5432));
+        s.reachable = role != Role::Unknown;
+        s.role = role;
+        s.timeline = timeline;
+        s
+    }
+
+    #[test]
+    fn the_newest_timeline_wins_a_split_brain() {
+        let mut one = [
+            status("a", Role::Primary, Some(1)),
+            status("b", Role::Standby, Some(1)),
+        ];
+        assert_eq!(decide(&mut one), (Some(0), None));
+        let mut none = [
+            status("a", Role::Unknown, None),
+            status("b", Role::Standby, Some(1)),
+        ];
+        assert_eq!(decide(&mut none), (None, None));
+
+        let mut two = [
+            status("a", Role::Primary, Some(1)),
+            status("b", Role::Primary, Some(2)),
+            status("c", Role::Standby, Some(2)),
+        ];
+        let (chosen, split) = decide(&mut two);
+        assert_eq!(chosen, Some(1));
+        let split = split.unwrap();
+        assert_eq!(split.chosen.as_deref(), Some("b:5432"));
+        assert_eq!(
+            split.primaries,
+            vec![
+                ("a:5432".to_string(), Some(1)),
+                ("b:5432".to_string(), Some(2))
+            ]
+        );
+        assert!(two[0].fenced && !two[1].fenced && !two[2].fenced);
+
+        // Same timeline, or unknown: nothing tells them apart, neither is trusted.
+        for (t1, t2) in [(Some(2), Some(2)), (None, None)] {
+            let mut tie = [
+                status("a", Role::Primary, t1),
+                status("b", Role::Primary, t2),
+            ];
+            let (chosen, split) = decide(&mut tie);
+            assert_eq!(chosen, None);
+            assert_eq!(split.unwrap().chosen, None);
+            assert!(tie[0].fenced && tie[1].fenced);
+        }
+        // Fencing is recomputed: once the old primary is gone, nothing stays fenced.
+        two[0] = status("a", Role::Unknown, None);
+        assert_eq!(decide(&mut two), (Some(1), None));
+        assert!(!two[0].fenced);
+    }
 
     #[test]
     fn lsns_parse() {

@@ -40,6 +40,7 @@ pub struct ConfigBuilder {
     pub(super) max_lifetime: Option<Option<Duration>>,
     pub(super) validation: Option<ValidationPolicy>,
     pub(super) leak_detection_threshold: Option<Option<Duration>>,
+    pub(super) max_waiters: Option<Option<usize>>,
     pub(super) statement_cache_capacity: Option<usize>,
     pub(super) query_timeout: Option<Option<Duration>>,
     pub(super) statement_timeout: Option<Option<Duration>>,
@@ -54,6 +55,8 @@ pub const DEFAULT_PORT: u16 = 5432;
 pub const DEFAULT_USER: &str = "postgres";
 /// The largest pool: PostgreSQL's own upper limit on `max_connections`.
 pub const MAX_POOL_SIZE: usize = 262_143;
+/// The default bound on callers waiting for a connection, per node.
+pub const DEFAULT_MAX_WAITERS: usize = 10_000;
 /// The default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -235,6 +238,15 @@ impl ConfigBuilder {
     /// Report connections held longer than this; `None` disables it (the default).
     pub fn with_leak_detection_threshold(mut self, threshold: Option<Duration>) -> Self {
         self.leak_detection_threshold = Some(threshold);
+        self
+    }
+
+    /// How many callers may wait for a connection at once (default 10,000); past it a
+    /// checkout fails at once with [`ErrorKind::Overloaded`](pgprovider_core::ErrorKind::Overloaded)
+    /// instead of queueing. `None` for no bound (waits are still bounded by the acquire
+    /// timeout).
+    pub fn with_max_waiters(mut self, max: Option<usize>) -> Self {
+        self.max_waiters = Some(max);
         self
     }
 
@@ -456,6 +468,15 @@ impl ConfigBuilder {
                 );
             }
         }
+        let max_waiters = self.max_waiters.unwrap_or(defaults.max_waiters);
+        if max_waiters == Some(0) {
+            p(
+                "pool_max_waiters",
+                Some("0".into()),
+                "no caller could ever wait for a connection",
+                "give a bound such as 10000, or off for none",
+            );
+        }
         let validation = self.validation.unwrap_or(defaults.validation);
         if validation == ValidationPolicy::WhenIdleFor(Duration::ZERO) {
             p(
@@ -502,6 +523,7 @@ impl ConfigBuilder {
                 max_lifetime,
                 validation,
                 leak_detection_threshold: leak,
+                max_waiters,
             },
         })
     }

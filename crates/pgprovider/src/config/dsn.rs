@@ -33,6 +33,7 @@ pub(super) const KEYS: &[&str] = &[
     "pool_max_lifetime",
     "pool_validation",
     "pool_leak_detection_threshold",
+    "pool_max_waiters",
     "statement_cache_capacity",
     "query_timeout",
     "statement_timeout",
@@ -277,6 +278,12 @@ impl ConfigBuilder {
             "pool_leak_detection_threshold" => {
                 if let Some(d) = self.optional_duration(key, value) {
                     self.leak_detection_threshold = Some(d);
+                }
+            }
+            "pool_max_waiters" => {
+                self.max_waiters = match value {
+                    "off" => Some(None),
+                    _ => self.count(key, value).map(Some).or(self.max_waiters),
                 }
             }
             "statement_cache_capacity" => {

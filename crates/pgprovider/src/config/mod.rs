@@ -31,6 +31,7 @@
 //! | `pool_max_lifetime` | close connections this old, with jitter (`off` to keep them) | `30m` |
 //! | `pool_validation` | `always`, `never`, or a duration: ping at checkout when idle longer than it | `30s` |
 //! | `pool_leak_detection_threshold` | report a connection held longer than this (`off` to disable) | `off` |
+//! | `pool_max_waiters` | callers that may wait for a connection at once; more fail at once with `Overloaded` (`off` for no bound) | `10000` |
 //! | `statement_cache_capacity` | prepared statements kept per connection; `0` for unnamed statements only (PgBouncer transaction mode) | `256` |
 //! | `query_timeout` | cancel a statement on the server after this long (a `COMMIT` never is) | `off` |
 //! | `statement_timeout` | the server's `statement_timeout`, sent at startup | server's |
@@ -44,7 +45,8 @@ mod password;
 mod problem;
 
 pub use builder::{
-    ConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_USER, MAX_POOL_SIZE,
+    ConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_MAX_WAITERS, DEFAULT_PORT,
+    DEFAULT_USER, MAX_POOL_SIZE,
 };
 pub use problem::{ConfigError, Problem};
 
@@ -145,6 +147,7 @@ pub struct PoolConfig {
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) validation: ValidationPolicy,
     pub(crate) leak_detection_threshold: Option<Duration>,
+    pub(crate) max_waiters: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -157,6 +160,7 @@ impl Default for PoolConfig {
             max_lifetime: Some(Duration::from_secs(1800)),
             validation: ValidationPolicy::default(),
             leak_detection_threshold: None,
+            max_waiters: Some(DEFAULT_MAX_WAITERS),
         }
     }
 }
@@ -189,6 +193,10 @@ impl PoolConfig {
     /// Connections held longer than this are reported as leaks; `None` disables it.
     pub fn leak_detection_threshold(&self) -> Option<Duration> {
         self.leak_detection_threshold
+    }
+    /// Most callers waiting for a connection at once; `None` for no bound.
+    pub fn max_waiters(&self) -> Option<usize> {
+        self.max_waiters
     }
 }
 

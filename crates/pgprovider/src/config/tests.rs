@@ -63,6 +63,7 @@ fn builder_sets_everything() {
         .with_max_lifetime(Some(Duration::from_secs(60)))
         .with_validation(ValidationPolicy::Always)
         .with_leak_detection_threshold(Some(Duration::from_secs(5)))
+        .with_max_waiters(Some(50))
         .with_passfile(&f)
         .build()
         .unwrap();
@@ -82,6 +83,7 @@ fn builder_sets_everything() {
     assert_eq!(p.max_lifetime(), Some(Duration::from_secs(60)));
     assert_eq!(p.validation(), ValidationPolicy::Always);
     assert_eq!(p.leak_detection_threshold(), Some(Duration::from_secs(5)));
+    assert_eq!(p.max_waiters(), Some(50));
     assert_eq!(c.passfile(), Some(f.as_path()));
     assert_eq!(
         c.redacted_url(),
@@ -237,6 +239,10 @@ fn every_url_parameter() {
             Box::new(|c| c.pool().leak_detection_threshold() == Some(Duration::from_secs(30))),
         ),
         (
+            "pool_max_waiters=7".into(),
+            Box::new(|c| c.pool().max_waiters() == Some(7)),
+        ),
+        (
             "statement_cache_capacity=0".into(),
             Box::new(|c| c.statement_cache_capacity() == 0),
         ),
@@ -382,6 +388,16 @@ fn every_validation_message() {
             "postgres://h/db?pool_validation=0",
             "pool_validation",
             "means always",
+        ),
+        (
+            "postgres://h/db?pool_max_waiters=0",
+            "pool_max_waiters",
+            "no caller could ever wait",
+        ),
+        (
+            "postgres://h/db?pool_max_waiters=lots",
+            "pool_max_waiters",
+            "not a whole number",
         ),
         (
             "postgres://h/db?pool_validation=sometimes",

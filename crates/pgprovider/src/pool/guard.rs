@@ -104,9 +104,15 @@ impl<D: Driver> Drop for Pooled<D> {
             let slot = self.take();
             let pool = &self.pool;
             let now = Instant::now();
+            let broken = slot.conn.is_broken();
+            if broken || slot.conn.refused_read_only() {
+                if let Some(hook) = &pool.hooks.on_suspect {
+                    super::hooks::guarded("on_suspect", &pool.node.to_string(), || hook());
+                }
+            }
             if pool.closed.load(Relaxed) {
                 pool.close_conn(slot.conn, CloseReason::Pool);
-            } else if slot.conn.is_broken() {
+            } else if broken {
                 pool.close_conn(slot.conn, CloseReason::Error);
             } else if slot.expires.is_some_and(|e| now >= e) {
                 pool.close_conn(slot.conn, CloseReason::Lifetime);

@@ -6,6 +6,7 @@
 //! | `before_checkout` | on an idle connection about to be handed out | `false` or a panic: the connection is closed and another is taken |
 //! | `after_return` | on a connection put back into the idle queue (after any reset) | a panic closes the connection |
 //! | `on_leak` | once per checkout held longer than the leak-detection threshold | a panic is logged |
+//! | `on_suspect` | when a connection comes back broken, or after a statement was refused as read-only (`25006`, see [`Connection::refused_read_only`](pgprovider_core::Connection::refused_read_only)): the node may have failed or been demoted | a panic is logged |
 //!
 //! Hooks never run while the pool's locks are held. A panic in a hook is caught, logged at
 //! `error` level with the node, and never poisons the pool.
@@ -40,12 +41,14 @@ pub struct LeakReport {
 pub(crate) type BeforeCheckout<C> = Arc<dyn Fn(&C) -> bool + Send + Sync>;
 pub(crate) type AfterReturn<C> = Arc<dyn Fn(&C) + Send + Sync>;
 pub(crate) type OnLeak = Arc<dyn Fn(&LeakReport) + Send + Sync>;
+pub(crate) type OnSuspect = Arc<dyn Fn() + Send + Sync>;
 
 pub(crate) struct Hooks<C> {
     pub(crate) after_connect: Option<AfterConnect<C>>,
     pub(crate) before_checkout: Option<BeforeCheckout<C>>,
     pub(crate) after_return: Option<AfterReturn<C>>,
     pub(crate) on_leak: Option<OnLeak>,
+    pub(crate) on_suspect: Option<OnSuspect>,
 }
 
 impl<C> Default for Hooks<C> {
@@ -55,6 +58,7 @@ impl<C> Default for Hooks<C> {
             before_checkout: None,
             after_return: None,
             on_leak: None,
+            on_suspect: None,
         }
     }
 }
@@ -66,6 +70,7 @@ impl<C> fmt::Debug for Hooks<C> {
             .field("before_checkout", &self.before_checkout.is_some())
             .field("after_return", &self.after_return.is_some())
             .field("on_leak", &self.on_leak.is_some())
+            .field("on_suspect", &self.on_suspect.is_some())
             .finish()
     }
 }

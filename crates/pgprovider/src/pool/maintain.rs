@@ -144,6 +144,7 @@ impl<D: Driver> Inner<D> {
                             conn,
                             expires,
                             idle_since: now,
+                            generation: self.generation.load(Relaxed),
                         }),
                         now,
                     );

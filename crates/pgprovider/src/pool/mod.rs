@@ -108,6 +108,9 @@ pub(crate) struct Inner<D: Driver> {
     /// Acquire deadlines of waiting checkouts; `None` when built outside a runtime (a timer
     /// per waiter then).
     deadlines: Option<Arc<deadline::Deadlines>>,
+    /// Bumped by [`Pool::retire`]: connections of an older generation are closed when they
+    /// come back.
+    generation: AtomicU64,
 }
 
 /// A connection and its timestamps, boxed once for its whole life so that checkouts and
@@ -116,6 +119,7 @@ pub(crate) struct Slot<C> {
     conn: C,
     expires: Option<Instant>,
     idle_since: Instant,
+    generation: u64,
 }
 
 /// A permit taken from the semaphore and forgotten, so that no `Arc` is cloned per
@@ -223,6 +227,14 @@ impl<D: Driver> PoolBuilder<D> {
         self
     }
 
+    /// Calls `f` when a connection comes back broken, or after the server refused a
+    /// statement on it as read-only (`25006`): the node may have failed or been demoted.
+    /// The provider uses it to have the node probed at once.
+    pub fn on_suspect(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.hooks.on_suspect = Some(Arc::new(f));
+        self
+    }
+
     /// Calls `f` once for each checkout held longer than the leak-detection threshold
     /// (besides the `warn` event and the `leaks` count, which happen anyway).
     pub fn on_leak(mut self, f: impl Fn(&LeakReport) + Send + Sync + 'static) -> Self {
@@ -258,6 +270,7 @@ impl<D: Driver> PoolBuilder<D> {
             wake: Arc::new(Notify::new()),
             leases,
             deadlines: deadline::Deadlines::start(),
+            generation: AtomicU64::new(0),
         });
         maintain::start(&inner);
         Pool { inner }
@@ -320,6 +333,11 @@ impl<D: Driver> Pool<D> {
             Ok(p) => p,
             Err(TryAcquireError::Closed) => return Err(inner.closed_error()),
             Err(TryAcquireError::NoPermits) => {
+                if let Some(max) = inner.config.pool().max_waiters() {
+                    if inner.counters.waiters.load(Relaxed) >= max as u64 {
+                        return Err(inner.overloaded_error(max));
+                    }
+                }
                 let now = Instant::now();
                 start = Some(now);
                 let _waiting = CountGuard::new(&inner.counters.waiters);
@@ -391,6 +409,7 @@ impl<D: Driver> Pool<D> {
             conn,
             expires: inner.expiry(),
             idle_since: now,
+            generation: inner.generation.load(Relaxed),
         });
         Ok(self.hand_out(slot, permit, start, now, at))
     }
@@ -513,6 +532,29 @@ impl<D: Driver> Pool<D> {
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Relaxed)
     }
+
+    /// Closes every idle connection now and every checked-out one when it comes back; new
+    /// checkouts open fresh connections. The topology calls it when the node changes role
+    /// (a primary demoted, a standby promoted), so no session from before the change is
+    /// reused. Returns how many idle connections were closed.
+    pub fn retire(&self) -> usize {
+        let inner = &self.inner;
+        inner.generation.fetch_add(1, Relaxed);
+        // Under the idle lock: a return racing this either sees the new generation or
+        // lands before the drain.
+        let idle: Vec<_> = lock(&inner.idle).drain(..).collect();
+        let n = idle.len();
+        for slot in idle {
+            inner.close_conn(slot.conn, CloseReason::Retired);
+        }
+        inner.wake.notify_one();
+        n
+    }
+
+    /// Connections checked out now (cheaper than [`stats`](Self::stats)).
+    pub fn in_use(&self) -> u64 {
+        self.inner.counters.in_use.load(Relaxed)
+    }
 }
 
 impl<D: Driver> Inner<D> {
@@ -622,6 +664,16 @@ impl<D: Driver> Inner<D> {
         .with_hint("check that the node is reachable, raise pool_max_size or pool_acquire_timeout, or look for connections held too long")
     }
 
+    fn overloaded_error(&self, max: usize) -> Error {
+        self.counters.rejected.fetch_add(1, Relaxed);
+        Error::new(
+            ErrorKind::Overloaded,
+            format!("{max} callers are already waiting for a connection; refused at once"),
+        )
+        .with_node(self.node.to_string())
+        .with_hint("the node is overloaded: shed load, retry later, or raise pool_max_size or pool_max_waiters")
+    }
+
     fn expiry(&self) -> Option<Instant> {
         let lifetime = self.config.pool().max_lifetime()?;
         let n = self.jitter.1.fetch_add(1, Relaxed);
@@ -677,7 +729,13 @@ impl<D: Driver> Inner<D> {
         }
         slot.idle_since = now;
         slot.conn.recycled();
-        lock(&self.idle).push_back(slot);
+        let mut idle = lock(&self.idle);
+        if slot.generation != self.generation.load(Relaxed) {
+            drop(idle);
+            self.close_conn(slot.conn, CloseReason::Retired);
+            return;
+        }
+        idle.push_back(slot);
     }
 
     fn close_conn(&self, conn: D::Connection, reason: CloseReason) {

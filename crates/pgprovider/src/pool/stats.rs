@@ -54,6 +54,10 @@ pub struct PoolStats {
     pub closed_resize: u64,
     /// Connections closed because the pool was closed.
     pub closed_pool: u64,
+    /// Connections closed because the pool was retired (the node changed role).
+    pub closed_retired: u64,
+    /// Checkouts refused at once because `max_waiters` callers were already waiting.
+    pub rejected: u64,
     /// The prepared-statement caches of this pool's connections.
     pub statement_cache: pgprovider_core::StatementCacheStats,
 }
@@ -102,6 +106,8 @@ pub(crate) struct Counters {
     pub(crate) closed_validation: AtomicU64,
     pub(crate) closed_resize: AtomicU64,
     pub(crate) closed_pool: AtomicU64,
+    pub(crate) closed_retired: AtomicU64,
+    pub(crate) rejected: AtomicU64,
 }
 
 /// Why a connection was closed.
@@ -113,6 +119,7 @@ pub(crate) enum CloseReason {
     Validation,
     Resize,
     Pool,
+    Retired,
 }
 
 impl Counters {
@@ -125,6 +132,7 @@ impl Counters {
             CloseReason::Validation => &self.closed_validation,
             CloseReason::Resize => &self.closed_resize,
             CloseReason::Pool => &self.closed_pool,
+            CloseReason::Retired => &self.closed_retired,
         };
         c.fetch_add(1, Relaxed);
     }
@@ -165,6 +173,8 @@ impl Counters {
             closed_validation: self.closed_validation.load(Relaxed),
             closed_resize: self.closed_resize.load(Relaxed),
             closed_pool: self.closed_pool.load(Relaxed),
+            closed_retired: self.closed_retired.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
             statement_cache: Default::default(),
         }
     }

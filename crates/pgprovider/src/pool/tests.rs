@@ -25,6 +25,7 @@ struct Fake(Arc<Script>);
 struct FakeConn {
     id: u64,
     broken: bool,
+    read_only: bool,
     script: Arc<Script>,
 }
 
@@ -52,6 +53,7 @@ impl Driver for Fake {
         Ok(FakeConn {
             id,
             broken: false,
+            read_only: false,
             script: s.clone(),
         })
     }
@@ -60,6 +62,12 @@ impl Driver for Fake {
 impl Connection for FakeConn {
     fn is_broken(&self) -> bool {
         self.broken
+    }
+    fn refused_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn recycled(&mut self) {
+        self.read_only = false;
     }
     async fn ping(&mut self) -> Result<()> {
         self.script.pings.fetch_add(1, Relaxed);
@@ -788,4 +796,84 @@ async fn a_waiter_that_gives_up_leaves_the_deadline_queue_clean() {
     assert!(lock(&pool.inner.deadlines.as_ref().unwrap().queue).is_empty());
     assert_eq!(pool.stats().waiters, 0);
     drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_wait_queue_refuses_at_once() {
+    let (unbounded, _) = pool("pool_max_size=1&pool_max_waiters=off");
+    assert_eq!(unbounded.stats().rejected, 0);
+    let (pool, _) = pool("pool_max_size=1&pool_max_waiters=2&pool_acquire_timeout=5s");
+    let held = pool.get().await.unwrap();
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.map(|c| c.id) })
+        })
+        .collect();
+    while pool.stats().waiters < 2 {
+        tokio::task::yield_now().await;
+    }
+    let e = pool.get().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Overloaded);
+    assert_eq!(e.node(), Some("fake:5432"));
+    assert!(
+        e.to_string().contains("2 callers are already waiting"),
+        "{e}"
+    );
+    assert_eq!(pool.stats().rejected, 1);
+    // The queued callers are served as usual.
+    drop(held);
+    for w in waiting {
+        assert_eq!(w.await.unwrap().unwrap(), 0);
+    }
+    // With no bound, the queue is limited only by the acquire timeout.
+    let c = Config::from_url("postgres://fake/db?pool_max_waiters=off").unwrap();
+    assert_eq!(c.pool().max_waiters(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retiring_closes_idle_connections_now_and_busy_ones_on_return() {
+    let (pool, script) = pool("pool_max_size=3");
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    drop(a);
+    assert_eq!(pool.retire(), 1);
+    drop(b);
+    let s = pool.stats();
+    assert_eq!((s.closed_retired, s.size, s.idle), (2, 0, 0), "{s:?}");
+    // New checkouts open new connections, which are kept.
+    let c = pool.get().await.unwrap();
+    assert_eq!(c.id, 2);
+    drop(c);
+    assert_eq!(pool.stats().idle, 1);
+    tokio::task::yield_now().await;
+    assert_eq!(script.closed.load(Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn broken_or_read_only_returns_are_reported_once() {
+    let c = Config::from_url("postgres://fake/db?pool_validation=never").unwrap();
+    let seen = Arc::new(AtomicU64::new(0));
+    let s2 = seen.clone();
+    let pool = Pool::builder(Fake::default(), &c, &c.nodes()[0])
+        .on_suspect(move || {
+            s2.fetch_add(1, Relaxed);
+        })
+        .build();
+    drop(pool.get().await.unwrap());
+    assert_eq!(seen.load(Relaxed), 0);
+    let mut conn = pool.get().await.unwrap();
+    conn.read_only = true;
+    drop(conn);
+    assert_eq!(seen.load(Relaxed), 1);
+    // Recycled: the flag does not linger into the next checkout.
+    let conn = pool.get().await.unwrap();
+    assert!(!conn.read_only);
+    drop(conn);
+    assert_eq!(seen.load(Relaxed), 1);
+    let mut conn = pool.get().await.unwrap();
+    conn.broken = true;
+    drop(conn);
+    assert_eq!(seen.load(Relaxed), 2);
+    assert_eq!(pool.stats().closed_error, 1);
 }
