@@ -58,6 +58,7 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         opt::Command::Demo(args) => cmd::demo::run(args).await,
         opt::Command::Health(args) => cmd::health::run(args).await,
+        opt::Command::Serve(args) => cmd::serve::run(args).await,
         opt::Command::Bench(args) => cmd::bench::run(args).await,
         opt::Command::Migrate(args) => cmd::migrate::run(args).await,
         opt::Command::Listen(args) => cmd::listen::listen(args).await,

@@ -32,9 +32,24 @@ pub enum Command {
     Listen(ListenArgs),
     /// Send one notification.
     Notify(NotifyArgs),
+    /// Serve `/healthz` (liveness), `/readyz` (readiness: the health report as JSON, 503
+    /// when no primary) and `/metrics` (Prometheus) until interrupted. Uses --url, else
+    /// starts a throwaway PostgreSQL cluster.
+    Serve(ServeArgs),
     /// Failure drills on an embedded cluster.
     #[command(subcommand)]
     Drill(DrillCommand),
+}
+
+/// Options of `pgprovider serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The nodes (a multi-host URL); without it, an embedded throwaway cluster.
+    #[arg(long, env = "DATABASE_URL")]
+    pub url: Option<String>,
+    /// Where to listen (`host:port`; port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    pub listen: String,
 }
 
 /// `pgprovider drill` drills.

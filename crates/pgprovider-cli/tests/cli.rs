@@ -533,3 +533,61 @@ fn the_failover_drill_loses_no_acknowledged_write() {
     // A generous bound that catches a hang, not a performance target.
     assert!(v["recovery_ms"].as_f64().unwrap() < 20_000.0, "{v}");
 }
+
+/// `GET path` over a real socket: status code and body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out[9..12].parse().unwrap();
+    (code, out.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+#[test]
+fn serve_answers_health_readiness_and_metrics() {
+    use std::io::{BufRead, BufReader};
+    let url = shared_url();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgprovider"))
+        .args(["serve", "--url", &url, "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_owned()));
+    // Ready once the monitor has found the primary.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let body = loop {
+        let (code, body) = http_get(&addr, "/readyz");
+        if code == 200 {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{code} {body}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["status"], "ok");
+    assert_eq!(report["nodes"][0]["role"], "primary");
+    let (code, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("pgprovider_pool_max_size{"), "{metrics}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let o = pgprovider(&["serve", "--url", &url, "--listen", "nowhere"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("--listen nowhere"), "{:?}", text(&o));
+}

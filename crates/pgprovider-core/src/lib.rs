@@ -8,6 +8,7 @@
 //!   cancel the running query, close.
 //! - [`Error`] / [`ErrorKind`]: one opaque error with a public kind, SQLSTATE, node and tenant.
 //! - [`SqlState`]: SQLSTATE codes and the one place that classifies them.
+//! - [`observe`]: hooks around every operation and the OpenTelemetry-style span.
 //! - [`ConnectParams`]: everything a driver needs to reach one node; [`Secret`] keeps the
 //!   password out of `Debug`, `Display` and logs.
 //!
@@ -23,6 +24,7 @@
 mod driver;
 mod error;
 mod notify;
+pub mod observe;
 mod params;
 mod query;
 mod secret;

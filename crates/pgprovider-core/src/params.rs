@@ -116,6 +116,8 @@ pub struct ConnectParams {
     pub statements: StatementCaches,
     /// How long one statement may run before it is cancelled; `None` for no limit.
     pub query_timeout: Option<Duration>,
+    /// The hooks every operation on the connection runs through (none by default).
+    pub hooks: crate::observe::Hooks,
 }
 
 /// The default [`ConnectParams::statement_cache_capacity`].
@@ -137,6 +139,7 @@ impl ConnectParams {
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             statements: StatementCaches::new(),
             query_timeout: None,
+            hooks: crate::observe::Hooks::default(),
         }
     }
 

@@ -44,6 +44,9 @@ pub struct PgConnection {
     pub(crate) cache: StatementCache,
     pub(crate) timeout: Option<Duration>,
     default_timeout: Option<Duration>,
+    pub(crate) hooks: pgprovider_core::observe::Hooks,
+    /// When the open transaction began (tracked only for hooks).
+    pub(crate) tx_started: Option<std::time::Instant>,
     cancel: Cancel,
     driver_task: tokio::task::JoinHandle<()>,
 }
@@ -113,6 +116,8 @@ impl PgConnection {
             cache: StatementCache::new(params.statement_cache_capacity, params.statements.clone()),
             timeout: params.query_timeout,
             default_timeout: params.query_timeout,
+            hooks: params.hooks.clone(),
+            tx_started: None,
             cancel,
             driver_task,
         }
@@ -240,6 +245,30 @@ impl Connection for PgConnection {
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
+        if self.hooks.is_empty() {
+            return self.simple_query_inner(sql).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let kind = pgprovider_core::observe::OperationKind::of_sql(
+            sql,
+            pgprovider_core::observe::OperationKind::Execute,
+        );
+        let op = pgprovider_core::observe::Operation::new(kind, &node).with_sql(sql);
+        let rows = |r: &Vec<SimpleRow>| Some(r.len() as u64);
+        hooks.observe(&op, rows, self.simple_query_inner(sql)).await
+    }
+
+    fn cancel_token(&self) -> CancelToken {
+        self.cancel_token_inner()
+    }
+
+    async fn close(self) {
+        self.close_inner().await
+    }
+}
+
+impl PgConnection {
+    async fn simple_query_inner(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
         // Dirty while it runs (a dropped future leaves the session unknown); afterwards as
         // its statements say. A failure part-way may leave a transaction open (aborted):
         // the transaction state says so, and needs_reset covers both.
@@ -278,7 +307,7 @@ impl Connection for PgConnection {
         Ok(rows)
     }
 
-    fn cancel_token(&self) -> CancelToken {
+    fn cancel_token_inner(&self) -> CancelToken {
         let token = self.client.cancel_token();
         let node = self.node.clone();
         let cancel = self.cancel.clone();
@@ -300,13 +329,13 @@ impl Connection for PgConnection {
         })
     }
 
-    async fn close(self) {
+    async fn close_inner(self) {
         // A statement still running would go on until it next writes to the socket
         // (pg_sleep, a long scan): cancel it first.
         if self.in_flight && !self.client.is_closed() {
             let _ = tokio::time::timeout(
                 std::time::Duration::from_secs(1),
-                self.cancel_token().cancel(),
+                self.cancel_token_inner().cancel(),
             )
             .await;
         }

@@ -8,6 +8,7 @@
 use crate::conn::PgConnection;
 use crate::error::map_error;
 use futures_util::{Stream, StreamExt, TryStreamExt, pin_mut};
+use pgprovider_core::observe::{Operation, OperationKind};
 use pgprovider_core::{Error, ErrorKind, Result};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream};
@@ -88,6 +89,21 @@ impl PgConnection {
     /// # Errors
     /// The stream's error, or the server's.
     pub async fn copy_in_stream<R, S>(&mut self, sql: &str, types: &[Type], rows: S) -> Result<u64>
+    where
+        R: CopyRow + Send,
+        S: Stream<Item = Result<R>> + Send,
+    {
+        if self.hooks.is_empty() {
+            return self.copy_in_inner(sql, types, rows).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
+        hooks
+            .observe(&op, |n| Some(*n), self.copy_in_inner(sql, types, rows))
+            .await
+    }
+
+    async fn copy_in_inner<R, S>(&mut self, sql: &str, types: &[Type], rows: S) -> Result<u64>
     where
         R: CopyRow + Send,
         S: Stream<Item = Result<R>> + Send,
@@ -183,7 +199,21 @@ impl PgConnection {
     ///
     /// # Errors
     /// The server's error, or the first error `each` returns (the export stops there).
-    pub async fn copy_out<F>(&mut self, sql: &str, types: &[Type], mut each: F) -> Result<u64>
+    pub async fn copy_out<F>(&mut self, sql: &str, types: &[Type], each: F) -> Result<u64>
+    where
+        F: FnMut(BinaryCopyOutRow) -> Result<()> + Send,
+    {
+        if self.hooks.is_empty() {
+            return self.copy_out_inner(sql, types, each).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
+        hooks
+            .observe(&op, |n| Some(*n), self.copy_out_inner(sql, types, each))
+            .await
+    }
+
+    async fn copy_out_inner<F>(&mut self, sql: &str, types: &[Type], mut each: F) -> Result<u64>
     where
         F: FnMut(BinaryCopyOutRow) -> Result<()> + Send,
     {
@@ -208,6 +238,21 @@ impl PgConnection {
     /// # Errors
     /// The server's error, or `out`'s.
     pub async fn copy_out_raw<W>(&mut self, sql: &str, out: &mut W) -> Result<u64>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        if self.hooks.is_empty() {
+            return self.copy_out_raw_inner(sql, out).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
+        // The count is of bytes, not rows: not reported as rows.
+        hooks
+            .observe(&op, |_| None, self.copy_out_raw_inner(sql, out))
+            .await
+    }
+
+    async fn copy_out_raw_inner<W>(&mut self, sql: &str, out: &mut W) -> Result<u64>
     where
         W: AsyncWrite + Unpin + Send,
     {

@@ -478,8 +478,13 @@ impl PgConnection {
     /// before anything is sent; the server's error otherwise.
     pub async fn notify(&mut self, channel: &str, payload: &str) -> Result<()> {
         check_notification(channel, payload)?;
-        pgprovider_core::Queries::execute(self, "SELECT pg_notify($1, $2)", &[&channel, &payload])
-            .await
-            .map(|_| ())
+        self.observed(
+            pgprovider_core::observe::OperationKind::Notify,
+            "SELECT pg_notify($1, $2)",
+            &[&channel, &payload],
+            crate::query::Op::Execute,
+        )
+        .await
+        .map(|_| ())
     }
 }

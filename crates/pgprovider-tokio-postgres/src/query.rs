@@ -16,6 +16,7 @@ use crate::cache::SqlTraits;
 use crate::conn::{PgConnection, may_change_session};
 use crate::error::map_error;
 use futures_util::{Stream, StreamExt, TryStreamExt};
+use pgprovider_core::observe::{Operation, OperationKind};
 use pgprovider_core::{Column, Error, ErrorKind, FromRow, Queries, Result};
 use std::fmt;
 use std::ops::Deref;
@@ -80,14 +81,20 @@ impl Queries for PgConnection {
     type Param<'a> = Param<'a>;
 
     async fn query<'p>(&mut self, sql: &str, params: &[&'p Param<'p>]) -> Result<Vec<PgRow>> {
-        match self.exec(sql, params, Op::Query).await? {
+        match self
+            .observed(OperationKind::Query, sql, params, Op::Query)
+            .await?
+        {
             Out::Rows(rows) => Ok(rows.into_iter().map(PgRow).collect()),
             _ => unreachable!("a query returns rows"),
         }
     }
 
     async fn execute<'p>(&mut self, sql: &str, params: &[&'p Param<'p>]) -> Result<u64> {
-        match self.exec(sql, params, Op::Execute).await? {
+        match self
+            .observed(OperationKind::Execute, sql, params, Op::Execute)
+            .await?
+        {
             Out::Count(n) => Ok(n),
             _ => unreachable!("an execute returns a count"),
         }
@@ -120,7 +127,10 @@ impl PgConnection {
         sql: &str,
         params: &[&Param<'_>],
     ) -> Result<PgRowStream<'_>> {
-        let Out::Stream(stream) = self.exec(sql, params, Op::Stream).await? else {
+        let Out::Stream(stream) = self
+            .observed(OperationKind::Query, sql, params, Op::Stream)
+            .await?
+        else {
             unreachable!("a stream query returns a stream")
         };
         self.in_flight = true;
@@ -152,6 +162,19 @@ impl PgConnection {
     /// failed: …"), its SQLSTATE and fields; nothing of the batch was applied (outside a
     /// transaction) or the transaction is aborted (inside one).
     pub async fn batch(
+        &mut self,
+        statements: &[(&str, &[&Param<'_>])],
+    ) -> Result<Vec<BatchResult>> {
+        if self.hooks.is_empty() {
+            return self.batch_inner(statements).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let op = Operation::new(OperationKind::Batch, &node).with_statements(statements.len());
+        let rows = |r: &Vec<BatchResult>| Some(r.iter().map(BatchResult::rows_affected).sum());
+        hooks.observe(&op, rows, self.batch_inner(statements)).await
+    }
+
+    async fn batch_inner(
         &mut self,
         statements: &[(&str, &[&Param<'_>])],
     ) -> Result<Vec<BatchResult>> {
@@ -259,11 +282,53 @@ impl PgConnection {
         ))
     }
 
+    /// Runs `op` through the connection's hooks (as `default`, or the transaction-control
+    /// kind the statement is), with the sqlcommenter comment when one applies.
+    pub(crate) async fn observed<'p>(
+        &mut self,
+        default: OperationKind,
+        sql: &str,
+        params: &[&'p Param<'p>],
+        op: Op,
+    ) -> Result<Out> {
+        if self.hooks.is_empty() {
+            return self.exec(sql, params, op, false).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let operation = Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
+        // A commented statement is unique to its correlation id: run it unprepared rather
+        // than fill the statement cache with one-off statements.
+        let commented = hooks.commented(sql);
+        let text = commented.as_deref().unwrap_or(sql);
+        let tx_started = self.tx_started;
+        let r = hooks
+            .observe_tx(
+                &operation,
+                Out::rows,
+                tx_started,
+                self.exec(text, params, op, commented.is_some()),
+            )
+            .await;
+        // Hooks see how long transactions stay open: note when one begins.
+        self.tx_started = match (self.in_tx, tx_started) {
+            (true, None) => Some(std::time::Instant::now()),
+            (true, t) => t,
+            (false, _) => None,
+        };
+        r
+    }
+
     /// Runs `op` with the cached statement for `sql` (or an unnamed statement when the
-    /// cache is off), preparing it when missing and, outside a transaction, re-preparing and
-    /// running again once when the server says it went stale.
-    async fn exec<'p>(&mut self, sql: &str, params: &[&'p Param<'p>], op: Op) -> Result<Out> {
-        if !self.cache.enabled() {
+    /// cache is off or `unnamed` asks for it), preparing it when missing and, outside a
+    /// transaction, re-preparing and running again once when the server says it went stale.
+    async fn exec<'p>(
+        &mut self,
+        sql: &str,
+        params: &[&'p Param<'p>],
+        op: Op,
+        unnamed: bool,
+    ) -> Result<Out> {
+        if unnamed || !self.cache.enabled() {
             let traits = SqlTraits::of(sql);
             self.dirty |= traits.changes_session;
             let typed = typed(params)?;
@@ -317,16 +382,27 @@ impl PgConnection {
 }
 
 #[derive(Clone, Copy)]
-enum Op {
+pub(crate) enum Op {
     Query,
     Execute,
     Stream,
 }
 
-enum Out {
+pub(crate) enum Out {
     Rows(Vec<Row>),
     Count(u64),
     Stream(RowStream),
+}
+
+impl Out {
+    /// Rows returned or affected, for hooks (unknown for a stream).
+    fn rows(&self) -> Option<u64> {
+        match self {
+            Out::Rows(r) => Some(r.len() as u64),
+            Out::Count(n) => Some(*n),
+            Out::Stream(_) => None,
+        }
+    }
 }
 
 /// One statement on the client: the prepared `stmt`, or `sql` as an unnamed statement with

@@ -38,7 +38,11 @@
 
 pub mod breaker;
 pub mod config;
+pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod migrate;
+pub mod observe;
 pub mod pool;
 pub mod provider;
 mod query;

@@ -48,6 +48,8 @@
 
 use crate::breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::config::{Config, Node};
+use crate::health::{HealthReport, NodeHealth};
+use crate::observe::Hooks;
 use crate::pool::{Pool, Pooled};
 use crate::topology::{HealthMonitor, Role, parse_lsn};
 use crate::{Connection, Driver, Error, ErrorKind, Queries, Result};
@@ -178,6 +180,12 @@ impl<D: Driver> std::fmt::Debug for Provider<D> {
 impl<D: Driver + Clone> Provider<D> {
     /// A pool per node of `config` and a monitor probing them (inside a tokio runtime).
     pub fn new(driver: D, config: &Config, options: TopologyOptions) -> Self {
+        Self::with_hooks(driver, config, options, Hooks::default())
+    }
+
+    /// As [`new`](Self::new), with every operation of every pool running through `hooks`
+    /// (see [`observe`](crate::observe)).
+    pub fn with_hooks(driver: D, config: &Config, options: TopologyOptions, hooks: Hooks) -> Self {
         let nodes = config.nodes().to_vec();
         let monitor = HealthMonitor::start(driver.clone(), config, options.monitor_interval);
         let pools = nodes
@@ -185,6 +193,7 @@ impl<D: Driver + Clone> Provider<D> {
             .map(|n| {
                 Pool::builder(driver.clone(), config, n)
                     .on_suspect(monitor.rechecker(n))
+                    .observe(hooks.clone())
                     .build()
             })
             .collect();
@@ -247,6 +256,48 @@ impl<D: Driver> Provider<D> {
     /// The health monitor.
     pub fn monitor(&self) -> &HealthMonitor {
         &self.inner.monitor
+    }
+
+    /// Every node's health and the overall verdict; see [`health`](crate::health).
+    pub fn health(&self) -> HealthReport {
+        let monitor = &self.inner.monitor;
+        let nodes = monitor
+            .statuses()
+            .into_iter()
+            .zip(&self.inner.pools)
+            .map(|(s, pool)| {
+                let p = pool.stats();
+                let mut n = NodeHealth::new(s.node, s.reachable, s.role);
+                n.fenced = s.fenced;
+                n.replay_lag_bytes = s.replay_lag_bytes;
+                n.pool_in_use = p.in_use;
+                n.pool_max = p.max_size;
+                n.pool_waiters = p.waiters;
+                n.last_error = if s.reachable { None } else { s.last_error };
+                n
+            })
+            .collect();
+        HealthReport::new(
+            nodes,
+            monitor.primary().map(|n| n.to_string()),
+            monitor.split_brain().is_some(),
+        )
+    }
+
+    /// Publishes every pool's figures (labelled with the node's role) and the split-brain
+    /// count to the `metrics` recorder; see [`observe`](crate::observe).
+    pub fn record_metrics(&self) {
+        for (s, pool) in self.inner.monitor.statuses().iter().zip(&self.inner.pools) {
+            let role = match s.role {
+                Role::Primary if s.fenced => "fenced",
+                Role::Primary => "primary",
+                Role::Standby => "standby",
+                _ => "unknown",
+            };
+            crate::observe::record_pool_metrics(&s.node, role, &pool.stats());
+        }
+        metrics::counter!("pgprovider_split_brains_total")
+            .absolute(self.inner.monitor.split_brains());
     }
 
     /// The pool of `node`.

@@ -5,3 +5,4 @@ pub(crate) mod drill;
 pub(crate) mod health;
 pub(crate) mod listen;
 pub(crate) mod migrate;
+pub(crate) mod serve;

@@ -104,6 +104,12 @@ impl<D: Driver> Drop for Pooled<D> {
             let slot = self.take();
             let pool = &self.pool;
             let now = Instant::now();
+            if !pool.observe.is_empty() {
+                pool.lifecycle(
+                    pgprovider_core::observe::OperationKind::Return,
+                    Duration::ZERO,
+                );
+            }
             let broken = slot.conn.is_broken();
             if broken || slot.conn.refused_read_only() {
                 if let Some(hook) = &pool.hooks.on_suspect {

@@ -37,6 +37,7 @@ pub use stats::{PoolStats, WAIT_BUCKETS};
 
 use crate::config::{Config, Node, ValidationPolicy};
 use hooks::{CatchUnwind, Hooks, guarded};
+use pgprovider_core::observe::{Hooks as Observe, Operation, OperationKind, Outcome};
 use pgprovider_core::{Connection, Driver, Error, ErrorKind, Result, StatementCaches};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -111,6 +112,10 @@ pub(crate) struct Inner<D: Driver> {
     /// Bumped by [`Pool::retire`]: connections of an older generation are closed when they
     /// come back.
     generation: AtomicU64,
+    /// The operation hooks, handed to every connection and told of the lifecycle.
+    pub(crate) observe: Observe,
+    /// `host:port`, for hooks.
+    pub(crate) node_name: Arc<str>,
 }
 
 /// A connection and its timestamps, boxed once for its whole life so that checkouts and
@@ -188,6 +193,7 @@ pub struct PoolBuilder<D: Driver> {
     config: Config,
     node: Node,
     hooks: Hooks<D::Connection>,
+    observe: Observe,
 }
 
 impl<D: Driver> fmt::Debug for PoolBuilder<D> {
@@ -227,6 +233,14 @@ impl<D: Driver> PoolBuilder<D> {
         self
     }
 
+    /// Runs every operation of the pool's connections, and its connection lifecycle
+    /// (connect, checkout, return, close), through `hooks` (see
+    /// [`observe`](crate::observe)).
+    pub fn observe(mut self, hooks: Observe) -> Self {
+        self.observe = hooks;
+        self
+    }
+
     /// Calls `f` when a connection comes back broken, or after the server refused a
     /// statement on it as read-only (`25006`): the node may have failed or been demoted.
     /// The provider uses it to have the node probed at once.
@@ -250,6 +264,8 @@ impl<D: Driver> PoolBuilder<D> {
             .pool()
             .leak_detection_threshold()
             .map(|_| Mutex::new(Leases::default()));
+        let observe = self.observe.for_database(self.config.dbname());
+        let node_name = Arc::from(self.node.to_string());
         let inner = Arc::new(Inner {
             driver: self.driver,
             config: self.config,
@@ -271,6 +287,8 @@ impl<D: Driver> PoolBuilder<D> {
             leases,
             deadlines: deadline::Deadlines::start(),
             generation: AtomicU64::new(0),
+            observe,
+            node_name,
         });
         maintain::start(&inner);
         Pool { inner }
@@ -290,6 +308,7 @@ impl<D: Driver> Pool<D> {
             config: config.clone(),
             node: node.clone(),
             hooks: Hooks::default(),
+            observe: Observe::default(),
         }
     }
 
@@ -428,6 +447,10 @@ impl<D: Driver> Pool<D> {
         match start {
             Some(s) => c.waited(now.saturating_duration_since(s)),
             None => c.waited_none(),
+        }
+        if !self.inner.observe.is_empty() {
+            let waited = start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            self.inner.lifecycle(OperationKind::Checkout, waited);
         }
         let lease = self.inner.leases.as_ref().map(|l| {
             let mut l = lock(l);
@@ -596,7 +619,15 @@ impl<D: Driver> Inner<D> {
         let attempt = async {
             let mut params = self.config.connect_params(&self.node).await?;
             params.statements = self.statements.clone();
+            params.hooks = self.observe.clone();
             self.driver.connect(&params).await
+        };
+        let attempt = async {
+            if self.observe.is_empty() {
+                return attempt.await;
+            }
+            let op = Operation::new(OperationKind::Connect, &self.node_name);
+            self.observe.observe(&op, |_| None, attempt).await
         };
         let mut conn = match attempt.await {
             Ok(conn) => conn,
@@ -738,7 +769,16 @@ impl<D: Driver> Inner<D> {
         idle.push_back(slot);
     }
 
+    /// Tells the hooks of a lifecycle event (checkout, return, close).
+    pub(crate) fn lifecycle(&self, kind: OperationKind, duration: Duration) {
+        let op = Operation::new(kind, &self.node_name);
+        self.observe.after(&op, &Outcome::new(duration, None, None));
+    }
+
     fn close_conn(&self, conn: D::Connection, reason: CloseReason) {
+        if !self.observe.is_empty() {
+            self.lifecycle(OperationKind::Close, Duration::ZERO);
+        }
         self.counters.closed(reason);
         tracing::debug!(node = %self.node, ?reason, "closing connection");
         match tokio::runtime::Handle::try_current() {
