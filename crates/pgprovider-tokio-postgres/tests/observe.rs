@@ -224,9 +224,12 @@ async fn hooks_run_in_order_reject_before_the_server_and_survive_panics() {
     plain.execute("DROP TABLE guarded_t", &[]).await.unwrap();
 }
 
-/// A subscriber layer keeping every span's fields.
+/// A subscriber layer keeping every span's fields, and the fields of slow-query events.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<HashMap<u64, (String, SpanFields)>>>);
+struct Spans(
+    Arc<Mutex<HashMap<u64, (String, SpanFields)>>>,
+    Arc<Mutex<Vec<SpanFields>>>,
+);
 
 type SpanFields = HashMap<String, String>;
 
@@ -255,6 +258,13 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
             .unwrap()
             .insert(id.into_u64(), (attrs.metadata().name().to_owned(), fields));
     }
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() == "pgprovider::slow_query" {
+            let mut fields = HashMap::new();
+            event.record(&mut Fields(&mut fields));
+            self.1.lock().unwrap().push(fields);
+        }
+    }
     fn on_record(
         &self,
         id: &tracing::span::Id,
@@ -276,7 +286,14 @@ async fn spans_carry_the_database_conventions_and_never_parameters() {
     let config = common::config("&application_name=pgprovider-spans").await;
     let pool = pool_with(
         &config,
-        Hooks::builder().spans(true).sql_comments(true).build(),
+        Hooks::builder()
+            .spans(true)
+            .sql_comments(true)
+            .hook(
+                0,
+                pgprovider::observe::SlowQueryLog::new(Duration::from_millis(40)),
+            )
+            .build(),
     );
     let secret = "hunter2-secret";
     pool.query("SELECT $1::text", &[&secret]).await.unwrap();
@@ -334,6 +351,26 @@ async fn spans_carry_the_database_conventions_and_never_parameters() {
         .filter(|(_, f)| f.get("db.operation.name").is_some_and(|o| o == "connect"))
         .count();
     assert!(connect >= 1);
+    // The slow-query log: only the slow statement, normalized, with its fingerprint.
+    pool.query("SELECT pg_sleep(0.05), 'x'::text", &[])
+        .await
+        .unwrap();
+    // (A loaded machine may make another statement slow too: only this one must be there.)
+    let slow: Vec<SpanFields> = spans
+        .1
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|f| f["statement"].contains("pg_sleep"))
+        .cloned()
+        .collect();
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    assert_eq!(slow[0]["statement"], "SELECT pg_sleep(?), ?::text");
+    assert_eq!(
+        slow[0]["fingerprint"],
+        pgprovider::observe::fingerprint("SELECT pg_sleep(0.05), 'x'::text")
+    );
+    assert!(slow[0]["duration_ms"].parse::<f64>().unwrap() >= 40.0);
     let dump = format!("{all:?}");
     assert!(
         !dump.contains(secret),
