@@ -163,8 +163,8 @@ pub struct Operation<'a> {
     pub sql: Option<&'a str>,
     /// `host:port` of the node.
     pub node: &'a str,
-    /// The tenant, when the operation runs for one.
-    pub tenant: Option<&'a str>,
+    /// The tenant, when the operation runs for one (from [`with_tenant`] unless set).
+    pub tenant: Option<Arc<str>>,
     /// Statements in a batch (1 otherwise).
     pub statements: usize,
 }
@@ -177,7 +177,7 @@ impl<'a> Operation<'a> {
             name: kind.as_str(),
             sql: None,
             node,
-            tenant: None,
+            tenant: current_tenant(),
             statements: 1,
         }
     }
@@ -189,7 +189,7 @@ impl<'a> Operation<'a> {
     }
 
     /// With its tenant.
-    pub fn with_tenant(mut self, tenant: Option<&'a str>) -> Self {
+    pub fn with_tenant(mut self, tenant: Option<Arc<str>>) -> Self {
         self.tenant = tenant;
         self
     }
@@ -625,7 +625,7 @@ impl Inner {
             error.type = tracing::field::Empty,
             server.address = address,
             server.port = port,
-            pgprovider.tenant = op.tenant,
+            pgprovider.tenant = op.tenant.as_deref(),
             pgprovider.correlation_id = id.as_deref(),
         );
         if op.kind == OperationKind::Batch {
@@ -673,6 +673,18 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
 
 tokio::task_local! {
     static CORRELATION_ID: Arc<str>;
+    static TENANT: Arc<str>;
+}
+
+/// Runs `fut` with `tenant` as the tenant of every operation inside it (spans, hooks, metric
+/// labels, audit lines). Tenant handles do this for you.
+pub async fn with_tenant<F: Future>(tenant: impl Into<Arc<str>>, fut: F) -> F::Output {
+    TENANT.scope(tenant.into(), fut).await
+}
+
+/// The tenant of the running task, if one was set.
+pub fn current_tenant() -> Option<Arc<str>> {
+    TENANT.try_with(Arc::clone).ok()
 }
 
 /// Runs `fut` with `id` as the correlation id of every operation inside it (spans, hooks,

@@ -80,6 +80,50 @@ pub trait Queries: Connection {
         }
     }
 
+    /// Runs `sql` in a transaction of its own that first runs `prologue` (settings such as
+    /// `SET LOCAL search_path = …`; tenant handles use it), commits, and returns the rows.
+    /// Nothing of the prologue outlives the transaction. The default takes three round
+    /// trips; drivers that pipeline send all three parts at once.
+    ///
+    /// # Errors
+    /// The first error of the prologue, the statement or the commit (the transaction is
+    /// then rolled back); [`ErrorKind::Other`] inside an open transaction.
+    fn query_scoped<'p>(
+        &mut self,
+        prologue: &str,
+        sql: &str,
+        params: &[&'p Self::Param<'p>],
+    ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            begin_scope(self, prologue).await?;
+            let r = self.query(sql, params).await;
+            end_scope(self, r).await
+        }
+    }
+
+    /// As [`query_scoped`](Queries::query_scoped), returning the rows affected.
+    ///
+    /// # Errors
+    /// As [`query_scoped`](Queries::query_scoped).
+    fn execute_scoped<'p>(
+        &mut self,
+        prologue: &str,
+        sql: &str,
+        params: &[&'p Self::Param<'p>],
+    ) -> impl Future<Output = Result<u64>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            begin_scope(self, prologue).await?;
+            let r = self.execute(sql, params).await;
+            end_scope(self, r).await
+        }
+    }
+
     /// How long one statement may run before it is cancelled; `None` for no limit.
     fn query_timeout(&self) -> Option<Duration>;
 
@@ -89,6 +133,35 @@ pub trait Queries: Connection {
 
     /// Whether a transaction block is open (possibly failed) on this connection.
     fn in_transaction(&self) -> bool;
+}
+
+/// `BEGIN` and the prologue of a scoped statement (rolled back if the prologue fails).
+async fn begin_scope<C: Queries>(c: &mut C, prologue: &str) -> Result<()> {
+    if c.in_transaction() {
+        return Err(Error::new(
+            ErrorKind::Other,
+            "a scoped statement cannot run inside an open transaction",
+        ));
+    }
+    if let Err(e) = c.simple_query(&format!("BEGIN; {prologue}")).await {
+        let _ = c.simple_query("ROLLBACK").await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Commits after a scoped statement that succeeded, rolls back after one that failed.
+async fn end_scope<C: Queries, T>(c: &mut C, r: Result<T>) -> Result<T> {
+    match r {
+        Ok(v) => {
+            c.simple_query("COMMIT").await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = c.simple_query("ROLLBACK").await;
+            Err(e)
+        }
+    }
 }
 
 fn row_count_error(n: usize, wanted: &str) -> Error {

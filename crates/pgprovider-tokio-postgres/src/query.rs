@@ -100,6 +100,32 @@ impl Queries for PgConnection {
         }
     }
 
+    /// Pipelined: `BEGIN` + prologue, the statement and `COMMIT` leave in one window, so
+    /// the scope costs no extra round trip once the statement is prepared.
+    async fn query_scoped<'p>(
+        &mut self,
+        prologue: &str,
+        sql: &str,
+        params: &[&'p Param<'p>],
+    ) -> Result<Vec<PgRow>> {
+        match self.scoped(prologue, sql, params, Op::Query).await? {
+            Out::Rows(rows) => Ok(rows.into_iter().map(PgRow).collect()),
+            _ => unreachable!("a query returns rows"),
+        }
+    }
+
+    async fn execute_scoped<'p>(
+        &mut self,
+        prologue: &str,
+        sql: &str,
+        params: &[&'p Param<'p>],
+    ) -> Result<u64> {
+        match self.scoped(prologue, sql, params, Op::Execute).await? {
+            Out::Count(n) => Ok(n),
+            _ => unreachable!("an execute returns a count"),
+        }
+    }
+
     fn query_timeout(&self) -> Option<Duration> {
         self.timeout
     }
@@ -316,6 +342,124 @@ impl PgConnection {
             (false, _) => None,
         };
         r
+    }
+
+    /// A scoped statement (see [`Queries::query_scoped`]), through the hooks as one
+    /// operation of `op`'s kind.
+    async fn scoped<'p>(
+        &mut self,
+        prologue: &str,
+        sql: &str,
+        params: &[&'p Param<'p>],
+        op: Op,
+    ) -> Result<Out> {
+        if self.in_tx {
+            return Err(Error::new(
+                ErrorKind::Other,
+                "a scoped statement cannot run inside an open transaction",
+            )
+            .with_node(self.node.clone()));
+        }
+        if self.hooks.is_empty() {
+            // Boxed: three pipelined requests make a large future, which debug builds
+            // would otherwise copy along the stack of every caller.
+            return Box::pin(self.scoped_inner(prologue, sql, params, op)).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let kind = match op {
+            Op::Execute => OperationKind::Execute,
+            _ => OperationKind::Query,
+        };
+        let operation = Operation::new(kind, &node).with_sql(sql);
+        let inner = Box::pin(self.scoped_inner(prologue, sql, params, op));
+        hooks.observe(&operation, Out::rows, inner).await
+    }
+
+    async fn scoped_inner<'p>(
+        &mut self,
+        prologue: &str,
+        sql: &str,
+        params: &[&'p Param<'p>],
+        op: Op,
+    ) -> Result<Out> {
+        let begin = format!("BEGIN; {prologue}");
+        let typed = match self.cache.enabled() {
+            true => None,
+            false => Some(typed(params)?),
+        };
+        let mut retried = false;
+        loop {
+            let node = self.node.clone();
+            let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
+            let cached = match &typed {
+                Some(_) => None,
+                None => self.cache.get(sql).map(|(s, _)| s),
+            };
+            let (stmt, first, body, commit) = match (&typed, cached) {
+                (None, None) => {
+                    // First use on this connection: prepare inside the scope (names resolve
+                    // by the tenant's search_path), one step at a time.
+                    let ready = self
+                        .run(async |c| {
+                            c.simple_query(&begin).await?;
+                            c.prepare(sql).await
+                        })
+                        .await;
+                    let s = match ready {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = self.run(async |c| c.simple_query("ROLLBACK").await).await;
+                            return Err(e);
+                        }
+                    };
+                    self.cache.put(sql, s.clone(), SqlTraits::of(sql));
+                    let (body, commit) = self
+                        .run(async |c| {
+                            Ok(tokio::join!(
+                                call(c, op, sql, Some(&s), params, &[]),
+                                c.simple_query("COMMIT")
+                            ))
+                        })
+                        .await?;
+                    (Some(s), Ok(Vec::new()), body, commit)
+                }
+                (_, stmt) => {
+                    let (first, body, commit) = self
+                        .run(async |c| {
+                            let unnamed: &[_] = typed.as_deref().unwrap_or(&[]);
+                            Ok(tokio::join!(
+                                c.simple_query(&begin),
+                                call(c, op, sql, stmt.as_ref(), params, unnamed),
+                                c.simple_query("COMMIT")
+                            ))
+                        })
+                        .await?;
+                    (stmt, first, body, commit)
+                }
+            };
+            // Every part ran to the end: no transaction is left open, whatever failed.
+            first.map_err(db)?;
+            match body.map_err(db) {
+                Err(e) if e.is_stale_statement() && stmt.is_some() && !retried => {
+                    // Rolled back as a whole: safe to run again with a fresh statement.
+                    self.cache.invalidate(sql);
+                    retried = true;
+                }
+                Err(e) => return Err(e),
+                Ok(out) => {
+                    return match commit.map_err(db) {
+                        Ok(_) => Ok(out),
+                        // The statement ran; whether its COMMIT did is unknown.
+                        Err(e) if e.is_connection_lost() => Err(Error::new(
+                            ErrorKind::OutcomeUnknown,
+                            "the connection was lost while committing a scoped statement: it may or may not have taken effect",
+                        )
+                        .with_node(self.node.clone())),
+                        Err(e) => Err(e.context("the scoped statement's COMMIT failed")),
+                    };
+                }
+            }
+        }
     }
 
     /// Runs `op` with the cached statement for `sql` (or an unnamed statement when the

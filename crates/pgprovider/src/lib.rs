@@ -48,6 +48,7 @@ pub mod provider;
 mod query;
 pub mod registry;
 pub mod retry;
+pub mod tenant;
 pub mod topology;
 pub mod tx;
 

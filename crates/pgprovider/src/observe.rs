@@ -84,13 +84,49 @@ where
 
 /// Records every operation in the `metrics` crate's global recorder; see the table in the
 /// [module docs](self).
-#[derive(Debug, Default)]
-pub struct MetricsHook;
+///
+/// The `tenant` label is bounded: the first [`DEFAULT_TENANT_LABELS`] tenants seen get their
+/// own value, later ones share `other` (see [`with_tenant_labels`](Self::with_tenant_labels)).
+#[derive(Debug)]
+pub struct MetricsHook {
+    tenants: Mutex<std::collections::HashSet<String>>,
+    max_tenants: usize,
+}
+
+/// How many tenants get a label value of their own by default.
+pub const DEFAULT_TENANT_LABELS: usize = 100;
+
+impl Default for MetricsHook {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl MetricsHook {
     /// The hook.
     pub fn new() -> Self {
-        MetricsHook
+        MetricsHook {
+            tenants: Mutex::new(std::collections::HashSet::new()),
+            max_tenants: DEFAULT_TENANT_LABELS,
+        }
+    }
+
+    /// How many tenants get a `tenant` label value of their own (0: none).
+    pub fn with_tenant_labels(mut self, max: usize) -> Self {
+        self.max_tenants = max;
+        self
+    }
+
+    fn tenant_label(&self, tenant: &str) -> String {
+        let mut seen = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(tenant) {
+            return tenant.to_owned();
+        }
+        if seen.len() < self.max_tenants {
+            seen.insert(tenant.to_owned());
+            return tenant.to_owned();
+        }
+        "other".to_owned()
     }
 }
 
@@ -112,8 +148,8 @@ impl Hook for MetricsHook {
         }
         let operation = op.kind.as_str();
         let mut labels = vec![("node", node.clone()), ("operation", operation.to_owned())];
-        if let Some(t) = op.tenant {
-            labels.push(("tenant", t.to_owned()));
+        if let Some(t) = &op.tenant {
+            labels.push(("tenant", self.tenant_label(t)));
         }
         metrics::histogram!("pgprovider_operation_duration_seconds", &labels)
             .record(outcome.duration.as_secs_f64());
@@ -221,7 +257,7 @@ impl Hook for SlowQueryLog {
             duration_ms = outcome.duration.as_secs_f64() * 1e3,
             fingerprint = %fingerprint(sql),
             statement = %normalize(sql),
-            tenant = op.tenant,
+            tenant = op.tenant.as_deref(),
             correlation_id = op.correlation_id().as_deref(),
             "slow operation"
         );
@@ -265,7 +301,7 @@ impl AuditLog {
     fn line(&self, op: &Operation<'_>, outcome: &Outcome<'_>) -> String {
         let mut j = Json::default();
         j.str("time", &rfc3339(SystemTime::now()));
-        j.opt("tenant", op.tenant);
+        j.opt("tenant", op.tenant.as_deref());
         j.str("user", &self.user);
         j.str("node", op.node);
         j.str(
@@ -409,6 +445,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tenant_labels_are_bounded() {
+        let m = MetricsHook::new().with_tenant_labels(2);
+        assert_eq!(m.tenant_label("a"), "a");
+        assert_eq!(m.tenant_label("b"), "b");
+        assert_eq!(m.tenant_label("c"), "other");
+        assert_eq!(m.tenant_label("a"), "a");
+        assert_eq!(MetricsHook::default().tenant_label("z"), "z");
+    }
+
+    #[test]
     fn times_are_rfc3339_utc() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_768_496_789);
@@ -454,7 +500,7 @@ mod tests {
         let log = AuditLog::new(out.clone(), "app");
         let op = Operation::new(OperationKind::Execute, "db1:5432")
             .with_sql("UPDATE t SET a = 'secret' WHERE id = 7")
-            .with_tenant(Some("acme"));
+            .with_tenant(Some("acme".into()));
         let e = pgprovider_core::Error::database(
             pgprovider_core::SqlState::SERIALIZATION_FAILURE,
             "could not serialize",

@@ -167,6 +167,9 @@ struct Inner<D: Driver> {
     options: TopologyOptions,
     next_read: AtomicUsize,
     random: RandomState,
+    driver: D,
+    config: Config,
+    hooks: Hooks,
 }
 
 impl<D: Driver> std::fmt::Debug for Provider<D> {
@@ -209,6 +212,9 @@ impl<D: Driver + Clone> Provider<D> {
             options,
             next_read: AtomicUsize::new(0),
             random: RandomState::new(),
+            driver: driver.clone(),
+            config: config.clone(),
+            hooks: hooks.clone(),
         });
         tokio::spawn(retire_on_role_change(
             Arc::downgrade(&inner),
@@ -256,6 +262,26 @@ impl<D: Driver> Provider<D> {
     /// The health monitor.
     pub fn monitor(&self) -> &HealthMonitor {
         &self.inner.monitor
+    }
+
+    /// The configuration the provider was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.inner.driver
+    }
+
+    /// The hooks every pool of the provider runs operations through.
+    pub fn hooks(&self) -> &Hooks {
+        &self.inner.hooks
+    }
+
+    /// How long writes wait for a primary.
+    pub fn failover_timeout(&self) -> Duration {
+        self.inner.options.failover_timeout
     }
 
     /// Every node's health and the overall verdict; see [`health`](crate::health).

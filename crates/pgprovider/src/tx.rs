@@ -64,6 +64,10 @@ pub struct TxOptions {
     timeout: Option<Duration>,
     backoff: Backoff,
     seed: Option<u64>,
+    /// Set by tenant handles: statements are checked against the tenant's scope.
+    pub(crate) tenant: Option<Arc<str>>,
+    /// Set by tenant handles: run in the same round trip as `BEGIN` (`SET LOCAL …`).
+    pub(crate) prologue: Option<Arc<str>>,
 }
 
 impl TxOptions {
@@ -162,6 +166,8 @@ struct State<D: Driver> {
     conflict: bool,
     /// A savepoint's future was dropped half-way: its statements' fate is unknown.
     poisoned: bool,
+    /// The tenant whose scope statements must stay in (tenant handles).
+    tenant: Option<Arc<str>>,
 }
 
 /// The connection of a transaction, for the driver's own operations (batches, COPY,
@@ -183,8 +189,17 @@ where
         deadline: Option<Instant>,
     ) -> Result<Self> {
         let base_timeout = conn.query_timeout();
-        // Through the statement cache: after the first time, no parsing on either side.
-        conn.execute(opts.begin_sql(), &[]).await?;
+        match &opts.prologue {
+            // Through the statement cache: after the first time, no parsing on either side.
+            None => {
+                conn.execute(opts.begin_sql(), &[]).await?;
+            }
+            // A tenant's settings in the same round trip.
+            Some(p) => {
+                conn.simple_query(&format!("{}; {p}", opts.begin_sql()))
+                    .await?;
+            }
+        }
         Ok(Tx {
             shared: Arc::new(Mutex::new(State {
                 conn: Some(conn),
@@ -194,11 +209,22 @@ where
                 failed: None,
                 conflict: false,
                 poisoned: false,
+                tenant: opts.tenant.clone(),
             })),
         })
     }
 
-    /// Locks the transaction for one statement, bounding it by the deadline.
+    /// Locks the transaction for one statement `sql` (checked against the tenant's scope),
+    /// bounding it by the deadline.
+    async fn lock_for(&self, sql: &str) -> Result<MutexGuard<'_, State<D>>> {
+        let st = self.lock().await?;
+        if let Some(t) = &st.tenant {
+            crate::tenant::check_statement(t, sql)?;
+        }
+        Ok(st)
+    }
+
+    /// Locks the transaction, bounding the next statement by the deadline.
     async fn lock(&self) -> Result<MutexGuard<'_, State<D>>> {
         let mut st = self.shared.lock().await;
         let timeout = match st.deadline {
@@ -225,7 +251,7 @@ where
         sql: &str,
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<Vec<<D::Connection as Queries>::Row>> {
-        let mut st = self.lock().await?;
+        let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().query(sql, params).await;
         st.note(r)
     }
@@ -239,7 +265,7 @@ where
         sql: &str,
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<<D::Connection as Queries>::Row> {
-        let mut st = self.lock().await?;
+        let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().query_one(sql, params).await;
         st.note(r)
     }
@@ -253,7 +279,7 @@ where
         sql: &str,
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<Option<<D::Connection as Queries>::Row>> {
-        let mut st = self.lock().await?;
+        let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().query_opt(sql, params).await;
         st.note(r)
     }
@@ -286,7 +312,7 @@ where
         sql: &str,
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<u64> {
-        let mut st = self.lock().await?;
+        let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().execute(sql, params).await;
         st.note(r)
     }
@@ -523,19 +549,41 @@ where
     /// # Errors
     /// `f`'s error; [`ErrorKind::Timeout`] past the deadline; the commit's error
     /// ([`ErrorKind::OutcomeUnknown`] when its reply is lost); checkout errors.
-    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, mut f: F) -> Result<T, E>
+    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
     where
         F: FnMut(Tx<D>) -> Fut + Send,
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error> + Send,
         T: Send,
     {
+        run_transaction(opts, || self.get(), f).await
+    }
+}
+
+/// The transaction loop of [`Pool::transaction`], with connections from `get` (a pool, a
+/// provider's primary, a tenant's pool).
+pub(crate) async fn run_transaction<D, T, E, F, Fut, G, GFut>(
+    opts: &TxOptions,
+    get: G,
+    mut f: F,
+) -> Result<T, E>
+where
+    D: Driver,
+    D::Connection: Queries,
+    F: FnMut(Tx<D>) -> Fut + Send,
+    Fut: Future<Output = Result<T, E>> + Send,
+    E: From<Error> + Send,
+    T: Send,
+    G: Fn() -> GFut,
+    GFut: Future<Output = Result<Pooled<D>>>,
+{
+    {
         let deadline = opts.timeout.map(|t| Instant::now() + t);
         // Drawn only when a first retry needs it (a seed costs a clock read and a hash).
         let mut delays = None;
         loop {
             let run = async {
-                let conn = self.get().await?;
+                let conn = get().await?;
                 let tx = Tx::begin(conn, opts, deadline).await?;
                 Ok::<_, Error>(tx)
             };

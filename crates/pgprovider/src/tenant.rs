@@ -1,0 +1,1001 @@
+//! Multi-tenancy: a handle per tenant with the query and transaction API, bound to the
+//! tenant by one of four isolation strategies, with per-tenant limits and provisioning.
+//!
+//! ```no_run
+//! # async fn run() -> pgprovider::Result<()> {
+//! use pgprovider::Queries;
+//! use pgprovider::provider::{Provider, TopologyOptions};
+//! use pgprovider::tenant::{Strategy, Tenancy, TenancyOptions, TenantLimits};
+//! let config = pgprovider::Config::from_url("postgres://app@db1,db2/app")?;
+//! let provider = Provider::new(pgprovider_tokio_postgres::TokioPostgres::new(), &config, TopologyOptions::default());
+//! let tenants = Tenancy::new(
+//!     provider,
+//!     TenancyOptions::new(Strategy::Role)
+//!         .with_limits(TenantLimits::default().with_max_connections(4).with_ops_per_second(500)),
+//! );
+//! tenants.create_tenant("acme", None).await?;
+//! let acme = tenants.tenant("acme")?;
+//! acme.execute("INSERT INTO orders (item) VALUES ($1)", &[&"book"]).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Strategies, and what each protects against
+//!
+//! Every tenant operation runs in a transaction that first sets the tenant's scope with
+//! `SET LOCAL` (so nothing of it can outlive the transaction, and a connection never goes
+//! back to the pool carrying a tenant's settings). A single statement is sent together with
+//! its `BEGIN` + settings and its `COMMIT` in one pipelined window
+//! ([`Queries::query_scoped`]): no extra round trip; a transaction closure pays none either
+//! (the settings ride with its `BEGIN`).
+//!
+//! | strategy | what is set | keeps apart | does **not** stop |
+//! | --- | --- | --- | --- |
+//! | [`Strategy::Schema`] | `search_path` = the tenant's schema | unqualified names | `other_tenant.table`: any schema the login role can read (a naming convenience, not a security boundary) |
+//! | [`Strategy::Role`] | as schema, plus `ROLE` = the tenant's role (owner of its schema, nothing else granted) | other tenants' schemas, by the server's permissions | what the login role grants to `PUBLIC` |
+//! | [`Strategy::RowLevel`] | `ROLE` = a shared unprivileged role, `app.tenant_id` = the tenant | rows of shared tables with the policy of [`Tenancy::enable_row_level`] (reads and writes) | tables without the policy |
+//! | [`Strategy::Database`] | nothing: a pool per tenant database | everything: PostgreSQL has no cross-database queries | |
+//!
+//! **The tenant's own SQL cannot leave its scope**: before anything is sent, tenant handles
+//! refuse (with [`ErrorKind::Rejected`] naming the tenant) statements that change or undo
+//! session settings or identity (`SET`, `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`,
+//! `DISCARD`, any `set_config` call), and those that would run server-side code able to do so
+//! (`DO`, `CREATE [OR REPLACE] FUNCTION | PROCEDURE`, `PREPARE`, `EXECUTE`, `LISTEN` /
+//! `UNLISTEN`, `COPY … PROGRAM`, `LOAD`). Under the role and row-level strategies the
+//! server then enforces the rest: a `SECURITY DEFINER` function the tenant did not create
+//! runs as its owner, so do not give tenants access to such functions owned by privileged
+//! roles. The login role should not be a superuser in production (superusers bypass
+//! row-level security; the row-level strategy switches to its unprivileged role for that
+//! reason).
+//!
+//! ## Limits
+//! Per tenant ([`TenantLimits`], default and per-tenant overrides): concurrent connections
+//! and operations per second (a token bucket, [`governor`]) fail at once with
+//! [`ErrorKind::Rejected`] naming the tenant and the limit; `statement_timeout` is set for
+//! the tenant's transactions (the server's `57014` when exceeded). A tenant at its
+//! connection limit cannot take more of the shared pool: others keep being served.
+//!
+//! ## Provisioning
+//! [`Tenancy::create_tenant`] and [`Tenancy::drop_tenant`] are idempotent; creation applies
+//! the given migrations (to the tenant's schema, or its database). Names are lowercase
+//! letters, digits and `_`, starting with a letter, at most 40 characters, not `pg_…`;
+//! they are always quoted as identifiers.
+
+use crate::config::Config;
+use crate::migrate::Migrator;
+use crate::pool::{Pool, Pooled};
+use crate::provider::Provider;
+use crate::tx::{Tx, TxOptions, run_transaction};
+use crate::{Connection, Driver, Error, ErrorKind, FromRow, Queries, Result};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// How tenants are kept apart; see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Strategy {
+    /// A schema per tenant, as the `search_path`.
+    Schema,
+    /// A schema and a role per tenant.
+    Role,
+    /// Shared tables with row-level security keyed on `app.tenant_id`.
+    RowLevel,
+    /// A database per tenant, with a pool each.
+    Database,
+}
+
+/// Per-tenant limits (`None`: no limit).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TenantLimits {
+    /// Connections the tenant may hold at once.
+    pub max_connections: Option<usize>,
+    /// Operations (statements or transactions) per second, with bursts of the same size.
+    pub ops_per_second: Option<NonZeroU32>,
+    /// The server's `statement_timeout` for the tenant's statements.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl TenantLimits {
+    /// Sets the connection limit.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+    /// Sets the rate limit (0 is taken as 1).
+    pub fn with_ops_per_second(mut self, n: u32) -> Self {
+        self.ops_per_second = Some(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        self
+    }
+    /// Sets the statement timeout.
+    pub fn with_statement_timeout(mut self, t: Duration) -> Self {
+        self.statement_timeout = Some(t);
+        self
+    }
+}
+
+/// How a [`Tenancy`] works.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TenancyOptions {
+    /// The strategy for tenants without an override.
+    pub strategy: Strategy,
+    /// Per-tenant strategy overrides.
+    pub overrides: HashMap<String, Strategy>,
+    /// Limits for tenants without their own.
+    pub limits: TenantLimits,
+    /// Per-tenant limits.
+    pub tenant_limits: HashMap<String, TenantLimits>,
+    /// Prefix of tenant schemas (default none: the schema is the tenant's name).
+    pub schema_prefix: String,
+    /// Prefix of tenant roles (default `tenant_`).
+    pub role_prefix: String,
+    /// Prefix of tenant databases (default `tenant_`).
+    pub database_prefix: String,
+    /// The shared role of the row-level strategy (default `pgprovider_tenant`).
+    pub row_level_role: String,
+    /// Tenant database pools kept open at most (least recently used closed first).
+    pub max_open_databases: usize,
+    /// Tenant database pools unused this long are closed.
+    pub database_idle_timeout: Duration,
+}
+
+impl TenancyOptions {
+    /// Options with `strategy` and the defaults.
+    pub fn new(strategy: Strategy) -> Self {
+        TenancyOptions {
+            strategy,
+            overrides: HashMap::new(),
+            limits: TenantLimits::default(),
+            tenant_limits: HashMap::new(),
+            schema_prefix: String::new(),
+            role_prefix: "tenant_".into(),
+            database_prefix: "tenant_".into(),
+            row_level_role: "pgprovider_tenant".into(),
+            max_open_databases: 50,
+            database_idle_timeout: Duration::from_secs(300),
+        }
+    }
+    /// Uses `strategy` for `tenant`.
+    pub fn with_override(mut self, tenant: &str, strategy: Strategy) -> Self {
+        self.overrides.insert(tenant.to_owned(), strategy);
+        self
+    }
+    /// Sets the default limits.
+    pub fn with_limits(mut self, limits: TenantLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// Sets `tenant`'s limits.
+    pub fn with_tenant_limits(mut self, tenant: &str, limits: TenantLimits) -> Self {
+        self.tenant_limits.insert(tenant.to_owned(), limits);
+        self
+    }
+    /// Caps the open tenant database pools.
+    pub fn with_max_open_databases(mut self, n: usize) -> Self {
+        self.max_open_databases = n.max(1);
+        self
+    }
+    /// Sets how long an unused tenant database pool stays open.
+    pub fn with_database_idle_timeout(mut self, t: Duration) -> Self {
+        self.database_idle_timeout = t;
+        self
+    }
+    /// Sets the role prefix.
+    pub fn with_role_prefix(mut self, p: impl Into<String>) -> Self {
+        self.role_prefix = p.into();
+        self
+    }
+    /// Sets the schema prefix.
+    pub fn with_schema_prefix(mut self, p: impl Into<String>) -> Self {
+        self.schema_prefix = p.into();
+        self
+    }
+    /// Sets the database prefix.
+    pub fn with_database_prefix(mut self, p: impl Into<String>) -> Self {
+        self.database_prefix = p.into();
+        self
+    }
+}
+
+/// A tenant's runtime state: its limiters.
+struct TenantState {
+    connections: Option<Arc<Semaphore>>,
+    max_connections: usize,
+    rate: Option<(DefaultDirectRateLimiter, u32)>,
+}
+
+struct DbPool<D: Driver> {
+    pool: Pool<D>,
+    last_used: Instant,
+}
+
+struct Inner<D: Driver> {
+    provider: Provider<D>,
+    options: TenancyOptions,
+    states: Mutex<HashMap<String, Arc<TenantState>>>,
+    databases: Mutex<HashMap<String, DbPool<D>>>,
+}
+
+/// Tenant handles over a provider; see the [module docs](self). Cheap to clone.
+pub struct Tenancy<D: Driver> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D: Driver> Clone for Tenancy<D> {
+    fn clone(&self) -> Self {
+        Tenancy {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<D: Driver> std::fmt::Debug for Tenancy<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenancy")
+            .field("strategy", &self.inner.options.strategy)
+            .finish()
+    }
+}
+
+/// Checks a tenant name; see the [module docs](self).
+///
+/// # Errors
+/// [`ErrorKind::Config`] saying what is wrong with it.
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!("invalid tenant name {name:?}: {why}"),
+        )
+        .with_hint(
+            "use lowercase letters, digits and _, starting with a letter, at most 40 characters",
+        ))
+    };
+    if name.is_empty() || name.len() > 40 {
+        return bad("it must have 1 to 40 characters");
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return bad("it must start with a lowercase letter");
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return bad("only lowercase letters, digits and _ are allowed");
+    }
+    if name.starts_with("pg_") {
+        return bad("names starting with pg_ are reserved by PostgreSQL");
+    }
+    Ok(())
+}
+
+/// `name` quoted as an identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Refuses statements that would leave `tenant`'s scope; see the [module docs](self).
+///
+/// # Errors
+/// [`ErrorKind::Rejected`] naming the tenant and what was refused.
+pub fn check_statement(tenant: &str, sql: &str) -> Result<()> {
+    let lower = sql.to_ascii_lowercase();
+    let refuse = |what: &str| {
+        Err(Error::new(
+            ErrorKind::Rejected,
+            format!("tenant {tenant}: {what} is not allowed for tenant handles (it could leave the tenant's scope)"),
+        )
+        .with_tenant(tenant)
+        .with_hint("the provider sets the tenant's role, search_path and settings; run such statements outside tenant handles"))
+    };
+    if lower.contains("set_config") {
+        return refuse("set_config");
+    }
+    for stmt in lower.split(';') {
+        let words: Vec<&str> = stmt
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .take(5)
+            .collect();
+        let first = words.first().copied().unwrap_or("");
+        let second = words.get(1).copied().unwrap_or("");
+        match first {
+            "set" | "reset" | "discard" | "do" | "prepare" | "execute" | "listen" | "unlisten"
+            | "load" => return refuse(&first.to_ascii_uppercase()),
+            "create" => {
+                let rest: Vec<&str> = words[1..]
+                    .iter()
+                    .copied()
+                    .filter(|w| *w != "or" && *w != "replace")
+                    .collect();
+                if matches!(rest.first(), Some(&"function" | &"procedure")) {
+                    return refuse("CREATE FUNCTION / PROCEDURE");
+                }
+            }
+            "copy" if stmt.contains("program") => return refuse("COPY … PROGRAM"),
+            "alter" if second == "role" || second == "user" || second == "system" => {
+                return refuse("ALTER ROLE / SYSTEM");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl<D: Driver + Clone> Tenancy<D> {
+    /// Tenancy over `provider` (its primary for the shared strategies; tenant databases on
+    /// the primary's node).
+    pub fn new(provider: Provider<D>, options: TenancyOptions) -> Self {
+        Tenancy {
+            inner: Arc::new(Inner {
+                provider,
+                options,
+                states: Mutex::new(HashMap::new()),
+                databases: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The strategy for `tenant`.
+    pub fn strategy_of(&self, tenant: &str) -> Strategy {
+        let o = &self.inner.options;
+        o.overrides.get(tenant).copied().unwrap_or(o.strategy)
+    }
+
+    fn limits_of(&self, tenant: &str) -> &TenantLimits {
+        let o = &self.inner.options;
+        o.tenant_limits.get(tenant).unwrap_or(&o.limits)
+    }
+
+    /// The handle of `tenant`. Nothing is sent to the server.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for an invalid name.
+    pub fn tenant(&self, name: &str) -> Result<Tenant<D>> {
+        check_name(name)?;
+        let strategy = self.strategy_of(name);
+        let limits = self.limits_of(name).clone();
+        let state = {
+            let mut states = lock(&self.inner.states);
+            states
+                .entry(name.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(TenantState {
+                        connections: limits.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+                        max_connections: limits.max_connections.unwrap_or(0),
+                        rate: limits
+                            .ops_per_second
+                            .map(|n| (RateLimiter::direct(Quota::per_second(n)), n.get())),
+                    })
+                })
+                .clone()
+        };
+        let o = &self.inner.options;
+        let schema = format!("{}{name}", o.schema_prefix);
+        let mut settings = Vec::new();
+        match strategy {
+            Strategy::Schema => {
+                settings.push(format!("SET LOCAL search_path = {}", ident(&schema)))
+            }
+            Strategy::Role => {
+                settings.push(format!("SET LOCAL search_path = {}", ident(&schema)));
+                settings.push(format!(
+                    "SET LOCAL ROLE {}",
+                    ident(&format!("{}{name}", o.role_prefix))
+                ));
+            }
+            Strategy::RowLevel => {
+                settings.push(format!("SET LOCAL ROLE {}", ident(&o.row_level_role)));
+                settings.push(format!("SET LOCAL app.tenant_id = '{name}'"));
+            }
+            Strategy::Database => {}
+        }
+        if let Some(t) = limits.statement_timeout {
+            settings.push(format!(
+                "SET LOCAL statement_timeout = {}",
+                t.as_millis().max(1)
+            ));
+        }
+        let prologue = (!settings.is_empty()).then(|| Arc::from(settings.join("; ")));
+        Ok(Tenant {
+            name: Arc::from(name),
+            strategy,
+            tenancy: self.clone(),
+            state,
+            prologue,
+        })
+    }
+
+    /// The pool of `tenant`'s database on the primary, opened on first use; closes pools
+    /// unused past the idle timeout and, over the cap, the least recently used.
+    async fn database_pool(&self, tenant: &str) -> Result<Pool<D>> {
+        let provider = &self.inner.provider;
+        let node = match provider.monitor().primary() {
+            Some(n) => n,
+            None => {
+                provider
+                    .monitor()
+                    .wait_for_primary(provider.failover_timeout())
+                    .await?
+            }
+        };
+        let o = &self.inner.options;
+        let db = format!("{}{tenant}", o.database_prefix);
+        let key = format!("{db}@{node}");
+        let now = Instant::now();
+        let mut closing = Vec::new();
+        let pool = {
+            let mut dbs = lock(&self.inner.databases);
+            dbs.retain(|k, p| {
+                let keep = *k == key || now.duration_since(p.last_used) < o.database_idle_timeout;
+                if !keep {
+                    closing.push(p.pool.clone());
+                }
+                keep
+            });
+            if !dbs.contains_key(&key) {
+                while dbs.len() >= o.max_open_databases {
+                    let oldest = dbs
+                        .iter()
+                        .min_by_key(|(_, p)| p.last_used)
+                        .map(|(k, _)| k.clone())
+                        .expect("not empty");
+                    closing.extend(dbs.remove(&oldest).map(|p| p.pool));
+                }
+                let config = provider.config().for_database(&db);
+                let pool = Pool::builder(provider.driver().clone(), &config, &node)
+                    .observe(provider.hooks().clone())
+                    .build();
+                dbs.insert(
+                    key.clone(),
+                    DbPool {
+                        pool,
+                        last_used: now,
+                    },
+                );
+            }
+            let entry = dbs.get_mut(&key).expect("inserted");
+            entry.last_used = now;
+            entry.pool.clone()
+        };
+        for p in closing {
+            tokio::spawn(async move { p.close_graceful(Duration::from_secs(30)).await });
+        }
+        Ok(pool)
+    }
+
+    /// Tenant database pools open now.
+    pub fn open_databases(&self) -> usize {
+        lock(&self.inner.databases).len()
+    }
+}
+
+impl<D: Driver + Clone> Tenancy<D>
+where
+    D::Connection: Queries,
+{
+    /// Creates what `tenant` needs (idempotent): its schema (and role, with the role
+    /// strategy), the shared row-level role, or its database; then applies `migrations` to
+    /// the schema or database (none for the row-level strategy, whose tables are shared).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for an invalid name; the server's error.
+    pub async fn create_tenant(&self, tenant: &str, migrations: Option<&Migrator>) -> Result<()> {
+        check_name(tenant)?;
+        let o = &self.inner.options;
+        let schema = ident(&format!("{}{tenant}", o.schema_prefix));
+        let mut conn = self.inner.provider.write().await?;
+        let c = &mut *conn;
+        let r = async {
+            match self.strategy_of(tenant) {
+                Strategy::Schema => {
+                    c.simple_query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                        .await?;
+                }
+                Strategy::Role => {
+                    let role_name = format!("{}{tenant}", o.role_prefix);
+                    ensure_role(c, &role_name).await?;
+                    let role = ident(&role_name);
+                    c.simple_query(&format!(
+                        "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}; \
+                         ALTER SCHEMA {schema} OWNER TO {role}; \
+                         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT ALL ON TABLES TO {role}; \
+                         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT ALL ON SEQUENCES TO {role}"
+                    ))
+                    .await?;
+                }
+                Strategy::RowLevel => {
+                    ensure_role(c, &o.row_level_role).await?;
+                }
+                Strategy::Database => {
+                    let db = format!("{}{tenant}", o.database_prefix);
+                    let exists = c
+                        .simple_query(&format!(
+                            "SELECT 1 FROM pg_database WHERE datname = '{db}'"
+                        ))
+                        .await?;
+                    if exists.is_empty() {
+                        match c.simple_query(&format!("CREATE DATABASE {}", ident(&db))).await {
+                            Ok(_) => {}
+                            // Created meanwhile by a concurrent call: fine.
+                            Err(e) if e.sql_state().is_some_and(|s| s.code() == "42P04") => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        drop(conn);
+        r.map_err(|e| e.with_tenant(tenant))?;
+        let Some(migrator) = migrations else {
+            return Ok(());
+        };
+        match self.strategy_of(tenant) {
+            Strategy::Schema | Strategy::Role => {
+                let m = migrator
+                    .clone()
+                    .with_schema(format!("{}{tenant}", o.schema_prefix));
+                let mut conn = self.inner.provider.write().await?;
+                Box::pin(m.up(&mut *conn, None))
+                    .await
+                    .map_err(|e| e.with_tenant(tenant))?;
+                if self.strategy_of(tenant) == Strategy::Role {
+                    let role = ident(&format!("{}{tenant}", o.role_prefix));
+                    conn.simple_query(&format!(
+                        "GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}; \
+                         GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"
+                    ))
+                    .await
+                    .map_err(|e| e.with_tenant(tenant))?;
+                }
+            }
+            Strategy::Database => {
+                let pool = self.database_pool(tenant).await?;
+                let mut conn = pool.get().await?;
+                Box::pin(migrator.up(&mut *conn, None))
+                    .await
+                    .map_err(|e| e.with_tenant(tenant))?;
+            }
+            Strategy::RowLevel => {}
+        }
+        Ok(())
+    }
+
+    /// Removes `tenant` (idempotent): its schema and everything in it (and its role), its
+    /// rows in every table with the row-level policy, or its database (its pool closed
+    /// first).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] for an invalid name; the server's error.
+    pub async fn drop_tenant(&self, tenant: &str) -> Result<()> {
+        check_name(tenant)?;
+        let o = &self.inner.options;
+        let strategy = self.strategy_of(tenant);
+        if strategy == Strategy::Database {
+            let closing: Vec<Pool<D>> = {
+                let mut dbs = lock(&self.inner.databases);
+                let prefix = format!("{}{tenant}@", o.database_prefix);
+                let keys: Vec<String> = dbs
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                keys.iter()
+                    .filter_map(|k| dbs.remove(k))
+                    .map(|p| p.pool)
+                    .collect()
+            };
+            for p in closing {
+                p.close().await;
+            }
+        }
+        let mut conn = self.inner.provider.write().await?;
+        let schema = ident(&format!("{}{tenant}", o.schema_prefix));
+        let sql = match strategy {
+            Strategy::Schema => format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            Strategy::Role => {
+                let role_name = format!("{}{tenant}", o.role_prefix);
+                let role = ident(&role_name);
+                format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; \
+                     DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role_name}') THEN \
+                     EXECUTE 'DROP OWNED BY {role}'; EXECUTE 'DROP ROLE {role}'; END IF; END $$"
+                )
+            }
+            Strategy::RowLevel => {
+                let tables = conn
+                    .simple_query(
+                        "SELECT format('%I.%I', schemaname, tablename) FROM pg_policies \
+                         WHERE policyname = 'pgprovider_tenant'",
+                    )
+                    .await
+                    .map_err(|e| e.with_tenant(tenant))?;
+                tables
+                    .iter()
+                    .filter_map(|r| r.get(0))
+                    .map(|t| format!("DELETE FROM {t} WHERE tenant_id = '{tenant}'"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+            Strategy::Database => format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                ident(&format!("{}{tenant}", o.database_prefix))
+            ),
+        };
+        if !sql.is_empty() {
+            conn.simple_query(&sql)
+                .await
+                .map_err(|e| e.with_tenant(tenant))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `table` (with a `tenant_id text` column) under the row-level strategy: row
+    /// level security enabled and forced, a policy `pgprovider_tenant` admitting only rows
+    /// whose `tenant_id` is the tenant's (for reads and writes), and the shared role granted
+    /// the table. Idempotent.
+    ///
+    /// # Errors
+    /// The server's error (no such table or column, say).
+    pub async fn enable_row_level(&self, table: &str) -> Result<()> {
+        let role_name = &self.inner.options.row_level_role;
+        let mut conn = self.inner.provider.write().await?;
+        ensure_role(&mut *conn, role_name).await?;
+        let role = ident(role_name);
+        let t = table.split('.').map(ident).collect::<Vec<_>>().join(".");
+        conn.simple_query(&format!(
+            "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; ALTER TABLE {t} FORCE ROW LEVEL SECURITY; \
+             DROP POLICY IF EXISTS pgprovider_tenant ON {t}; \
+             CREATE POLICY pgprovider_tenant ON {t} \
+             USING (tenant_id = current_setting('app.tenant_id', true)) \
+             WITH CHECK (tenant_id = current_setting('app.tenant_id', true)); \
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {role}; \
+             DO $$ DECLARE s regclass; BEGIN \
+             FOR s IN SELECT d.objid::regclass FROM pg_depend d JOIN pg_class c ON c.oid = d.objid \
+             WHERE c.relkind = 'S' AND d.refobjid = '{t}'::regclass LOOP \
+             EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO %I', s, '{role_name}'); END LOOP; END $$"
+        ))
+        .await?;
+        Ok(())
+    }
+}
+
+/// Creates the role `name` (no login) if missing, and lets the login role switch to it.
+async fn ensure_role<C: Connection>(c: &mut C, name: &str) -> Result<()> {
+    let role = ident(name);
+    c.simple_query(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN \
+         CREATE ROLE {role} NOLOGIN; END IF; END $$"
+    ))
+    .await?;
+    // Creating it concurrently elsewhere may still race; granting membership is idempotent.
+    c.simple_query(&format!("GRANT {role} TO CURRENT_USER"))
+        .await
+        .map(|_| ())
+        .or_else(|e| {
+            // 0LP01: "role … is a member of role …" already: fine.
+            if e.sql_state().is_some_and(|s| s.code() == "0LP01") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One tenant's handle: the query and transaction API, bound to the tenant; see the
+/// [module docs](self). Cheap to clone.
+pub struct Tenant<D: Driver> {
+    name: Arc<str>,
+    strategy: Strategy,
+    tenancy: Tenancy<D>,
+    state: Arc<TenantState>,
+    prologue: Option<Arc<str>>,
+}
+
+impl<D: Driver> Clone for Tenant<D> {
+    fn clone(&self) -> Self {
+        Tenant {
+            name: self.name.clone(),
+            strategy: self.strategy,
+            tenancy: self.tenancy.clone(),
+            state: self.state.clone(),
+            prologue: self.prologue.clone(),
+        }
+    }
+}
+
+impl<D: Driver> std::fmt::Debug for Tenant<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("name", &self.name)
+            .field("strategy", &self.strategy)
+            .finish()
+    }
+}
+
+/// A connection a tenant holds: the pool's guard and the tenant's connection permit.
+struct Held<D: Driver> {
+    conn: Pooled<D>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<D: Driver + Clone> Tenant<D>
+where
+    D::Connection: Queries,
+{
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tenant's strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    fn limit_error(&self, what: String) -> Error {
+        Error::new(ErrorKind::Rejected, format!("tenant {}: {what}", self.name))
+            .with_tenant(self.name.to_string())
+            .with_hint("the tenant is over its limit; retry later or raise the tenant's limit")
+    }
+
+    /// One operation's admission: the rate limit.
+    fn admit(&self) -> Result<()> {
+        if let Some((limiter, n)) = &self.state.rate {
+            if limiter.check().is_err() {
+                return Err(
+                    self.limit_error(format!("over its limit of {n} operations per second"))
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A connection for the tenant: its permit, then a checkout.
+    async fn get(&self) -> Result<Held<D>> {
+        let permit = match &self.state.connections {
+            None => None,
+            Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
+                self.limit_error(format!(
+                    "at its limit of {} concurrent connections",
+                    self.state.max_connections
+                ))
+            })?),
+        };
+        let conn = match self.strategy {
+            Strategy::Database => {
+                let pool = Box::pin(self.tenancy.database_pool(&self.name)).await?;
+                pool.get().await?
+            }
+            _ => Box::pin(self.tenancy.inner.provider.write()).await?,
+        };
+        Ok(Held {
+            conn,
+            _permit: permit,
+        })
+    }
+
+    fn tx_options(&self, opts: &TxOptions) -> TxOptions {
+        let mut o = opts.clone();
+        o.tenant = Some(self.name.clone());
+        o.prologue = self.prologue.clone();
+        o
+    }
+
+    /// Runs `f` in a transaction in the tenant's scope, as
+    /// [`Pool::transaction`](crate::Pool::transaction) does (commit, rollback, re-runs).
+    /// Statements through the [`Tx`] are checked against the tenant's scope too.
+    ///
+    /// # Errors
+    /// As [`Pool::transaction`](crate::Pool::transaction); [`ErrorKind::Rejected`] for a
+    /// limit or a refused statement.
+    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
+    where
+        F: FnMut(Tx<D>) -> Fut + Send,
+        Fut: Future<Output = Result<T, E>> + Send,
+        E: From<Error> + Send,
+        T: Send,
+    {
+        self.admit()?;
+        let opts = self.tx_options(opts);
+        // The permit is held for the whole transaction (all its attempts).
+        let held: Mutex<Vec<OwnedSemaphorePermit>> = Mutex::new(Vec::new());
+        let get = || async {
+            let h = self.get().await?;
+            if let Some(p) = h._permit {
+                lock(&held).push(p);
+            }
+            Ok(h.conn)
+        };
+        // Boxed: the nested futures are large, and debug builds copy them on the stack.
+        Box::pin(crate::observe::with_tenant(
+            self.name.clone(),
+            run_transaction(&opts, get, f),
+        ))
+        .await
+    }
+
+    /// Runs one statement in the tenant's scope and returns its rows.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Rejected`] for a refused statement or a limit; the server's error.
+    pub async fn query<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<Vec<<D::Connection as Queries>::Row>> {
+        check_statement(&self.name, sql)?;
+        self.one(
+            async |c: &mut D::Connection, prologue: Option<&str>| match prologue {
+                None => c.query(sql, params).await,
+                Some(p) => c.query_scoped(p, sql, params).await,
+            },
+        )
+        .await
+    }
+
+    /// Runs one statement that returns exactly one row.
+    ///
+    /// # Errors
+    /// As [`query`](Self::query), or [`ErrorKind::RowCount`].
+    pub async fn query_one<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<<D::Connection as Queries>::Row> {
+        let mut rows = self.query(sql, params).await?;
+        match rows.len() {
+            1 => Ok(rows.pop().expect("one row")),
+            n => Err(Error::new(
+                ErrorKind::RowCount,
+                format!("query_one expected 1 row, got {n}"),
+            )
+            .with_tenant(self.name.to_string())),
+        }
+    }
+
+    /// Runs one statement and reads every row as a `T`.
+    ///
+    /// # Errors
+    /// As [`query`](Self::query), or [`ErrorKind::Decode`].
+    pub async fn query_as<'p, T>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<Vec<T>>
+    where
+        T: FromRow<<D::Connection as Queries>::Row>,
+    {
+        self.query(sql, params)
+            .await?
+            .iter()
+            .map(T::from_row)
+            .collect()
+    }
+
+    /// Runs one statement in the tenant's scope and returns the rows it affected.
+    ///
+    /// # Errors
+    /// As [`query`](Self::query).
+    pub async fn execute<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<u64> {
+        check_statement(&self.name, sql)?;
+        self.one(
+            async |c: &mut D::Connection, prologue: Option<&str>| match prologue {
+                None => c.execute(sql, params).await,
+                Some(p) => c.execute_scoped(p, sql, params).await,
+            },
+        )
+        .await
+    }
+
+    /// One statement on a tenant connection: directly when the strategy sets nothing (a
+    /// tenant database without limits to set), else scoped by the prologue in a
+    /// transaction of its own ([`Queries::query_scoped`]).
+    async fn one<T, F>(&self, run: F) -> Result<T>
+    where
+        F: AsyncFnOnce(&mut D::Connection, Option<&str>) -> Result<T>,
+    {
+        self.admit()?;
+        let name = self.name.clone();
+        let fut = crate::observe::with_tenant(name, async {
+            let mut h = self.get().await?;
+            run(&mut *h.conn, self.prologue.as_deref()).await
+        });
+        // Unoptimised builds copy this large future along the stack at every level of
+        // nesting (enough to overflow a 2 MiB test thread); optimised builds do not, and a
+        // box per statement would cost them ~5 µs (measured by the tenancy benchmark).
+        #[cfg(debug_assertions)]
+        let fut = Box::pin(fut);
+        fut.await.map_err(|e| e.with_tenant(self.name.to_string()))
+    }
+}
+
+impl Config {
+    /// This configuration with another database name (tenant databases).
+    pub(crate) fn for_database(&self, dbname: &str) -> Config {
+        let mut c = self.clone();
+        c.dbname = dbname.to_owned();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["acme", "a1_b2", "x"] {
+            check_name(ok).unwrap();
+        }
+        for (bad, why) in [
+            ("", "1 to 40"),
+            ("Acme", "start with a lowercase"),
+            ("1a", "start with a lowercase"),
+            ("a-b", "only lowercase"),
+            ("a\"b", "only lowercase"),
+            ("pg_x", "reserved"),
+            (&"a".repeat(41), "1 to 40"),
+        ] {
+            let e = check_name(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config);
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+        assert_eq!(ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        for sql in [
+            "SET ROLE postgres",
+            "set search_path = other",
+            "RESET ROLE",
+            "RESET ALL",
+            "SET SESSION AUTHORIZATION postgres",
+            "DISCARD ALL",
+            "SELECT set_config('app.tenant_id', 'other', true)",
+            "SELECT pg_catalog.SET_CONFIG('role', 'postgres', false)",
+            "DO $$ BEGIN EXECUTE 'RESET ROLE'; END $$",
+            "CREATE OR REPLACE FUNCTION f() RETURNS int AS 'SELECT 1' LANGUAGE sql",
+            "create procedure p() language sql as 'select 1'",
+            "PREPARE p AS SELECT 1",
+            "EXECUTE p",
+            "COPY t TO PROGRAM 'id'",
+            "ALTER ROLE x SUPERUSER",
+            "ALTER SYSTEM SET fsync = off",
+            "SELECT 1; SET ROLE postgres",
+            "LISTEN x",
+            "LOAD 'x'",
+        ] {
+            let e = check_statement("acme", sql).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Rejected, "{sql}");
+            assert_eq!(e.tenant(), Some("acme"));
+            assert!(e.message().starts_with("tenant acme: "), "{e}");
+        }
+        for sql in [
+            "SELECT * FROM items WHERE name = 'set role'",
+            "INSERT INTO settings (k) VALUES ('reset')",
+            "CREATE TABLE t (id int)",
+            "UPDATE t SET a = 1",
+            "COPY t FROM STDIN",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+        ] {
+            check_statement("acme", sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+}
