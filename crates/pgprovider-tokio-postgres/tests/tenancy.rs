@@ -243,6 +243,34 @@ async fn a_database_per_tenant_with_a_capped_number_of_pools() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+    // Pools unused past the idle timeout close on the next use of another tenant.
+    let idle = tenancy(
+        TenancyOptions::new(Strategy::Schema)
+            .with_override(&a, Strategy::Database)
+            .with_override(&b, Strategy::Database)
+            .with_database_idle_timeout(Duration::from_millis(50)),
+    )
+    .await;
+    assert_eq!(idle.strategy_of(&a), Strategy::Database);
+    assert_eq!(idle.strategy_of("someone_else"), Strategy::Schema);
+    for t in [&a, &b] {
+        idle.create_tenant(t, Some(&migrator())).await.unwrap();
+    }
+    let ia = idle.tenant(&a).unwrap();
+    assert_eq!(ia.strategy(), Strategy::Database);
+    assert_eq!(count(&ia, "SELECT count(*) FROM items").await, 0);
+    // Both opened by their creation (the migrations ran through them).
+    assert_eq!(idle.open_databases(), 2);
+    // Time passing is the event here: the idle timeout must elapse.
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(
+        count(&idle.tenant(&b).unwrap(), "SELECT count(*) FROM items").await,
+        0
+    );
+    assert_eq!(idle.open_databases(), 1, "a's idle pool was closed");
+    for t in [&a, &b] {
+        idle.drop_tenant(t).await.unwrap();
+    }
     // Bad names never reach the server.
     let e = tenants.tenant("Robert'); DROP TABLE x;--").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
