@@ -28,6 +28,7 @@ pub mod observe;
 mod params;
 mod query;
 mod secret;
+pub mod sql;
 mod sqlstate;
 mod statements;
 

@@ -54,12 +54,13 @@ mod mux;
 mod query;
 mod tls;
 
-pub use conn::{PgConnection, RESET_RECIPE};
+pub use conn::PgConnection;
 pub use copy::CopyRow;
 pub use error::map_error;
 pub use listen::{Event, Listener, ListenerBuilder, ListenerStats, SlowSubscriber, Subscription};
 pub use mux::{Multiplexed, MuxStats};
 pub use pgprovider_core::Notification;
+pub use pgprovider_core::sql::RESET_RECIPE;
 pub use query::{BatchResult, Param, PgRow, PgRowStream};
 pub use tls::SYSTEM_ROOTS;
 pub use tokio_postgres::types;

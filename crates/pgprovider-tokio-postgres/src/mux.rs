@@ -22,8 +22,8 @@
 //! reply is read and discarded by the connection task, though the server still runs the
 //! statement to its end (bound it with `statement_timeout` in `options`).
 
-use crate::conn::may_change_session;
 use crate::error::map_error;
+use pgprovider_core::sql::may_change_session;
 use pgprovider_core::{ConnectParams, Driver, Error, ErrorKind, Result, SqlState};
 use std::collections::HashMap;
 use std::fmt;

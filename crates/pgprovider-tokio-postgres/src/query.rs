@@ -13,10 +13,11 @@
 //! `text`, …), not asked of the server: cast in SQL where the column's type differs.
 
 use crate::cache::SqlTraits;
-use crate::conn::{PgConnection, may_change_session};
+use crate::conn::PgConnection;
 use crate::error::map_error;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use pgprovider_core::observe::{Operation, OperationKind};
+use pgprovider_core::sql::may_change_session;
 use pgprovider_core::{Column, Error, ErrorKind, FromRow, Queries, Result};
 use std::fmt;
 use std::ops::Deref;
