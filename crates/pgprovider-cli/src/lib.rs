@@ -87,5 +87,7 @@ pub(crate) use say;
 pub fn registry() -> pgprovider::DriverRegistry {
     let mut r = pgprovider::DriverRegistry::new();
     r.register(pgprovider_tokio_postgres::TokioPostgres::new());
+    #[cfg(feature = "sqlx")]
+    r.register(pgprovider_sqlx::SqlxDriver::new());
     r
 }

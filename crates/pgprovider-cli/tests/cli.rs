@@ -85,6 +85,28 @@ async fn demo_against_database_url_cleans_up() {
     );
 }
 
+#[tokio::test]
+async fn demo_runs_with_every_registered_driver() {
+    let url = shared_url();
+    for driver in ["tokio-postgres", "sqlx"] {
+        let o = pgprovider(
+            &["demo", "--ops", "100", "--tasks", "2", "--driver", driver],
+            Some(&url),
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{driver}: {out}\n{err}");
+        assert!(out.contains(&format!("driver {driver}")), "{out}");
+        assert!(out.contains("rows written and verified: 50"), "{out}");
+    }
+    let o = pgprovider(&["demo", "--driver", "nope"], Some(&url));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("sqlx"),
+        "the error lists the drivers: {:?}",
+        text(&o)
+    );
+}
+
 #[test]
 fn demo_without_database_url_starts_and_removes_an_embedded_cluster() {
     let o = pgprovider(&["demo", "--ops", "200"], None);
@@ -244,17 +266,34 @@ fn bench_writes_every_workload_and_contender_to_json() {
     for (workload, contenders) in [
         (
             "select1",
-            &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..],
+            &[
+                "pgprovider",
+                "pgprovider_sqlx",
+                "pgprovider_mux",
+                "raw",
+                "raw_pipelined",
+            ][..],
         ),
         (
             "point_select",
-            &["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"][..],
+            &[
+                "pgprovider",
+                "pgprovider_sqlx",
+                "pgprovider_mux",
+                "raw",
+                "raw_pipelined",
+            ][..],
         ),
-        ("write_tx", &["pgprovider", "raw"][..]),
-        ("checkout", &["pgprovider"][..]),
+        ("write_tx", &["pgprovider", "pgprovider_sqlx", "raw"][..]),
+        ("checkout", &["pgprovider", "pgprovider_sqlx"][..]),
         (
             "tasks_1000",
-            &["pgprovider", "pgprovider_mux", "raw_pipelined"][..],
+            &[
+                "pgprovider",
+                "pgprovider_sqlx",
+                "pgprovider_mux",
+                "raw_pipelined",
+            ][..],
         ),
     ] {
         for c in contenders {
@@ -273,9 +312,12 @@ fn bench_writes_every_workload_and_contender_to_json() {
     assert_eq!(w["checkout"]["pgprovider"]["tasks"], 1);
     assert!(v["ratios"]["select1"]["pgprovider/raw"].as_f64().unwrap() > 0.0);
     assert!(
-        stdout.contains("ratios: pgprovider/pgprovider_mux"),
-        "{stdout}"
+        v["ratios"]["select1"]["pgprovider/pgprovider_sqlx"]
+            .as_f64()
+            .unwrap()
+            > 0.0
     );
+    assert!(stdout.contains("pgprovider/pgprovider_mux"), "{stdout}");
     let accounts = stdout.contains("point_select");
     assert!(accounts);
 }

@@ -37,6 +37,7 @@ trait DynConnection: Send {
     fn is_broken(&self) -> bool;
     fn needs_reset(&self) -> bool;
     fn recycled(&mut self);
+    fn refused_read_only(&self) -> bool;
     fn ping(&mut self) -> BoxFuture<'_, Result<()>>;
     fn reset(&mut self) -> BoxFuture<'_, Result<()>>;
     fn simple_query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<SimpleRow>>>;
@@ -53,6 +54,9 @@ impl<C: Connection> DynConnection for C {
     }
     fn recycled(&mut self) {
         Connection::recycled(self)
+    }
+    fn refused_read_only(&self) -> bool {
+        Connection::refused_read_only(self)
     }
     fn ping(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(Connection::ping(self))
@@ -116,6 +120,9 @@ impl Connection for AnyConnection {
     }
     fn recycled(&mut self) {
         self.0.recycled()
+    }
+    fn refused_read_only(&self) -> bool {
+        self.0.refused_read_only()
     }
     fn ping(&mut self) -> impl Future<Output = Result<()>> + Send {
         self.0.ping()

@@ -7,6 +7,7 @@
 //! | contender | what it is |
 //! | --- | --- |
 //! | `pgprovider` | the classic pool: checkout, statement cache, return |
+//! | `pgprovider_sqlx` | the classic pool over the sqlx driver (feature `sqlx`, on by default) |
 //! | `pgprovider_mux` | multiplexed mode: tasks share the connections, pipelined (reads only) |
 //! | `raw` | one raw tokio-postgres client per connection, one task driving each (no pool) |
 //! | `raw_pipelined` | the raw clients shared by every task (the ceiling for multiplexing; reads only) |
@@ -86,7 +87,11 @@ pub(crate) fn aid(task: usize, i: u64) -> i32 {
 
 /// The contenders compiled into this binary, in report order.
 pub(crate) fn names() -> Vec<&'static str> {
-    let mut v = vec!["pgprovider", "pgprovider_mux", "raw", "raw_pipelined"];
+    let mut v = vec!["pgprovider"];
+    if cfg!(feature = "sqlx") {
+        v.push("pgprovider_sqlx");
+    }
+    v.extend(["pgprovider_mux", "raw", "raw_pipelined"]);
     if cfg!(feature = "peers") {
         v.extend(["deadpool", "bb8", "sqlx"]);
     }
@@ -105,6 +110,8 @@ pub(crate) fn supports(contender: &str, workload: Workload) -> bool {
 /// A contender, connected.
 pub(crate) enum Contender {
     Ours(Pool<TokioPostgres>),
+    #[cfg(feature = "sqlx")]
+    OursSqlx(Pool<pgprovider_sqlx::SqlxDriver>),
     Mux(Multiplexed),
     Raw(Arc<Vec<RawClient>>),
     #[cfg(feature = "peers")]
@@ -128,17 +135,11 @@ impl Contender {
         raw: &Option<Arc<Vec<RawClient>>>,
     ) -> anyhow::Result<Contender> {
         Ok(match name {
-            "pgprovider" => {
-                let config = Config::from_url(&format!(
-                    "{url}&pool_max_size={connections}&pool_min_idle={connections}"
-                ))?;
-                let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
-                let mut held = Vec::new();
-                for _ in 0..connections {
-                    held.push(pool.get().await?);
-                }
-                Contender::Ours(pool)
-            }
+            "pgprovider" => Contender::Ours(warm(TokioPostgres::new(), url, connections).await?),
+            #[cfg(feature = "sqlx")]
+            "pgprovider_sqlx" => Contender::OursSqlx(
+                warm(pgprovider_sqlx::SqlxDriver::new(), url, connections).await?,
+            ),
             "pgprovider_mux" => {
                 let config = Config::from_url(url)?;
                 let params = config.connect_params(&config.nodes()[0]).await?;
@@ -160,6 +161,8 @@ impl Contender {
         Runner {
             contender: match self {
                 Contender::Ours(p) => Contender::Ours(p.clone()),
+                #[cfg(feature = "sqlx")]
+                Contender::OursSqlx(p) => Contender::OursSqlx(p.clone()),
                 Contender::Mux(m) => Contender::Mux(m.clone()),
                 Contender::Raw(r) => Contender::Raw(r.clone()),
                 #[cfg(feature = "peers")]
@@ -173,6 +176,8 @@ impl Contender {
     pub(crate) async fn close(self) {
         match self {
             Contender::Ours(p) => p.close().await,
+            #[cfg(feature = "sqlx")]
+            Contender::OursSqlx(p) => p.close().await,
             Contender::Mux(_) | Contender::Raw(_) => {}
             #[cfg(feature = "peers")]
             Contender::Peer(p) => p.close().await,
@@ -211,6 +216,8 @@ impl Op for Runner {
         let w = self.workload;
         match &self.contender {
             Contender::Ours(pool) => ours(pool, w, task, i).await,
+            #[cfg(feature = "sqlx")]
+            Contender::OursSqlx(pool) => ours_sqlx(pool, w, task, i).await,
             Contender::Mux(mux) => {
                 match w {
                     Workload::PointSelect => mux.query(POINT, &[&aid(task, i)]).await?,
@@ -264,6 +271,51 @@ async fn ours(pool: &Pool<TokioPostgres>, w: Workload, task: usize, i: u64) -> a
         Workload::Checkout => drop(pool.get().await?),
     }
     Ok(())
+}
+
+/// The same operations through the sqlx driver (its parameters are `&dyn SqlxParam`).
+#[cfg(feature = "sqlx")]
+async fn ours_sqlx(
+    pool: &Pool<pgprovider_sqlx::SqlxDriver>,
+    w: Workload,
+    task: usize,
+    i: u64,
+) -> anyhow::Result<()> {
+    match w {
+        Workload::Select1 | Workload::Tasks1000 => {
+            pool.query(SELECT1, &[]).await?;
+        }
+        Workload::PointSelect => {
+            pool.query(POINT, &[&aid(task, i)]).await?;
+        }
+        Workload::WriteTx => {
+            let a = aid(task, i);
+            pool.transaction(&TxOptions::new(), |tx| async move {
+                tx.execute(UPDATE, &[&1_i32, &a]).await?;
+                tx.query(POINT, &[&a]).await
+            })
+            .await?;
+        }
+        Workload::Checkout => drop(pool.get().await?),
+    }
+    Ok(())
+}
+
+/// A pool of `connections` connections through `driver`, all opened before returning.
+async fn warm<D: pgprovider::Driver>(
+    driver: D,
+    url: &str,
+    connections: usize,
+) -> anyhow::Result<Pool<D>> {
+    let config = Config::from_url(&format!(
+        "{url}&pool_max_size={connections}&pool_min_idle={connections}"
+    ))?;
+    let pool = Pool::new(driver, &config, &config.nodes()[0]);
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        held.push(pool.get().await?);
+    }
+    Ok(pool)
 }
 
 /// Creates and fills the accounts table unless it is there with every row.

@@ -1,0 +1,629 @@
+//! The driver conformance suite (feature `conformance`): one set of tests that every driver
+//! crate runs unchanged, through [`conformance_tests!`](crate::conformance_tests).
+//!
+//! ```ignore
+//! // tests/conformance.rs of a driver crate:
+//! pgprovider_testkit::conformance_tests!(
+//!     pgprovider_sqlx::SqlxDriver::new(),
+//!     pgprovider_testkit::conformance::Capabilities::ALL.without_notify()
+//! );
+//! ```
+//!
+//! What a driver cannot do is an explicit [`Capabilities`] flag, and the suite checks the
+//! documented fallback instead (never a skipped test):
+//!
+//! | test | checks |
+//! | --- | --- |
+//! | `connect_and_query` | typed rows through `Column`, row counts, simple queries, SQLSTATE and node on errors, unnamed statements (`statement_cache_capacity=0`) |
+//! | `transactions` | commit, rollback on `Err`, a dropped transaction future leaves no session idle in transaction and nothing committed |
+//! | `statement_cache` | a table altered under a cached statement: the next run succeeds |
+//! | `cancel_and_timeouts` | a query past `query_timeout` fails with `Timeout` and no longer runs on the server; with `cancel`, a cancel token stops a running statement (`57014`), without it the token reports `Unsupported` |
+//! | `tls` | with `tls`, `sslmode=require` gives an encrypted session; without, it is refused |
+//! | `hooks` | operations reach hooks with their SQL; a rejecting hook keeps a statement from the server |
+//! | `metrics` | the Prometheus counters equal the operations run |
+//! | `tenancy` | a schema tenant's rows are invisible to another tenant |
+//! | `failover` | writes through a provider survive a primary crash and promotion, every acknowledged write present |
+//!
+//! LISTEN/NOTIFY has no driver-neutral API yet: the `notify` flag records whether the driver
+//! crate offers one (the tokio-postgres driver's `Listener` has its own tests).
+
+use crate::{TestCluster, shared_url};
+use pgprovider::observe::{Hook, Hooks, MetricsHook, Operation, Outcome, Verdict};
+use pgprovider::provider::{Provider, TopologyOptions};
+use pgprovider::tenant::{Strategy, Tenancy, TenancyOptions};
+use pgprovider::{Column, Config, Connection, Driver, Error, ErrorKind, Pool, Queries, TxOptions};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// What a driver can do; see the [module docs](self).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Cancel tokens stop a running statement on the server.
+    pub cancel: bool,
+    /// TLS sessions.
+    pub tls: bool,
+    /// A LISTEN/NOTIFY API in the driver crate.
+    pub notify: bool,
+}
+
+impl Capabilities {
+    /// Everything.
+    pub const ALL: Capabilities = Capabilities {
+        cancel: true,
+        tls: true,
+        notify: true,
+    };
+
+    /// Without LISTEN/NOTIFY.
+    pub const fn without_notify(mut self) -> Self {
+        self.notify = false;
+        self
+    }
+
+    /// Without cancel.
+    pub const fn without_cancel(mut self) -> Self {
+        self.cancel = false;
+        self
+    }
+
+    /// Without TLS.
+    pub const fn without_tls(mut self) -> Self {
+        self.tls = false;
+        self
+    }
+}
+
+/// The row type of a driver.
+pub type Row<D> = <<D as Driver>::Connection as Queries>::Row;
+
+/// A driver the suite can run against.
+pub trait Subject: Driver + Clone + Send + Sync + 'static {}
+impl<D: Driver + Clone + Send + Sync + 'static> Subject for D {}
+
+/// The shared server's configuration for `driver`'s tests, plus `extra` (`&k=v…`).
+async fn config<D: Driver>(driver: &D, extra: &str) -> Config {
+    let url = shared_url().await.expect("a server for the suite");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Config::from_url(&format!(
+        "{url}{sep}application_name=conformance-{}{extra}",
+        driver.name()
+    ))
+    .expect("a valid URL")
+}
+
+/// The error of a call expected to fail (rows need not be `Debug`).
+fn err<T>(r: pgprovider::Result<T>) -> Error {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+/// The driver's name as part of an identifier (`tokio_postgres`).
+fn tag<D: Driver>(driver: &D) -> String {
+    driver.name().replace('-', "_")
+}
+
+fn col<R: Column<T>, T>(row: &R, i: usize) -> T {
+    row.column(i).expect("a readable column")
+}
+
+/// Sessions of `app` in `state` (`active`, `idle in transaction`, …) other than ours.
+async fn sessions<D: Subject>(pool: &Pool<D>, app: &str, state: &str, query: &str) -> i64
+where
+    D::Connection: Queries,
+    Row<D>: Column<i64>,
+{
+    let sql = format!(
+        "SELECT count(*)::int8 FROM pg_stat_activity WHERE application_name = '{app}' \
+         AND state = '{state}' AND query LIKE '{query}%' AND pid <> pg_backend_pid()"
+    );
+    col(
+        &pool.query_one(&sql, &[]).await.expect("pg_stat_activity"),
+        0,
+    )
+}
+
+/// Typed rows, counts, simple queries, errors, unnamed statements.
+pub async fn connect_and_query<D: Subject>(driver: D)
+where
+    D::Connection: Queries,
+    Row<D>: Column<i32> + Column<i64> + Column<String> + Column<bool>,
+{
+    let config = config(&driver, "").await;
+    let pool = Pool::new(driver.clone(), &config, &config.nodes()[0]);
+    let row = pool
+        .query_one("SELECT 41 + 1, 'x'::text, true, 7::int8", &[])
+        .await
+        .unwrap();
+    assert_eq!(col::<_, i32>(&row, 0), 42);
+    assert_eq!(col::<_, String>(&row, 1), "x");
+    assert!(col::<_, bool>(&row, 2));
+    assert_eq!(col::<_, i64>(&row, 3), 7);
+    assert_eq!(
+        Column::<String>::column(&row, 0).unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+    let rows = pool
+        .query("SELECT generate_series(1, 3)", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        pool.query_opt("SELECT 1 WHERE false", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut conn = pool.get().await.unwrap();
+    let simple = conn
+        .simple_query("SELECT 1 AS one, NULL::text AS nothing")
+        .await
+        .unwrap();
+    assert_eq!(simple[0].get(0), Some("1"));
+    assert_eq!(simple[0].get_by_name("nothing"), None);
+    drop(conn);
+    let e = err(pool
+        .query("SELECT * FROM no_such_conformance_table", &[])
+        .await);
+    assert_eq!(e.sql_state().unwrap().code(), "42P01", "{e}");
+    assert_eq!(e.node(), Some(config.nodes()[0].to_string().as_str()));
+    // Unnamed statements only (transaction-mode poolers).
+    let unnamed = crate::conformance::config(&driver, "&statement_cache_capacity=0").await;
+    let pool = Pool::new(driver, &unnamed, &unnamed.nodes()[0]);
+    for _ in 0..3 {
+        let row = pool.query_one("SELECT 5 * 5", &[]).await.unwrap();
+        assert_eq!(col::<_, i32>(&row, 0), 25);
+    }
+}
+
+/// Commit, rollback, and a dropped transaction.
+pub async fn transactions<D: Subject>(driver: D)
+where
+    D::Connection: Queries,
+    Row<D>: Column<i64>,
+{
+    let config = config(&driver, "").await;
+    let pool = Pool::new(driver.clone(), &config, &config.nodes()[0]);
+    let table = format!("conformance_tx_{}", tag(&driver));
+    pool.execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .unwrap();
+    pool.execute(&format!("CREATE TABLE {table} (id int)"), &[])
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES (1)");
+    let ins = insert.as_str();
+    pool.transaction(&TxOptions::default(), |tx| async move {
+        tx.execute(ins, &[]).await
+    })
+    .await
+    .unwrap();
+    let r: Result<(), pgprovider::Error> = pool
+        .transaction(&TxOptions::default(), |tx| async move {
+            tx.execute(ins, &[]).await?;
+            Err(pgprovider::Error::new(ErrorKind::Other, "changed my mind"))
+        })
+        .await;
+    assert!(r.is_err());
+    // Dropped half-way: the pool's reset rolls it back.
+    let opts = TxOptions::default();
+    let long = pool.transaction(&opts, |tx| async move {
+        tx.execute(ins, &[]).await?;
+        tx.execute("SELECT pg_sleep(30)", &[]).await
+    });
+    let _ = tokio::time::timeout(Duration::from_millis(500), long).await;
+    let count = format!("SELECT count(*)::int8 FROM {table}");
+    let app = format!("conformance-{}", driver.name());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let open = sessions(&pool, &app, "idle in transaction", "").await
+            + sessions(&pool, &app, "active", "SELECT pg_sleep").await;
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} sessions left open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n: i64 = col(&pool.query_one(&count, &[]).await.unwrap(), 0);
+    assert_eq!(n, 1, "only the committed insert is there");
+    pool.execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+}
+
+/// A table altered under a cached statement.
+pub async fn statement_cache<D: Subject>(driver: D)
+where
+    D::Connection: Queries,
+{
+    let config = config(&driver, "&pool_max_size=1").await;
+    let pool = Pool::new(driver.clone(), &config, &config.nodes()[0]);
+    let table = format!("conformance_cache_{}", tag(&driver));
+    pool.execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .unwrap();
+    pool.execute(&format!("CREATE TABLE {table} (a int)"), &[])
+        .await
+        .unwrap();
+    pool.execute(&format!("INSERT INTO {table} VALUES (1)"), &[])
+        .await
+        .unwrap();
+    let select = format!("SELECT * FROM {table}");
+    for _ in 0..2 {
+        assert_eq!(pool.query(&select, &[]).await.unwrap().len(), 1);
+    }
+    pool.execute(&format!("ALTER TABLE {table} ADD COLUMN b int"), &[])
+        .await
+        .unwrap();
+    assert_eq!(pool.query(&select, &[]).await.unwrap().len(), 1);
+    pool.execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+}
+
+/// Query timeouts cancel on the server; cancel tokens (or their documented absence).
+pub async fn cancel_and_timeouts<D: Subject>(driver: D, caps: Capabilities)
+where
+    D::Connection: Queries,
+    Row<D>: Column<i32> + Column<i64>,
+{
+    let config = config(&driver, "&query_timeout=300ms&pool_max_size=2").await;
+    let pool = Pool::new(driver.clone(), &config, &config.nodes()[0]);
+    let app = format!("conformance-{}", driver.name());
+    let started = std::time::Instant::now();
+    let e = err(pool.query("SELECT pg_sleep(5)", &[]).await);
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sessions(&pool, &app, "active", "SELECT pg_sleep").await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the statement still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let row = pool.query_one("SELECT 1", &[]).await.unwrap();
+    assert_eq!(col::<_, i32>(&row, 0), 1);
+
+    let plain = crate::conformance::config(&driver, "&pool_max_size=2").await;
+    let pool = Pool::new(driver, &plain, &plain.nodes()[0]);
+    let mut conn = pool.get().await.unwrap();
+    let token = conn.cancel_token();
+    if caps.cancel {
+        let watcher = pool.clone();
+        let canceller = tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while sessions(&watcher, &app, "active", "SELECT pg_sleep").await == 0 {
+                assert!(std::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            token.cancel().await
+        });
+        let e = err(conn.query("SELECT pg_sleep(10)", &[]).await);
+        assert_eq!(e.sql_state().unwrap().code(), "57014", "{e}");
+        canceller.await.unwrap().unwrap();
+        let row = conn.query_one("SELECT 2", &[]).await.unwrap();
+        assert_eq!(col::<_, i32>(&row, 0), 2);
+    } else {
+        let e = token.cancel().await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    }
+}
+
+/// TLS sessions (or their refusal).
+pub async fn tls<D: Subject>(driver: D, caps: Capabilities)
+where
+    D::Connection: Queries,
+    Row<D>: Column<bool>,
+{
+    let config = config(&driver, "&sslmode=require").await;
+    let pool = Pool::new(driver, &config, &config.nodes()[0]);
+    let server_has_tls = {
+        let url = shared_url().await.unwrap();
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query_one("SHOW ssl", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            == "on"
+    };
+    match pool
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => {
+            assert!(caps.tls && server_has_tls);
+            assert!(
+                col::<_, bool>(&row, 0),
+                "sslmode=require gave a plaintext session"
+            );
+        }
+        Err(e) => {
+            assert!(!caps.tls || !server_has_tls, "TLS failed: {e}");
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::Tls | ErrorKind::Connect | ErrorKind::PoolTimeout
+                ),
+                "{e}"
+            );
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<Vec<String>>>);
+
+impl Hook for Seen {
+    fn name(&self) -> &str {
+        "conformance-seen"
+    }
+    fn before(&self, op: &Operation<'_>) -> Verdict {
+        match op.sql {
+            Some(sql) if sql.contains("conformance_keep") && sql.starts_with("DROP") => {
+                Verdict::Reject("kept".into())
+            }
+            _ => Verdict::Proceed,
+        }
+    }
+    fn after(&self, op: &Operation<'_>, _: &Outcome<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}:{}", op.kind, op.sql.unwrap_or_default()));
+    }
+}
+
+/// Hooks see operations and can stop them.
+pub async fn hooks<D: Subject>(driver: D)
+where
+    D::Connection: Queries,
+    Row<D>: Column<i64>,
+{
+    let config = config(&driver, "").await;
+    let seen = Seen::default();
+    let pool = Pool::builder(driver.clone(), &config, &config.nodes()[0])
+        .observe(Hooks::builder().hook(0, seen.clone()).build())
+        .build();
+    let table = format!("conformance_keep_{}", tag(&driver));
+    pool.execute(&format!("CREATE TABLE IF NOT EXISTS {table} (id int)"), &[])
+        .await
+        .unwrap();
+    pool.query("SELECT 1", &[]).await.unwrap();
+    let log = seen.0.lock().unwrap().clone();
+    assert!(log.contains(&"query:SELECT 1".to_owned()), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("checkout:")), "{log:?}");
+    let e = pool
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+    let n: i64 = col(
+        &pool
+            .query_one(
+                &format!("SELECT count(*)::int8 FROM pg_tables WHERE tablename = '{table}'"),
+                &[],
+            )
+            .await
+            .unwrap(),
+        0,
+    );
+    assert_eq!(n, 1, "the rejected DROP reached the server");
+}
+
+static PROMETHEUS: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+
+/// Metrics counters equal the work done.
+pub async fn metrics<D: Subject>(driver: D)
+where
+    D::Connection: Queries,
+{
+    let handle = PROMETHEUS.get_or_init(|| {
+        pgprovider::observe::install_prometheus().expect("no other recorder in this binary")
+    });
+    let config = config(&driver, "").await;
+    let pool = Pool::builder(driver.clone(), &config, &config.nodes()[0])
+        .observe(Hooks::builder().hook(0, MetricsHook::new()).build())
+        .build();
+    let tenant = format!("conformance_{}", tag(&driver));
+    pgprovider::observe::with_tenant(tenant.as_str(), async {
+        for _ in 0..3 {
+            pool.query("SELECT 1", &[]).await.unwrap();
+        }
+        err(pool
+            .query("SELECT * FROM no_such_conformance_table", &[])
+            .await);
+    })
+    .await;
+    let text = handle.render();
+    let node = config.nodes()[0].to_string();
+    let find = |outcome: &str| {
+        let key = format!(
+            "pgprovider_operations_total{{node=\"{node}\",operation=\"query\",tenant=\"{tenant}\",outcome=\"{outcome}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map(|v| v.trim().parse::<f64>().unwrap())
+            .unwrap_or_else(|| panic!("no {key} in\n{text}"))
+    };
+    assert_eq!(find("ok"), 3.0);
+    assert_eq!(find("error"), 1.0);
+}
+
+/// A schema tenant through the driver.
+pub async fn tenancy<D: Subject>(driver: D)
+where
+    D::Connection: Queries,
+    Row<D>: Column<i64>,
+{
+    let config = config(&driver, "").await;
+    let provider = Provider::new(driver.clone(), &config, TopologyOptions::default());
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let tenants = Tenancy::new(provider, TenancyOptions::new(Strategy::Schema));
+    let (a, b) = (
+        format!("conf_{}_a", tag(&driver)),
+        format!("conf_{}_b", tag(&driver)),
+    );
+    for t in [&a, &b] {
+        tenants.drop_tenant(t).await.unwrap();
+        tenants.create_tenant(t, None).await.unwrap();
+    }
+    for t in [&a, &b] {
+        tenants
+            .tenant(t)
+            .unwrap()
+            .execute("CREATE TABLE items (id int)", &[])
+            .await
+            .unwrap();
+    }
+    let ta = tenants.tenant(&a).unwrap();
+    ta.execute("INSERT INTO items VALUES (1)", &[])
+        .await
+        .unwrap();
+    let count = |t: pgprovider::tenant::Tenant<D>| async move {
+        col::<_, i64>(
+            &t.query_one("SELECT count(*)::int8 FROM items", &[])
+                .await
+                .unwrap(),
+            0,
+        )
+    };
+    assert_eq!(count(ta.clone()).await, 1);
+    assert_eq!(count(tenants.tenant(&b).unwrap()).await, 0);
+    let e = ta.execute("RESET ROLE", &[]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Rejected);
+    for t in [&a, &b] {
+        tenants.drop_tenant(t).await.unwrap();
+    }
+}
+
+/// Writes through a provider survive a primary crash and the standby's promotion.
+pub async fn failover<D: Subject>(driver: D)
+where
+    D::Connection: Queries,
+    Row<D>: Column<i32>,
+{
+    let cluster = TestCluster::builder()
+        .standbys(1)
+        .synchronous(true)
+        .start()
+        .await
+        .unwrap();
+    let config = Config::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1&pool_acquire_timeout=2s",
+        cluster.primary().port(),
+        cluster.standby(0).port()
+    ))
+    .unwrap();
+    let provider = Provider::new(
+        driver,
+        &config,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_failover_timeout(Duration::from_secs(20)),
+    );
+    provider
+        .write()
+        .await
+        .unwrap()
+        .execute("CREATE TABLE acked (id int PRIMARY KEY)", &[])
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    let mut crashed = false;
+    for id in 1..=200 {
+        if id == 60 {
+            cluster.primary().crash().unwrap();
+            cluster.standby(0).promote().await.unwrap();
+            crashed = true;
+        }
+        let r = async {
+            let mut c = provider.write().await?;
+            c.execute(&format!("INSERT INTO acked VALUES ({id})"), &[])
+                .await
+        }
+        .await;
+        if r.is_ok() {
+            acked.push(id);
+        }
+    }
+    assert!(crashed);
+    assert!(
+        acked.iter().any(|id| *id > 60),
+        "no write after the failover"
+    );
+    let mut c = provider.write().await.unwrap();
+    let present: std::collections::HashSet<i32> = c
+        .query("SELECT id FROM acked", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| col::<_, i32>(r, 0))
+        .collect();
+    let lost: Vec<&i32> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// The suite as `#[tokio::test]` functions, for a driver expression and its
+/// [`Capabilities`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($driver:expr, $caps:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_connect_and_query() {
+            $crate::conformance::connect_and_query($driver).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_transactions() {
+            $crate::conformance::transactions($driver).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_statement_cache() {
+            $crate::conformance::statement_cache($driver).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_cancel_and_timeouts() {
+            $crate::conformance::cancel_and_timeouts($driver, $caps).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_tls() {
+            $crate::conformance::tls($driver, $caps).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_hooks() {
+            $crate::conformance::hooks($driver).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_metrics() {
+            $crate::conformance::metrics($driver).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_tenancy() {
+            $crate::conformance::tenancy($driver).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_failover() {
+            $crate::conformance::failover($driver).await;
+        }
+    };
+}
