@@ -20,7 +20,7 @@
 //! | --- | --- |
 //! | statements | sqlx's persistent prepared statements (`statement_cache_capacity`), or unnamed ones when it is 0; a statement made stale by a schema change is re-prepared and run once more outside a transaction |
 //! | cancel and query timeouts | sqlx has no cancel request: the driver remembers the backend's pid and asks the server with `pg_cancel_backend` on a short-lived side connection; the timed-out statement's reply is then awaited, so the connection stays usable |
-//! | session state | tracked from the SQL text as the tokio-postgres driver does ([`pgprovider_core::sql`]); reset with [`RESET_RECIPE`](pgprovider_core::sql::RESET_RECIPE) on return |
+//! | session state | tracked from the SQL text as the tokio-postgres driver does ([`pgprovider_core::sql`]); reset with [`RESET_RECIPE`] on return |
 //! | TLS | rustls (ring, webpki roots plus `sslrootcert`) for every `sslmode` |
 //! | hooks | query, execute, simple queries and transaction control through [`ConnectParams::hooks`] |
 //! | LISTEN/NOTIFY | not offered by this driver (use `sqlx::postgres::PgListener`, or the tokio-postgres driver's `Listener`) |
