@@ -12,7 +12,8 @@
 //! found through `PGPROVIDER_PG_BINDIR`, `pg_config --bindir`, `PATH`, or
 //! `/usr/lib/postgresql/*/bin`.
 //!
-//! With the `conformance` feature, [`conformance_tests!`] runs the driver conformance suite.
+//! With the `conformance` feature, the `conformance_tests!` macro runs the driver conformance
+//! suite (the `conformance` module).
 //!
 //! Plain-query tests get their server from [`shared_url`]: `PGPROVIDER_TEST_URL`, the
 //! shared server on 127.0.0.1:5432, or else a throwaway cluster.
