@@ -89,5 +89,7 @@ pub fn registry() -> pgprovider::DriverRegistry {
     r.register(pgprovider_tokio_postgres::TokioPostgres::new());
     #[cfg(feature = "sqlx")]
     r.register(pgprovider_sqlx::SqlxDriver::new());
+    #[cfg(feature = "diesel")]
+    r.register(pgprovider_diesel::DieselDriver::new());
     r
 }

@@ -88,7 +88,7 @@ async fn demo_against_database_url_cleans_up() {
 #[tokio::test]
 async fn demo_runs_with_every_registered_driver() {
     let url = shared_url();
-    for driver in ["tokio-postgres", "sqlx"] {
+    for driver in ["tokio-postgres", "sqlx", "diesel"] {
         let o = pgprovider(
             &["demo", "--ops", "100", "--tasks", "2", "--driver", driver],
             Some(&url),
@@ -269,6 +269,7 @@ fn bench_writes_every_workload_and_contender_to_json() {
             &[
                 "pgprovider",
                 "pgprovider_sqlx",
+                "pgprovider_diesel",
                 "pgprovider_mux",
                 "raw",
                 "raw_pipelined",
@@ -279,18 +280,26 @@ fn bench_writes_every_workload_and_contender_to_json() {
             &[
                 "pgprovider",
                 "pgprovider_sqlx",
+                "pgprovider_diesel",
                 "pgprovider_mux",
                 "raw",
                 "raw_pipelined",
             ][..],
         ),
-        ("write_tx", &["pgprovider", "pgprovider_sqlx", "raw"][..]),
-        ("checkout", &["pgprovider", "pgprovider_sqlx"][..]),
+        (
+            "write_tx",
+            &["pgprovider", "pgprovider_sqlx", "pgprovider_diesel", "raw"][..],
+        ),
+        (
+            "checkout",
+            &["pgprovider", "pgprovider_sqlx", "pgprovider_diesel"][..],
+        ),
         (
             "tasks_1000",
             &[
                 "pgprovider",
                 "pgprovider_sqlx",
+                "pgprovider_diesel",
                 "pgprovider_mux",
                 "raw_pipelined",
             ][..],

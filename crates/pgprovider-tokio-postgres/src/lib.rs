@@ -98,6 +98,21 @@ impl TokioPostgres {
     }
 }
 
+/// Opens a connection as the driver does (TLS, connect timeout, startup options) and hands
+/// over the bare tokio-postgres client (its connection driven by a task of its own), with a
+/// cancel token for it: for crates that build on tokio-postgres clients, such as
+/// `pgprovider-diesel` (diesel-async's `AsyncPgConnection::try_from`).
+///
+/// # Errors
+/// As [`Driver::connect`].
+pub async fn connect_client(
+    params: &ConnectParams,
+) -> Result<(tokio_postgres::Client, pgprovider_core::CancelToken)> {
+    let conn = TokioPostgres::new().connect(params).await?;
+    let cancel = pgprovider_core::Connection::cancel_token(&conn);
+    Ok((conn.into_client(), cancel))
+}
+
 impl Driver for TokioPostgres {
     type Connection = PgConnection;
 

@@ -8,6 +8,7 @@
 //! | --- | --- |
 //! | `pgprovider` | the classic pool: checkout, statement cache, return |
 //! | `pgprovider_sqlx` | the classic pool over the sqlx driver (feature `sqlx`, on by default) |
+//! | `pgprovider_diesel` | the classic pool over the diesel-async driver (feature `diesel`, on by default) |
 //! | `pgprovider_mux` | multiplexed mode: tasks share the connections, pipelined (reads only) |
 //! | `raw` | one raw tokio-postgres client per connection, one task driving each (no pool) |
 //! | `raw_pipelined` | the raw clients shared by every task (the ceiling for multiplexing; reads only) |
@@ -91,6 +92,9 @@ pub(crate) fn names() -> Vec<&'static str> {
     if cfg!(feature = "sqlx") {
         v.push("pgprovider_sqlx");
     }
+    if cfg!(feature = "diesel") {
+        v.push("pgprovider_diesel");
+    }
     v.extend(["pgprovider_mux", "raw", "raw_pipelined"]);
     if cfg!(feature = "peers") {
         v.extend(["deadpool", "bb8", "sqlx"]);
@@ -112,6 +116,8 @@ pub(crate) enum Contender {
     Ours(Pool<TokioPostgres>),
     #[cfg(feature = "sqlx")]
     OursSqlx(Pool<pgprovider_sqlx::SqlxDriver>),
+    #[cfg(feature = "diesel")]
+    OursDiesel(Pool<pgprovider_diesel::DieselDriver>),
     Mux(Multiplexed),
     Raw(Arc<Vec<RawClient>>),
     #[cfg(feature = "peers")]
@@ -140,6 +146,10 @@ impl Contender {
             "pgprovider_sqlx" => Contender::OursSqlx(
                 warm(pgprovider_sqlx::SqlxDriver::new(), url, connections).await?,
             ),
+            #[cfg(feature = "diesel")]
+            "pgprovider_diesel" => Contender::OursDiesel(
+                warm(pgprovider_diesel::DieselDriver::new(), url, connections).await?,
+            ),
             "pgprovider_mux" => {
                 let config = Config::from_url(url)?;
                 let params = config.connect_params(&config.nodes()[0]).await?;
@@ -163,6 +173,8 @@ impl Contender {
                 Contender::Ours(p) => Contender::Ours(p.clone()),
                 #[cfg(feature = "sqlx")]
                 Contender::OursSqlx(p) => Contender::OursSqlx(p.clone()),
+                #[cfg(feature = "diesel")]
+                Contender::OursDiesel(p) => Contender::OursDiesel(p.clone()),
                 Contender::Mux(m) => Contender::Mux(m.clone()),
                 Contender::Raw(r) => Contender::Raw(r.clone()),
                 #[cfg(feature = "peers")]
@@ -178,6 +190,8 @@ impl Contender {
             Contender::Ours(p) => p.close().await,
             #[cfg(feature = "sqlx")]
             Contender::OursSqlx(p) => p.close().await,
+            #[cfg(feature = "diesel")]
+            Contender::OursDiesel(p) => p.close().await,
             Contender::Mux(_) | Contender::Raw(_) => {}
             #[cfg(feature = "peers")]
             Contender::Peer(p) => p.close().await,
@@ -218,6 +232,8 @@ impl Op for Runner {
             Contender::Ours(pool) => ours(pool, w, task, i).await,
             #[cfg(feature = "sqlx")]
             Contender::OursSqlx(pool) => ours_sqlx(pool, w, task, i).await,
+            #[cfg(feature = "diesel")]
+            Contender::OursDiesel(pool) => ours_diesel(pool, w, task, i).await,
             Contender::Mux(mux) => {
                 match w {
                     Workload::PointSelect => mux.query(POINT, &[&aid(task, i)]).await?,
@@ -252,54 +268,43 @@ impl Op for Runner {
     }
 }
 
-async fn ours(pool: &Pool<TokioPostgres>, w: Workload, task: usize, i: u64) -> anyhow::Result<()> {
-    match w {
-        Workload::Select1 | Workload::Tasks1000 => {
-            pool.query(SELECT1, &[]).await?;
+/// The pgprovider contenders' operations, the same for every driver (each has its own
+/// parameter type, so the body is stamped out per driver).
+macro_rules! ours_for {
+    ($name:ident, $driver:ty) => {
+        async fn $name(
+            pool: &Pool<$driver>,
+            w: Workload,
+            task: usize,
+            i: u64,
+        ) -> anyhow::Result<()> {
+            match w {
+                Workload::Select1 | Workload::Tasks1000 => {
+                    pool.query(SELECT1, &[]).await?;
+                }
+                Workload::PointSelect => {
+                    pool.query(POINT, &[&aid(task, i)]).await?;
+                }
+                Workload::WriteTx => {
+                    let a = aid(task, i);
+                    pool.transaction(&TxOptions::new(), |tx| async move {
+                        tx.execute(UPDATE, &[&1_i32, &a]).await?;
+                        tx.query(POINT, &[&a]).await
+                    })
+                    .await?;
+                }
+                Workload::Checkout => drop(pool.get().await?),
+            }
+            Ok(())
         }
-        Workload::PointSelect => {
-            pool.query(POINT, &[&aid(task, i)]).await?;
-        }
-        Workload::WriteTx => {
-            let a = aid(task, i);
-            pool.transaction(&TxOptions::new(), |tx| async move {
-                tx.execute(UPDATE, &[&1_i32, &a]).await?;
-                tx.query(POINT, &[&a]).await
-            })
-            .await?;
-        }
-        Workload::Checkout => drop(pool.get().await?),
-    }
-    Ok(())
+    };
 }
 
-/// The same operations through the sqlx driver (its parameters are `&dyn SqlxParam`).
+ours_for!(ours, TokioPostgres);
 #[cfg(feature = "sqlx")]
-async fn ours_sqlx(
-    pool: &Pool<pgprovider_sqlx::SqlxDriver>,
-    w: Workload,
-    task: usize,
-    i: u64,
-) -> anyhow::Result<()> {
-    match w {
-        Workload::Select1 | Workload::Tasks1000 => {
-            pool.query(SELECT1, &[]).await?;
-        }
-        Workload::PointSelect => {
-            pool.query(POINT, &[&aid(task, i)]).await?;
-        }
-        Workload::WriteTx => {
-            let a = aid(task, i);
-            pool.transaction(&TxOptions::new(), |tx| async move {
-                tx.execute(UPDATE, &[&1_i32, &a]).await?;
-                tx.query(POINT, &[&a]).await
-            })
-            .await?;
-        }
-        Workload::Checkout => drop(pool.get().await?),
-    }
-    Ok(())
-}
+ours_for!(ours_sqlx, pgprovider_sqlx::SqlxDriver);
+#[cfg(feature = "diesel")]
+ours_for!(ours_diesel, pgprovider_diesel::DieselDriver);
 
 /// A pool of `connections` connections through `driver`, all opened before returning.
 async fn warm<D: pgprovider::Driver>(

@@ -1,0 +1,839 @@
+//! diesel-async support for pgprovider: a diesel team gets pooled, routed, observed
+//! [`AsyncPgConnection`]s from the provider.
+//!
+//! Built on the tokio-postgres driver, the cleanest path: diesel-async's
+//! `AsyncPgConnection` runs on a tokio-postgres client, so connections are opened by
+//! `pgprovider_tokio_postgres::connect_client` (same TLS, timeouts and startup options)
+//! and handed to diesel-async. The provider's own needs (session tracking and reset,
+//! timeouts with a server-side cancel, hooks, typed queries for its generic layers) are met
+//! on top of diesel-async's API.
+//!
+//! ```no_run
+//! # async fn run() -> pgprovider_core::Result<()> {
+//! use diesel_async::RunQueryDsl;
+//! use pgprovider_diesel::DieselDriver;
+//! # let pool: pgprovider::Pool<DieselDriver> = todo!();
+//! let mut conn = pool.get().await?;
+//! // diesel's own API on the pooled connection:
+//! diesel::sql_query("CREATE TEMPORARY TABLE t (id int)")
+//!     .execute(conn.diesel())
+//!     .await
+//!     .unwrap();
+//! // or the provider's (what its transactions, tenancy and migrations use):
+//! use pgprovider_core::Queries;
+//! let rows = conn.query("SELECT $1::int4 * 2", &[&21i32]).await?;
+//! let n: i32 = pgprovider_core::Column::column(&rows[0], 0)?;
+//! # Ok(()) }
+//! ```
+//!
+//! | what | how |
+//! | --- | --- |
+//! | statements | `diesel::sql_query` with binds: diesel-async does not cache them (each is parsed by the server), so nothing goes stale |
+//! | parameters | `&dyn DieselParam`: `i16`, `i32`, `i64`, `f32`, `f64`, `bool`, `String`, `&str`, `Vec<u8>`, and `Option`s of them |
+//! | rows | [`DieselRow`], read through pgprovider's `Column` for the same types |
+//! | simple queries | row-returning single statements (`SELECT`, `WITH`, `VALUES`, `TABLE`) run wrapped in `row_to_json` and come back as text (booleans as `t`/`f`); other statements run as a batch and return no rows |
+//! | cancel and timeouts | tokio-postgres cancel requests; a timed-out statement's reply is awaited so the connection stays usable |
+//! | LISTEN/NOTIFY | not offered (diesel-async has its own `notifications_stream`) |
+//!
+//! What runs through [`DieselConnection::diesel`] is not tracked: taking it marks the
+//! session for a reset on return.
+#![deny(missing_docs)]
+
+use diesel::pg::Pg;
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::row::{Field, Row as _};
+use diesel::sql_types::{BigInt, Binary, Bool, Double, Float, Integer, Nullable, SmallInt, Text};
+use diesel_async::{AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::TryStreamExt;
+use pgprovider_core::observe::{Operation, OperationKind};
+use pgprovider_core::sql::{
+    RESET_RECIPE, may_change_session, opens_transaction, transaction_effect,
+};
+use pgprovider_core::{
+    CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, Queries, Result,
+    SimpleRow, SqlState,
+};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The driver; its registry name is `diesel`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DieselDriver;
+
+impl DieselDriver {
+    /// The driver.
+    pub fn new() -> Self {
+        DieselDriver
+    }
+}
+
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+impl Driver for DieselDriver {
+    type Connection = DieselConnection;
+
+    fn name(&self) -> &'static str {
+        "diesel"
+    }
+
+    async fn connect(&self, params: &ConnectParams) -> Result<DieselConnection> {
+        let node = params.node_name();
+        let (client, cancel) = pgprovider_tokio_postgres::connect_client(params).await?;
+        let conn = AsyncPgConnection::try_from(client).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Connect,
+                format!("diesel-async could not set up the connection: {e}"),
+            )
+            .with_node(node.clone())
+        })?;
+        Ok(DieselConnection {
+            conn,
+            st: State {
+                node,
+                cancel,
+                in_flight: false,
+                broken: false,
+                read_only: false,
+                timeout: params.query_timeout,
+            },
+            dirty: false,
+            in_tx: false,
+            default_timeout: params.query_timeout,
+            hooks: params.hooks.clone(),
+        })
+    }
+}
+
+/// One diesel-async connection, as the pool holds it; [`diesel`](Self::diesel) gives it to
+/// diesel code.
+pub struct DieselConnection {
+    conn: AsyncPgConnection,
+    st: State,
+    dirty: bool,
+    in_tx: bool,
+    default_timeout: Option<Duration>,
+    hooks: pgprovider_core::observe::Hooks,
+}
+
+struct State {
+    node: String,
+    cancel: CancelToken,
+    in_flight: bool,
+    broken: bool,
+    read_only: bool,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for DieselConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DieselConnection")
+            .field("node", &self.st.node)
+            .field("in_transaction", &self.in_tx)
+            .finish()
+    }
+}
+
+impl DieselConnection {
+    /// diesel-async's connection, for diesel's query builder and `RunQueryDsl`. What runs
+    /// through it is not tracked, so the session is reset when it goes back to the pool.
+    pub fn diesel(&mut self) -> &mut AsyncPgConnection {
+        self.dirty = true;
+        &mut self.conn
+    }
+
+    /// `host:port` of the node.
+    pub fn node(&self) -> &str {
+        &self.st.node
+    }
+
+    fn track<T>(&mut self, sql: &str, r: &Result<T>) {
+        self.dirty |= may_change_session(sql);
+        match r {
+            Ok(_) => {
+                if let Some(open) = transaction_effect(sql) {
+                    self.in_tx = open;
+                }
+            }
+            Err(_) if opens_transaction(sql) => self.in_tx = true,
+            Err(_) => {}
+        }
+    }
+
+    async fn statement(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn DieselParam + '_)],
+        rows: bool,
+    ) -> Result<Out> {
+        let mut q: BoxedSqlQuery<'_, Pg, SqlQuery> = diesel::sql_query(sql).into_boxed();
+        for p in params {
+            q = p.bind_to(q);
+        }
+        let r = if rows {
+            let fut = self.conn.load(q);
+            self.st
+                .run(async move {
+                    let stream = fut.await?;
+                    stream.try_collect::<Vec<_>>().await
+                })
+                .await
+                .map(|rows| Out::Rows(rows.into_iter().map(DieselRow).collect()))
+        } else {
+            let fut = self.conn.execute_returning_count(q);
+            self.st.run(fut).await.map(|n| Out::Count(n as u64))
+        };
+        self.track(sql, &r);
+        r
+    }
+
+    async fn observed(
+        &mut self,
+        default: OperationKind,
+        sql: &str,
+        params: &[&(dyn DieselParam + '_)],
+        rows: bool,
+    ) -> Result<Out> {
+        if self.hooks.is_empty() {
+            return self.statement(sql, params, rows).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.st.node.clone());
+        let op = Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
+        hooks
+            .observe(&op, Out::rows, self.statement(sql, params, rows))
+            .await
+    }
+
+    async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
+        let after = self.dirty || may_change_session(sql);
+        let trimmed = sql.trim().trim_end_matches(';');
+        let single = !trimmed.contains(';');
+        let first = trimmed
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let returns_rows =
+            single && matches!(first.as_str(), "SELECT" | "WITH" | "VALUES" | "TABLE");
+        let r = if returns_rows {
+            let wrapped = format!("SELECT row_to_json(q)::text FROM ({trimmed}) q");
+            let q = diesel::sql_query(wrapped).into_boxed::<Pg>();
+            let fut = self.conn.load(q);
+            self.st
+                .run(async move {
+                    let stream = fut.await?;
+                    stream.try_collect::<Vec<_>>().await
+                })
+                .await
+                .and_then(|rows| {
+                    rows.iter()
+                        .map(|row| {
+                            let json: String =
+                                DieselRow::decode::<String, Text>(row, 0, TEXT_OIDS)?;
+                            json_object(&json)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+        } else {
+            let fut = self.conn.batch_execute(sql);
+            self.st.run(fut).await.map(|()| Vec::new())
+        };
+        self.track(sql, &r);
+        self.dirty = after;
+        let objects = r?;
+        let mut columns: Option<Arc<[String]>> = None;
+        Ok(objects
+            .into_iter()
+            .map(|fields| {
+                let names: Arc<[String]> = columns
+                    .get_or_insert_with(|| fields.iter().map(|(k, _)| k.clone()).collect())
+                    .clone();
+                SimpleRow::new(names, fields.into_iter().map(|(_, v)| v).collect())
+            })
+            .collect())
+    }
+}
+
+impl State {
+    /// Awaits `fut` bounded by the query timeout (a cancel request on expiry, then the
+    /// reply awaited), tracked for cancel safety.
+    async fn run<T>(&mut self, fut: impl Future<Output = diesel::QueryResult<T>>) -> Result<T> {
+        self.in_flight = true;
+        let r = match self.timeout {
+            None => fut.await,
+            Some(t) => {
+                let mut fut = std::pin::pin!(fut);
+                match tokio::time::timeout(t, &mut fut).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let cancelled = self.cancel.cancel().await;
+                        let reply = tokio::time::timeout(CANCEL_GRACE, fut).await;
+                        let clean = cancelled.is_ok()
+                            && matches!(&reply, Ok(Err(e)) if sqlstate_of(e).as_deref() == Some("57014"));
+                        self.in_flight = !clean;
+                        return Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("statement cancelled after the query timeout of {t:?}"),
+                        )
+                        .with_node(self.node.clone())
+                        .with_hint(if clean {
+                            "the server stopped the statement; raise query_timeout or make it faster"
+                        } else {
+                            "the server did not confirm the cancel; the connection will be closed"
+                        }));
+                    }
+                }
+            }
+        };
+        self.in_flight = false;
+        r.map_err(|e| {
+            let e = map_error(e).with_node(self.node.clone());
+            if e.is_connection_lost() {
+                self.broken = true;
+            }
+            self.read_only |= e.is_read_only();
+            e
+        })
+    }
+}
+
+enum Out {
+    Rows(Vec<DieselRow>),
+    Count(u64),
+}
+
+impl Out {
+    fn rows(&self) -> Option<u64> {
+        match self {
+            Out::Rows(r) => Some(r.len() as u64),
+            Out::Count(n) => Some(*n),
+        }
+    }
+}
+
+/// diesel-async's row type.
+type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
+
+/// A result row, readable through pgprovider's [`Column`] for the types of
+/// [`DieselParam`].
+pub struct DieselRow(PgRow);
+
+impl fmt::Debug for DieselRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DieselRow")
+            .field("columns", &self.0.field_count())
+            .finish()
+    }
+}
+
+impl DieselRow {
+    fn decode<T, ST>(row: &PgRow, idx: usize, oids: &[u32]) -> Result<T>
+    where
+        T: diesel::deserialize::FromSql<ST, Pg>,
+    {
+        let field = row
+            .get(idx)
+            .ok_or_else(|| Error::new(ErrorKind::Decode, format!("there is no column {idx}")))?;
+        let value = field.value();
+        if let Some(v) = &value {
+            let oid = v.get_oid().get();
+            if !oids.contains(&oid) {
+                return Err(Error::new(
+                    ErrorKind::Decode,
+                    format!(
+                        "cannot read column {idx} as {}: its type has OID {oid}",
+                        std::any::type_name::<T>()
+                    ),
+                ));
+            }
+        }
+        T::from_nullable_sql(value)
+            .map_err(|e| Error::new(ErrorKind::Decode, format!("cannot read column {idx}: {e}")))
+    }
+
+    fn index_of(&self, name: &str) -> Result<usize> {
+        (0..self.0.field_count())
+            .find(|i| {
+                self.0
+                    .get(*i)
+                    .and_then(|f| f.field_name().map(|n| n == name))
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| Error::new(ErrorKind::Decode, format!("there is no column {name}")))
+    }
+}
+
+/// A Rust type with its diesel SQL type, for parameters and columns.
+pub trait DieselType {
+    /// The diesel SQL type.
+    type Sql: diesel::sql_types::SqlType + diesel::sql_types::SingleValue + Send + 'static;
+    /// The PostgreSQL type OIDs a column may have to be read as this type (diesel does not
+    /// check them).
+    const OIDS: &'static [u32];
+}
+
+macro_rules! diesel_types {
+    ($($t:ty => $st:ty, $oids:expr);* $(;)?) => {
+        $(impl DieselType for $t { type Sql = $st; const OIDS: &'static [u32] = $oids; })*
+    };
+}
+
+/// text, varchar, name, bpchar.
+const TEXT_OIDS: &[u32] = &[25, 1043, 19, 1042];
+
+diesel_types! {
+    i16 => SmallInt, &[21];
+    i32 => Integer, &[23];
+    i64 => BigInt, &[20];
+    f32 => Float, &[700];
+    f64 => Double, &[701];
+    bool => Bool, &[16];
+    String => Text, TEXT_OIDS;
+    Vec<u8> => Binary, &[17];
+}
+
+impl DieselType for &str {
+    type Sql = Text;
+    const OIDS: &'static [u32] = TEXT_OIDS;
+}
+
+impl<T: DieselType> DieselType for Option<T>
+where
+    T::Sql: diesel::sql_types::SqlType<IsNull = diesel::sql_types::is_nullable::NotNull>,
+{
+    type Sql = Nullable<T::Sql>;
+    const OIDS: &'static [u32] = T::OIDS;
+}
+
+impl<T> Column<T> for DieselRow
+where
+    T: DieselType + diesel::deserialize::FromSql<T::Sql, Pg>,
+{
+    fn column(&self, idx: usize) -> Result<T> {
+        Self::decode::<T, T::Sql>(&self.0, idx, T::OIDS)
+    }
+    fn column_named(&self, name: &str) -> Result<T> {
+        Self::decode::<T, T::Sql>(&self.0, self.index_of(name)?, T::OIDS)
+    }
+}
+
+/// A parameter: a value of a [`DieselType`], taken by reference.
+pub trait DieselParam: Sync {
+    /// Binds the value to `q`.
+    fn bind_to<'f>(&'f self, q: BoxedSqlQuery<'f, Pg, SqlQuery>)
+    -> BoxedSqlQuery<'f, Pg, SqlQuery>;
+}
+
+impl<T> DieselParam for T
+where
+    T: DieselType + diesel::serialize::ToSql<T::Sql, Pg> + Sync,
+    Pg: diesel::sql_types::HasSqlType<T::Sql>,
+{
+    fn bind_to<'f>(
+        &'f self,
+        q: BoxedSqlQuery<'f, Pg, SqlQuery>,
+    ) -> BoxedSqlQuery<'f, Pg, SqlQuery> {
+        q.bind::<T::Sql, &'f T>(self)
+    }
+}
+
+impl Queries for DieselConnection {
+    type Row = DieselRow;
+    type Param<'a> = dyn DieselParam + 'a;
+
+    async fn query<'p>(
+        &mut self,
+        sql: &str,
+        params: &[&'p (dyn DieselParam + 'p)],
+    ) -> Result<Vec<DieselRow>> {
+        match self
+            .observed(OperationKind::Query, sql, params, true)
+            .await?
+        {
+            Out::Rows(r) => Ok(r),
+            Out::Count(_) => unreachable!("a query returns rows"),
+        }
+    }
+
+    async fn execute<'p>(
+        &mut self,
+        sql: &str,
+        params: &[&'p (dyn DieselParam + 'p)],
+    ) -> Result<u64> {
+        match self
+            .observed(OperationKind::Execute, sql, params, false)
+            .await?
+        {
+            Out::Count(n) => Ok(n),
+            Out::Rows(_) => unreachable!("an execute returns a count"),
+        }
+    }
+
+    fn query_timeout(&self) -> Option<Duration> {
+        self.st.timeout
+    }
+
+    fn set_query_timeout(&mut self, timeout: Option<Duration>) {
+        self.st.timeout = timeout;
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.in_tx
+    }
+}
+
+impl Connection for DieselConnection {
+    fn is_broken(&self) -> bool {
+        self.st.in_flight || self.st.broken
+    }
+
+    async fn ping(&mut self) -> Result<()> {
+        let fut = self.conn.batch_execute("");
+        self.st.run(fut).await
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.dirty || self.in_tx
+    }
+
+    async fn reset(&mut self) -> Result<()> {
+        let timeout = self.st.timeout.take();
+        let fut = self.conn.batch_execute(RESET_RECIPE);
+        let r = self.st.run(fut).await;
+        self.st.timeout = timeout;
+        r?;
+        self.dirty = false;
+        self.in_tx = false;
+        Ok(())
+    }
+
+    fn recycled(&mut self) {
+        self.st.timeout = self.default_timeout;
+        self.st.read_only = false;
+    }
+
+    fn refused_read_only(&self) -> bool {
+        self.st.read_only
+    }
+
+    async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
+        if self.hooks.is_empty() {
+            return self.simple(sql).await;
+        }
+        let (hooks, node) = (self.hooks.clone(), self.st.node.clone());
+        let op =
+            Operation::new(OperationKind::of_sql(sql, OperationKind::Execute), &node).with_sql(sql);
+        hooks
+            .observe(
+                &op,
+                |r: &Vec<SimpleRow>| Some(r.len() as u64),
+                self.simple(sql),
+            )
+            .await
+    }
+
+    fn cancel_token(&self) -> CancelToken {
+        self.st.cancel.clone()
+    }
+
+    async fn close(self) {
+        if self.st.in_flight {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.st.cancel.cancel()).await;
+        }
+        // Dropping diesel-async's connection drops the client, which ends the session.
+        drop(self.conn);
+    }
+}
+
+/// The SQLSTATE of a diesel error, when the server sent one.
+fn sqlstate_of(e: &diesel::result::Error) -> Option<String> {
+    let diesel::result::Error::DatabaseError(_, info) = e else {
+        return None;
+    };
+    // diesel-async keeps the tokio-postgres error as the info's source text; the code is
+    // not exposed directly, so classify by the kind and the message where needed.
+    sqlstate_from_info(info.as_ref())
+}
+
+fn sqlstate_from_info(
+    info: &(dyn diesel::result::DatabaseErrorInformation + Send + Sync),
+) -> Option<String> {
+    sqlstate_from_message(info.message()).map(str::to_owned)
+}
+
+/// The SQLSTATE of a server message, for the states the provider and its users act on
+/// (diesel-async keeps the message but not the code).
+fn sqlstate_from_message(msg: &str) -> Option<&'static str> {
+    let has = |n: &str| msg.contains(n);
+    Some(if has("canceling statement") {
+        "57014"
+    } else if has("read-only transaction") {
+        "25006"
+    } else if has("could not serialize access") {
+        "40001"
+    } else if has("deadlock detected") {
+        "40P01"
+    } else if has("already exists") {
+        if msg.starts_with("relation") {
+            "42P07"
+        } else {
+            "42710"
+        }
+    } else if has("does not exist") {
+        if msg.starts_with("relation") {
+            "42P01"
+        } else if msg.starts_with("column") {
+            "42703"
+        } else if msg.starts_with("function") {
+            "42883"
+        } else if msg.starts_with("database") {
+            "3D000"
+        } else {
+            "42704"
+        }
+    } else if has("permission denied") || has("row-level security policy") {
+        "42501"
+    } else if has("syntax error") {
+        "42601"
+    } else if has("cached plan must not change result type") {
+        "0A000"
+    } else if has("current transaction is aborted") {
+        "25P02"
+    } else if has("terminating connection") {
+        "57P01"
+    } else if has("division by zero") {
+        "22012"
+    } else if has("invalid input syntax") {
+        "22P02"
+    } else {
+        return None;
+    })
+}
+
+/// Converts a diesel error into pgprovider's.
+pub fn map_error(e: diesel::result::Error) -> Error {
+    use diesel::result::{DatabaseErrorKind as K, Error as D};
+    match &e {
+        D::DatabaseError(kind, info) => {
+            let code = match kind {
+                K::UniqueViolation => Some("23505".to_owned()),
+                K::ForeignKeyViolation => Some("23503".to_owned()),
+                K::NotNullViolation => Some("23502".to_owned()),
+                K::CheckViolation => Some("23514".to_owned()),
+                K::SerializationFailure => Some("40001".to_owned()),
+                K::ReadOnlyTransaction => Some("25006".to_owned()),
+                K::ClosedConnection => None,
+                _ => sqlstate_from_info(info.as_ref()),
+            };
+            if matches!(kind, K::ClosedConnection | K::UnableToSendCommand) {
+                return Error::new(ErrorKind::ConnectionLost, "the connection is closed")
+                    .with_hint("the server closed the connection or the network dropped it; retry on a new connection");
+            }
+            let msg = info.message().to_owned();
+            match code.as_deref().and_then(SqlState::new) {
+                Some(state) => Error::database(state, msg),
+                None => Error::new(ErrorKind::Database, msg),
+            }
+        }
+        D::NotFound => Error::new(ErrorKind::RowCount, "no row was returned"),
+        D::DeserializationError(d) => Error::new(ErrorKind::Decode, d.to_string()),
+        _ => Error::new(ErrorKind::Other, e.to_string()),
+    }
+}
+
+/// Parses a JSON object (as `row_to_json` writes it) into its fields, in order, as
+/// PostgreSQL text: strings unescaped, numbers as written, booleans as `t`/`f`, nested
+/// values as their JSON text, `null` as `None`.
+fn json_object(s: &str) -> Result<Vec<(String, Option<String>)>> {
+    let bad = || {
+        Error::new(
+            ErrorKind::Decode,
+            format!("unexpected row_to_json output: {s}"),
+        )
+    };
+    let b = s.as_bytes();
+    let mut i = 0;
+    let ws = |i: &mut usize| {
+        while *i < b.len() && b[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    let string = |i: &mut usize| -> Option<String> {
+        if b.get(*i) != Some(&b'"') {
+            return None;
+        }
+        *i += 1;
+        let mut out = String::new();
+        let start = *i;
+        let mut chunk = start;
+        while *i < b.len() {
+            match b[*i] {
+                b'"' => {
+                    out.push_str(&s[chunk..*i]);
+                    *i += 1;
+                    return Some(out);
+                }
+                b'\\' => {
+                    out.push_str(&s[chunk..*i]);
+                    let c = *b.get(*i + 1)?;
+                    *i += 2;
+                    match c {
+                        b'n' => out.push('\n'),
+                        b't' => out.push('\t'),
+                        b'r' => out.push('\r'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'u' => {
+                            let hex = s.get(*i..*i + 4)?;
+                            let cp = u32::from_str_radix(hex, 16).ok()?;
+                            *i += 4;
+                            out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
+                        }
+                        other => out.push(other as char),
+                    }
+                    chunk = *i;
+                }
+                _ => *i += 1,
+            }
+        }
+        None
+    };
+    ws(&mut i);
+    if b.get(i) != Some(&b'{') {
+        return Err(bad());
+    }
+    i += 1;
+    let mut fields = Vec::new();
+    loop {
+        ws(&mut i);
+        if b.get(i) == Some(&b'}') {
+            break;
+        }
+        let key = string(&mut i).ok_or_else(bad)?;
+        ws(&mut i);
+        if b.get(i) != Some(&b':') {
+            return Err(bad());
+        }
+        i += 1;
+        ws(&mut i);
+        let value = match b.get(i) {
+            Some(b'"') => Some(string(&mut i).ok_or_else(bad)?),
+            Some(b'{' | b'[') => {
+                let start = i;
+                let mut depth = 0i32;
+                let mut in_str = false;
+                while i < b.len() {
+                    match (b[i], in_str) {
+                        (b'"', _) => in_str = !in_str,
+                        (b'\\', true) => i += 1,
+                        (b'{' | b'[', false) => depth += 1,
+                        (b'}' | b']', false) => {
+                            depth -= 1;
+                            if depth == 0 {
+                                i += 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                Some(s[start..i].to_owned())
+            }
+            _ => {
+                let start = i;
+                while i < b.len() && !matches!(b[i], b',' | b'}') && !b[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                match &s[start..i] {
+                    "null" => None,
+                    "true" => Some("t".to_owned()),
+                    "false" => Some("f".to_owned()),
+                    n => Some(n.to_owned()),
+                }
+            }
+        };
+        fields.push((key, value));
+        ws(&mut i);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return Err(bad()),
+        }
+    }
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{json_object, sqlstate_from_message};
+
+    #[test]
+    fn messages_give_their_sqlstate() {
+        for (msg, code) in [
+            (
+                "canceling statement due to statement timeout",
+                Some("57014"),
+            ),
+            ("relation \"t\" does not exist", Some("42P01")),
+            ("relation \"t\" already exists", Some("42P07")),
+            ("column \"x\" does not exist", Some("42703")),
+            ("function f() does not exist", Some("42883")),
+            ("role \"r\" does not exist", Some("42704")),
+            ("type \"t\" already exists", Some("42710")),
+            ("database \"d\" does not exist", Some("3D000")),
+            ("permission denied for table t", Some("42501")),
+            ("syntax error at or near \"x\"", Some("42601")),
+            (
+                "cannot execute INSERT in a read-only transaction",
+                Some("25006"),
+            ),
+            (
+                "could not serialize access due to concurrent update",
+                Some("40001"),
+            ),
+            ("deadlock detected", Some("40P01")),
+            ("cached plan must not change result type", Some("0A000")),
+            (
+                "current transaction is aborted, commands ignored",
+                Some("25P02"),
+            ),
+            (
+                "terminating connection due to administrator command",
+                Some("57P01"),
+            ),
+            ("division by zero", Some("22012")),
+            ("invalid input syntax for type integer", Some("22P02")),
+            ("something else", None),
+        ] {
+            assert_eq!(sqlstate_from_message(msg), code, "{msg}");
+        }
+    }
+
+    #[test]
+    fn row_to_json_objects_become_text_fields() {
+        let f = json_object(
+            r#"{"a":1,"b":"x\"y\\n\u00e9","c":true,"d":null,"e":{"k":[1,"}"]},"f":false,"g":-2.5e3}"#,
+        )
+        .unwrap();
+        let v: Vec<(&str, Option<&str>)> =
+            f.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        assert_eq!(
+            v,
+            [
+                ("a", Some("1")),
+                ("b", Some("x\"y\\né")),
+                ("c", Some("t")),
+                ("d", None),
+                ("e", Some(r#"{"k":[1,"}"]}"#)),
+                ("f", Some("f")),
+                ("g", Some("-2.5e3")),
+            ]
+        );
+        assert!(json_object("{}").unwrap().is_empty());
+        for bad in ["", "[1]", r#"{"a" 1}"#, r#"{"a":1"#, r#"{"a":"x"#] {
+            assert!(json_object(bad).is_err(), "{bad}");
+        }
+    }
+}
