@@ -144,7 +144,11 @@ async fn main() {
     for (k, name) in names.iter().enumerate() {
         println!("  {name:<32} {:>9.0} queries/s", m[k]);
     }
-    for (raw, via, driver) in [(0, 1, "tokio-postgres"), (2, 3, "sqlx"), (4, 5, "diesel-async")] {
+    for (raw, via, driver) in [
+        (0, 1, "tokio-postgres"),
+        (2, 3, "sqlx"),
+        (4, 5, "diesel-async"),
+    ] {
         println!(
             "  {driver:<16} via pgprovider / raw {:.3}  extra {:+.2} µs/query",
             m[via] / m[raw],
