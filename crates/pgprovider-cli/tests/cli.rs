@@ -147,7 +147,7 @@ fn demo_rejects_bad_input_without_panicking() {
             &["demo", "--driver", "nope", "--url", "postgres://x"],
             None,
             2,
-            "registered drivers: tokio-postgres",
+            "registered drivers: diesel, sqlx, tokio-postgres",
         ),
         (&["demo", "--ops", "0"], None, 2, "at least 1"),
         (
