@@ -364,6 +364,54 @@ async fn limits_hold_and_a_noisy_tenant_does_not_starve_the_others() {
     for h in busy {
         h.await.unwrap().unwrap();
     }
+    // A transaction re-run after a serialization failure takes the tenant's one connection
+    // again (the first attempt's permit is given back first).
+    let seq = name("tenant_retry_seq");
+    let admin = common::pool("").await;
+    admin
+        .execute(&format!("DROP SEQUENCE IF EXISTS {seq}"), &[])
+        .await
+        .unwrap();
+    admin
+        .execute(&format!("CREATE SEQUENCE {seq}"), &[])
+        .await
+        .unwrap();
+    admin
+        .execute(
+            &format!(
+                "CREATE OR REPLACE FUNCTION public.{seq}_fail_once() RETURNS bigint LANGUAGE plpgsql AS $f$ \
+                 DECLARE c bigint := nextval('public.{seq}'); BEGIN \
+                 IF c = 1 THEN RAISE EXCEPTION 'lost a conflict' USING ERRCODE = '40001'; END IF; \
+                 RETURN c; END $f$"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let one_conn = tenancy(
+        TenancyOptions::new(Strategy::Schema)
+            .with_tenant_limits(&calm, TenantLimits::default().with_max_connections(1)),
+    )
+    .await;
+    let sql = format!("SELECT public.{seq}_fail_once()");
+    let q = sql.as_str();
+    let got: i64 = one_conn
+        .tenant(&calm)
+        .unwrap()
+        .transaction(&pgprovider::TxOptions::default(), |tx| async move {
+            Ok::<i64, pgprovider::Error>(tx.query_one(q, &[]).await?.get(0))
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, 2, "the second attempt ran");
+    admin
+        .execute(&format!("DROP FUNCTION public.{seq}_fail_once()"), &[])
+        .await
+        .unwrap();
+    admin
+        .execute(&format!("DROP SEQUENCE {seq}"), &[])
+        .await
+        .unwrap();
     for t in [&noisy, &calm, &slow, &capped] {
         tenants.drop_tenant(t).await.unwrap();
     }

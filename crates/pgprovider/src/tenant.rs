@@ -809,13 +809,13 @@ where
     {
         self.admit()?;
         let opts = self.tx_options(opts);
-        // The permit is held for the whole transaction (all its attempts).
-        let held: Mutex<Vec<OwnedSemaphorePermit>> = Mutex::new(Vec::new());
+        // Each attempt holds the tenant's permit while it runs; an attempt starts only after
+        // the previous one gave its connection back, so its permit goes first.
+        let held: Mutex<Option<OwnedSemaphorePermit>> = Mutex::new(None);
         let get = || async {
+            lock(&held).take();
             let h = self.get().await?;
-            if let Some(p) = h._permit {
-                lock(&held).push(p);
-            }
+            *lock(&held) = h._permit;
             Ok(h.conn)
         };
         // Boxed: the nested futures are large, and debug builds copy them on the stack.
