@@ -815,6 +815,162 @@ mod tests {
         assert_eq!(OperationKind::Checkout.to_string(), "checkout");
     }
 
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    struct Rec {
+        name: &'static str,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+        mode: u8,
+    }
+
+    impl Hook for Rec {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn before(&self, op: &Operation<'_>) -> Verdict {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("before {} {}", self.name, op.name));
+            match self.mode {
+                1 => Verdict::Reject("no".into()),
+                2 => Verdict::Wait(Box::pin(async { Err("not now".to_owned()) })),
+                3 => panic!("sync panic"),
+                4 => Verdict::Wait(Box::pin(async { panic!("async panic") })),
+                5 => Verdict::Wait(Box::pin(async { Ok(()) })),
+                _ => Verdict::Proceed,
+            }
+        }
+        fn after(&self, op: &Operation<'_>, outcome: &Outcome<'_>) {
+            if self.mode == 6 {
+                panic!("after panic");
+            }
+            self.log.lock().unwrap().push(format!(
+                "after {} {} {:?} {}",
+                self.name,
+                op.name,
+                outcome.rows,
+                outcome.error.is_some()
+            ));
+        }
+    }
+
+    #[test]
+    fn hooks_order_reject_wait_and_contain_panics() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rec = |name, mode| Rec {
+            name,
+            log: log.clone(),
+            mode,
+        };
+        let hooks = Hooks::builder()
+            .hook(2, rec("late", 0))
+            .hook(1, rec("waits", 5))
+            .hook(1, rec("sync-panic", 3))
+            .hook(1, rec("async-panic", 4))
+            .hook(1, rec("after-panic", 6))
+            .shared(0, Arc::new(rec("first", 0)))
+            .database("db")
+            .build();
+        assert!(!hooks.is_empty());
+        assert!(format!("{hooks:?}").contains("first"));
+        let op = Operation::new(OperationKind::Query, "n:1").with_sql("SELECT 1");
+        let r = block_on(hooks.observe(&op, |v: &u64| Some(*v), async { Ok(3u64) }));
+        assert_eq!(r.unwrap(), 3);
+        assert_eq!(hooks.panics(), 3);
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen[0], "before first query");
+        assert_eq!(seen[1], "before waits query");
+        assert!(
+            seen.contains(&"after late query Some(3) false".to_owned()),
+            "{seen:?}"
+        );
+        // The same registry for another database shares the panic count.
+        let other = hooks.for_database("other");
+        assert_ne!(other, hooks);
+        assert_eq!(hooks.for_database("db"), hooks);
+        assert_eq!(other.panics(), 3);
+
+        // Rejections, sync and async: the operation never runs.
+        for mode in [1, 2] {
+            let h = Hooks::builder().hook(0, rec("guard", mode)).build();
+            let ran = std::cell::Cell::new(false);
+            let e = block_on(h.observe(&op, |_| None, async {
+                ran.set(true);
+                Ok(())
+            }))
+            .unwrap_err();
+            assert!(!ran.get());
+            assert_eq!(e.kind(), ErrorKind::Rejected);
+            assert_eq!(e.node(), Some("n:1"));
+            assert!(
+                e.message().starts_with("query rejected by hook `guard`"),
+                "{e}"
+            );
+            let e = block_on(h.fire("refresh", "app")).unwrap_err();
+            assert!(e.message().starts_with("refresh rejected"), "{e}");
+            assert!(block_on(h.before(&op)).is_err());
+        }
+        // Lifecycle events and the empty registry.
+        let empty = Hooks::default();
+        assert!(empty.is_empty() && empty.panics() == 0);
+        assert_eq!(format!("{empty:?}"), "Hooks(none)");
+        assert_eq!(Hooks::builder().build(), empty);
+        block_on(empty.before(&op)).unwrap();
+        empty.after(&op, &Outcome::new(Duration::ZERO, None, None));
+        block_on(empty.fire("x", "n")).unwrap();
+        assert!(format!("{:?}", Verdict::Proceed).contains("Proceed"));
+        assert!(format!("{:?}", Verdict::Reject("r".into())).contains("Reject"));
+        assert!(format!("{:?}", Verdict::Wait(Box::pin(async { Ok(()) }))).contains("Wait"));
+        assert!(format!("{:?}", HooksBuilder::default()).contains("HooksBuilder"));
+    }
+
+    #[test]
+    fn spans_record_outcomes_and_comments_carry_the_correlation_id() {
+        let hooks = Hooks::builder()
+            .spans(true)
+            .sql_comments(true)
+            .database("db")
+            .build();
+        let op = Operation::new(OperationKind::Batch, "h:5432")
+            .with_sql("SELECT 1")
+            .with_statements(3)
+            .with_tenant(Some("t".into()));
+        assert_eq!(op.tenant.as_deref(), Some("t"));
+        let err = crate::Error::database(crate::SqlState::SERIALIZATION_FAILURE, "x");
+        let r = block_on(hooks.observe(&op, |_| None, async { Err::<(), _>(err) }));
+        assert!(r.is_err());
+        block_on(hooks.observe(&op, |_: &()| Some(1), async { Ok(()) })).unwrap();
+        assert_eq!(hooks.commented("SELECT 1"), None, "no correlation id");
+        let c = block_on(with_correlation_id("req 1/'x'", async {
+            assert_eq!(correlation_id().as_deref(), Some("req 1/'x'"));
+            hooks.commented("SELECT 1;")
+        }));
+        assert_eq!(
+            c.as_deref(),
+            Some("SELECT 1 /*correlation_id='req%201%2F%27x%27'*/")
+        );
+        let off = Hooks::builder().spans(true).build();
+        assert_eq!(
+            block_on(with_correlation_id("a", async {
+                off.commented("SELECT 1")
+            })),
+            None
+        );
+        let t = block_on(with_tenant("acme", async {
+            Operation::new(OperationKind::Query, "n").tenant
+        }));
+        assert_eq!(t.as_deref(), Some("acme"));
+        assert_eq!(current_tenant(), None);
+        let o = Outcome::new(Duration::ZERO, None, None).with_transaction(Some(Duration::ZERO));
+        assert_eq!(o.transaction, Some(Duration::ZERO));
+    }
+
     #[test]
     fn fingerprints_ignore_literal_values() {
         assert_eq!(
