@@ -214,6 +214,57 @@ async fn hooks_run_in_order_reject_before_the_server_and_survive_panics() {
             "{k}: {seen:?}"
         );
     }
+    // Batches, COPY in and out, notify and simple queries are operations too.
+    log.0.lock().unwrap().clear();
+    {
+        use tokio_postgres::types::Type;
+        let mut c = pool.get().await.unwrap();
+        c.batch(&[("INSERT INTO guarded_t VALUES (3)", &[]), ("SELECT 1", &[])])
+            .await
+            .unwrap();
+        let n = c
+            .copy_in(
+                "COPY guarded_t (id) FROM STDIN (FORMAT binary)",
+                &[Type::INT4],
+                (10..13).map(|i: i32| (i,)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        let mut seen_rows = 0;
+        c.copy_out(
+            "COPY (SELECT id FROM guarded_t) TO STDOUT (FORMAT binary)",
+            &[Type::INT4],
+            |_| {
+                seen_rows += 1;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen_rows, 6);
+        let mut csv = Vec::new();
+        c.copy_out_raw("COPY (SELECT 1) TO STDOUT (FORMAT csv)", &mut csv)
+            .await
+            .unwrap();
+        assert_eq!(csv, b"1\n");
+        c.notify("hooks_chan", "x").await.unwrap();
+        pgprovider::Connection::simple_query(&mut *c, "SELECT 1")
+            .await
+            .unwrap();
+    }
+    let seen = log.0.lock().unwrap().clone();
+    for k in ["batch", "copy", "notify", "execute"] {
+        assert!(
+            seen.iter().any(|l| *l == format!("after:first:{k}:ok")),
+            "{k}: {seen:?}"
+        );
+    }
+    assert_eq!(
+        seen.iter().filter(|l| *l == "after:first:copy:ok").count(),
+        3,
+        "{seen:?}"
+    );
     // Custom events.
     log.0.lock().unwrap().clear();
     hooks.fire("cache-refresh", "app").await.unwrap();
