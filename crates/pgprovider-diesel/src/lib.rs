@@ -217,7 +217,11 @@ impl DieselConnection {
         let returns_rows =
             single && matches!(first.as_str(), "SELECT" | "WITH" | "VALUES" | "TABLE");
         let r = if returns_rows {
-            let wrapped = format!("SELECT row_to_json(q)::text FROM ({trimmed}) q");
+            // The alias must not be a column name of the statement (`row_to_json(q)` would
+            // then take the column): a quoted name with spaces.
+            let wrapped = format!(
+                "SELECT row_to_json(\"pgprovider row\".*)::text FROM ({trimmed}) \"pgprovider row\""
+            );
             let q = diesel::sql_query(wrapped).into_boxed::<Pg>();
             let fut = self.conn.load(q);
             self.st
