@@ -771,7 +771,70 @@ fn json_object(s: &str) -> Result<Vec<(String, Option<String>)>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{json_object, sqlstate_from_message};
+    use super::{json_object, map_error, sqlstate_from_message};
+    use diesel::result::{DatabaseErrorKind as K, Error as D};
+    use pgprovider_core::ErrorKind;
+
+    #[test]
+    fn diesel_errors_map_to_kinds_and_states() {
+        let db = |kind, msg: &str| D::DatabaseError(kind, Box::new(msg.to_owned()));
+        for (e, kind, code) in [
+            (
+                db(K::UniqueViolation, "duplicate key"),
+                ErrorKind::Database,
+                Some("23505"),
+            ),
+            (
+                db(K::ForeignKeyViolation, "fk"),
+                ErrorKind::Database,
+                Some("23503"),
+            ),
+            (
+                db(K::NotNullViolation, "null"),
+                ErrorKind::Database,
+                Some("23502"),
+            ),
+            (
+                db(K::CheckViolation, "check"),
+                ErrorKind::Database,
+                Some("23514"),
+            ),
+            (
+                db(K::SerializationFailure, "could not serialize"),
+                ErrorKind::Database,
+                Some("40001"),
+            ),
+            (
+                db(K::ReadOnlyTransaction, "read-only"),
+                ErrorKind::Database,
+                Some("25006"),
+            ),
+            (
+                db(K::Unknown, "relation \"t\" does not exist"),
+                ErrorKind::Database,
+                Some("42P01"),
+            ),
+            (db(K::Unknown, "something new"), ErrorKind::Database, None),
+            (
+                db(K::ClosedConnection, "closed"),
+                ErrorKind::ConnectionLost,
+                None,
+            ),
+            (
+                db(K::UnableToSendCommand, "connection closed"),
+                ErrorKind::ConnectionLost,
+                None,
+            ),
+            (D::NotFound, ErrorKind::RowCount, None),
+            (D::RollbackTransaction, ErrorKind::Other, None),
+        ] {
+            let m = map_error(e);
+            assert_eq!(m.kind(), kind, "{m}");
+            assert_eq!(m.sql_state().as_ref().map(|s| s.code()), code, "{m}");
+        }
+        let decode = map_error(D::DeserializationError("bad bytes".into()));
+        assert_eq!(decode.kind(), ErrorKind::Decode);
+    }
 
     #[test]
     fn messages_give_their_sqlstate() {

@@ -671,7 +671,53 @@ fn connect_error(e: sqlx::Error, node: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use super::startup_options;
+    use super::{connect_error, map_error, startup_options};
+    use pgprovider_core::ErrorKind;
+
+    #[test]
+    fn sqlx_errors_map_to_kinds_people_can_act_on() {
+        let io = || std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let cases: Vec<(sqlx::Error, ErrorKind, &str)> = vec![
+            (
+                sqlx::Error::Io(io()),
+                ErrorKind::ConnectionLost,
+                "reset by peer",
+            ),
+            (
+                sqlx::Error::Tls("bad certificate".into()),
+                ErrorKind::Tls,
+                "bad certificate",
+            ),
+            (sqlx::Error::RowNotFound, ErrorKind::RowCount, "no row"),
+            (
+                sqlx::Error::ColumnNotFound("x".into()),
+                ErrorKind::Decode,
+                "x",
+            ),
+            (
+                sqlx::Error::Configuration("bad url".into()),
+                ErrorKind::Config,
+                "bad url",
+            ),
+            (
+                sqlx::Error::Protocol("unexpected message".into()),
+                ErrorKind::Other,
+                "unexpected",
+            ),
+        ];
+        for (e, kind, needle) in cases {
+            let m = map_error(e);
+            assert_eq!(m.kind(), kind, "{m}");
+            assert!(m.to_string().contains(needle), "{m}");
+        }
+        // While connecting, anything not the server's or TLS is a connect error with a hint.
+        let c = connect_error(sqlx::Error::Io(io()), "db:5432");
+        assert_eq!(c.kind(), ErrorKind::Connect);
+        assert_eq!(c.node(), Some("db:5432"));
+        assert!(c.to_string().contains("reachable"), "{c}");
+        let t = connect_error(sqlx::Error::Tls("handshake".into()), "db:5432");
+        assert_eq!((t.kind(), t.node()), (ErrorKind::Tls, Some("db:5432")));
+    }
 
     #[test]
     fn startup_options_are_parsed() {
