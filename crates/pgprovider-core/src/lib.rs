@@ -32,7 +32,10 @@ pub mod sql;
 mod sqlstate;
 mod statements;
 
-pub use driver::{CancelToken, Connection, Driver, SimpleRow};
+pub use driver::{
+    Bounded, CANCEL_GRACE, CancelToken, Connection, Driver, SimpleRow, query_timeout_error,
+    run_bounded,
+};
 pub use error::{DbErrorFields, Error, ErrorKind, Result};
 pub use notify::{MAX_CHANNEL, MAX_PAYLOAD, Notification, check_channel, check_notification};
 pub use params::{ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, SslMode, TlsParams};

@@ -82,8 +82,53 @@ fn leading_words(stmt: &str) -> (String, String) {
     )
 }
 
+/// What a driver knows of a session from the SQL it ran: whether it may carry state the next
+/// user must not inherit, and whether a transaction block is open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionState {
+    /// Something may have changed the session (see [`may_change_session`]).
+    pub dirty: bool,
+    /// A transaction block is open (possibly failed).
+    pub in_tx: bool,
+}
+
+impl SessionState {
+    /// Notes a statement that ran (`ok`) or failed.
+    pub fn track(&mut self, sql: &str, ok: bool) {
+        self.dirty |= may_change_session(sql);
+        if ok {
+            if let Some(open) = transaction_effect(sql) {
+                self.in_tx = open;
+            }
+        } else if opens_transaction(sql) {
+            // A failure part-way may leave the block open (aborted).
+            self.in_tx = true;
+        }
+    }
+
+    /// Whether the session needs a reset before reuse.
+    pub fn needs_reset(&self) -> bool {
+        self.dirty || self.in_tx
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn session_state_follows_statements() {
+        let mut s = SessionState::default();
+        s.track("SELECT 1", true);
+        assert!(!s.needs_reset());
+        s.track("BEGIN", true);
+        assert!(s.in_tx && s.needs_reset());
+        s.track("COMMIT", true);
+        assert!(!s.in_tx);
+        s.track("BEGIN; SELECT 1/0", false);
+        assert!(s.in_tx);
+        s.track("SET work_mem = '1MB'", true);
+        assert!(s.dirty);
+    }
+
     use super::*;
 
     #[test]

@@ -46,12 +46,10 @@ use diesel::sql_types::{BigInt, Binary, Bool, Double, Float, Integer, Nullable, 
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::TryStreamExt;
 use pgprovider_core::observe::{Operation, OperationKind};
-use pgprovider_core::sql::{
-    RESET_RECIPE, may_change_session, opens_transaction, transaction_effect,
-};
+use pgprovider_core::sql::{RESET_RECIPE, SessionState, may_change_session};
 use pgprovider_core::{
-    CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, Queries, Result,
-    SimpleRow, SqlState,
+    Bounded, CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, Queries,
+    Result, SimpleRow, SqlState, query_timeout_error, run_bounded,
 };
 use std::fmt;
 use std::future::Future;
@@ -68,8 +66,6 @@ impl DieselDriver {
         DieselDriver
     }
 }
-
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 impl Driver for DieselDriver {
     type Connection = DieselConnection;
@@ -98,8 +94,7 @@ impl Driver for DieselDriver {
                 read_only: false,
                 timeout: params.query_timeout,
             },
-            dirty: false,
-            in_tx: false,
+            session: SessionState::default(),
             default_timeout: params.query_timeout,
             hooks: params.hooks.clone(),
         })
@@ -111,8 +106,7 @@ impl Driver for DieselDriver {
 pub struct DieselConnection {
     conn: AsyncPgConnection,
     st: State,
-    dirty: bool,
-    in_tx: bool,
+    session: SessionState,
     default_timeout: Option<Duration>,
     hooks: pgprovider_core::observe::Hooks,
 }
@@ -130,7 +124,7 @@ impl fmt::Debug for DieselConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DieselConnection")
             .field("node", &self.st.node)
-            .field("in_transaction", &self.in_tx)
+            .field("in_transaction", &self.session.in_tx)
             .finish()
     }
 }
@@ -139,7 +133,7 @@ impl DieselConnection {
     /// diesel-async's connection, for diesel's query builder and `RunQueryDsl`. What runs
     /// through it is not tracked, so the session is reset when it goes back to the pool.
     pub fn diesel(&mut self) -> &mut AsyncPgConnection {
-        self.dirty = true;
+        self.session.dirty = true;
         &mut self.conn
     }
 
@@ -149,16 +143,7 @@ impl DieselConnection {
     }
 
     fn track<T>(&mut self, sql: &str, r: &Result<T>) {
-        self.dirty |= may_change_session(sql);
-        match r {
-            Ok(_) => {
-                if let Some(open) = transaction_effect(sql) {
-                    self.in_tx = open;
-                }
-            }
-            Err(_) if opens_transaction(sql) => self.in_tx = true,
-            Err(_) => {}
-        }
+        self.session.track(sql, r.is_ok());
     }
 
     async fn statement(
@@ -206,7 +191,7 @@ impl DieselConnection {
     }
 
     async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        let after = self.dirty || may_change_session(sql);
+        let after = self.session.dirty || may_change_session(sql);
         let trimmed = sql.trim().trim_end_matches(';');
         let single = !trimmed.contains(';');
         let first = trimmed
@@ -244,7 +229,7 @@ impl DieselConnection {
             self.st.run(fut).await.map(|()| Vec::new())
         };
         self.track(sql, &r);
-        self.dirty = after;
+        self.session.dirty = after;
         let objects = r?;
         let mut columns: Option<Arc<[String]>> = None;
         Ok(objects
@@ -264,30 +249,16 @@ impl State {
     /// reply awaited), tracked for cancel safety.
     async fn run<T>(&mut self, fut: impl Future<Output = diesel::QueryResult<T>>) -> Result<T> {
         self.in_flight = true;
-        let r = match self.timeout {
-            None => fut.await,
-            Some(t) => {
-                let mut fut = std::pin::pin!(fut);
-                match tokio::time::timeout(t, &mut fut).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let cancelled = self.cancel.cancel().await;
-                        let reply = tokio::time::timeout(CANCEL_GRACE, fut).await;
-                        let clean = cancelled.is_ok()
-                            && matches!(&reply, Ok(Err(e)) if sqlstate_of(e).as_deref() == Some("57014"));
-                        self.in_flight = !clean;
-                        return Err(Error::new(
-                            ErrorKind::Timeout,
-                            format!("statement cancelled after the query timeout of {t:?}"),
-                        )
-                        .with_node(self.node.clone())
-                        .with_hint(if clean {
-                            "the server stopped the statement; raise query_timeout or make it faster"
-                        } else {
-                            "the server did not confirm the cancel; the connection will be closed"
-                        }));
-                    }
-                }
+        let r = match run_bounded(self.timeout, &self.cancel, fut, |e| {
+            sqlstate_of(e).as_deref() == Some("57014")
+        })
+        .await
+        {
+            Bounded::Finished(r) => r,
+            Bounded::TimedOut { clean } => {
+                self.in_flight = !clean;
+                let t = self.timeout.unwrap_or_default();
+                return Err(query_timeout_error(t, clean, &self.node));
             }
         };
         self.in_flight = false;
@@ -483,7 +454,7 @@ impl Queries for DieselConnection {
     }
 
     fn in_transaction(&self) -> bool {
-        self.in_tx
+        self.session.in_tx
     }
 }
 
@@ -498,7 +469,7 @@ impl Connection for DieselConnection {
     }
 
     fn needs_reset(&self) -> bool {
-        self.dirty || self.in_tx
+        self.session.needs_reset()
     }
 
     async fn reset(&mut self) -> Result<()> {
@@ -507,8 +478,8 @@ impl Connection for DieselConnection {
         let r = self.st.run(fut).await;
         self.st.timeout = timeout;
         r?;
-        self.dirty = false;
-        self.in_tx = false;
+        self.session.dirty = false;
+        self.session.in_tx = false;
         Ok(())
     }
 

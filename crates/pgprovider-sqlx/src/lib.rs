@@ -31,12 +31,11 @@
 
 use futures_util::TryStreamExt;
 use pgprovider_core::observe::{Operation, OperationKind};
-use pgprovider_core::sql::{
-    RESET_RECIPE, may_change_session, opens_transaction, transaction_effect,
-};
+use pgprovider_core::sql::{RESET_RECIPE, SessionState, may_change_session};
 use pgprovider_core::{
-    CancelToken, Column, ConnectParams, Connection, DbErrorFields, Driver, Error, ErrorKind, Host,
-    Queries, Result, SimpleRow, SqlState, SslMode,
+    Bounded, CancelToken, Column, ConnectParams, Connection, DbErrorFields, Driver, Error,
+    ErrorKind, Host, Queries, Result, SimpleRow, SqlState, SslMode, query_timeout_error,
+    run_bounded,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgDatabaseError, PgRow, PgSslMode};
 use sqlx::query::Query;
@@ -57,10 +56,6 @@ impl SqlxDriver {
         SqlxDriver
     }
 }
-
-/// How long to wait for the reply of a cancelled statement before giving up on the
-/// connection.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// The sqlx options for `p`.
 fn options(p: &ConnectParams) -> PgConnectOptions {
@@ -158,16 +153,14 @@ impl Driver for SqlxDriver {
             conn,
             st: State {
                 node,
-                pid,
-                cancel_with: opts,
+                cancel: cancel_token(opts, pid),
                 in_flight: false,
                 broken: false,
                 read_only: false,
                 timeout: params.query_timeout,
             },
             unnamed: params.statement_cache_capacity == 0,
-            dirty: false,
-            in_tx: false,
+            session: SessionState::default(),
             default_timeout: params.query_timeout,
             hooks: params.hooks.clone(),
         })
@@ -180,8 +173,7 @@ pub struct SqlxConnection {
     conn: sqlx::PgConnection,
     st: State,
     unnamed: bool,
-    dirty: bool,
-    in_tx: bool,
+    session: SessionState,
     default_timeout: Option<Duration>,
     hooks: pgprovider_core::observe::Hooks,
 }
@@ -190,8 +182,7 @@ pub struct SqlxConnection {
 /// at once).
 struct State {
     node: String,
-    pid: i32,
-    cancel_with: PgConnectOptions,
+    cancel: CancelToken,
     in_flight: bool,
     broken: bool,
     read_only: bool,
@@ -202,8 +193,7 @@ impl fmt::Debug for SqlxConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqlxConnection")
             .field("node", &self.st.node)
-            .field("pid", &self.st.pid)
-            .field("in_transaction", &self.in_tx)
+            .field("in_transaction", &self.session.in_tx)
             .finish()
     }
 }
@@ -212,7 +202,7 @@ impl SqlxConnection {
     /// sqlx's connection, for `sqlx::query!` and the rest of sqlx. What runs through it is
     /// not tracked, so the session is reset when the connection goes back to the pool.
     pub fn raw(&mut self) -> &mut sqlx::PgConnection {
-        self.dirty = true;
+        self.session.dirty = true;
         &mut self.conn
     }
 
@@ -223,16 +213,7 @@ impl SqlxConnection {
 
     /// Notes what a statement did to the session and the transaction.
     fn track<T>(&mut self, sql: &str, r: &Result<T>) {
-        self.dirty |= may_change_session(sql);
-        match r {
-            Ok(_) => {
-                if let Some(open) = transaction_effect(sql) {
-                    self.in_tx = open;
-                }
-            }
-            Err(_) if opens_transaction(sql) => self.in_tx = true,
-            Err(_) => {}
-        }
+        self.session.track(sql, r.is_ok());
     }
 
     async fn statement(&mut self, sql: &str, params: &[&dyn SqlxParam], rows: bool) -> Result<Out> {
@@ -254,7 +235,7 @@ impl SqlxConnection {
                     .await
             };
             match r {
-                Err(e) if e.is_stale_statement() && !self.in_tx && !retried && !unnamed => {
+                Err(e) if e.is_stale_statement() && !self.session.in_tx && !retried && !unnamed => {
                     // sqlx keeps its statements by SQL text: forget them and prepare anew.
                     retried = true;
                     let _ = self.st.run(self.conn.clear_cached_statements()).await;
@@ -285,7 +266,7 @@ impl SqlxConnection {
     }
 
     async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        let after = self.dirty || may_change_session(sql);
+        let after = self.session.dirty || may_change_session(sql);
         let r = self
             .st
             .run(
@@ -295,7 +276,7 @@ impl SqlxConnection {
             )
             .await;
         self.track(sql, &r);
-        self.dirty = after;
+        self.session.dirty = after;
         let mut out = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
         for row in r? {
@@ -345,30 +326,19 @@ impl State {
         fut: impl Future<Output = std::result::Result<T, sqlx::Error>>,
     ) -> Result<T> {
         self.in_flight = true;
-        let r = match self.timeout {
-            None => fut.await,
-            Some(t) => {
-                let mut fut = std::pin::pin!(fut);
-                match tokio::time::timeout(t, &mut fut).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let cancelled = cancel(&self.cancel_with, self.pid).await;
-                        let reply = tokio::time::timeout(CANCEL_GRACE, fut).await;
-                        let clean = cancelled.is_ok()
-                            && matches!(&reply, Ok(Err(sqlx::Error::Database(d))) if d.code().as_deref() == Some("57014"));
-                        self.in_flight = !clean;
-                        return Err(Error::new(
-                            ErrorKind::Timeout,
-                            format!("statement cancelled after the query timeout of {t:?}"),
-                        )
-                        .with_node(self.node.clone())
-                        .with_hint(if clean {
-                            "the server stopped the statement; raise query_timeout or make it faster"
-                        } else {
-                            "the server did not confirm the cancel; the connection will be closed"
-                        }));
-                    }
-                }
+        let r = match run_bounded(
+            self.timeout,
+            &self.cancel,
+            fut,
+            |e| matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("57014")),
+        )
+        .await
+        {
+            Bounded::Finished(r) => r,
+            Bounded::TimedOut { clean } => {
+                self.in_flight = !clean;
+                let t = self.timeout.unwrap_or_default();
+                return Err(query_timeout_error(t, clean, &self.node));
             }
         };
         self.in_flight = false;
@@ -384,6 +354,14 @@ impl State {
             e
         })
     }
+}
+
+/// A token asking the server to cancel what backend `pid` runs (see [`cancel`]).
+fn cancel_token(opts: PgConnectOptions, pid: i32) -> CancelToken {
+    CancelToken::new(move || {
+        let opts = opts.clone();
+        async move { cancel(&opts, pid).await }
+    })
 }
 
 /// Asks the server to cancel what backend `pid` runs, from a side connection.
@@ -426,7 +404,7 @@ impl Connection for SqlxConnection {
     }
 
     fn needs_reset(&self) -> bool {
-        self.dirty || self.in_tx
+        self.session.needs_reset()
     }
 
     async fn reset(&mut self) -> Result<()> {
@@ -437,8 +415,8 @@ impl Connection for SqlxConnection {
         let r = self.st.run(fut).await;
         self.st.timeout = timeout;
         r?;
-        self.dirty = false;
-        self.in_tx = false;
+        self.session.dirty = false;
+        self.session.in_tx = false;
         Ok(())
     }
 
@@ -468,17 +446,13 @@ impl Connection for SqlxConnection {
     }
 
     fn cancel_token(&self) -> CancelToken {
-        let (opts, pid) = (self.st.cancel_with.clone(), self.st.pid);
-        CancelToken::new(move || {
-            let opts = opts.clone();
-            async move { cancel(&opts, pid).await }
-        })
+        self.st.cancel.clone()
     }
 
     async fn close(self) {
         let SqlxConnection { conn, st, .. } = self;
         if st.in_flight {
-            let _ = cancel(&st.cancel_with, st.pid).await;
+            let _ = st.cancel.cancel().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
     }
@@ -598,7 +572,7 @@ impl Queries for SqlxConnection {
     }
 
     fn in_transaction(&self) -> bool {
-        self.in_tx
+        self.session.in_tx
     }
 }
 

@@ -54,10 +54,6 @@ pub struct PgConnection {
     driver_task: tokio::task::JoinHandle<()>,
 }
 
-/// How long to wait for the reply of a cancelled statement before giving up on the
-/// connection.
-const CANCEL_GRACE: Duration = Duration::from_secs(5);
-
 impl fmt::Debug for PgConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConnection")
@@ -156,24 +152,19 @@ impl PgConnection {
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
         self.in_flight = true;
-        let timeout = self.timeout;
+        let cancel = self.cancel_token_inner();
         let fut = f(&self.client);
-        let r = match timeout {
-            None => fut.await,
-            Some(t) => {
-                let mut fut = std::pin::pin!(fut);
-                match tokio::time::timeout(t, &mut fut).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let cancelled = self.cancel_token().cancel().await;
-                        let reply = tokio::time::timeout(CANCEL_GRACE, fut).await;
-                        let clean = cancelled.is_ok() && reply_is_clean(&reply);
-                        // A reply other than "canceled" means the statement finished first
-                        // and the cancel may still hit the next one: discard then.
-                        self.in_flight = !clean;
-                        return Err(self.timeout_error(t, clean));
-                    }
-                }
+        let r = match pgprovider_core::run_bounded(self.timeout, &cancel, fut, |e| {
+            e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+        })
+        .await
+        {
+            pgprovider_core::Bounded::Finished(r) => r,
+            pgprovider_core::Bounded::TimedOut { clean } => {
+                // Not clean: the cancel may still hit the next statement, discard then.
+                self.in_flight = !clean;
+                let t = self.timeout.unwrap_or_default();
+                return Err(pgprovider_core::query_timeout_error(t, clean, &self.node));
             }
         };
         self.in_flight = false;
@@ -184,33 +175,12 @@ impl PgConnection {
         })
     }
 
-    fn timeout_error(&self, t: Duration, clean: bool) -> Error {
-        Error::new(
-            ErrorKind::Timeout,
-            format!("statement cancelled after the query timeout of {t:?}"),
-        )
-        .with_node(self.node.clone())
-        .with_hint(if clean {
-            "the server stopped the statement; raise query_timeout or make it faster"
-        } else {
-            "the server did not confirm the cancel; the connection will be closed"
-        })
-    }
-
     /// Notes the effect of a transaction-control statement that ran successfully.
     pub(crate) fn track_transaction(&mut self, sql: &str) {
         if let Some(open) = transaction_effect(sql) {
             self.in_tx = open;
         }
     }
-}
-
-/// Whether the reply to a cancelled statement left the connection clean: it arrived, and
-/// it is the "canceling statement" error (so the cancel was used up).
-fn reply_is_clean<T>(
-    reply: &Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
-) -> bool {
-    matches!(reply, Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED))
 }
 
 impl Connection for PgConnection {
