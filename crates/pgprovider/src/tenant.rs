@@ -925,6 +925,13 @@ where
     }
 }
 
+impl<D: Driver + Clone> Provider<D> {
+    /// Tenant handles over this provider; see the [`tenant`](crate::tenant) module.
+    pub fn tenancy(&self, options: TenancyOptions) -> Tenancy<D> {
+        Tenancy::new(self.clone(), options)
+    }
+}
+
 impl Config {
     /// This configuration with another database name (tenant databases).
     pub(crate) fn for_database(&self, dbname: &str) -> Config {
