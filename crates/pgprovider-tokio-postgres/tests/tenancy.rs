@@ -446,7 +446,7 @@ async fn every_operation_carries_the_tenant() {
         TopologyOptions::default(),
         Hooks::builder().hook(0, seen.clone()).build(),
     );
-    let tenants = Tenancy::new(provider, TenancyOptions::new(Strategy::Schema));
+    let tenants = provider.tenancy(TenancyOptions::new(Strategy::Schema));
     let t = name("traced");
     tenants.create_tenant(&t, Some(&migrator())).await.unwrap();
     seen.0.lock().unwrap().clear();
