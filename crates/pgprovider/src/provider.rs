@@ -54,6 +54,7 @@ use crate::pool::{Pool, Pooled};
 use crate::topology::{HealthMonitor, Role, parse_lsn};
 use crate::{Connection, Driver, Error, ErrorKind, Queries, Result};
 use std::collections::hash_map::RandomState;
+use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -478,23 +479,7 @@ impl<D: Driver> Provider<D> {
     /// # Errors
     /// [`ErrorKind::Connect`] when no node qualifies (naming every node's state).
     pub async fn read(&self) -> Result<Pooled<D>> {
-        let mut errors = Vec::new();
-        for i in self.read_candidates() {
-            let Ok(permit) = self.inner.breakers[i].try_acquire() else {
-                errors.push(format!("{}: circuit breaker open", self.inner.nodes[i]));
-                continue;
-            };
-            let got = self.inner.pools[i].get().await;
-            permit.record(&got);
-            match got {
-                Ok(conn) => return Ok(conn),
-                Err(e) => {
-                    self.inner.monitor.recheck(&self.inner.nodes[i]);
-                    errors.push(format!("{}: {e}", self.inner.nodes[i]));
-                }
-            }
-        }
-        Err(self.no_reader(&errors))
+        self.read_with(|conn| std::future::ready(Ok(conn))).await
     }
 
     /// Runs a read-only statement on a node chosen as [`read`](Self::read) does, trying the
@@ -512,28 +497,71 @@ impl<D: Driver> Provider<D> {
     where
         D::Connection: Queries,
     {
-        let mut errors = Vec::new();
-        for i in self.read_candidates() {
-            let Ok(permit) = self.inner.breakers[i].try_acquire() else {
-                errors.push(format!("{}: circuit breaker open", self.inner.nodes[i]));
-                continue;
-            };
-            let r = async {
-                let mut conn = self.inner.pools[i].get().await?;
-                conn.query(sql, params).await
-            }
-            .await;
-            permit.record(&r);
-            match r {
-                Ok(rows) => return Ok(rows),
-                Err(e) if e.is_node_failure() => {
-                    self.inner.monitor.recheck(&self.inner.nodes[i]);
-                    errors.push(format!("{}: {e}", self.inner.nodes[i]));
+        self.read_with(|mut conn| async move { conn.query(sql, params).await })
+            .await
+    }
+
+    /// The read loop: each candidate in turn (skipping open breakers), a checkout that
+    /// gives up as soon as the monitor sees the node unreachable, then `run`; a node failure
+    /// moves on to the next candidate. When a round ends with nothing served while some node
+    /// failed or is unreachable (a failure in progress), every node is probed and the round
+    /// runs again, within the failover timeout; with every node reachable and none
+    /// qualifying (or only open breakers), it fails at once.
+    async fn read_with<T, F, Fut>(&self, run: F) -> Result<T>
+    where
+        F: Fn(Pooled<D>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let monitor = &self.inner.monitor;
+        let deadline = Instant::now() + self.inner.options.failover_timeout;
+        loop {
+            let mut errors = Vec::new();
+            let mut node_failed = false;
+            for i in self.read_candidates() {
+                let Ok(permit) = self.inner.breakers[i].try_acquire() else {
+                    errors.push(format!("{}: circuit breaker open", self.inner.nodes[i]));
+                    continue;
+                };
+                let attempt = async {
+                    let conn = self.inner.pools[i].get().await?;
+                    run(conn).await
+                };
+                let gone = monitor.wait_for(self.inner.config.pool().acquire_timeout(), |s| {
+                    !s[i].reachable
+                });
+                let r = tokio::select! {
+                    r = attempt => r,
+                    Ok(_) = gone => Err(Error::new(
+                        ErrorKind::Connect,
+                        "the node became unreachable during the read",
+                    )
+                    .with_node(self.inner.nodes[i].to_string())),
+                };
+                permit.record(&r);
+                match r {
+                    Ok(v) => return Ok(v),
+                    Err(e) if e.is_node_failure() => {
+                        node_failed = true;
+                        monitor.recheck(&self.inner.nodes[i]);
+                        errors.push(format!("{}: {e}", self.inner.nodes[i]));
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            }
+            // Open breakers fail fast (that is their point); a node failing or unreachable
+            // now is worth another look.
+            let settled = !node_failed && monitor.statuses().iter().all(|s| s.reachable);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if settled || left.is_zero() {
+                return Err(self.no_reader(&errors));
+            }
+            // A failure in progress: look again once every node has been probed anew.
+            monitor.recheck_all();
+            let probed = monitor.wait_round(left).await;
+            if probed.is_err() {
+                return Err(self.no_reader(&errors));
             }
         }
-        Err(self.no_reader(&errors))
     }
 
     /// The position a read must have seen to include everything committed so far on `conn`

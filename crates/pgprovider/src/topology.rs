@@ -265,6 +265,25 @@ impl HealthMonitor {
         }
     }
 
+    /// Waits (up to `timeout`) until as many probes as there are nodes have ended since the
+    /// call (successful or not): after [`recheck_all`](Self::recheck_all), a fresh look at
+    /// every node.
+    pub(crate) async fn wait_round(&self, timeout: Duration) -> Result<()> {
+        let mut changes = self.shared.changed.subscribe();
+        let start = *changes.borrow_and_update();
+        let want = start + self.shared.nodes.len() as u64;
+        let deadline = Instant::now() + timeout;
+        while *changes.borrow_and_update() < want {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(Error::new(ErrorKind::Timeout, "no probe round in time"));
+            }
+        }
+        Ok(())
+    }
+
     /// The nodes, in configuration order.
     pub(crate) fn nodes(&self) -> &[Node] {
         &self.shared.nodes
