@@ -180,6 +180,10 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Runs the deadline workload instead of the throughput ones: callers that give up
+    /// after each of these deadlines (`1ms,2ms,5ms,20ms`), warm and cold pools.
+    #[arg(long, value_delimiter = ',', value_parser = duration)]
+    pub deadlines: Vec<std::time::Duration>,
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {

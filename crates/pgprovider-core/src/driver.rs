@@ -75,6 +75,37 @@ pub trait Connection: Send + 'static {
         false
     }
 
+    /// Whether a statement was abandoned mid-flight (its future dropped, as a caller's
+    /// deadline does) and its replies may still be on the way, on a connection that is
+    /// otherwise sound. The pool then calls [`recover`](Connection::recover) instead of
+    /// closing the connection. Must not block or do I/O. The default, `false`, leaves such
+    /// a connection to [`is_broken`](Connection::is_broken), which closes it.
+    fn interrupted(&self) -> bool {
+        false
+    }
+
+    /// Brings an [`interrupted`](Connection::interrupted) connection back to an idle,
+    /// clean protocol state: reads and discards the replies still in flight and rolls back
+    /// any transaction the abandoned statement may have opened. Session settings are left
+    /// to [`reset`](Connection::reset), which the pool runs next when
+    /// [`needs_reset`](Connection::needs_reset) says so.
+    ///
+    /// The pool bounds it: past a short grace it sends a cancel request (the abandoned
+    /// statement may be a long one), past a longer one it closes the connection.
+    ///
+    /// # Errors
+    /// When the connection cannot be recovered; it is then closed. An error with SQLSTATE
+    /// `57014` (query cancelled) means the pool's cancel request hit this call's own
+    /// statement: the pool calls it once more.
+    fn recover(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async {
+            Err(Error::new(
+                ErrorKind::Other,
+                "this driver cannot recover a connection whose statement was abandoned",
+            ))
+        }
+    }
+
     /// Runs one or more statements with the simple query protocol and returns their rows
     /// as text. For administration (health checks, session setup), not for application data.
     ///

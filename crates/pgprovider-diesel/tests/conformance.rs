@@ -2,5 +2,7 @@
 
 pgprovider_testkit::conformance_tests!(
     pgprovider_diesel::DieselDriver::new(),
-    pgprovider_testkit::conformance::Capabilities::ALL.without_notify()
+    pgprovider_testkit::conformance::Capabilities::ALL
+        .without_notify()
+        .without_recover()
 );

@@ -337,6 +337,8 @@ impl State {
             Bounded::Finished(r) => r,
             Bounded::TimedOut { clean } => {
                 self.in_flight = !clean;
+                // The cancel may still hit the next statement: not recoverable.
+                self.broken |= !clean;
                 let t = self.timeout.unwrap_or_default();
                 return Err(query_timeout_error(t, clean, &self.node));
             }
@@ -397,6 +399,25 @@ impl Out {
 impl Connection for SqlxConnection {
     fn is_broken(&self) -> bool {
         self.st.in_flight || self.st.broken
+    }
+
+    fn interrupted(&self) -> bool {
+        self.st.in_flight && !self.st.broken
+    }
+
+    /// sqlx reads the replies of an abandoned statement itself before the next one (it
+    /// counts the `ReadyForQuery` messages it still owes); `ROLLBACK` queued behind them
+    /// also ends a transaction the abandoned statement may have begun.
+    async fn recover(&mut self) -> Result<()> {
+        let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql("ROLLBACK"));
+        match fut.await {
+            Ok(_) => {
+                self.st.in_flight = false;
+                self.session.in_tx = false;
+                Ok(())
+            }
+            Err(e) => Err(map_error(e).with_node(self.st.node.clone())),
+        }
     }
 
     async fn ping(&mut self) -> Result<()> {

@@ -17,6 +17,7 @@
 //! | `connect_and_query` | typed rows through `Column`, row counts, simple queries, SQLSTATE and node on errors, unnamed statements (`statement_cache_capacity=0`) |
 //! | `transactions` | commit, rollback on `Err`, a dropped transaction future leaves no session idle in transaction and nothing committed |
 //! | `statement_cache` | a table altered under a cached statement: the next run succeeds |
+//! | `abandoned_statements` | statements whose callers gave up (plain, and in a transaction that changed settings) leave the next user a clean session; with `recover` the connection is drained and kept, without it closed |
 //! | `cancel_and_timeouts` | a query past `query_timeout` fails with `Timeout` and no longer runs on the server; with `cancel`, a cancel token stops a running statement (`57014`), without it the token reports `Unsupported` |
 //! | `tls` | with `tls`, `sslmode=require` gives an encrypted session; without, it is refused |
 //! | `hooks` | operations reach hooks with their SQL; a rejecting hook keeps a statement from the server |
@@ -45,6 +46,10 @@ pub struct Capabilities {
     pub tls: bool,
     /// A LISTEN/NOTIFY API in the driver crate.
     pub notify: bool,
+    /// A statement abandoned mid-flight (its caller's deadline) is drained and the
+    /// connection kept ([`Connection::interrupted`] / [`Connection::recover`]); without it
+    /// the connection is closed. Never handed out dirty either way.
+    pub recover: bool,
 }
 
 impl Capabilities {
@@ -53,6 +58,7 @@ impl Capabilities {
         cancel: true,
         tls: true,
         notify: true,
+        recover: true,
     };
 
     /// Without LISTEN/NOTIFY.
@@ -70,6 +76,12 @@ impl Capabilities {
     /// Without TLS.
     pub const fn without_tls(mut self) -> Self {
         self.tls = false;
+        self
+    }
+
+    /// Closes connections whose statement was abandoned instead of recovering them.
+    pub const fn without_recover(mut self) -> Self {
+        self.recover = false;
         self
     }
 }
@@ -316,6 +328,70 @@ where
     } else {
         let e = token.cancel().await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    }
+}
+
+/// Statements abandoned by callers that give up (a deadline), plain and inside a
+/// transaction that changed a setting: the next user gets a clean session, and the
+/// connection is kept when the driver can recover it.
+pub async fn abandoned_statements<D: Subject>(driver: D, caps: Capabilities)
+where
+    D::Connection: Queries,
+    Row<D>: Column<i32> + Column<String>,
+{
+    let config = config(&driver, "&pool_max_size=1").await;
+    let pool = Pool::new(driver.clone(), &config, &config.nodes()[0]);
+    let pid = async |pool: &Pool<D>| -> i32 {
+        col(
+            &pool
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap(),
+            0,
+        )
+    };
+    let first = pid(&pool).await;
+    // Each abandoned statement ends within the pool's grace (100 ms), so it is drained,
+    // not cancelled.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(10),
+        pool.query("SELECT pg_sleep(0.05)", &[]),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the statement outlived its deadline");
+    // Back in the pool (or replaced) before the next caller's clock starts.
+    let second = pid(&pool).await;
+    assert_eq!(second == first, caps.recover, "kept only when recovered");
+    let p = pool.clone();
+    let gave_up = tokio::time::timeout(Duration::from_millis(30), async move {
+        let mut c = p.get().await?;
+        c.execute("BEGIN", &[]).await?;
+        c.execute("SET LOCAL application_name = 'leaked'", &[])
+            .await?;
+        c.execute("SET search_path = nowhere", &[]).await?;
+        c.query("SELECT pg_sleep(0.05)", &[]).await
+    })
+    .await;
+    assert!(gave_up.is_err(), "the statement outlived its deadline");
+    let row = pool
+        .query_one(
+            "SELECT current_setting('application_name'), current_setting('search_path')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        col::<_, String>(&row, 0),
+        format!("conformance-{}", driver.name()),
+        "the transaction whose SET LOCAL this was is over"
+    );
+    assert_eq!(col::<_, String>(&row, 1), "\"$user\", public");
+    let s = pool.stats();
+    if caps.recover {
+        assert_eq!(pid(&pool).await, first, "the connection was kept");
+        assert_eq!((s.recovered, s.closed_error), (2, 0), "{s:?}");
+    } else {
+        assert_eq!(s.recovered, 0, "{s:?}");
     }
 }
 
@@ -604,6 +680,10 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_cancel_and_timeouts() {
             $crate::conformance::cancel_and_timeouts($driver, $caps).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_abandoned_statements() {
+            $crate::conformance::abandoned_statements($driver, $caps).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_tls() {

@@ -25,8 +25,13 @@ pub(crate) enum Cancel {
 /// batches and COPY.
 ///
 /// Cancel safety: when a future running a query on this connection is dropped before the
-/// reply arrives, the connection is marked broken, so the pool closes it instead of handing a
-/// connection with a reply still in flight (or an open transaction) to the next user.
+/// reply arrives, the connection is marked [interrupted](Connection::interrupted): it is
+/// never handed to the next user as it is. The pool [recovers](Connection::recover) it
+/// first: tokio-postgres reads and discards the replies of abandoned requests itself, so
+/// one `ROLLBACK` queued behind them returns once they are all in and ends any transaction
+/// the abandoned statement opened (the pool cancels it on the server when it runs long,
+/// and closes the connection when recovery fails or takes too long). A connection whose
+/// protocol is out of step (a refused `COPY`) is marked broken instead and closed.
 ///
 /// Timeouts: a statement running longer than the query timeout is cancelled on the server
 /// (a cancel request); when its reply then arrives the connection is clean and stays in use,
@@ -40,6 +45,8 @@ pub struct PgConnection {
     pub(crate) client: Client,
     pub(crate) node: String,
     pub(crate) in_flight: bool,
+    /// The protocol is out of step (a refused `COPY`): only closing helps.
+    pub(crate) desynced: bool,
     pub(crate) dirty: bool,
     pub(crate) in_tx: bool,
     /// A statement met SQLSTATE 25006 since the last recycle.
@@ -109,6 +116,7 @@ impl PgConnection {
             client,
             node,
             in_flight: false,
+            desynced: false,
             dirty: false,
             in_tx: false,
             read_only: false,
@@ -163,6 +171,7 @@ impl PgConnection {
             pgprovider_core::Bounded::TimedOut { clean } => {
                 // Not clean: the cancel may still hit the next statement, discard then.
                 self.in_flight = !clean;
+                self.desynced |= !clean;
                 let t = self.timeout.unwrap_or_default();
                 return Err(pgprovider_core::query_timeout_error(t, clean, &self.node));
             }
@@ -185,7 +194,27 @@ impl PgConnection {
 
 impl Connection for PgConnection {
     fn is_broken(&self) -> bool {
-        self.in_flight || self.client.is_closed()
+        self.in_flight || self.desynced || self.client.is_closed()
+    }
+
+    fn interrupted(&self) -> bool {
+        self.in_flight && !self.desynced && !self.client.is_closed()
+    }
+
+    async fn recover(&mut self) -> Result<()> {
+        // Queued behind the abandoned requests, whose replies the connection task reads
+        // and drops; ROLLBACK (a warning only when no transaction is open) also ends one
+        // the abandoned statement may have begun. Not through `run`: no query timeout
+        // (the pool bounds this) and no hooks (the application did not ask for it).
+        match self.client.batch_execute("ROLLBACK").await {
+            Ok(()) => {
+                self.in_flight = false;
+                self.in_tx = false;
+                self.tx_started = None;
+                Ok(())
+            }
+            Err(e) => Err(map_error(e).with_node(self.node.clone())),
+        }
     }
 
     async fn ping(&mut self) -> Result<()> {

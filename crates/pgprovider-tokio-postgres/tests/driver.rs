@@ -111,27 +111,78 @@ async fn reset_rolls_back_and_clears_settings() {
 }
 
 #[tokio::test]
-async fn a_query_dropped_mid_flight_never_returns_its_connection() {
-    let pool = pool("&pool_max_size=1").await;
+async fn a_query_dropped_mid_flight_is_recovered_and_never_handed_out_dirty() {
+    let app = "pgprovider-drop-mid-flight";
+    let pool = pool(&format!("&application_name={app}&pool_max_size=1")).await;
+    let observer = self::pool("").await;
     let mut c = pool.get().await.unwrap();
     let first = pid(&mut c).await;
+
+    // A short statement abandoned by its caller: drained, the connection kept.
     let r = tokio::time::timeout(
-        Duration::from_millis(100),
-        c.simple_query("SELECT pg_sleep(5)"),
+        Duration::from_millis(10),
+        c.simple_query("SELECT pg_sleep(0.05)"),
     )
     .await;
     assert!(r.is_err(), "the query should still be running");
-    assert!(c.is_broken());
-    // Cancel the server side so the backend does not keep sleeping.
-    c.cancel_token().cancel().await.unwrap();
+    assert!(c.interrupted() && c.is_broken(), "never reused as it is");
     drop(c);
     let mut c = pool.get().await.unwrap();
-    let second = pid(&mut c).await;
-    assert_ne!(
-        first, second,
-        "a connection with a reply in flight must not be reused"
+    assert!(!c.interrupted());
+    assert_eq!(pid(&mut c).await, first, "the same connection, recovered");
+    let s = pool.stats();
+    assert_eq!((s.recovered, s.closed_error), (1, 0), "{s:?}");
+
+    // Abandoned inside a transaction it opened, after changing a setting: rolled back and
+    // reset before anyone gets the connection again.
+    let r = tokio::time::timeout(
+        Duration::from_millis(10),
+        c.simple_query("BEGIN; SET application_name = 'leaked'; SELECT pg_sleep(0.05)"),
+    )
+    .await;
+    assert!(r.is_err());
+    drop(c);
+    let mut c = pool.get().await.unwrap();
+    assert_eq!(pid(&mut c).await, first);
+    let row = &c
+        .simple_query(
+            "SELECT current_setting('application_name'), \
+             txid_current_if_assigned() IS NULL AND now() = statement_timestamp()",
+        )
+        .await
+        .unwrap()[0];
+    assert_eq!(row.get(0), Some(app), "the setting was reset");
+    assert_eq!(row.get(1), Some("t"), "no transaction carried over");
+    assert_eq!(pool.stats().recovered, 2);
+
+    // A long statement nobody waits for: cancelled on the server after a short grace.
+    let r = tokio::time::timeout(
+        Duration::from_millis(50),
+        c.simple_query("SELECT pg_sleep(30)"),
+    )
+    .await;
+    assert!(r.is_err());
+    drop(c);
+    let got = tokio::time::timeout(Duration::from_secs(3), pool.get()).await;
+    let mut c = got
+        .expect("the connection came back (or was replaced) within a few seconds")
+        .unwrap();
+    pid(&mut c).await;
+    let running: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND query = 'SELECT pg_sleep(30)' AND state = 'active'",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        running, 0,
+        "the abandoned statement was cancelled on the server"
     );
-    assert_eq!(pool.stats().closed_error, 1);
+    let s = pool.stats();
+    assert_eq!(s.recovered + s.closed_error, 3, "{s:?}");
 }
 
 #[tokio::test]

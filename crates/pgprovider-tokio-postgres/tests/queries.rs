@@ -539,7 +539,8 @@ async fn dropped_or_panicking_transactions_leave_nothing_open() {
     })
     .await;
     assert!(panicked.unwrap_err().is_panic());
-    // The pool rolls back what it gets back (reset) and closes what was mid-statement.
+    // The pool rolls back what it gets back (reset), and recovers (or, when the statement
+    // had to be cancelled, closes) what was mid-statement.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while sessions(&observer, app, "idle in transaction").await
         + sessions(&observer, app, "active").await
@@ -557,7 +558,8 @@ async fn dropped_or_panicking_transactions_leave_nothing_open() {
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "nothing of the abandoned transactions committed");
-    assert!(pool.stats().closed_error >= 1);
+    let s = pool.stats();
+    assert!(s.closed_error + s.recovered >= 1, "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -864,7 +866,7 @@ async fn copy_round_trips_100k_rows_exactly() {
 }
 
 #[tokio::test]
-async fn row_streams_end_cleanly_or_discard_the_connection() {
+async fn row_streams_end_cleanly_or_are_drained_before_reuse() {
     let pool = pool("&pool_max_size=1").await;
     let mut c = pool.get().await.unwrap();
     let mut s = c
@@ -890,17 +892,31 @@ async fn row_streams_end_cleanly_or_discard_the_connection() {
     assert_eq!(errors, 1);
     drop(s);
     assert!(!c.is_broken());
-    // Left half-way: the connection is not handed out again with rows still coming.
+    // Left half-way: the connection is not handed out again with rows still coming; the
+    // pool drains the rest first and keeps it.
     let mut s = c
         .query_stream("SELECT generate_series(1, 100000)", &[])
         .await
         .unwrap();
     s.next().await.unwrap().unwrap();
     drop(s);
-    assert!(c.is_broken());
+    assert!(c.is_broken() && c.interrupted());
     drop(c);
-    assert_eq!(pool.stats().closed_error, 1);
-    pool.query("SELECT 1", &[]).await.unwrap();
+    let n: i64 = pool
+        .query_one("SELECT count(*) FROM generate_series(1, 7)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n, 7,
+        "the next statement sees its own rows, none of the old ones"
+    );
+    let st = pool.stats();
+    assert_eq!(
+        (st.recovered, st.closed_error, st.created),
+        (1, 0, 1),
+        "{st:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1199,4 +1215,146 @@ async fn a_batch_heals_a_stale_statement_and_runs_again() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "the first, rolled-back run left nothing behind");
+}
+
+/// Callers with deadlines of 1 to 5 ms over a pool of 4: plain queries, transactions and
+/// session settings abandoned at every point. Afterwards no session of the pool is idle in
+/// transaction or carries a setting, every change reported committed is there, every change
+/// present was reported committed or unknown (the caller gave up), and the pool still holds
+/// its connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_deadlines_leaves_every_session_clean_and_every_commit_accounted_for() {
+    let app = "pgprovider-deadline-storm";
+    let pool = pool(&format!(
+        "&application_name={app}&pool_max_size=4&pool_min_idle=4"
+    ))
+    .await;
+    let observer = self::pool("").await;
+    table(&pool, "q_storm", "id int PRIMARY KEY").await;
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Fate {
+        Committed,
+        Unknown,
+        Failed,
+    }
+    let fates = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let next = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16_u64 {
+        let (pool, fates, next) = (pool.clone(), fates.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..60_u64 {
+                let deadline = Duration::from_millis(1 + (t + i) % 5);
+                match (t + i) % 4 {
+                    0 => {
+                        let id = next.fetch_add(1, Ordering::Relaxed) as i32;
+                        let p = pool.clone();
+                        let r = tokio::time::timeout(deadline, async move {
+                            p.transaction(&TxOptions::new(), |tx| async move {
+                                tx.execute("INSERT INTO q_storm VALUES ($1)", &[&id])
+                                    .await?;
+                                tx.query("SELECT pg_sleep(0.001)", &[]).await?;
+                                Ok::<_, pgprovider::Error>(())
+                            })
+                            .await
+                        })
+                        .await;
+                        let fate = match r {
+                            Ok(Ok(())) => Fate::Committed,
+                            Err(_) => Fate::Unknown,
+                            Ok(Err(e)) if e.kind() == ErrorKind::OutcomeUnknown => Fate::Unknown,
+                            Ok(Err(_)) => Fate::Failed,
+                        };
+                        fates.lock().unwrap().push((id, fate));
+                    }
+                    1 => {
+                        let _ = tokio::time::timeout(deadline, async {
+                            let mut c = pool.get().await?;
+                            c.simple_query(
+                                "SET statement_timeout = '1234s'; SET search_path = nowhere",
+                            )
+                            .await?;
+                            c.query("SELECT pg_sleep(0.002)", &[]).await
+                        })
+                        .await;
+                    }
+                    2 => {
+                        let _ = tokio::time::timeout(deadline, async {
+                            let mut c = pool.get().await?;
+                            c.simple_query("BEGIN; SELECT pg_sleep(0.002)").await
+                        })
+                        .await;
+                    }
+                    _ => {
+                        let _ = tokio::time::timeout(deadline, pool.query("SELECT 1", &[])).await;
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every connection back and settled: none active or idle in transaction.
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let busy = sessions(&observer, app, "active").await
+            + sessions(&observer, app, "idle in transaction").await
+            + sessions(&observer, app, "idle in transaction (aborted)").await;
+        if busy == 0 && pool.stats().in_use == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "sessions stayed busy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every pooled session carries its defaults: check them all out at once.
+    let s = pool.stats();
+    let mut held = Vec::new();
+    for _ in 0..s.size.max(1) {
+        held.push(pool.get().await.unwrap());
+    }
+    for c in &mut held {
+        let row = &c
+            .simple_query(
+                "SELECT current_setting('statement_timeout'), current_setting('search_path'), \
+                 now() = statement_timestamp()",
+            )
+            .await
+            .unwrap()[0];
+        assert_eq!(row.get(0), Some("0"));
+        assert_eq!(row.get(1), Some("\"$user\", public"));
+        assert_eq!(row.get(2), Some("t"), "no transaction open");
+    }
+    drop(held);
+    let present: Vec<i32> = observer
+        .query("SELECT id FROM q_storm", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let fates = fates.lock().unwrap().clone();
+    for (id, fate) in &fates {
+        let there = present.contains(id);
+        match fate {
+            Fate::Committed => assert!(there, "{id} was reported committed but is missing"),
+            Fate::Failed => assert!(!there, "{id} was reported failed but committed"),
+            Fate::Unknown => {}
+        }
+    }
+    let committed = fates.iter().filter(|(_, f)| *f == Fate::Committed).count();
+    let s = pool.stats();
+    println!(
+        "storm: {} transactions, {committed} committed, {} present; pool {s:?}",
+        fates.len(),
+        present.len()
+    );
+    assert!(
+        s.size >= 4,
+        "the pool kept (or refilled) its connections: {s:?}"
+    );
+    assert!(
+        s.recovered > 0,
+        "statements were abandoned and recovered: {s:?}"
+    );
 }

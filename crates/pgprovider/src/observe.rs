@@ -202,6 +202,8 @@ pub fn record_pool_metrics(node: &str, role: &str, s: &PoolStats) {
     metrics::counter!("pgprovider_pool_connections_created_total", &l(None)).absolute(s.created);
     metrics::counter!("pgprovider_pool_timeouts_total", &l(None)).absolute(s.timeouts);
     metrics::counter!("pgprovider_pool_leaks_total", &l(None)).absolute(s.leaks);
+    metrics::counter!("pgprovider_pool_recovered_total", &l(None)).absolute(s.recovered);
+    metrics::counter!("pgprovider_pool_adopted_total", &l(None)).absolute(s.adopted);
     for (reason, n) in [
         ("error", s.closed_error),
         ("lifetime", s.closed_lifetime),

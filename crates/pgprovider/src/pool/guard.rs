@@ -110,7 +110,10 @@ impl<D: Driver> Drop for Pooled<D> {
                     Duration::ZERO,
                 );
             }
-            let broken = slot.conn.is_broken();
+            // An abandoned statement (a caller's deadline) says nothing about the node:
+            // the connection is recovered, not suspected.
+            let interrupted = slot.conn.interrupted();
+            let broken = !interrupted && slot.conn.is_broken();
             if broken || slot.conn.refused_read_only() {
                 if let Some(hook) = &pool.hooks.on_suspect {
                     super::hooks::guarded("on_suspect", &pool.node.to_string(), || hook());
@@ -126,14 +129,14 @@ impl<D: Driver> Drop for Pooled<D> {
                 // The pool shrank: this connection and its permit go.
                 self.permit = false;
                 pool.close_conn(slot.conn, CloseReason::Resize);
-            } else if slot.conn.needs_reset() {
+            } else if interrupted || slot.conn.needs_reset() {
                 match tokio::runtime::Handle::try_current() {
                     Ok(h) => {
-                        // Reset in a task of its own (drop never blocks), which gives the
-                        // permit back once the connection is idle again.
+                        // Recovered and reset in a task of its own (drop never blocks),
+                        // which gives the permit back once the connection is idle again.
                         self.permit = false;
                         pool.resetting.fetch_add(1, Relaxed);
-                        h.spawn(reset_and_return(pool.clone(), slot));
+                        h.spawn(settle_and_return(pool.clone(), slot, interrupted));
                     }
                     Err(_) => pool.close_conn(slot.conn, CloseReason::Error),
                 }
@@ -149,12 +152,58 @@ impl<D: Driver> Drop for Pooled<D> {
     }
 }
 
-async fn reset_and_return<D: Driver>(pool: Arc<Inner<D>>, mut slot: Box<Slot<D::Connection>>) {
-    pool.counters.resets.fetch_add(1, Relaxed);
-    let ok = matches!(
-        tokio::time::timeout(RESET_TIMEOUT, slot.conn.reset()).await,
-        Ok(Ok(()))
-    );
+/// Past this, the statement an interrupted connection abandoned is cancelled on the server
+/// (it may be a long one nobody waits for any more).
+pub(super) const RECOVER_GRACE: Duration = Duration::from_millis(100);
+/// Past this, an interrupted connection is closed instead of recovered.
+pub(super) const RECOVER_LIMIT: Duration = Duration::from_secs(5);
+
+/// Brings an interrupted connection back (see [`Connection::recover`]): waits for the
+/// abandoned replies for [`RECOVER_GRACE`], then sends a cancel request and waits up to
+/// [`RECOVER_LIMIT`]. True when the connection is clean and idle.
+///
+/// After a cancel the connection is kept only when the cancel is known to have landed
+/// (it hit recovery's own statement, which then runs again): a cancel request still on its
+/// way would otherwise hit the next user's statement.
+pub(super) async fn recover<C: Connection>(conn: &mut C) -> bool {
+    let limit = Instant::now() + RECOVER_LIMIT;
+    let token = conn.cancel_token();
+    let after_cancel = {
+        let mut attempt = std::pin::pin!(conn.recover());
+        match tokio::time::timeout(RECOVER_GRACE, &mut attempt).await {
+            Ok(r) => return r.is_ok(),
+            Err(_) => {
+                let _ = tokio::time::timeout_at(limit, token.cancel()).await;
+                tokio::time::timeout_at(limit, attempt).await
+            }
+        }
+    };
+    match after_cancel {
+        Ok(Err(e)) if e.sql_state() == Some(pgprovider_core::SqlState::QUERY_CANCELED) => matches!(
+            tokio::time::timeout_at(limit, conn.recover()).await,
+            Ok(Ok(()))
+        ),
+        _ => false,
+    }
+}
+
+async fn settle_and_return<D: Driver>(
+    pool: Arc<Inner<D>>,
+    mut slot: Box<Slot<D::Connection>>,
+    interrupted: bool,
+) {
+    let recovered = !interrupted || recover(&mut slot.conn).await;
+    if interrupted && recovered {
+        pool.counters.recovered.fetch_add(1, Relaxed);
+    }
+    let ok = recovered
+        && (!slot.conn.needs_reset() || {
+            pool.counters.resets.fetch_add(1, Relaxed);
+            matches!(
+                tokio::time::timeout(RESET_TIMEOUT, slot.conn.reset()).await,
+                Ok(Ok(()))
+            )
+        });
     if !ok || slot.conn.is_broken() {
         pool.close_conn(slot.conn, CloseReason::Error);
     } else if pool.closed.load(Relaxed) {
@@ -169,7 +218,7 @@ async fn reset_and_return<D: Driver>(pool: Arc<Inner<D>>, mut slot: Box<Slot<D::
 
 impl<D: Driver> Inner<D> {
     /// Wakes a graceful close waiting for returns.
-    fn signal_if_closing(&self) {
+    pub(super) fn signal_if_closing(&self) {
         if self.closed.load(Relaxed) {
             self.settled.notify_waiters();
         }

@@ -128,6 +128,11 @@ impl<D: Driver> Inner<D> {
     async fn warm_up(&self) {
         let want = self.config.pool().min_idle().min(self.max.load(Relaxed));
         while lock(&self.idle).len() < want && !self.closed.load(Relaxed) {
+            // Counting the connections in use and those being opened (for checkouts whose
+            // callers may be gone: they join the idle queue), not only the idle ones.
+            if self.counters.size.load(Relaxed) >= self.max.load(Relaxed) as u64 {
+                return;
+            }
             let Ok(permit) = self.semaphore.try_acquire() else {
                 return;
             };

@@ -12,6 +12,23 @@
 //! [`Connection::needs_reset`]) is reset first, in a task of its own, and closed if the
 //! reset fails; the next user never inherits it.
 //!
+//! Deadlines without collapse. Callers give up (`tokio::time::timeout`, a dropped request),
+//! and a pool that closed every connection whose statement was abandoned, and abandoned
+//! every connection it was opening for a caller who left, would empty itself under a burst
+//! of short deadlines and never refill: each replacement must be opened within somebody's
+//! deadline (measured before this design: 64 callers with 1 ms deadlines on a warm pool of
+//! 8 got 7 successes in 5 s and ended with no connection). So:
+//! - an [interrupted](Connection::interrupted) connection is
+//!   [recovered](Connection::recover) in the return task: its replies drained and any
+//!   transaction rolled back, then reset as usual. Past 100 ms the abandoned statement is
+//!   cancelled on the server; the connection is then kept only if the cancel is seen to
+//!   land (a cancel still on its way would hit the next user's statement), and closed past
+//!   5 s;
+//! - a connection is opened in a task of its own that holds the checkout's permit: handed
+//!   to the caller if still there, else added to the idle queue (`adopted`), so the pool
+//!   refills under any deadline. At most four attempts run at once per pool, so a storm
+//!   of checkouts is not a storm of connection attempts; failed attempts back off.
+//!
 //! One deadline covers the whole checkout: waiting for a permit, validating idle
 //! connections and opening new ones, with backoff between failed connection attempts. A
 //! timeout error names the node, the pool's state and the last connection error.
@@ -85,6 +102,8 @@ pub(crate) struct Inner<D: Driver> {
     node: Node,
     hooks: Hooks<D::Connection>,
     semaphore: Semaphore,
+    /// Turns to open a connection for a checkout ([`MAX_CONNECTING`]).
+    connecting: Semaphore,
     max: AtomicUsize,
     /// Permits still to remove after a shrink; `shrinking` mirrors `debt > 0` so the
     /// return path checks one atomic.
@@ -272,6 +291,7 @@ impl<D: Driver> PoolBuilder<D> {
             node: self.node,
             hooks: self.hooks,
             semaphore: Semaphore::new(max),
+            connecting: Semaphore::new(MAX_CONNECTING),
             max: AtomicUsize::new(max),
             debt: Mutex::new(0),
             shrinking: AtomicBool::new(false),
@@ -403,10 +423,17 @@ impl<D: Driver> Pool<D> {
                 _ => false,
             };
             if validate {
+                // Closed (and counted) if the caller gives up mid-ping.
+                let mut pinging = Pinging {
+                    slot: Some(slot),
+                    pool: inner,
+                };
+                let conn = &mut pinging.slot.as_mut().expect("present until taken").conn;
                 let ok = matches!(
-                    tokio::time::timeout_at(deadline, slot.conn.ping()).await,
+                    tokio::time::timeout_at(deadline, conn.ping()).await,
                     Ok(Ok(()))
                 );
+                slot = pinging.slot.take().expect("present until taken");
                 now = Instant::now();
                 if !ok {
                     inner.close_conn(slot.conn, CloseReason::Validation);
@@ -422,15 +449,41 @@ impl<D: Driver> Pool<D> {
             }
             return Ok(self.hand_out(slot, permit, start, now, at));
         }
-        let conn = inner.connect_until(deadline, start.unwrap_or(now)).await?;
-        let now = Instant::now();
-        let slot = Box::new(Slot {
-            conn,
-            expires: inner.expiry(),
-            idle_since: now,
-            generation: inner.generation.load(Relaxed),
-        });
-        Ok(self.hand_out(slot, permit, start, now, at))
+        let slot = match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                // Opened in a task of its own that owns the permit meanwhile: if this caller
+                // gives up (a deadline), the connection still joins the pool, so the pool
+                // refills under any deadline.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                permit.disarm();
+                // Counted like a reset, so that `close` waits for it.
+                inner.resetting.fetch_add(1, Relaxed);
+                rt.spawn(open_for_checkout(
+                    self.inner.clone(),
+                    deadline,
+                    start.unwrap_or(now),
+                    tx,
+                ));
+                let opened = rx.await.map_err(|_| {
+                    Error::new(
+                        ErrorKind::Other,
+                        "the task opening a connection ended early",
+                    )
+                    .with_node(inner.node.to_string())
+                    .with_hint("the tokio runtime is shutting down")
+                })??;
+                let slot = Opened::take(opened);
+                // The permit came back with the connection.
+                let permit = Permit(Some(&inner.semaphore));
+                let now = Instant::now();
+                return Ok(self.hand_out(slot, permit, start, now, at));
+            }
+            Err(_) => {
+                let conn = inner.connect_until(deadline, start.unwrap_or(now)).await?;
+                inner.new_slot(conn)
+            }
+        };
+        Ok(self.hand_out(slot, permit, start, Instant::now(), at))
     }
 
     fn hand_out(
@@ -580,7 +633,103 @@ impl<D: Driver> Pool<D> {
     }
 }
 
+/// Opens a connection for a checkout under the permit the checkout took, and hands both
+/// over; when the caller is gone by then, the connection joins the idle queue (`adopted`).
+/// At most [`MAX_CONNECTING`] run at once per pool, so a storm of checkouts cannot become a
+/// storm of connection attempts.
+async fn open_for_checkout<D: Driver>(
+    pool: Arc<Inner<D>>,
+    deadline: Instant,
+    start: Instant,
+    tx: tokio::sync::oneshot::Sender<Result<Opened<D>>>,
+) {
+    let opened = async {
+        let _turn = match tokio::time::timeout_at(deadline, pool.connecting.acquire()).await {
+            Ok(Ok(turn)) => turn,
+            Ok(Err(_)) => return Err(pool.closed_error()),
+            Err(_) => return Err(pool.timeout_error(start)),
+        };
+        pool.connect_until(deadline, start).await
+    }
+    .await;
+    match opened {
+        Ok(conn) => {
+            let slot = pool.new_slot(conn);
+            // Sent or not, the connection is safe: an `Opened` that nobody takes puts itself
+            // into the idle queue and gives the permit back.
+            let _ = tx.send(Ok(Opened {
+                slot: Some(slot),
+                pool: pool.clone(),
+            }));
+        }
+        Err(e) => {
+            pool.semaphore.add_permits(1);
+            let _ = tx.send(Err(e));
+        }
+    }
+    pool.resetting.fetch_sub(1, Relaxed);
+    pool.settled.notify_waiters();
+}
+
+/// Connection attempts under way at once, per pool.
+const MAX_CONNECTING: usize = 4;
+
+/// A connection opened for a checkout, owning the checkout's permit until
+/// [`take`](Opened::take)n; dropped untaken, it joins the idle queue and gives the permit
+/// back.
+struct Opened<D: Driver> {
+    slot: Option<Box<Slot<D::Connection>>>,
+    pool: Arc<Inner<D>>,
+}
+
+impl<D: Driver> Opened<D> {
+    fn take(mut this: Self) -> Box<Slot<D::Connection>> {
+        this.slot.take().expect("present until taken")
+    }
+}
+
+impl<D: Driver> Drop for Opened<D> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let pool = &self.pool;
+        if pool.closed.load(Relaxed) {
+            pool.close_conn(slot.conn, CloseReason::Pool);
+        } else {
+            pool.counters.adopted.fetch_add(1, Relaxed);
+            pool.return_idle(slot, Instant::now());
+        }
+        pool.semaphore.add_permits(1);
+        pool.signal_if_closing();
+    }
+}
+
+/// An idle connection being pinged at checkout; closed (and counted) if the checkout is
+/// dropped meanwhile.
+struct Pinging<'a, D: Driver> {
+    slot: Option<Box<Slot<D::Connection>>>,
+    pool: &'a Inner<D>,
+}
+
+impl<D: Driver> Drop for Pinging<'_, D> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.pool.close_conn(slot.conn, CloseReason::Validation);
+        }
+    }
+}
+
 impl<D: Driver> Inner<D> {
+    fn new_slot(&self, conn: D::Connection) -> Box<Slot<D::Connection>> {
+        Box::new(Slot {
+            conn,
+            expires: self.expiry(),
+            idle_since: Instant::now(),
+            generation: self.generation.load(Relaxed),
+        })
+    }
+
     fn stats(&self) -> PoolStats {
         let idle = lock(&self.idle).len() as u64;
         let mut s = self.counters.snapshot(idle, self.max.load(Relaxed) as u64);
@@ -615,7 +764,12 @@ impl<D: Driver> Inner<D> {
     }
 
     /// One attempt: connect, count it, run `after_connect`. Errors name the node.
+    ///
+    /// The connection counts in `size` from the start of the attempt (a reservation given
+    /// back if the attempt fails or is dropped), so that attempts under way are seen by
+    /// [`warm_up`](Self::warm_up) and the pool never opens more than its maximum.
     async fn connect_once(&self) -> Result<D::Connection> {
+        let reservation = CountGuard::reserved(&self.counters.size);
         let attempt = async {
             let mut params = self.config.connect_params(&self.node).await?;
             params.statements = self.statements.clone();
@@ -646,7 +800,7 @@ impl<D: Driver> Inner<D> {
             }
         };
         self.counters.created.fetch_add(1, Relaxed);
-        self.counters.size.fetch_add(1, Relaxed);
+        reservation.keep();
         if let Some(hook) = &self.hooks.after_connect {
             let failed = match CatchUnwind(hook(&mut conn)).await {
                 Ok(Ok(())) => None,
@@ -797,6 +951,18 @@ impl<'a> CountGuard<'a> {
     fn new(c: &'a AtomicU64) -> Self {
         c.fetch_add(1, Relaxed);
         CountGuard(c)
+    }
+}
+
+impl<'a> CountGuard<'a> {
+    /// Counts one in (a reservation) until [`keep`](Self::keep) or drop.
+    fn reserved(c: &'a AtomicU64) -> Self {
+        Self::new(c)
+    }
+
+    /// Keeps the count: it is no longer this guard's to take back.
+    fn keep(self) {
+        std::mem::forget(self);
     }
 }
 

@@ -58,6 +58,12 @@ pub struct PoolStats {
     pub closed_retired: u64,
     /// Checkouts refused at once because `max_waiters` callers were already waiting.
     pub rejected: u64,
+    /// Connections whose statement was abandoned mid-flight (a caller's deadline dropped
+    /// it) that were drained and put back into use instead of being closed.
+    pub recovered: u64,
+    /// Connections opened for a checkout whose caller had given up by the time they were
+    /// ready: they joined the idle queue instead of being thrown away.
+    pub adopted: u64,
     /// The prepared-statement caches of this pool's connections.
     pub statement_cache: pgprovider_core::StatementCacheStats,
 }
@@ -108,6 +114,8 @@ pub(crate) struct Counters {
     pub(crate) closed_pool: AtomicU64,
     pub(crate) closed_retired: AtomicU64,
     pub(crate) rejected: AtomicU64,
+    pub(crate) recovered: AtomicU64,
+    pub(crate) adopted: AtomicU64,
 }
 
 /// Why a connection was closed.
@@ -175,6 +183,8 @@ impl Counters {
             closed_pool: self.closed_pool.load(Relaxed),
             closed_retired: self.closed_retired.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
+            recovered: self.recovered.load(Relaxed),
+            adopted: self.adopted.load(Relaxed),
             statement_cache: Default::default(),
         }
     }

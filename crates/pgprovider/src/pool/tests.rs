@@ -17,6 +17,20 @@ struct Script {
     resets: AtomicU64,
     pings: AtomicU64,
     closed: AtomicU64,
+    /// How long a connect takes (ms).
+    connect_ms: AtomicU64,
+    /// Connects under way now, and the most seen at once.
+    connecting: AtomicU64,
+    most_connecting: AtomicU64,
+    /// How long an abandoned statement still runs (ms) when recovery starts; a cancel cuts
+    /// it short.
+    abandoned_ms: AtomicU64,
+    /// A cancel hits recovery's own statement (57014) instead of the abandoned one.
+    cancel_hits_recovery: AtomicBool,
+    recover_fails: AtomicBool,
+    recovers: AtomicU64,
+    cancels: AtomicU64,
+    cancelled: tokio::sync::Notify,
 }
 
 #[derive(Clone, Default)]
@@ -25,6 +39,8 @@ struct Fake(Arc<Script>);
 struct FakeConn {
     id: u64,
     broken: bool,
+    /// A statement was abandoned mid-flight.
+    in_flight: bool,
     read_only: bool,
     script: Arc<Script>,
 }
@@ -49,10 +65,15 @@ impl Driver for Fake {
             s.fail_next.fetch_sub(1, Relaxed);
             return Err(Error::new(ErrorKind::Connect, "connection refused"));
         }
+        let now = s.connecting.fetch_add(1, Relaxed) + 1;
+        s.most_connecting.fetch_max(now, Relaxed);
+        tokio::time::sleep(Duration::from_millis(s.connect_ms.load(Relaxed))).await;
+        s.connecting.fetch_sub(1, Relaxed);
         let id = s.connects.fetch_add(1, Relaxed);
         Ok(FakeConn {
             id,
             broken: false,
+            in_flight: false,
             read_only: false,
             script: s.clone(),
         })
@@ -61,7 +82,30 @@ impl Driver for Fake {
 
 impl Connection for FakeConn {
     fn is_broken(&self) -> bool {
-        self.broken
+        self.broken || self.in_flight
+    }
+    fn interrupted(&self) -> bool {
+        self.in_flight && !self.broken
+    }
+    async fn recover(&mut self) -> Result<()> {
+        let s = self.script.clone();
+        s.recovers.fetch_add(1, Relaxed);
+        let run = Duration::from_millis(s.abandoned_ms.swap(0, Relaxed));
+        let cancelled = tokio::select! {
+            _ = tokio::time::sleep(run) => false,
+            _ = s.cancelled.notified() => true,
+        };
+        if cancelled && s.cancel_hits_recovery.swap(false, Relaxed) {
+            return Err(Error::database(
+                pgprovider_core::SqlState::QUERY_CANCELED,
+                "canceling statement due to user request",
+            ));
+        }
+        if s.recover_fails.load(Relaxed) {
+            return Err(Error::new(ErrorKind::ConnectionLost, "gone"));
+        }
+        self.in_flight = false;
+        Ok(())
     }
     fn refused_read_only(&self) -> bool {
         self.read_only
@@ -90,7 +134,12 @@ impl Connection for FakeConn {
         Ok(Vec::new())
     }
     fn cancel_token(&self) -> CancelToken {
-        CancelToken::new(|| async { Ok(()) })
+        let s = self.script.clone();
+        CancelToken::new(move || {
+            s.cancels.fetch_add(1, Relaxed);
+            s.cancelled.notify_waiters();
+            async { Ok(()) }
+        })
     }
     async fn close(self) {
         self.script.closed.fetch_add(1, Relaxed);
@@ -876,4 +925,198 @@ async fn broken_or_read_only_returns_are_reported_once() {
     drop(conn);
     assert_eq!(seen.load(Relaxed), 2);
     assert_eq!(pool.stats().closed_error, 1);
+}
+
+/// Checks the pool's books once everything has settled: every open connection is idle or
+/// checked out, no more are open than the maximum, and every permit is back.
+async fn books_balance(pool: &Pool<Fake>) -> PoolStats {
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if pool.inner.resetting.load(Relaxed) == 0 {
+            break;
+        }
+    }
+    let s = pool.stats();
+    assert_eq!(s.in_use, 0, "{s:?}");
+    assert_eq!(s.size, s.idle, "every open connection is idle: {s:?}");
+    assert!(s.size <= s.max_size, "{s:?}");
+    assert_eq!(
+        pool.inner.semaphore.available_permits() as u64,
+        s.max_size,
+        "every permit is back: {s:?}"
+    );
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_statement_costs_no_connection() {
+    let (pool, script) = pool("pool_max_size=1");
+    let mut c = pool.get().await.unwrap();
+    c.in_flight = true; // as a dropped query future leaves it
+    drop(c);
+    let s = books_balance(&pool).await;
+    assert_eq!((s.recovered, s.closed_error, s.size), (1, 0, 1), "{s:?}");
+    assert_eq!(script.cancels.load(Relaxed), 0, "it ended within the grace");
+    let c = pool.get().await.unwrap();
+    assert_eq!(c.id, 0, "the same connection, back in use");
+    assert!(!c.in_flight);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_abandoned_statement_is_cancelled_and_its_connection_kept_only_when_the_cancel_is_seen()
+ {
+    // The cancel hits recovery's own statement: it landed, so the connection is clean.
+    let (pool, script) = pool("pool_max_size=1");
+    script.abandoned_ms.store(60_000, Relaxed);
+    script.cancel_hits_recovery.store(true, Relaxed);
+    let mut c = pool.get().await.unwrap();
+    c.in_flight = true;
+    let start = Instant::now();
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert!(
+        start.elapsed() >= guard::RECOVER_GRACE && start.elapsed() < Duration::from_secs(1),
+        "cancelled after the grace, not waited out: {:?}",
+        start.elapsed()
+    );
+    assert_eq!(c.id, 0);
+    assert_eq!(script.cancels.load(Relaxed), 1);
+    assert_eq!(
+        script.recovers.load(Relaxed),
+        2,
+        "recovery ran again after its cancel"
+    );
+    drop(c);
+
+    // The cancel ended the abandoned statement, or may still be on its way: not reused.
+    let (pool, script) = self::pool("pool_max_size=1");
+    script.abandoned_ms.store(60_000, Relaxed);
+    let mut c = pool.get().await.unwrap();
+    c.in_flight = true;
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert_eq!(c.id, 1, "a fresh connection");
+    assert_eq!(script.cancels.load(Relaxed), 1);
+    drop(c);
+    let s = books_balance(&pool).await;
+    assert_eq!((s.recovered, s.closed_error), (0, 1), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_statement_that_cannot_be_recovered_closes_its_connection() {
+    let (pool, script) = pool("pool_max_size=2");
+    script.recover_fails.store(true, Relaxed);
+    let mut c = pool.get().await.unwrap();
+    c.in_flight = true;
+    drop(c);
+    let s = books_balance(&pool).await;
+    assert_eq!((s.recovered, s.closed_error, s.size), (0, 1, 0), "{s:?}");
+    // A dirty session recovered is reset too.
+    script.recover_fails.store(false, Relaxed);
+    script.dirty.store(true, Relaxed);
+    let mut c = pool.get().await.unwrap();
+    c.in_flight = true;
+    drop(c);
+    let s = books_balance(&pool).await;
+    assert_eq!((s.recovered, s.resets, s.size), (1, 1, 1), "{s:?}");
+    // Broken for good (not merely interrupted): closed, and the node suspected.
+    let mut c = pool.get().await.unwrap();
+    c.broken = true;
+    c.in_flight = true;
+    drop(c);
+    let s = books_balance(&pool).await;
+    assert_eq!((s.recovered, s.closed_error), (1, 2), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_opened_for_a_caller_who_gave_up_joins_the_pool() {
+    let (pool, script) = pool("pool_max_size=2");
+    script.connect_ms.store(20, Relaxed);
+    let gave_up = tokio::time::timeout(Duration::from_millis(1), pool.get()).await;
+    assert!(gave_up.is_err());
+    let s = books_balance(&pool).await;
+    assert_eq!((s.adopted, s.created, s.idle), (1, 1, 1), "{s:?}");
+    // The next caller gets it without connecting.
+    let c = pool.get().await.unwrap();
+    assert_eq!((c.id, script.connects.load(Relaxed)), (0, 1));
+    drop(c);
+    // Failed connects give their permits back; a later one still succeeds.
+    script.fail_next.store(2, Relaxed);
+    let held = pool.get().await.unwrap();
+    let gave_up = tokio::time::timeout(Duration::from_millis(1), pool.get()).await;
+    assert!(gave_up.is_err());
+    drop(held);
+    let s = books_balance(&pool).await;
+    assert_eq!((s.adopted, s.size, s.connect_errors), (2, 2, 2), "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkout_storm_opens_at_most_four_connections_at_once() {
+    let (pool, script) = pool("pool_max_size=16");
+    script.connect_ms.store(10, Relaxed);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.unwrap() })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(t.await.unwrap());
+    }
+    assert_eq!(script.most_connecting.load(Relaxed), MAX_CONNECTING as u64);
+    drop(held);
+    books_balance(&pool).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_pool_closes_what_is_opened_for_it() {
+    let (pool, script) = pool("pool_max_size=2");
+    script.connect_ms.store(20, Relaxed);
+    let gave_up = tokio::time::timeout(Duration::from_millis(1), pool.get()).await;
+    assert!(gave_up.is_err());
+    pool.close().await;
+    let s = pool.stats();
+    assert_eq!((s.size, s.closed_pool, s.adopted), (0, 1, 0), "{s:?}");
+    assert_eq!(script.closed.load(Relaxed), 1);
+}
+
+/// Callers that give up at every point of a checkout and of a statement (while waiting,
+/// connecting, pinging, mid-statement, while the connection is recovered or reset): the
+/// books always balance and the pool keeps its connections.
+#[tokio::test(start_paused = true)]
+async fn callers_cancelling_at_every_await_point_leave_the_pool_whole() {
+    let (pool, script) = pool("pool_max_size=3&pool_min_idle=2&pool_validation=always");
+    script.connect_ms.store(3, Relaxed);
+    script.dirty.store(true, Relaxed);
+    // Tokio's timers tick in milliseconds: cuts a millisecond apart.
+    for cut_ms in 0..16 {
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let pool = pool.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    let work = async {
+                        let mut c = pool.get().await.unwrap();
+                        c.in_flight = true; // a statement under way
+                        script.abandoned_ms.store(1 + i % 3, Relaxed);
+                        tokio::time::sleep(Duration::from_millis(4)).await;
+                        c.in_flight = false;
+                    };
+                    let _ = tokio::time::timeout(Duration::from_millis(cut_ms + i), work).await;
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let s = books_balance(&pool).await;
+        assert!(s.size >= 2, "the min_idle floor holds: {s:?}");
+    }
+    let s = pool.stats();
+    assert!(s.recovered > 0 && s.adopted > 0, "{s:?}");
+    assert_eq!(
+        s.closed_error, 0,
+        "no connection lost to a cancellation: {s:?}"
+    );
 }

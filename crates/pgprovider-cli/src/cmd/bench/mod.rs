@@ -8,6 +8,7 @@
 //! is the growth of the resident set while it was measured.
 
 mod contenders;
+mod deadline;
 mod measure;
 #[cfg(feature = "peers")]
 mod peers;
@@ -57,6 +58,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.duration,
         args.warmup
     );
+    if !args.deadlines.is_empty() {
+        let value = deadline::run(&args, &url).await?;
+        drop(cluster);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::json!({ "deadlines": value }).to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::say!("wrote {}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let setup = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
     contenders::prepare_accounts(&setup)
         .await
