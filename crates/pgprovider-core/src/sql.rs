@@ -93,6 +93,12 @@ pub struct SessionState {
 }
 
 impl SessionState {
+    /// Notes a statement about to be sent: if its caller abandons it half-way, the session
+    /// may carry whatever it does, so it counts as dirty from now on.
+    pub fn before(&mut self, sql: &str) {
+        self.dirty |= may_change_session(sql);
+    }
+
     /// Notes a statement that ran (`ok`) or failed.
     pub fn track(&mut self, sql: &str, ok: bool) {
         self.dirty |= may_change_session(sql);
@@ -117,8 +123,12 @@ mod tests {
     #[test]
     fn session_state_follows_statements() {
         let mut s = SessionState::default();
+        s.before("SELECT 1");
         s.track("SELECT 1", true);
         assert!(!s.needs_reset());
+        let mut abandoned = SessionState::default();
+        abandoned.before("SET search_path = other");
+        assert!(abandoned.needs_reset(), "dirty before it ran");
         s.track("BEGIN", true);
         assert!(s.in_tx && s.needs_reset());
         s.track("COMMIT", true);

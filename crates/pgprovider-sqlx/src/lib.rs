@@ -155,6 +155,7 @@ impl Driver for SqlxDriver {
                 node,
                 cancel: cancel_token(opts, pid),
                 in_flight: false,
+                cancel_at: None,
                 broken: false,
                 read_only: false,
                 timeout: params.query_timeout,
@@ -184,6 +185,8 @@ struct State {
     node: String,
     cancel: CancelToken,
     in_flight: bool,
+    /// When the running statement's query timeout sends its cancel.
+    cancel_at: Option<std::time::Instant>,
     broken: bool,
     read_only: bool,
     timeout: Option<Duration>,
@@ -217,6 +220,7 @@ impl SqlxConnection {
     }
 
     async fn statement(&mut self, sql: &str, params: &[&dyn SqlxParam], rows: bool) -> Result<Out> {
+        self.session.before(sql);
         let unnamed = self.unnamed;
         let mut retried = false;
         loop {
@@ -267,6 +271,7 @@ impl SqlxConnection {
 
     async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
         let after = self.session.dirty || may_change_session(sql);
+        self.session.before(sql);
         let r = self
             .st
             .run(
@@ -326,6 +331,7 @@ impl State {
         fut: impl Future<Output = std::result::Result<T, sqlx::Error>>,
     ) -> Result<T> {
         self.in_flight = true;
+        self.cancel_at = self.timeout.map(|t| std::time::Instant::now() + t);
         let r = match run_bounded(
             self.timeout,
             &self.cancel,
@@ -344,6 +350,7 @@ impl State {
             }
         };
         self.in_flight = false;
+        self.cancel_at = None;
         r.map_err(|e| {
             if matches!(
                 e,
@@ -402,7 +409,14 @@ impl Connection for SqlxConnection {
     }
 
     fn interrupted(&self) -> bool {
-        self.st.in_flight && !self.st.broken
+        // Abandoned after its query timeout's cancel may have been sent: not recoverable
+        // (the cancel could hit the next statement).
+        self.st.in_flight
+            && !self.st.broken
+            && self
+                .st
+                .cancel_at
+                .is_none_or(|t| std::time::Instant::now() < t)
     }
 
     /// sqlx reads the replies of an abandoned statement itself before the next one (it

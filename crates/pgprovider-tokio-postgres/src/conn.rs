@@ -47,6 +47,9 @@ pub struct PgConnection {
     pub(crate) in_flight: bool,
     /// The protocol is out of step (a refused `COPY`): only closing helps.
     pub(crate) desynced: bool,
+    /// When the running statement's query timeout sends a cancel request: abandoned after
+    /// that, a cancel may be on its way to the next statement, so it is not recovered.
+    pub(crate) cancel_at: Option<std::time::Instant>,
     pub(crate) dirty: bool,
     pub(crate) in_tx: bool,
     /// A statement met SQLSTATE 25006 since the last recycle.
@@ -117,6 +120,7 @@ impl PgConnection {
             node,
             in_flight: false,
             desynced: false,
+            cancel_at: None,
             dirty: false,
             in_tx: false,
             read_only: false,
@@ -160,6 +164,7 @@ impl PgConnection {
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
         self.in_flight = true;
+        self.cancel_at = self.timeout.map(|t| std::time::Instant::now() + t);
         let cancel = self.cancel_token_inner();
         let fut = f(&self.client);
         let r = match pgprovider_core::run_bounded(self.timeout, &cancel, fut, |e| {
@@ -177,6 +182,7 @@ impl PgConnection {
             }
         };
         self.in_flight = false;
+        self.cancel_at = None;
         r.map_err(|e| {
             let e = map_error(e).with_node(self.node.clone());
             self.read_only |= e.is_read_only();
@@ -198,7 +204,10 @@ impl Connection for PgConnection {
     }
 
     fn interrupted(&self) -> bool {
-        self.in_flight && !self.desynced && !self.client.is_closed()
+        self.in_flight
+            && !self.desynced
+            && !self.client.is_closed()
+            && self.cancel_at.is_none_or(|t| std::time::Instant::now() < t)
     }
 
     async fn recover(&mut self) -> Result<()> {

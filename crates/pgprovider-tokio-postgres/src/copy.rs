@@ -115,13 +115,11 @@ impl PgConnection {
         // A COPY the server refuses (no such table, say) leaves tokio-postgres's connection
         // out of step (its next reply is "unexpected message"), so the connection stays
         // marked broken and the pool replaces it.
-        let sink = match self.client.copy_in(sql).await {
-            Ok(sink) => sink,
-            Err(e) => {
-                self.desynced = true;
-                return Err(db(e));
-            }
-        };
+        // Out of step until the server accepts the COPY: refused (or dropped while it may
+        // be refused), the replies no longer pair with requests.
+        self.desynced = true;
+        let sink = self.client.copy_in(sql).await.map_err(db)?;
+        self.desynced = false;
         // Boxed, so that dropping it really drops the sink (which aborts the COPY).
         let mut writer = Box::pin(BinaryCopyInWriter::new(sink, types));
         pin_mut!(rows);

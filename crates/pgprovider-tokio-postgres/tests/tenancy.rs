@@ -248,7 +248,9 @@ async fn a_database_per_tenant_with_a_capped_number_of_pools() {
         TenancyOptions::new(Strategy::Schema)
             .with_override(&a, Strategy::Database)
             .with_override(&b, Strategy::Database)
-            .with_database_idle_timeout(Duration::from_millis(50)),
+            // Long enough that creating both tenants never outlasts it on a loaded
+            // machine (CI saw 50 ms elapse between two steps).
+            .with_database_idle_timeout(Duration::from_millis(1000)),
     )
     .await;
     assert_eq!(idle.strategy_of(&a), Strategy::Database);
@@ -262,7 +264,7 @@ async fn a_database_per_tenant_with_a_capped_number_of_pools() {
     // Both opened by their creation (the migrations ran through them).
     assert_eq!(idle.open_databases(), 2);
     // Time passing is the event here: the idle timeout must elapse.
-    tokio::time::sleep(Duration::from_millis(120)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(
         count(&idle.tenant(&b).unwrap(), "SELECT count(*) FROM items").await,
         0

@@ -35,6 +35,8 @@ impl<D: Driver> DynDriver for D {
 
 trait DynConnection: Send {
     fn is_broken(&self) -> bool;
+    fn interrupted(&self) -> bool;
+    fn recover(&mut self) -> BoxFuture<'_, Result<()>>;
     fn needs_reset(&self) -> bool;
     fn recycled(&mut self);
     fn refused_read_only(&self) -> bool;
@@ -48,6 +50,12 @@ trait DynConnection: Send {
 impl<C: Connection> DynConnection for C {
     fn is_broken(&self) -> bool {
         Connection::is_broken(self)
+    }
+    fn interrupted(&self) -> bool {
+        Connection::interrupted(self)
+    }
+    fn recover(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(Connection::recover(self))
     }
     fn needs_reset(&self) -> bool {
         Connection::needs_reset(self)
@@ -114,6 +122,12 @@ impl fmt::Debug for AnyConnection {
 impl Connection for AnyConnection {
     fn is_broken(&self) -> bool {
         self.0.is_broken()
+    }
+    fn interrupted(&self) -> bool {
+        self.0.interrupted()
+    }
+    fn recover(&mut self) -> impl Future<Output = Result<()>> + Send {
+        self.0.recover()
     }
     fn needs_reset(&self) -> bool {
         self.0.needs_reset()

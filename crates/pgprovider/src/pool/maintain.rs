@@ -128,16 +128,24 @@ impl<D: Driver> Inner<D> {
     async fn warm_up(&self) {
         let want = self.config.pool().min_idle().min(self.max.load(Relaxed));
         while lock(&self.idle).len() < want && !self.closed.load(Relaxed) {
-            // Counting the connections in use and those being opened (for checkouts whose
-            // callers may be gone: they join the idle queue), not only the idle ones.
-            if self.counters.size.load(Relaxed) >= self.max.load(Relaxed) as u64 {
-                return;
-            }
             let Ok(permit) = self.semaphore.try_acquire() else {
                 return;
             };
+            // Counting the connections in use and those being opened (for checkouts whose
+            // callers may be gone: they join the idle queue), not only the idle ones.
+            let Some(reservation) =
+                super::CountGuard::below(&self.counters.size, self.max.load(Relaxed) as u64)
+            else {
+                return;
+            };
             let timeout = self.config.pool().acquire_timeout();
-            match tokio::time::timeout(timeout, self.connect_once()).await {
+            let opened = tokio::time::timeout(timeout, self.connect_once()).await;
+            if matches!(opened, Ok(Ok(_))) {
+                reservation.keep();
+            } else {
+                drop(reservation);
+            }
+            match opened {
                 Ok(Ok(conn)) if self.closed.load(Relaxed) => {
                     self.close_conn(conn, CloseReason::Pool)
                 }

@@ -456,8 +456,10 @@ impl<D: Driver> Pool<D> {
                 // refills under any deadline.
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 permit.disarm();
-                // Counted like a reset, so that `close` waits for it.
+                // Counted like a reset, so that `close` waits for it, and in `size` from now
+                // on, so that warm-up sees it (the task's `Opener` gives both back).
                 inner.resetting.fetch_add(1, Relaxed);
+                inner.counters.size.fetch_add(1, Relaxed);
                 rt.spawn(open_for_checkout(
                     self.inner.clone(),
                     deadline,
@@ -472,6 +474,10 @@ impl<D: Driver> Pool<D> {
                     .with_node(inner.node.to_string())
                     .with_hint("the tokio runtime is shutting down")
                 })??;
+                if inner.closed.load(Relaxed) {
+                    drop(opened); // closes it
+                    return Err(inner.closed_error());
+                }
                 let slot = Opened::take(opened);
                 // The permit came back with the connection.
                 let permit = Permit(Some(&inner.semaphore));
@@ -479,7 +485,9 @@ impl<D: Driver> Pool<D> {
                 return Ok(self.hand_out(slot, permit, start, now, at));
             }
             Err(_) => {
+                let reservation = CountGuard::new(&inner.counters.size);
                 let conn = inner.connect_until(deadline, start.unwrap_or(now)).await?;
+                reservation.keep();
                 inner.new_slot(conn)
             }
         };
@@ -580,6 +588,7 @@ impl<D: Driver> Pool<D> {
         let inner = &self.inner;
         inner.closed.store(true, Relaxed);
         inner.semaphore.close();
+        inner.connecting.close();
         inner.wake.notify_one();
         let until = Instant::now() + wait;
         loop {
@@ -643,6 +652,13 @@ async fn open_for_checkout<D: Driver>(
     start: Instant,
     tx: tokio::sync::oneshot::Sender<Result<Opened<D>>>,
 ) {
+    // Gives back the permit and the size reservation unless handed over, also if the
+    // driver panics or the runtime drops this task.
+    let mut owed = Opener {
+        pool: pool.clone(),
+        permit: true,
+        reserved: true,
+    };
     let opened = async {
         let _turn = match tokio::time::timeout_at(deadline, pool.connecting.acquire()).await {
             Ok(Ok(turn)) => turn,
@@ -653,8 +669,15 @@ async fn open_for_checkout<D: Driver>(
     }
     .await;
     match opened {
+        Ok(conn) if pool.closed.load(Relaxed) => {
+            owed.reserved = false; // the connection holds it; closing gives it back
+            pool.close_conn(conn, CloseReason::Pool);
+            let _ = tx.send(Err(pool.closed_error()));
+        }
         Ok(conn) => {
             let slot = pool.new_slot(conn);
+            owed.reserved = false;
+            owed.permit = false;
             // Sent or not, the connection is safe: an `Opened` that nobody takes puts itself
             // into the idle queue and gives the permit back.
             let _ = tx.send(Ok(Opened {
@@ -663,12 +686,35 @@ async fn open_for_checkout<D: Driver>(
             }));
         }
         Err(e) => {
-            pool.semaphore.add_permits(1);
+            drop(owed);
             let _ = tx.send(Err(e));
+            return;
         }
     }
-    pool.resetting.fetch_sub(1, Relaxed);
-    pool.settled.notify_waiters();
+    drop(owed);
+}
+
+/// What a connection attempt for a checkout owes the pool until it hands a connection over:
+/// the checkout's permit, the `size` reserved for the connection, and its place among the
+/// tasks [`close`](Pool::close) waits for.
+struct Opener<D: Driver> {
+    pool: Arc<Inner<D>>,
+    permit: bool,
+    reserved: bool,
+}
+
+impl<D: Driver> Drop for Opener<D> {
+    fn drop(&mut self) {
+        let pool = &self.pool;
+        if self.reserved {
+            pool.counters.size.fetch_sub(1, Relaxed);
+        }
+        if self.permit {
+            pool.semaphore.add_permits(1);
+        }
+        pool.resetting.fetch_sub(1, Relaxed);
+        pool.settled.notify_waiters();
+    }
 }
 
 /// Connection attempts under way at once, per pool.
@@ -745,6 +791,9 @@ impl<D: Driver> Inner<D> {
     async fn connect_until(&self, deadline: Instant, start: Instant) -> Result<D::Connection> {
         let mut backoff = BACKOFF_START;
         loop {
+            if self.closed.load(Relaxed) {
+                return Err(self.closed_error());
+            }
             let err = match tokio::time::timeout_at(deadline, self.connect_once()).await {
                 Ok(Ok(conn)) => return Ok(conn),
                 Ok(Err(e)) => e,
@@ -765,11 +814,10 @@ impl<D: Driver> Inner<D> {
 
     /// One attempt: connect, count it, run `after_connect`. Errors name the node.
     ///
-    /// The connection counts in `size` from the start of the attempt (a reservation given
-    /// back if the attempt fails or is dropped), so that attempts under way are seen by
-    /// [`warm_up`](Self::warm_up) and the pool never opens more than its maximum.
+    /// The caller has counted the connection in `size` before the attempt (a reservation
+    /// it gives back when the attempt fails or is dropped), so that attempts under way are
+    /// seen by [`warm_up`](Self::warm_up) and the pool never opens more than its maximum.
     async fn connect_once(&self) -> Result<D::Connection> {
-        let reservation = CountGuard::reserved(&self.counters.size);
         let attempt = async {
             let mut params = self.config.connect_params(&self.node).await?;
             params.statements = self.statements.clone();
@@ -800,7 +848,6 @@ impl<D: Driver> Inner<D> {
             }
         };
         self.counters.created.fetch_add(1, Relaxed);
-        reservation.keep();
         if let Some(hook) = &self.hooks.after_connect {
             let failed = match CatchUnwind(hook(&mut conn)).await {
                 Ok(Ok(())) => None,
@@ -808,6 +855,8 @@ impl<D: Driver> Inner<D> {
                 Err(panic) => Some(format!("panicked: {panic}")),
             };
             if let Some(why) = failed {
+                // Closed without touching `size`: the caller's reservation is given back.
+                self.counters.size.fetch_add(1, Relaxed);
                 self.close_conn(conn, CloseReason::Error);
                 *lock(&self.last_error) = Some(format!("after_connect hook failed: {why}"));
                 return Err(Error::new(
@@ -945,7 +994,7 @@ impl<D: Driver> Inner<D> {
 }
 
 /// Counts itself in while alive (waiters), out when dropped, also on cancellation.
-struct CountGuard<'a>(&'a AtomicU64);
+pub(super) struct CountGuard<'a>(&'a AtomicU64);
 
 impl<'a> CountGuard<'a> {
     fn new(c: &'a AtomicU64) -> Self {
@@ -955,13 +1004,15 @@ impl<'a> CountGuard<'a> {
 }
 
 impl<'a> CountGuard<'a> {
-    /// Counts one in (a reservation) until [`keep`](Self::keep) or drop.
-    fn reserved(c: &'a AtomicU64) -> Self {
-        Self::new(c)
+    /// Counts one in if that keeps the count below `max`.
+    pub(super) fn below(c: &'a AtomicU64, max: u64) -> Option<Self> {
+        c.fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| CountGuard(c))
     }
 
     /// Keeps the count: it is no longer this guard's to take back.
-    fn keep(self) {
+    pub(super) fn keep(self) {
         std::mem::forget(self);
     }
 }

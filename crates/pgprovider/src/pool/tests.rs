@@ -31,6 +31,7 @@ struct Script {
     recovers: AtomicU64,
     cancels: AtomicU64,
     cancelled: tokio::sync::Notify,
+    connect_panics: AtomicBool,
 }
 
 #[derive(Clone, Default)]
@@ -65,6 +66,7 @@ impl Driver for Fake {
             s.fail_next.fetch_sub(1, Relaxed);
             return Err(Error::new(ErrorKind::Connect, "connection refused"));
         }
+        assert!(!s.connect_panics.load(Relaxed), "driver bug");
         let now = s.connecting.fetch_add(1, Relaxed) + 1;
         s.most_connecting.fetch_max(now, Relaxed);
         tokio::time::sleep(Duration::from_millis(s.connect_ms.load(Relaxed))).await;
@@ -932,7 +934,8 @@ async fn broken_or_read_only_returns_are_reported_once() {
 async fn books_balance(pool: &Pool<Fake>) -> PoolStats {
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if pool.inner.resetting.load(Relaxed) == 0 {
+        let s = pool.stats();
+        if pool.inner.resetting.load(Relaxed) == 0 && s.size == s.idle {
             break;
         }
     }
@@ -1119,4 +1122,40 @@ async fn callers_cancelling_at_every_await_point_leave_the_pool_whole() {
         s.closed_error, 0,
         "no connection lost to a cancellation: {s:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn warm_up_counts_connections_being_opened_for_checkouts() {
+    // max 2, min_idle 2: one connection held, a checkout opening the second while warm-up
+    // wants two idle ones. Never more than two open.
+    let (pool, script) = pool("pool_max_size=2&pool_min_idle=2");
+    script.connect_ms.store(50, Relaxed);
+    books_balance(&pool).await;
+    let a = pool.get().await.unwrap();
+    let b = pool.get().await.unwrap();
+    drop(b);
+    let opening = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| c.id) }
+    });
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(pool.stats().size <= 2, "{:?}", pool.stats());
+    }
+    drop(a);
+    opening.await.unwrap().unwrap();
+    let s = books_balance(&pool).await;
+    assert_eq!(s.size, 2, "{s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_driver_gives_the_permit_back() {
+    let (pool, script) = pool("pool_max_size=1");
+    script.connect_panics.store(true, Relaxed);
+    let e = pool.get().await.unwrap_err();
+    assert!(e.message().contains("ended early"), "{e}");
+    script.connect_panics.store(false, Relaxed);
+    let s = books_balance(&pool).await;
+    assert_eq!(s.size, 0, "{s:?}");
+    pool.get().await.unwrap();
 }
