@@ -84,6 +84,17 @@ pub trait Connection: Send + 'static {
         false
     }
 
+    /// For an [`interrupted`](Connection::interrupted) connection: when the abandoned
+    /// statement can have changed nothing on the session (a plain read or write outside a
+    /// transaction) and the driver reads and discards its replies by itself, in order,
+    /// before those of the next statement (tokio-postgres does), forgets it and returns
+    /// `true`: the connection goes straight back to the idle queue and the next statement
+    /// simply queues behind the abandoned one, with no round trip. Synchronous, no I/O.
+    /// The default, `false`, has the pool [`recover`](Connection::recover) it.
+    fn release_in_place(&mut self) -> bool {
+        false
+    }
+
     /// Brings an [`interrupted`](Connection::interrupted) connection back to an idle,
     /// clean protocol state: reads and discards the replies still in flight and rolls back
     /// any transaction the abandoned statement may have opened. Session settings are left

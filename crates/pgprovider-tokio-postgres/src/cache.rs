@@ -21,6 +21,12 @@ pub(crate) struct SqlTraits {
 }
 
 impl SqlTraits {
+    /// Changes neither the session nor the transaction state (so, abandoned, it leaves
+    /// nothing behind but its replies).
+    pub(crate) fn harmless(self) -> bool {
+        !self.changes_session && self.tx_effect.is_none()
+    }
+
     pub(crate) fn of(sql: &str) -> Self {
         SqlTraits {
             changes_session: may_change_session(sql),

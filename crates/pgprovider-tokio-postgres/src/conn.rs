@@ -25,9 +25,11 @@ pub(crate) enum Cancel {
 /// batches and COPY.
 ///
 /// Cancel safety: when a future running a query on this connection is dropped before the
-/// reply arrives, the connection is marked [interrupted](Connection::interrupted): it is
-/// never handed to the next user as it is. The pool [recovers](Connection::recover) it
-/// first: tokio-postgres reads and discards the replies of abandoned requests itself, so
+/// reply arrives, the connection is marked [interrupted](Connection::interrupted). A
+/// harmless typed statement (no setting, no transaction) is simply forgotten
+/// ([`release_in_place`](Connection::release_in_place)): tokio-postgres discards its replies
+/// and the next statement queues behind it. Otherwise the pool
+/// [recovers](Connection::recover) it first: tokio-postgres reads and discards the replies of abandoned requests itself, so
 /// one `ROLLBACK` queued behind them returns once they are all in and ends any transaction
 /// the abandoned statement opened (the pool cancels it on the server when it runs long,
 /// and closes the connection when recovery fails or takes too long). A connection whose
@@ -50,6 +52,9 @@ pub struct PgConnection {
     /// When the running statement's query timeout sends a cancel request: abandoned after
     /// that, a cancel may be on its way to the next statement, so it is not recovered.
     pub(crate) cancel_at: Option<std::time::Instant>,
+    /// The statement in flight can change neither the session nor the transaction state:
+    /// abandoned, it leaves nothing but its replies (see `release_in_place`).
+    pub(crate) harmless: bool,
     pub(crate) dirty: bool,
     pub(crate) in_tx: bool,
     /// A statement met SQLSTATE 25006 since the last recycle.
@@ -121,6 +126,7 @@ impl PgConnection {
             in_flight: false,
             desynced: false,
             cancel_at: None,
+            harmless: false,
             dirty: false,
             in_tx: false,
             read_only: false,
@@ -183,6 +189,7 @@ impl PgConnection {
         };
         self.in_flight = false;
         self.cancel_at = None;
+        self.harmless = false;
         r.map_err(|e| {
             let e = map_error(e).with_node(self.node.clone());
             self.read_only |= e.is_read_only();
@@ -208,6 +215,18 @@ impl Connection for PgConnection {
             && !self.desynced
             && !self.client.is_closed()
             && self.cancel_at.is_none_or(|t| std::time::Instant::now() < t)
+    }
+
+    fn release_in_place(&mut self) -> bool {
+        // tokio-postgres reads and drops the replies of an abandoned request and pairs the
+        // next request's replies with it: a harmless statement needs nothing more.
+        if self.harmless && !self.in_tx && !self.dirty {
+            self.in_flight = false;
+            self.harmless = false;
+            self.cancel_at = None;
+            return true;
+        }
+        false
     }
 
     async fn recover(&mut self) -> Result<()> {

@@ -477,6 +477,7 @@ impl PgConnection {
             let traits = SqlTraits::of(sql);
             self.dirty |= traits.changes_session;
             let typed = typed(params)?;
+            self.harmless = traits.harmless();
             let r = self
                 .run(async |c| call(c, op, sql, None, params, &typed).await)
                 .await;
@@ -494,6 +495,7 @@ impl PgConnection {
                 }
             };
             self.dirty |= traits.changes_session;
+            self.harmless = traits.harmless();
             match self
                 .run(async |c| call(c, op, sql, Some(&stmt), params, &[]).await)
                 .await

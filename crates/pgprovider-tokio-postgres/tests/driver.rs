@@ -1,7 +1,7 @@
 //! The tokio-postgres driver and the pool against the shared server
 //! (`PGPROVIDER_TEST_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
 
-use pgprovider::{Config, Connection, DriverRegistry, ErrorKind, Pool, Pooled, SqlState};
+use pgprovider::{Config, Connection, DriverRegistry, ErrorKind, Pool, Pooled, Queries, SqlState};
 use pgprovider_tokio_postgres::TokioPostgres;
 use std::time::Duration;
 
@@ -133,6 +133,29 @@ async fn a_query_dropped_mid_flight_is_recovered_and_never_handed_out_dirty() {
     let s = pool.stats();
     assert_eq!((s.recovered, s.closed_error), (1, 0), "{s:?}");
 
+    // A harmless typed statement (no setting, no transaction) abandoned: the connection
+    // goes straight back (no reset), and the next statement queues behind it and gets its
+    // own rows.
+    let resets = pool.stats().resets;
+    let r = tokio::time::timeout(
+        Duration::from_millis(10),
+        c.query("SELECT pg_sleep(0.05), 'old'", &[]),
+    )
+    .await;
+    assert!(r.is_err());
+    drop(c);
+    let mut c = pool.get().await.unwrap();
+    assert!(!c.interrupted());
+    let row = c.query_one("SELECT 'new'::text", &[]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "new");
+    assert_eq!(pid(&mut c).await, first);
+    let s = pool.stats();
+    assert_eq!(
+        (s.recovered, s.resets, s.closed_error),
+        (2, resets, 0),
+        "{s:?}"
+    );
+
     // Abandoned inside a transaction it opened, after changing a setting: rolled back and
     // reset before anyone gets the connection again.
     let r = tokio::time::timeout(
@@ -153,7 +176,7 @@ async fn a_query_dropped_mid_flight_is_recovered_and_never_handed_out_dirty() {
         .unwrap()[0];
     assert_eq!(row.get(0), Some(app), "the setting was reset");
     assert_eq!(row.get(1), Some("t"), "no transaction carried over");
-    assert_eq!(pool.stats().recovered, 2);
+    assert_eq!(pool.stats().recovered, 3);
 
     // A long statement nobody waits for: cancelled on the server after a short grace.
     let r = tokio::time::timeout(
@@ -182,7 +205,7 @@ async fn a_query_dropped_mid_flight_is_recovered_and_never_handed_out_dirty() {
         "the abandoned statement was cancelled on the server"
     );
     let s = pool.stats();
-    assert_eq!(s.recovered + s.closed_error, 3, "{s:?}");
+    assert_eq!(s.recovered + s.closed_error, 4, "{s:?}");
 }
 
 #[tokio::test]

@@ -36,6 +36,7 @@ impl<D: Driver> DynDriver for D {
 trait DynConnection: Send {
     fn is_broken(&self) -> bool;
     fn interrupted(&self) -> bool;
+    fn release_in_place(&mut self) -> bool;
     fn recover(&mut self) -> BoxFuture<'_, Result<()>>;
     fn needs_reset(&self) -> bool;
     fn recycled(&mut self);
@@ -53,6 +54,9 @@ impl<C: Connection> DynConnection for C {
     }
     fn interrupted(&self) -> bool {
         Connection::interrupted(self)
+    }
+    fn release_in_place(&mut self) -> bool {
+        Connection::release_in_place(self)
     }
     fn recover(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(Connection::recover(self))
@@ -125,6 +129,9 @@ impl Connection for AnyConnection {
     }
     fn interrupted(&self) -> bool {
         self.0.interrupted()
+    }
+    fn release_in_place(&mut self) -> bool {
+        self.0.release_in_place()
     }
     fn recover(&mut self) -> impl Future<Output = Result<()>> + Send {
         self.0.recover()

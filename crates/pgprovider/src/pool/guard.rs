@@ -101,7 +101,7 @@ impl<D: Driver> fmt::Debug for Pooled<D> {
 impl<D: Driver> Drop for Pooled<D> {
     fn drop(&mut self) {
         if self.slot.is_some() {
-            let slot = self.take();
+            let mut slot = self.take();
             let pool = &self.pool;
             let now = Instant::now();
             if !pool.observe.is_empty() {
@@ -112,7 +112,12 @@ impl<D: Driver> Drop for Pooled<D> {
             }
             // An abandoned statement (a caller's deadline) says nothing about the node:
             // the connection is recovered, not suspected.
-            let interrupted = slot.conn.interrupted();
+            let mut interrupted = slot.conn.interrupted();
+            if interrupted && !slot.conn.needs_reset() && slot.conn.release_in_place() {
+                // Nothing left behind but replies the driver discards itself.
+                pool.counters.recovered.fetch_add(1, Relaxed);
+                interrupted = false;
+            }
             let broken = !interrupted && slot.conn.is_broken();
             if broken || slot.conn.refused_read_only() {
                 if let Some(hook) = &pool.hooks.on_suspect {

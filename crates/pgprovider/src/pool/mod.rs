@@ -18,7 +18,10 @@
 //! of short deadlines and never refill: each replacement must be opened within somebody's
 //! deadline (measured before this design: 64 callers with 1 ms deadlines on a warm pool of
 //! 8 got 7 successes in 5 s and ended with no connection). So:
-//! - an [interrupted](Connection::interrupted) connection is
+//! - an [interrupted](Connection::interrupted) connection whose abandoned statement was
+//!   harmless (no setting, no transaction) goes straight back to the idle queue when the
+//!   driver discards the replies itself ([`Connection::release_in_place`]: no round trip,
+//!   the next statement queues behind it, as with deadpool); any other is
 //!   [recovered](Connection::recover) in the return task: its replies drained and any
 //!   transaction rolled back, then reset as usual. Past 100 ms the abandoned statement is
 //!   cancelled on the server; the connection is then kept only if the cancel is seen to
