@@ -143,7 +143,8 @@ impl Queries for PgConnection {
 impl PgConnection {
     /// Runs `sql` and returns its rows as a stream, for results too large to collect. The
     /// connection is busy until the stream ends; dropping the stream early is safe (the
-    /// pool then closes the connection rather than wait for the rest).
+    /// pool drains the rest before reusing the connection, cancelling the statement on the
+    /// server when that takes long).
     ///
     /// The query timeout bounds the wait for the first row only.
     ///
