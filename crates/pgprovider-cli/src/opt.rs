@@ -181,7 +181,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
     /// Runs the deadline workload instead of the throughput ones: callers that give up
-    /// after each of these deadlines (`1ms,2ms,5ms,20ms`), warm and cold pools.
+    /// after each of these deadlines (`1ms,2ms,5ms,20ms`), warm and cold pools, for the
+    /// contenders pgprovider, deadpool, bb8 and sqlx (or those of --contenders). --warmup
+    /// does not apply (a warm pool opens every connection first).
     #[arg(long, value_delimiter = ',', value_parser = duration)]
     pub deadlines: Vec<std::time::Duration>,
 }

@@ -343,6 +343,11 @@ fn bench_rejects_bad_input() {
             "unknown contender \"hikari\"",
         ),
         (&["bench", "--rounds", "0"][..], "must be above zero"),
+        (
+            &["bench", "--deadlines", "1ms", "--workloads", "select1"][..],
+            "leave out --workloads",
+        ),
+        (&["bench", "--deadlines", "0ms"][..], "must be above zero"),
         (&["bench", "--duration", "3x"][..], "not a duration"),
     ] {
         let o = pgprovider(args, Some("postgres://postgres@127.0.0.1:1/none"));
@@ -641,4 +646,46 @@ fn serve_answers_health_readiness_and_metrics() {
     let o = pgprovider(&["serve", "--url", &url, "--listen", "nowhere"], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("--listen nowhere"), "{:?}", text(&o));
+}
+
+#[test]
+fn bench_deadlines_reports_each_deadline_pool_and_contender_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.json");
+    let o = pgprovider(
+        &[
+            "bench",
+            "--deadlines",
+            "5ms,50ms",
+            "--duration",
+            "200ms",
+            "--rounds",
+            "1",
+            "--tasks",
+            "8",
+            "--connections",
+            "2",
+            "--contenders",
+            "pgprovider",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        Some(&shared_url()),
+    );
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_no_panic(&stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let rows = v["deadlines"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "2 deadlines x warm/cold x 1 contender: {v}");
+    for r in rows {
+        assert_eq!(r["contender"], "pgprovider", "{r}");
+        assert_eq!(r["open_at_end"], 2, "the pool kept its connections: {r}");
+    }
+    let slow = rows
+        .iter()
+        .find(|r| r["deadline_ms"] == 50.0 && r["pool"] == "warm")
+        .unwrap();
+    assert!(slow["successes"].as_u64().unwrap() > 0, "{slow}");
 }

@@ -233,7 +233,20 @@ async fn open_sessions(observer: &Pool<TokioPostgres>, app: &str) -> anyhow::Res
 
 /// The whole suite; prints a table and returns the JSON value for `--json`.
 pub(crate) async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<Value> {
-    let names = names();
+    let names: Vec<&'static str> = names()
+        .into_iter()
+        .filter(|n| args.contenders.is_empty() || args.contenders.iter().any(|c| c == n))
+        .collect();
+    if names.is_empty() {
+        return Err(crate::Exit(
+            2,
+            format!(
+                "none of the contenders asked for runs the deadline workload; it has {}",
+                self::names().join(", ")
+            ),
+        )
+        .into());
+    }
     let observer_config = Config::from_url(url)?;
     let observer = Pool::new(
         TokioPostgres::new(),

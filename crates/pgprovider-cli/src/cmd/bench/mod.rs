@@ -153,6 +153,17 @@ fn choose(args: &BenchArgs) -> anyhow::Result<(Vec<Workload>, Vec<&'static str>)
         )
         .into());
     }
+    if !args.deadlines.is_empty() && !args.workloads.is_empty() {
+        return Err(Exit(
+            2,
+            "--deadlines runs its own workload (SELECT 1 under each deadline); leave out --workloads"
+                .into(),
+        )
+        .into());
+    }
+    if args.deadlines.iter().any(|d| d.is_zero()) {
+        return Err(Exit(2, "--deadlines must be above zero".into()).into());
+    }
     let all: Vec<&str> = Workload::ALL.iter().map(|w| w.name()).collect();
     let mut workloads = Vec::new();
     for name in &args.workloads {
