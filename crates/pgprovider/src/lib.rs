@@ -38,6 +38,7 @@
 
 pub mod breaker;
 pub mod config;
+mod guard;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;

@@ -279,52 +279,15 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Refuses statements that would leave `tenant`'s scope; see the [module docs](self).
+/// Refuses statements that would leave `tenant`'s scope, deciding on PostgreSQL's parse
+/// tree (see the [module docs](self)); decisions are cached per statement text. Tenant
+/// handles also refuse names qualified with another schema under the schema and role
+/// strategies.
 ///
 /// # Errors
-/// [`ErrorKind::Rejected`] naming the tenant and what was refused.
+/// [`ErrorKind::Rejected`] naming the tenant, the statement kind and why.
 pub fn check_statement(tenant: &str, sql: &str) -> Result<()> {
-    let lower = sql.to_ascii_lowercase();
-    let refuse = |what: &str| {
-        Err(Error::new(
-            ErrorKind::Rejected,
-            format!("tenant {tenant}: {what} is not allowed for tenant handles (it could leave the tenant's scope)"),
-        )
-        .with_tenant(tenant)
-        .with_hint("the provider sets the tenant's role, search_path and settings; run such statements outside tenant handles"))
-    };
-    if lower.contains("set_config") {
-        return refuse("set_config");
-    }
-    for stmt in lower.split(';') {
-        let words: Vec<&str> = stmt
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| !w.is_empty())
-            .take(5)
-            .collect();
-        let first = words.first().copied().unwrap_or("");
-        let second = words.get(1).copied().unwrap_or("");
-        match first {
-            "set" | "reset" | "discard" | "do" | "prepare" | "execute" | "listen" | "unlisten"
-            | "load" => return refuse(&first.to_ascii_uppercase()),
-            "create" => {
-                let rest: Vec<&str> = words[1..]
-                    .iter()
-                    .copied()
-                    .filter(|w| *w != "or" && *w != "replace")
-                    .collect();
-                if matches!(rest.first(), Some(&"function" | &"procedure")) {
-                    return refuse("CREATE FUNCTION / PROCEDURE");
-                }
-            }
-            "copy" if stmt.contains("program") => return refuse("COPY … PROGRAM"),
-            "alter" if second == "role" || second == "user" || second == "system" => {
-                return refuse("ALTER ROLE / SYSTEM");
-            }
-            _ => {}
-        }
-    }
-    Ok(())
+    crate::guard::check(tenant, None, sql)
 }
 
 impl<D: Driver + Clone> Tenancy<D> {
@@ -402,8 +365,11 @@ impl<D: Driver + Clone> Tenancy<D> {
             ));
         }
         let prologue = (!settings.is_empty()).then(|| Arc::from(settings.join("; ")));
+        let own_schema = matches!(strategy, Strategy::Schema | Strategy::Role)
+            .then(|| Arc::from(schema.as_str()));
         Ok(Tenant {
             name: Arc::from(name),
+            schema: own_schema,
             strategy,
             tenancy: self.clone(),
             state,
@@ -697,6 +663,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// [module docs](self). Cheap to clone.
 pub struct Tenant<D: Driver> {
     name: Arc<str>,
+    /// The tenant's own schema (schema and role strategies): names qualified with another
+    /// schema are refused.
+    schema: Option<Arc<str>>,
     strategy: Strategy,
     tenancy: Tenancy<D>,
     state: Arc<TenantState>,
@@ -707,6 +676,7 @@ impl<D: Driver> Clone for Tenant<D> {
     fn clone(&self) -> Self {
         Tenant {
             name: self.name.clone(),
+            schema: self.schema.clone(),
             strategy: self.strategy,
             tenancy: self.tenancy.clone(),
             state: self.state.clone(),
@@ -786,9 +756,15 @@ where
         })
     }
 
+    /// The statement guard, with the tenant's own schema.
+    fn check(&self, sql: &str) -> Result<()> {
+        crate::guard::check(&self.name, self.schema.as_deref(), sql)
+    }
+
     fn tx_options(&self, opts: &TxOptions) -> TxOptions {
         let mut o = opts.clone();
         o.tenant = Some(self.name.clone());
+        o.tenant_schema = self.schema.clone();
         o.prologue = self.prologue.clone();
         o
     }
@@ -835,7 +811,7 @@ where
         sql: &str,
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<Vec<<D::Connection as Queries>::Row>> {
-        check_statement(&self.name, sql)?;
+        self.check(sql)?;
         self.one(
             async |c: &mut D::Connection, prologue: Option<&str>| match prologue {
                 None => c.query(sql, params).await,
@@ -893,7 +869,7 @@ where
         sql: &str,
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<u64> {
-        check_statement(&self.name, sql)?;
+        self.check(sql)?;
         self.one(
             async |c: &mut D::Connection, prologue: Option<&str>| match prologue {
                 None => c.execute(sql, params).await,

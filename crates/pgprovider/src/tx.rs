@@ -66,6 +66,8 @@ pub struct TxOptions {
     seed: Option<u64>,
     /// Set by tenant handles: statements are checked against the tenant's scope.
     pub(crate) tenant: Option<Arc<str>>,
+    /// Set by tenant handles: the tenant's own schema, if its strategy has one.
+    pub(crate) tenant_schema: Option<Arc<str>>,
     /// Set by tenant handles: run in the same round trip as `BEGIN` (`SET LOCAL …`).
     pub(crate) prologue: Option<Arc<str>>,
 }
@@ -166,8 +168,8 @@ struct State<D: Driver> {
     conflict: bool,
     /// A savepoint's future was dropped half-way: its statements' fate is unknown.
     poisoned: bool,
-    /// The tenant whose scope statements must stay in (tenant handles).
-    tenant: Option<Arc<str>>,
+    /// The tenant whose scope statements must stay in (tenant handles), and its schema.
+    tenant: Option<(Arc<str>, Option<Arc<str>>)>,
 }
 
 /// The connection of a transaction, for the driver's own operations (batches, COPY,
@@ -209,7 +211,7 @@ where
                 failed: None,
                 conflict: false,
                 poisoned: false,
-                tenant: opts.tenant.clone(),
+                tenant: opts.tenant.clone().map(|t| (t, opts.tenant_schema.clone())),
             })),
         })
     }
@@ -218,8 +220,8 @@ where
     /// bounding it by the deadline.
     async fn lock_for(&self, sql: &str) -> Result<MutexGuard<'_, State<D>>> {
         let st = self.lock().await?;
-        if let Some(t) = &st.tenant {
-            crate::tenant::check_statement(t, sql)?;
+        if let Some((t, schema)) = &st.tenant {
+            crate::guard::check(t, schema.as_deref(), sql)?;
         }
         Ok(st)
     }
@@ -320,9 +322,19 @@ where
     /// The connection, for the driver's own operations; see [`TxConn`].
     ///
     /// # Errors
-    /// When the transaction has ended or its deadline has passed.
+    /// When the transaction has ended or its deadline has passed; [`ErrorKind::Rejected`]
+    /// in a tenant's transaction (its statements must go through the tenant's guard).
     pub async fn conn(&self) -> Result<TxConn<'_, D>> {
         let st = self.lock().await?;
+        if let Some((t, _)) = &st.tenant {
+            // What runs on the bare connection would bypass the tenant's statement guard.
+            return Err(Error::new(
+                ErrorKind::Rejected,
+                format!("tenant {t}: the transaction's connection is not handed out in a tenant transaction"),
+            )
+            .with_tenant(t.to_string())
+            .with_hint("use tx.query / tx.execute, which are checked against the tenant's scope"));
+        }
         Ok(MutexGuard::map(st, |s| {
             &mut **s.conn.as_mut().expect("checked by lock")
         }))
