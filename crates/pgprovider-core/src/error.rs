@@ -47,6 +47,10 @@ pub enum ErrorKind {
     /// Too many callers are already waiting (a bounded queue is full): shed load or retry
     /// later.
     Overloaded,
+    /// A security boundary was crossed: the server found a tenant's scope (role,
+    /// `search_path`, tenant setting) changed after a statement. The transaction was rolled
+    /// back and the connection closed.
+    Security,
     /// A protocol or internal error.
     Other,
 }
@@ -71,6 +75,7 @@ impl ErrorKind {
             ErrorKind::Decode => "decode",
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Security => "security",
             ErrorKind::Other => "other",
         }
     }

@@ -39,7 +39,7 @@ pub use driver::{
 pub use error::{DbErrorFields, Error, ErrorKind, Result};
 pub use notify::{MAX_CHANNEL, MAX_PAYLOAD, Notification, check_channel, check_notification};
 pub use params::{ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, SslMode, TlsParams};
-pub use query::{Column, FromRow, Queries};
+pub use query::{Column, FromRow, Queries, Scope, scope_changed_error};
 pub use secret::Secret;
 pub use sqlstate::SqlState;
 pub use statements::{Stale, StatementCacheStats, StatementCaches};

@@ -80,17 +80,20 @@ pub trait Queries: Connection {
         }
     }
 
-    /// Runs `sql` in a transaction of its own that first runs `prologue` (settings such as
-    /// `SET LOCAL search_path = …`; tenant handles use it), commits, and returns the rows.
-    /// Nothing of the prologue outlives the transaction. The default takes three round
-    /// trips; drivers that pipeline send all three parts at once.
+    /// Runs `sql` in a transaction of its own that first runs `scope.prologue` (settings
+    /// such as `SET LOCAL search_path = …`; tenant handles use it), then `scope.check` (a
+    /// statement that fails when the settings are no longer the prologue's), commits, and
+    /// returns the rows, only once the check has passed. Nothing of the prologue outlives
+    /// the transaction. The default takes four round trips; drivers that pipeline send all
+    /// the parts at once.
     ///
     /// # Errors
     /// The first error of the prologue, the statement or the commit (the transaction is
-    /// then rolled back); [`ErrorKind::Other`] inside an open transaction.
+    /// then rolled back); [`ErrorKind::Security`] when the check fails (rolled back too:
+    /// close the connection); [`ErrorKind::Other`] inside an open transaction.
     fn query_scoped<'p>(
         &mut self,
-        prologue: &str,
+        scope: Scope<'_>,
         sql: &str,
         params: &[&'p Self::Param<'p>],
     ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send
@@ -98,8 +101,9 @@ pub trait Queries: Connection {
         Self: Sized,
     {
         async move {
-            begin_scope(self, prologue).await?;
+            begin_scope(self, scope.prologue).await?;
             let r = self.query(sql, params).await;
+            let r = check_scope(self, scope.check, r).await;
             end_scope(self, r).await
         }
     }
@@ -110,7 +114,7 @@ pub trait Queries: Connection {
     /// As [`query_scoped`](Queries::query_scoped).
     fn execute_scoped<'p>(
         &mut self,
-        prologue: &str,
+        scope: Scope<'_>,
         sql: &str,
         params: &[&'p Self::Param<'p>],
     ) -> impl Future<Output = Result<u64>> + Send
@@ -118,8 +122,9 @@ pub trait Queries: Connection {
         Self: Sized,
     {
         async move {
-            begin_scope(self, prologue).await?;
+            begin_scope(self, scope.prologue).await?;
             let r = self.execute(sql, params).await;
+            let r = check_scope(self, scope.check, r).await;
             end_scope(self, r).await
         }
     }
@@ -133,6 +138,37 @@ pub trait Queries: Connection {
 
     /// Whether a transaction block is open (possibly failed) on this connection.
     fn in_transaction(&self) -> bool;
+}
+
+/// What a scoped statement runs around it ([`Queries::query_scoped`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    /// Run right after `BEGIN` (`SET LOCAL …`).
+    pub prologue: &'a str,
+    /// Run right after the statement; must fail (any error) when the settings of the
+    /// prologue were changed. Empty for none.
+    pub check: &'a str,
+}
+
+/// The error of a failed scope check: the statement changed what the prologue set.
+pub fn scope_changed_error(node: &str) -> Error {
+    Error::new(
+        ErrorKind::Security,
+        "the statement changed the scope it runs in (role, search_path or tenant setting); the transaction was rolled back and the connection is closed",
+    )
+    .with_node(node)
+    .with_hint("a statement escaped the statement guard: report it; nothing it did was committed")
+}
+
+/// Runs the scope check after a statement that succeeded; its failure replaces the result.
+async fn check_scope<C: Queries, T>(c: &mut C, check: &str, r: Result<T>) -> Result<T> {
+    if r.is_err() || check.is_empty() {
+        return r;
+    }
+    match c.simple_query(check).await {
+        Ok(_) => r,
+        Err(e) => Err(scope_changed_error(e.node().unwrap_or("?"))),
+    }
 }
 
 /// `BEGIN` and the prologue of a scoped statement (rolled back if the prologue fails).

@@ -18,7 +18,7 @@ use crate::error::map_error;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use pgprovider_core::observe::{Operation, OperationKind};
 use pgprovider_core::sql::may_change_session;
-use pgprovider_core::{Column, Error, ErrorKind, FromRow, Queries, Result};
+use pgprovider_core::{Column, Error, ErrorKind, FromRow, Queries, Result, Scope};
 use std::fmt;
 use std::ops::Deref;
 use std::pin::Pin;
@@ -101,15 +101,15 @@ impl Queries for PgConnection {
         }
     }
 
-    /// Pipelined: `BEGIN` + prologue, the statement and `COMMIT` leave in one window, so
-    /// the scope costs no extra round trip once the statement is prepared.
+    /// Pipelined: `BEGIN` + prologue, the statement, the scope check and `COMMIT` leave in
+    /// one window, so the scope costs no extra round trip once the statement is prepared.
     async fn query_scoped<'p>(
         &mut self,
-        prologue: &str,
+        scope: Scope<'_>,
         sql: &str,
         params: &[&'p Param<'p>],
     ) -> Result<Vec<PgRow>> {
-        match self.scoped(prologue, sql, params, Op::Query).await? {
+        match self.scoped(scope, sql, params, Op::Query).await? {
             Out::Rows(rows) => Ok(rows.into_iter().map(PgRow).collect()),
             _ => unreachable!("a query returns rows"),
         }
@@ -117,11 +117,11 @@ impl Queries for PgConnection {
 
     async fn execute_scoped<'p>(
         &mut self,
-        prologue: &str,
+        scope: Scope<'_>,
         sql: &str,
         params: &[&'p Param<'p>],
     ) -> Result<u64> {
-        match self.scoped(prologue, sql, params, Op::Execute).await? {
+        match self.scoped(scope, sql, params, Op::Execute).await? {
             Out::Count(n) => Ok(n),
             _ => unreachable!("an execute returns a count"),
         }
@@ -350,7 +350,7 @@ impl PgConnection {
     /// operation of `op`'s kind.
     async fn scoped<'p>(
         &mut self,
-        prologue: &str,
+        scope: Scope<'_>,
         sql: &str,
         params: &[&'p Param<'p>],
         op: Op,
@@ -365,7 +365,7 @@ impl PgConnection {
         if self.hooks.is_empty() {
             // Boxed: three pipelined requests make a large future, which debug builds
             // would otherwise copy along the stack of every caller.
-            return Box::pin(self.scoped_inner(prologue, sql, params, op)).await;
+            return Box::pin(self.scoped_inner(scope, sql, params, op)).await;
         }
         let (hooks, node) = (self.hooks.clone(), self.node.clone());
         let kind = match op {
@@ -373,18 +373,25 @@ impl PgConnection {
             _ => OperationKind::Query,
         };
         let operation = Operation::new(kind, &node).with_sql(sql);
-        let inner = Box::pin(self.scoped_inner(prologue, sql, params, op));
+        let inner = Box::pin(self.scoped_inner(scope, sql, params, op));
         hooks.observe(&operation, Out::rows, inner).await
     }
 
     async fn scoped_inner<'p>(
         &mut self,
-        prologue: &str,
+        scope: Scope<'_>,
         sql: &str,
         params: &[&'p Param<'p>],
         op: Op,
     ) -> Result<Out> {
-        let begin = format!("BEGIN; {prologue}");
+        let begin = format!("BEGIN; {}", scope.prologue);
+        // The check's reply comes before COMMIT's: when it failed, the transaction was
+        // aborted and COMMIT only rolled it back.
+        let check = if scope.check.is_empty() {
+            "SELECT 1"
+        } else {
+            scope.check
+        };
         let typed = match self.cache.enabled() {
             true => None,
             false => Some(typed(params)?),
@@ -397,7 +404,7 @@ impl PgConnection {
                 Some(_) => None,
                 None => self.cache.get(sql).map(|(s, _)| s),
             };
-            let (stmt, first, body, commit) = match (&typed, cached) {
+            let (stmt, first, body, checked, commit) = match (&typed, cached) {
                 (None, None) => {
                     // First use on this connection: prepare inside the scope (names resolve
                     // by the tenant's search_path), one step at a time.
@@ -415,28 +422,30 @@ impl PgConnection {
                         }
                     };
                     self.cache.put(sql, s.clone(), SqlTraits::of(sql));
-                    let (body, commit) = self
+                    let (body, checked, commit) = self
                         .run(async |c| {
                             Ok(tokio::join!(
                                 call(c, op, sql, Some(&s), params, &[]),
+                                c.simple_query(check),
                                 c.simple_query("COMMIT")
                             ))
                         })
                         .await?;
-                    (Some(s), Ok(Vec::new()), body, commit)
+                    (Some(s), Ok(Vec::new()), body, checked, commit)
                 }
                 (_, stmt) => {
-                    let (first, body, commit) = self
+                    let (first, body, checked, commit) = self
                         .run(async |c| {
                             let unnamed: &[_] = typed.as_deref().unwrap_or(&[]);
                             Ok(tokio::join!(
                                 c.simple_query(&begin),
                                 call(c, op, sql, stmt.as_ref(), params, unnamed),
+                                c.simple_query(check),
                                 c.simple_query("COMMIT")
                             ))
                         })
                         .await?;
-                    (stmt, first, body, commit)
+                    (stmt, first, body, checked, commit)
                 }
             };
             // Every part ran to the end: no transaction is left open, whatever failed.
@@ -449,6 +458,12 @@ impl PgConnection {
                 }
                 Err(e) => return Err(e),
                 Ok(out) => {
+                    if checked.is_err() {
+                        // The scope was changed under us: rolled back; never reuse this
+                        // session.
+                        self.desynced = true;
+                        return Err(pgprovider_core::scope_changed_error(&self.node));
+                    }
                     return match commit.map_err(db) {
                         Ok(_) => Ok(out),
                         // The statement ran; whether its COMMIT did is unknown.

@@ -21,8 +21,8 @@
 //!   `pg_notify`, `dblink`, …), however its name is written;
 //! - no write to `pg_settings` (an updatable view over `set_config`);
 //! - with an own schema (schema and role strategies), no table, view, sequence or function
-//!   qualified with another schema than the tenant's, `pg_catalog` or
-//!   `information_schema`.
+//!   qualified with another schema than the tenant's, `public` (shared by convention),
+//!   `pg_catalog` or `information_schema`.
 //!
 //! Decisions are cached per statement text (a parse costs tens of microseconds; a cache hit
 //! is a hash lookup, measured by the tenancy benchmark).
@@ -83,10 +83,10 @@ pub(crate) fn check(tenant: &str, schema: Option<&str>, sql: &str) -> Result<()>
         Facts::Refused { what, why } => refuse(&what, &why),
         Facts::Allowed { schemas } => {
             if let Some(own) = schema {
-                if let Some(other) = schemas
-                    .iter()
-                    .find(|s| *s != own && *s != "pg_catalog" && *s != "information_schema")
-                {
+                if let Some(other) = schemas.iter().find(|s| {
+                    !matches!(s.as_str(), "pg_catalog" | "information_schema" | "public")
+                        && *s != own
+                }) {
                     return refuse(
                         "a name qualified with another schema",
                         &format!("schema {other:?} is not the tenant's"),

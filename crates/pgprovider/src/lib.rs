@@ -86,8 +86,8 @@ pub use pgprovider_macros::embed_migrations;
 
 pub use pgprovider_core::{
     CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, FromRow, Host,
-    Notification, Queries, Result, Secret, SimpleRow, SqlState, SslMode, StatementCacheStats,
-    check_notification,
+    Notification, Queries, Result, Scope, Secret, SimpleRow, SqlState, SslMode,
+    StatementCacheStats, check_notification,
 };
 
 /// Compiles the README's Rust examples as doctests, so the README stays true.

@@ -65,7 +65,7 @@ use crate::migrate::Migrator;
 use crate::pool::{Pool, Pooled};
 use crate::provider::Provider;
 use crate::tx::{Tx, TxOptions, run_transaction};
-use crate::{Connection, Driver, Error, ErrorKind, FromRow, Queries, Result};
+use crate::{Connection, Driver, Error, ErrorKind, FromRow, Queries, Result, Scope};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -365,11 +365,42 @@ impl<D: Driver + Clone> Tenancy<D> {
             ));
         }
         let prologue = (!settings.is_empty()).then(|| Arc::from(settings.join("; ")));
+        // What the server must still see after each of the tenant's statements (defence in
+        // depth behind the statement guard): the role, search_path and tenant setting the
+        // prologue set. On any difference the check fails, which aborts the transaction.
+        let literal = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        let path = format!(
+            "pg_catalog.current_setting('search_path') = pg_catalog.quote_ident({})",
+            literal(&schema)
+        );
+        let conditions = match strategy {
+            Strategy::Schema => vec!["current_user = session_user".to_owned(), path],
+            Strategy::Role => vec![
+                format!(
+                    "current_user = {}",
+                    literal(&format!("{}{name}", o.role_prefix))
+                ),
+                path,
+            ],
+            Strategy::RowLevel => vec![
+                format!("current_user = {}", literal(&o.row_level_role)),
+                format!(
+                    "pg_catalog.current_setting('app.tenant_id', true) = {}",
+                    literal(name)
+                ),
+            ],
+            Strategy::Database => vec!["current_user = session_user".to_owned()],
+        };
+        let check = Arc::from(format!(
+            "SELECT CASE WHEN {} THEN true ELSE pg_catalog.current_setting('pgprovider.tenant_scope_changed')::bool END",
+            conditions.join(" AND ")
+        ));
         let own_schema = matches!(strategy, Strategy::Schema | Strategy::Role)
             .then(|| Arc::from(schema.as_str()));
         Ok(Tenant {
             name: Arc::from(name),
             schema: own_schema,
+            check,
             strategy,
             tenancy: self.clone(),
             state,
@@ -666,6 +697,8 @@ pub struct Tenant<D: Driver> {
     /// The tenant's own schema (schema and role strategies): names qualified with another
     /// schema are refused.
     schema: Option<Arc<str>>,
+    /// The server-side scope check run after each statement.
+    check: Arc<str>,
     strategy: Strategy,
     tenancy: Tenancy<D>,
     state: Arc<TenantState>,
@@ -677,6 +710,7 @@ impl<D: Driver> Clone for Tenant<D> {
         Tenant {
             name: self.name.clone(),
             schema: self.schema.clone(),
+            check: self.check.clone(),
             strategy: self.strategy,
             tenancy: self.tenancy.clone(),
             state: self.state.clone(),
@@ -765,6 +799,7 @@ where
         let mut o = opts.clone();
         o.tenant = Some(self.name.clone());
         o.tenant_schema = self.schema.clone();
+        o.tenant_check = Some(self.check.clone());
         o.prologue = self.prologue.clone();
         o
     }
@@ -813,9 +848,9 @@ where
     ) -> Result<Vec<<D::Connection as Queries>::Row>> {
         self.check(sql)?;
         self.one(
-            async |c: &mut D::Connection, prologue: Option<&str>| match prologue {
+            async |c: &mut D::Connection, scope: Option<Scope<'_>>| match scope {
                 None => c.query(sql, params).await,
-                Some(p) => c.query_scoped(p, sql, params).await,
+                Some(s) => c.query_scoped(s, sql, params).await,
             },
         )
         .await
@@ -871,9 +906,9 @@ where
     ) -> Result<u64> {
         self.check(sql)?;
         self.one(
-            async |c: &mut D::Connection, prologue: Option<&str>| match prologue {
+            async |c: &mut D::Connection, scope: Option<Scope<'_>>| match scope {
                 None => c.execute(sql, params).await,
-                Some(p) => c.execute_scoped(p, sql, params).await,
+                Some(s) => c.execute_scoped(s, sql, params).await,
             },
         )
         .await
@@ -884,13 +919,24 @@ where
     /// transaction of its own ([`Queries::query_scoped`]).
     async fn one<T, F>(&self, run: F) -> Result<T>
     where
-        F: AsyncFnOnce(&mut D::Connection, Option<&str>) -> Result<T>,
+        F: AsyncFnOnce(&mut D::Connection, Option<Scope<'_>>) -> Result<T>,
     {
         self.admit()?;
         let name = self.name.clone();
         let fut = crate::observe::with_tenant(name, async {
             let mut h = self.get().await?;
-            run(&mut *h.conn, self.prologue.as_deref()).await
+            let scope = self.prologue.as_deref().map(|p| Scope {
+                prologue: p,
+                check: &self.check,
+            });
+            let r = run(&mut *h.conn, scope).await;
+            if let Err(e) = &r {
+                if e.kind() == ErrorKind::Security {
+                    scope_breach(&self.name, e);
+                    Pooled::discard(h.conn);
+                }
+            }
+            r
         });
         // Unoptimised builds copy this large future along the stack at every level of
         // nesting (enough to overflow a 2 MiB test thread); optimised builds do not, and a
@@ -899,6 +945,16 @@ where
         let fut = Box::pin(fut);
         fut.await.map_err(|e| e.with_tenant(self.name.to_string()))
     }
+}
+
+/// Reports a tenant statement that changed its scope (the server's check caught it).
+pub(crate) fn scope_breach(tenant: &str, e: &Error) {
+    tracing::error!(
+        target: "pgprovider::security",
+        tenant,
+        node = e.node().unwrap_or("?"),
+        "a tenant statement changed its scope; rolled back, connection closed"
+    );
 }
 
 impl<D: Driver + Clone> Provider<D> {

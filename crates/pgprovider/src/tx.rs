@@ -68,6 +68,8 @@ pub struct TxOptions {
     pub(crate) tenant: Option<Arc<str>>,
     /// Set by tenant handles: the tenant's own schema, if its strategy has one.
     pub(crate) tenant_schema: Option<Arc<str>>,
+    /// Set by tenant handles: the server-side scope check run after each statement.
+    pub(crate) tenant_check: Option<Arc<str>>,
     /// Set by tenant handles: run in the same round trip as `BEGIN` (`SET LOCAL …`).
     pub(crate) prologue: Option<Arc<str>>,
 }
@@ -170,6 +172,8 @@ struct State<D: Driver> {
     poisoned: bool,
     /// The tenant whose scope statements must stay in (tenant handles), and its schema.
     tenant: Option<(Arc<str>, Option<Arc<str>>)>,
+    /// The tenant's server-side scope check, run after each statement.
+    check: Option<Arc<str>>,
 }
 
 /// The connection of a transaction, for the driver's own operations (batches, COPY,
@@ -212,6 +216,7 @@ where
                 conflict: false,
                 poisoned: false,
                 tenant: opts.tenant.clone().map(|t| (t, opts.tenant_schema.clone())),
+                check: opts.tenant_check.clone(),
             })),
         })
     }
@@ -255,6 +260,7 @@ where
     ) -> Result<Vec<<D::Connection as Queries>::Row>> {
         let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().query(sql, params).await;
+        let r = st.checked(r).await;
         st.note(r)
     }
 
@@ -269,6 +275,7 @@ where
     ) -> Result<<D::Connection as Queries>::Row> {
         let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().query_one(sql, params).await;
+        let r = st.checked(r).await;
         st.note(r)
     }
 
@@ -283,6 +290,7 @@ where
     ) -> Result<Option<<D::Connection as Queries>::Row>> {
         let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().query_opt(sql, params).await;
+        let r = st.checked(r).await;
         st.note(r)
     }
 
@@ -316,6 +324,7 @@ where
     ) -> Result<u64> {
         let mut st = self.lock_for(sql).await?;
         let r = st.conn_mut().execute(sql, params).await;
+        let r = st.checked(r).await;
         st.note(r)
     }
 
@@ -484,6 +493,28 @@ const MIN_COMMIT_WAIT: Duration = Duration::from_secs(1);
 impl<D: Driver> State<D> {
     fn conn_mut(&mut self) -> &mut D::Connection {
         self.conn.as_mut().expect("checked by lock")
+    }
+
+    /// In a tenant's transaction, has the server confirm after a statement that the scope
+    /// is still the one the prologue set; when not, the transaction is dead (the check's
+    /// failure aborted it) and its connection is closed, and the statement's rows never
+    /// reach the caller.
+    async fn checked<T>(&mut self, r: Result<T>) -> Result<T> {
+        let (Some(check), Ok(_)) = (&self.check, &r) else {
+            return r;
+        };
+        let check = check.clone();
+        let failed = self.conn_mut().simple_query(&check).await.is_err();
+        if !failed {
+            return r;
+        }
+        let conn = self.conn.take().expect("checked by lock");
+        let e = pgprovider_core::scope_changed_error(&Pooled::node(&conn).to_string());
+        Pooled::discard(conn);
+        if let Some((t, _)) = &self.tenant {
+            crate::tenant::scope_breach(t, &e);
+        }
+        Err(e)
     }
 
     /// Records a failure so commit can refuse, and whether it is worth a re-run.
