@@ -469,3 +469,365 @@ async fn every_operation_carries_the_tenant() {
     );
     tenants.drop_tenant(&t).await.unwrap();
 }
+
+/// What a hostile tenant tries; `{b}` is the victim's name (its schema), `{t}` the table
+/// holding the victim's rows, `{rb}` the victim's role.
+const ATTACKS: &[&str] = &[
+    // Naming the victim's objects, however spelled.
+    "SELECT name FROM {b}.{t}",
+    "SELECT name FROM \"{b}\".{t}",
+    "SELECT name FROM \"{b}\".\"{t}\"",
+    "SELECT name FROM {t} UNION ALL SELECT name FROM {b}.{t}",
+    "SELECT (SELECT string_agg(name, ',') FROM {b}.{t})",
+    "INSERT INTO {b}.{t} (name) VALUES ('pwned')",
+    "UPDATE {b}.{t} SET name = 'pwned'",
+    "DELETE FROM {b}.{t}",
+    "TRUNCATE {b}.{t}",
+    "DROP TABLE {b}.{t}",
+    "CREATE VIEW peek AS SELECT name FROM {b}.{t}",
+    "SELECT name FROM {t} WHERE tenant_id = '{b}'",
+    "UPDATE {t} SET name = 'pwned' WHERE tenant_id = '{b}'",
+    "DELETE FROM {t} WHERE tenant_id = '{b}'",
+    // Changing the scope: statements, functions however written, pg_settings.
+    "SET search_path = {b}",
+    "SET LOCAL search_path TO {b}",
+    "set local search_path = \"{b}\"",
+    "SET ROLE {rb}",
+    "SET ROLE NONE",
+    "RESET ROLE",
+    "RESET ALL",
+    "SET SESSION AUTHORIZATION DEFAULT",
+    "SET app.tenant_id = '{b}'",
+    "SELECT set_config('search_path', '{b}', true)",
+    "SELECT pg_catalog.set_config('app.tenant_id', '{b}', true)",
+    "SELECT \"set_config\"('role', 'none', true)",
+    "SELECT U&\"set\\005fconfig\"('search_path', '{b}', true)",
+    "SELECT name FROM {t} WHERE (SELECT set_config('app.tenant_id', '{b}', true)) IS NOT NULL",
+    "EXPLAIN ANALYZE SELECT set_config('search_path', '{b}', true)",
+    "UPDATE pg_settings SET setting = '{b}' WHERE name = 'search_path'",
+    "WITH x AS (UPDATE pg_catalog.pg_settings SET setting = '{b}' WHERE name = 'app.tenant_id' RETURNING 1) SELECT name FROM {t}",
+    "DISCARD ALL",
+    // Ending or restarting the transaction that holds the scope.
+    "COMMIT",
+    "END",
+    "ABORT",
+    "ROLLBACK",
+    "BEGIN",
+    "START TRANSACTION",
+    "SAVEPOINT s",
+    "ROLLBACK TO SAVEPOINT s",
+    "RELEASE SAVEPOINT s",
+    "COMMIT; SELECT name FROM {b}.{t}",
+    "SELECT 1; SET search_path = {b}",
+    // Server-side code, files, programs, prepared statements, notifications.
+    "DO $$ BEGIN PERFORM set_config('search_path', '{b}', false); END $$",
+    "DO $body$ BEGIN EXECUTE 'RESET ROLE'; END $body$",
+    "CREATE FUNCTION esc() RETURNS text LANGUAGE sql SECURITY DEFINER AS 'SELECT current_user'",
+    "CREATE OR REPLACE PROCEDURE escp() LANGUAGE sql AS 'SELECT 1'",
+    "CREATE TRIGGER esc BEFORE INSERT ON {t} FOR EACH ROW EXECUTE FUNCTION esc()",
+    "CREATE RULE esc AS ON INSERT TO {t} DO ALSO NOTIFY x",
+    "COPY {b}.{t} TO STDOUT",
+    "COPY {t} TO '/tmp/pgprovider-esc'",
+    "COPY {t} FROM PROGRAM 'id'",
+    "PREPARE esc AS SELECT name FROM {b}.{t}",
+    "EXECUTE esc",
+    "LISTEN esc",
+    "NOTIFY esc, 'x'",
+    "SELECT pg_notify('esc', 'x')",
+    "LOAD 'auto_explain'",
+    "ALTER SYSTEM SET work_mem = '1MB'",
+    "ALTER ROLE {rb} SUPERUSER",
+    "GRANT SELECT ON {t} TO PUBLIC",
+    "ALTER TABLE {t} OWNER TO {rb}",
+    "ALTER TABLE {t} DISABLE ROW LEVEL SECURITY",
+    "CREATE SCHEMA esc",
+    "SELECT query_to_xml('SELECT name FROM {b}.{t}', true, true, '')",
+    "SELECT pg_read_file('/etc/passwd')",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT pg_advisory_lock(42)",
+    "SELECT pg_terminate_backend(pg_backend_pid())",
+    // Comments, dollar quotes and garbage: harmless or unparsable.
+    "SELECT name FROM {t} /* ; SET search_path = {b} */",
+    "SELECT $$; SET search_path = {b}; $$ AS x",
+    "SELECT name FROM {t} -- ; RESET ROLE",
+    "SELECT 1 /* unterminated",
+    "SELECT name FROM {t} WHERE name = 'x'';SET ROLE NONE;--'",
+];
+
+/// The victim's secret, which no attempt may read, change or remove.
+const SECRET: &str = "SECRET_OF_B";
+
+fn leaked(rows: &[pgprovider_tokio_postgres::PgRow]) -> bool {
+    rows.iter().any(|r| {
+        (0..r.len()).any(|i| {
+            r.try_get::<_, Option<String>>(i)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.contains(SECRET) || v.contains("pwned"))
+        })
+    })
+}
+
+/// Runs every attack through every tenant API of `ta` (query, execute, a transaction's query
+/// and execute) and checks after each that nothing of `tb`'s was read or changed; returns
+/// how many attempts were refused before reaching the server.
+async fn attack(
+    ta: &pgprovider::tenant::Tenant<TokioPostgres>,
+    tb: &pgprovider::tenant::Tenant<TokioPostgres>,
+    b: &str,
+    table: &str,
+) -> (usize, usize) {
+    let victim_check = format!("SELECT count(*) FROM {table} WHERE name = '{SECRET}'");
+    let victim_all = format!("SELECT count(*) FROM {table}");
+    let (mut tried, mut refused) = (0, 0);
+    for template in ATTACKS {
+        let sql = template
+            .replace("{b}", b)
+            .replace("{t}", table)
+            .replace("{rb}", &format!("tenant_{b}"));
+        for api in 0..4 {
+            tried += 1;
+            let s = sql.as_str();
+            let r: Result<Vec<_>, pgprovider::Error> = match api {
+                0 => ta.query(s, &[]).await,
+                1 => ta.execute(s, &[]).await.map(|_| Vec::new()),
+                2 => {
+                    ta.transaction(&pgprovider::TxOptions::default(), |tx| async move {
+                        tx.query(s, &[]).await
+                    })
+                    .await
+                }
+                _ => {
+                    ta.transaction(&pgprovider::TxOptions::default(), |tx| async move {
+                        tx.execute("SELECT 1", &[]).await?;
+                        tx.execute(s, &[]).await.map(|_| Vec::new())
+                    })
+                    .await
+                }
+            };
+            match &r {
+                Ok(rows) => assert!(!leaked(rows), "api {api}: {sql} leaked"),
+                Err(e) => {
+                    assert_ne!(e.kind(), ErrorKind::Security, "api {api}: {sql}: {e}");
+                    refused += usize::from(e.kind() == ErrorKind::Rejected);
+                }
+            }
+            for check in [&victim_check, &victim_all] {
+                let n: i64 = match tb.query_one(check, &[]).await {
+                    Ok(row) => row.get(0),
+                    Err(e) => panic!("api {api}: {sql}: the victim's rows are gone: {e}"),
+                };
+                assert_eq!(n, 1, "api {api}: {sql}");
+            }
+        }
+    }
+    (tried, refused)
+}
+
+/// Every pooled connection of the provider is back in its default scope.
+async fn pool_is_clean(provider: &Provider<TokioPostgres>) {
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(provider.write().await.unwrap());
+    }
+    for c in &mut held {
+        let row = &pgprovider::Connection::simple_query(
+            &mut **c,
+            "SELECT current_user = session_user, current_setting('search_path'), \
+             coalesce(current_setting('app.tenant_id', true), ''), now() = statement_timestamp()",
+        )
+        .await
+        .unwrap()[0];
+        assert_eq!(row.get(0), Some("t"), "role back to the login role");
+        assert_eq!(row.get(1), Some("\"$user\", public"));
+        assert_eq!(row.get(2), Some(""), "no tenant setting left");
+        assert_eq!(row.get(3), Some("t"), "no transaction left open");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_tenant_cannot_leave_its_scope_under_any_strategy() {
+    let mut report = Vec::new();
+    for strategy in [
+        Strategy::Schema,
+        Strategy::Role,
+        Strategy::RowLevel,
+        Strategy::Database,
+    ] {
+        let tenants = tenancy(TenancyOptions::new(strategy)).await;
+        let tag = format!("{strategy:?}").to_lowercase();
+        let (a, b) = (name(&format!("adv_{tag}_a")), name(&format!("adv_{tag}_b")));
+        let table = match strategy {
+            Strategy::RowLevel => {
+                let t = name("adv_rl_items");
+                let admin = common::pool("").await;
+                admin
+                    .execute(&format!("DROP TABLE IF EXISTS {t}"), &[])
+                    .await
+                    .unwrap();
+                admin
+                    .execute(
+                        &format!(
+                            "CREATE TABLE {t} (id serial, tenant_id text NOT NULL \
+                             DEFAULT current_setting('app.tenant_id'), name text NOT NULL)"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                tenants.enable_row_level(&t).await.unwrap();
+                t
+            }
+            _ => "items".to_owned(),
+        };
+        for t in [&a, &b] {
+            tenants.drop_tenant(t).await.unwrap();
+            let m = (strategy != Strategy::RowLevel).then(migrator);
+            tenants.create_tenant(t, m.as_ref()).await.unwrap();
+        }
+        let ta = tenants.tenant(&a).unwrap();
+        let tb = tenants.tenant(&b).unwrap();
+        tb.execute(
+            &format!("INSERT INTO {table} (name) VALUES ('{SECRET}')"),
+            &[],
+        )
+        .await
+        .unwrap();
+        ta.execute(&format!("INSERT INTO {table} (name) VALUES ('mine')"), &[])
+            .await
+            .unwrap();
+        let (tried, refused) = attack(&ta, &tb, &b, &table).await;
+        // Two tenants taking turns on the same connections: each sees only its own rows.
+        for _ in 0..10 {
+            let mine: Vec<String> = ta
+                .query(&format!("SELECT name FROM {table}"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(mine, ["mine"]);
+            let theirs: Vec<String> = tb
+                .query(&format!("SELECT name FROM {table}"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(theirs, [SECRET]);
+        }
+        pool_is_clean(tenants.provider()).await;
+        report.push(format!(
+            "{strategy:?}: {tried} attempts, {refused} refused by the guard, 0 escapes"
+        ));
+        for t in [&a, &b] {
+            tenants.drop_tenant(t).await.unwrap();
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+/// Defence in depth: a function the guard cannot see into (an existing one in `public`,
+/// allowed) changes the tenant's scope and reads in the same statement. The server's check
+/// catches it: no row reaches the caller, nothing is committed, the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_catches_a_scope_change_the_guard_cannot_see() {
+    let admin = common::pool("").await;
+    let sneaky = name("adv_sneaky");
+    admin
+        .execute(
+            &format!(
+                "CREATE OR REPLACE FUNCTION public.{sneaky}(v text) RETURNS text LANGUAGE sql AS \
+                 $$ SELECT set_config('search_path', v, true) || set_config('app.tenant_id', v, true) $$"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    for strategy in [Strategy::Schema, Strategy::Role, Strategy::RowLevel] {
+        let tenants = tenancy(TenancyOptions::new(strategy)).await;
+        let tag = format!("{strategy:?}").to_lowercase();
+        let (a, b) = (name(&format!("dd_{tag}_a")), name(&format!("dd_{tag}_b")));
+        let table = match strategy {
+            Strategy::RowLevel => {
+                let t = name("dd_rl_items");
+                admin
+                    .execute(&format!("DROP TABLE IF EXISTS {t}"), &[])
+                    .await
+                    .unwrap();
+                admin
+                    .execute(
+                        &format!(
+                            "CREATE TABLE {t} (id serial, tenant_id text NOT NULL \
+                             DEFAULT current_setting('app.tenant_id'), name text NOT NULL)"
+                        ),
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                tenants.enable_row_level(&t).await.unwrap();
+                t
+            }
+            _ => "items".to_owned(),
+        };
+        for t in [&a, &b] {
+            tenants.drop_tenant(t).await.unwrap();
+            let m = (strategy != Strategy::RowLevel).then(migrator);
+            tenants.create_tenant(t, m.as_ref()).await.unwrap();
+        }
+        let ta = tenants.tenant(&a).unwrap();
+        let tb = tenants.tenant(&b).unwrap();
+        tb.execute(
+            &format!("INSERT INTO {table} (name) VALUES ('{SECRET}')"),
+            &[],
+        )
+        .await
+        .unwrap();
+        let closed = closed_errors(tenants.provider());
+        let steal = format!(
+            "SELECT public.{sneaky}('{b}') AS changed, (SELECT string_agg(name, ',') FROM {table}) AS rows"
+        );
+        let e = ta.query(&steal, &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Security, "{strategy:?}: {e}");
+        assert_eq!(e.tenant(), Some(a.as_str()));
+        let write = format!("INSERT INTO {table} (name) SELECT public.{sneaky}('{b}')");
+        let e = ta.execute(&write, &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Security, "{strategy:?}: {e}");
+        let s = steal.as_str();
+        let e = ta
+            .transaction(&pgprovider::TxOptions::default(), |tx| async move {
+                tx.query(s, &[]).await
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Security, "{strategy:?}: {e}");
+        assert_eq!(
+            closed_errors(tenants.provider()) - closed,
+            3,
+            "{strategy:?}: each connection was closed"
+        );
+        // Nothing was written anywhere; the victim is intact.
+        assert_eq!(
+            count(&ta, &format!("SELECT count(*) FROM {table}")).await,
+            0
+        );
+        assert_eq!(
+            count(&tb, &format!("SELECT count(*) FROM {table}")).await,
+            1
+        );
+        pool_is_clean(tenants.provider()).await;
+        for t in [&a, &b] {
+            tenants.drop_tenant(t).await.unwrap();
+        }
+    }
+    admin
+        .execute(&format!("DROP FUNCTION public.{sneaky}(text)"), &[])
+        .await
+        .unwrap();
+}
+
+/// Connections of the provider's primary closed as broken.
+fn closed_errors(provider: &Provider<TokioPostgres>) -> u64 {
+    let node = provider.monitor().primary().unwrap();
+    provider.pool(&node).unwrap().stats().closed_error
+}

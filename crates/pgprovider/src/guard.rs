@@ -177,6 +177,7 @@ const FUNCTIONS: &[&str] = &[
     "pg_create_logical_replication_slot",
     "loread",
     "lowrite",
+    "ts_stat",
 ];
 const FUNCTION_PREFIXES: &[&str] = &[
     "pg_read_",
@@ -247,6 +248,31 @@ fn facts_of(sql: &str) -> Facts {
     let mut schemas = Vec::new();
     if let Some(f) = walk(&tree, &mut schemas) {
         return f;
+    }
+    // Objects named by lists of names (`DROP TABLE s.t`, `COMMENT ON TABLE s.t`).
+    if let Some(objects) = tree["stmts"][0]["stmt"]["node"]
+        .as_object()
+        .and_then(|o| o.values().next())
+        .and_then(|v| match (&v["objects"], &v["object"]) {
+            (Value::Array(a), _) => Some(a.clone()),
+            (_, o @ Value::Object(_)) => Some(vec![o.clone()]),
+            _ => None,
+        })
+    {
+        for o in objects {
+            let names: Vec<&str> = o["node"]["List"]["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|i| i["node"]["String"]["sval"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if names.len() >= 2 {
+                schemas.push(names[names.len() - 2].to_owned());
+            }
+        }
     }
     schemas.sort();
     schemas.dedup();
@@ -379,6 +405,35 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
                     if key == "funcname" && names.len() > 1 {
                         schemas.push(names[names.len() - 2].to_owned());
                     }
+                    // Sequences named in a string (`nextval('s.seq')`): the schema, if
+                    // any, must pass the same test.
+                    if key == "funcname"
+                        && names
+                            .last()
+                            .is_some_and(|n| matches!(*n, "nextval" | "currval" | "setval"))
+                    {
+                        match o.get("args").and_then(|a| a.get(0)) {
+                            Some(arg) => {
+                                match arg["node"]["AConst"]["val"]["Sval"]["sval"].as_str() {
+                                    Some(lit) => {
+                                        if let Some((schema, _)) = lit.rsplit_once('.') {
+                                            schemas.push(schema.trim_matches('"').to_lowercase());
+                                        }
+                                    }
+                                    None => {
+                                        return Some(refused(
+                                            format!(
+                                                "{} with a computed sequence name",
+                                                names[names.len() - 1]
+                                            ),
+                                            "name the sequence with a literal",
+                                        ));
+                                    }
+                                }
+                            }
+                            None => {}
+                        }
+                    }
                 }
             }
             o.values().find_map(|c| walk(c, schemas))
@@ -468,6 +523,13 @@ mod tests {
             "UPDATE pg_settings SET setting = 'other' WHERE name = 'search_path'",
             "WITH x AS (UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'role' RETURNING 1) SELECT 1",
             "SELECT * FROM other.items",
+            "DROP TABLE other.items",
+            "DROP TABLE items, other.items",
+            "COMMENT ON TABLE other.items IS 'x'",
+            "SELECT nextval('other.items_id_seq')",
+            "SELECT setval('\"other\".items_id_seq', 1)",
+            "SELECT nextval(concat('other', '.s'))",
+            "SELECT ts_stat('SELECT v FROM other.items')",
             "SELECT * FROM \"other\".items",
             "SELECT * FROM U&\"oth\\0065r\".items",
             "INSERT INTO other.items VALUES (1)",
@@ -501,6 +563,8 @@ mod tests {
             "DROP TABLE IF EXISTS notes",
             "CREATE INDEX ON items (id)",
             "TRUNCATE items",
+            "SELECT nextval('items_id_seq'), nextval('acme.items_id_seq')",
+            "DROP TABLE acme.notes",
             "EXPLAIN SELECT 1",
             "COPY items FROM STDIN",
             "SELECT 'SET ROLE postgres; set_config' AS harmless_text",

@@ -304,6 +304,11 @@ impl<D: Driver + Clone> Tenancy<D> {
         }
     }
 
+    /// The provider the tenants' statements run on.
+    pub fn provider(&self) -> &Provider<D> {
+        &self.inner.provider
+    }
+
     /// The strategy for `tenant`.
     pub fn strategy_of(&self, tenant: &str) -> Strategy {
         let o = &self.inner.options;
