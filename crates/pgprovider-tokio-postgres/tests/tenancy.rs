@@ -831,3 +831,79 @@ fn closed_errors(provider: &Provider<TokioPostgres>) -> u64 {
     let node = provider.monitor().primary().unwrap();
     provider.pool(&node).unwrap().stats().closed_error
 }
+
+/// Tenant reads on a standby, through the provider's read routing, in the tenant's scope and
+/// behind the same guard and check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_reads_run_on_a_standby_in_the_tenants_scope() {
+    let (cluster, config) = common::two_nodes(false, "&pool_max_size=2").await;
+    let provider = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(200))
+            .with_read_from_primary(false),
+    );
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .unwrap();
+    for strategy in [Strategy::Role, Strategy::RowLevel] {
+        let tenants = Tenancy::new(provider.clone(), TenancyOptions::new(strategy));
+        let table = match strategy {
+            Strategy::RowLevel => {
+                let mut c = provider.write().await.unwrap();
+                pgprovider::Connection::simple_query(
+                    &mut *c,
+                    "CREATE TABLE IF NOT EXISTS rl_reads (tenant_id text NOT NULL \
+                     DEFAULT current_setting('app.tenant_id'), name text)",
+                )
+                .await
+                .unwrap();
+                drop(c);
+                tenants.enable_row_level("rl_reads").await.unwrap();
+                "rl_reads"
+            }
+            _ => "items",
+        };
+        for t in ["reader_a", "reader_b"] {
+            let m = (strategy != Strategy::RowLevel).then(migrator);
+            tenants.create_tenant(t, m.as_ref()).await.unwrap();
+            let h = tenants.tenant(t).unwrap();
+            h.execute(&format!("INSERT INTO {table} (name) VALUES ($1)"), &[&t])
+                .await
+                .unwrap();
+        }
+        cluster.wait_for_replay(cluster.standby(0)).await.unwrap();
+        let ta = tenants.tenant("reader_a").unwrap();
+        let rows = ta
+            .read_query(
+                &format!("SELECT name, pg_is_in_recovery(), current_user::text FROM {table}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{strategy:?}: only the tenant's rows");
+        assert_eq!(rows[0].get::<_, String>(0), "reader_a");
+        assert!(
+            rows[0].get::<_, bool>(1),
+            "{strategy:?}: read on the standby"
+        );
+        let who: String = rows[0].get(2);
+        assert_ne!(who, "postgres", "{strategy:?}: in the tenant's role");
+        let e = ta
+            .read_query("SELECT set_config('app.tenant_id', 'reader_b', true)", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
+        let e = ta
+            .read_query(&format!("SELECT name FROM reader_b.{table}"), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            e.kind() == ErrorKind::Rejected || e.sql_state().is_some(),
+            "{strategy:?}: {e}"
+        );
+    }
+}

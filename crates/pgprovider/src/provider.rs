@@ -507,7 +507,7 @@ impl<D: Driver> Provider<D> {
     /// failed or is unreachable (a failure in progress), every node is probed and the round
     /// runs again, within the failover timeout; with every node reachable and none
     /// qualifying (or only open breakers), it fails at once.
-    async fn read_with<T, F, Fut>(&self, run: F) -> Result<T>
+    pub(crate) async fn read_with<T, F, Fut>(&self, run: F) -> Result<T>
     where
         F: Fn(Pooled<D>) -> Fut,
         Fut: Future<Output = Result<T>>,

@@ -771,17 +771,22 @@ where
         Ok(())
     }
 
-    /// A connection for the tenant: its permit, then a checkout.
-    async fn get(&self) -> Result<Held<D>> {
-        let permit = match &self.state.connections {
-            None => None,
-            Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
+    /// The tenant's connection permit (when it has a connection limit).
+    fn permit(&self) -> Result<Option<OwnedSemaphorePermit>> {
+        match &self.state.connections {
+            None => Ok(None),
+            Some(s) => s.clone().try_acquire_owned().map(Some).map_err(|_| {
                 self.limit_error(format!(
                     "at its limit of {} concurrent connections",
                     self.state.max_connections
                 ))
-            })?),
-        };
+            }),
+        }
+    }
+
+    /// A connection for the tenant: its permit, then a checkout.
+    async fn get(&self) -> Result<Held<D>> {
+        let permit = self.permit()?;
         let conn = match self.strategy {
             Strategy::Database => {
                 let pool = Box::pin(self.tenancy.database_pool(&self.name)).await?;
@@ -917,6 +922,53 @@ where
             },
         )
         .await
+    }
+
+    /// Runs a read-only statement in the tenant's scope on a node chosen by the provider's
+    /// read routing (a standby within the lag bound, else the primary when allowed; the next
+    /// candidate when a node fails), with the same statement guard and server-side scope
+    /// check as [`query`](Self::query). Under the database strategy the tenant's database
+    /// pool is on the primary, so this is [`query`](Self::query).
+    ///
+    /// # Errors
+    /// As [`query`](Self::query); a write fails on a standby with SQLSTATE `25006`.
+    pub async fn read_query<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p <D::Connection as Queries>::Param<'p>],
+    ) -> Result<Vec<<D::Connection as Queries>::Row>> {
+        if self.strategy == Strategy::Database {
+            return self.query(sql, params).await;
+        }
+        self.check(sql)?;
+        self.admit()?;
+        let _permit = self.permit()?;
+        let run = |mut conn: Pooled<D>| async move {
+            let r = match self.prologue.as_deref() {
+                None => conn.query(sql, params).await,
+                Some(p) => {
+                    let scope = Scope {
+                        prologue: p,
+                        check: &self.check,
+                    };
+                    conn.query_scoped(scope, sql, params).await
+                }
+            };
+            if let Err(e) = &r {
+                if e.kind() == ErrorKind::Security {
+                    scope_breach(&self.name, e);
+                    Pooled::discard(conn);
+                }
+            }
+            r
+        };
+        let fut = crate::observe::with_tenant(
+            self.name.clone(),
+            self.tenancy.inner.provider.read_with(run),
+        );
+        Box::pin(fut)
+            .await
+            .map_err(|e| e.with_tenant(self.name.to_string()))
     }
 
     /// One statement on a tenant connection: directly when the strategy sets nothing (a
