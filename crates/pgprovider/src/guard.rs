@@ -412,26 +412,20 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
                             .last()
                             .is_some_and(|n| matches!(*n, "nextval" | "currval" | "setval"))
                     {
-                        match o.get("args").and_then(|a| a.get(0)) {
-                            Some(arg) => {
-                                match arg["node"]["AConst"]["val"]["Sval"]["sval"].as_str() {
-                                    Some(lit) => {
-                                        if let Some((schema, _)) = lit.rsplit_once('.') {
-                                            schemas.push(schema.trim_matches('"').to_lowercase());
-                                        }
-                                    }
-                                    None => {
-                                        return Some(refused(
-                                            format!(
-                                                "{} with a computed sequence name",
-                                                names[names.len() - 1]
-                                            ),
-                                            "name the sequence with a literal",
-                                        ));
-                                    }
-                                }
+                        if let Some(arg) = o.get("args").and_then(|a| a.get(0)) {
+                            let Some(lit) = arg["node"]["AConst"]["val"]["Sval"]["sval"].as_str()
+                            else {
+                                return Some(refused(
+                                    format!(
+                                        "{} with a computed sequence name",
+                                        names[names.len() - 1]
+                                    ),
+                                    "name the sequence with a literal",
+                                ));
+                            };
+                            if let Some(schema) = literal_schema(lit) {
+                                schemas.push(schema);
                             }
-                            None => {}
                         }
                     }
                 }
@@ -440,6 +434,18 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
         }
         _ => None,
     }
+}
+
+/// The schema of a qualified name written in a string (`'s.seq'`, `'"S".seq'`), folded as
+/// PostgreSQL folds it (quoted: as written; unquoted: lowercase).
+fn literal_schema(lit: &str) -> Option<String> {
+    let (schema, _) = lit.trim().rsplit_once('.')?;
+    Some(
+        match schema.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => schema.to_lowercase(),
+        },
+    )
 }
 
 /// `SelectStmt` → `SELECT`-ish names people recognise.
@@ -528,6 +534,7 @@ mod tests {
             "COMMENT ON TABLE other.items IS 'x'",
             "SELECT nextval('other.items_id_seq')",
             "SELECT setval('\"other\".items_id_seq', 1)",
+            "SELECT nextval('\"Acme\".items_id_seq')",
             "SELECT nextval(concat('other', '.s'))",
             "SELECT ts_stat('SELECT v FROM other.items')",
             "SELECT * FROM \"other\".items",
