@@ -1,6 +1,7 @@
 //! The per-operation cost of each tenancy strategy against no tenancy: one task, a point
 //! query on a one-row table, through a tenant handle of each strategy and through the
 //! provider's pool directly. Rounds interleave the five; medians of 5 rounds of 2,000.
+//! Then the statement guard alone: a decision on a cached statement, and on new texts.
 //!
 //! ```text
 //! cargo bench -p pgprovider-bench --bench tenancy
@@ -130,6 +131,35 @@ async fn main() {
             (1.0 / r - 1.0 / base) * 1e6
         );
     }
+    // The statement guard alone: a decision on a cached statement (the cost every tenant
+    // statement pays), and the first decision on a new text (a parse with PostgreSQL's
+    // parser), against the per-operation time of a tenant point query.
+    let guard = |sql: &str| pgprovider::tenant::check_statement("bench_schema", sql).unwrap();
+    guard(SQL);
+    let mut cached = Vec::new();
+    for _ in 0..ROUNDS {
+        let n = 1_000_000;
+        let start = Instant::now();
+        for _ in 0..n {
+            guard(std::hint::black_box(SQL));
+        }
+        cached.push(start.elapsed().as_nanos() as f64 / n as f64);
+    }
+    let texts: Vec<String> = (0..20_000)
+        .map(|i| format!("SELECT name FROM items WHERE id = $1 AND {i} = {i}"))
+        .collect();
+    let start = Instant::now();
+    for t in &texts {
+        guard(t);
+    }
+    let parse_us = start.elapsed().as_secs_f64() * 1e6 / texts.len() as f64;
+    let hit_ns = median(cached);
+    let op_us = 1e6 / median(rates[1].clone());
+    println!(
+        "  statement guard: {hit_ns:.0} ns per decision on a cached statement ({:.2} % of a schema tenant's point query, {op_us:.1} µs: ratio to no guard {:.4}); {parse_us:.1} µs for a new statement (parse)",
+        hit_ns / 10.0 / op_us,
+        1.0 - hit_ns / 1000.0 / op_us
+    );
     for ((_, tenancy, t), name) in
         handles
             .iter()

@@ -24,28 +24,56 @@
 //! Every tenant operation runs in a transaction that first sets the tenant's scope with
 //! `SET LOCAL` (so nothing of it can outlive the transaction, and a connection never goes
 //! back to the pool carrying a tenant's settings). A single statement is sent together with
-//! its `BEGIN` + settings and its `COMMIT` in one pipelined window
-//! ([`Queries::query_scoped`]): no extra round trip; a transaction closure pays none either
-//! (the settings ride with its `BEGIN`).
+//! its `BEGIN` + settings, the server's scope check and its `COMMIT` in one pipelined window
+//! ([`Queries::query_scoped`]): no extra round trip. In a transaction closure the settings
+//! ride with its `BEGIN`, and each statement is followed by the scope check (one more round
+//! trip per statement).
 //!
-//! | strategy | what is set | keeps apart | does **not** stop |
+//! | strategy | what is set (and checked by the server after each statement) | keeps apart | does **not** stop |
 //! | --- | --- | --- | --- |
-//! | [`Strategy::Schema`] | `search_path` = the tenant's schema | unqualified names | `other_tenant.table`: any schema the login role can read (a naming convenience, not a security boundary) |
-//! | [`Strategy::Role`] | as schema, plus `ROLE` = the tenant's role (owner of its schema, nothing else granted) | other tenants' schemas, by the server's permissions | what the login role grants to `PUBLIC` |
+//! | [`Strategy::Schema`] | `search_path` = the tenant's schema; the role stays the login role | other tenants' tables, views, sequences and functions: names qualified with another schema are refused by the guard (the login role could read them: the boundary is the guard) | server-side code that already exists and reads other schemas (a function in `public` owned by the login role) |
+//! | [`Strategy::Role`] | as schema, plus `ROLE` = the tenant's role (owner of its schema, nothing else granted) | as schema, and by the server's permissions too | what the login role grants to `PUBLIC` |
 //! | [`Strategy::RowLevel`] | `ROLE` = a shared unprivileged role, `app.tenant_id` = the tenant | rows of shared tables with the policy of [`Tenancy::enable_row_level`] (reads and writes) | tables without the policy |
 //! | [`Strategy::Database`] | nothing: a pool per tenant database | everything: PostgreSQL has no cross-database queries | |
 //!
-//! **The tenant's own SQL cannot leave its scope**: before anything is sent, tenant handles
-//! refuse (with [`ErrorKind::Rejected`] naming the tenant) statements that change or undo
-//! session settings or identity (`SET`, `RESET`, `SET ROLE`, `SET SESSION AUTHORIZATION`,
-//! `DISCARD`, any `set_config` call), and those that would run server-side code able to do so
-//! (`DO`, `CREATE [OR REPLACE] FUNCTION | PROCEDURE`, `PREPARE`, `EXECUTE`, `LISTEN` /
-//! `UNLISTEN`, `COPY … PROGRAM`, `LOAD`). Under the role and row-level strategies the
-//! server then enforces the rest: a `SECURITY DEFINER` function the tenant did not create
-//! runs as its owner, so do not give tenants access to such functions owned by privileged
-//! roles. The login role should not be a superuser in production (superusers bypass
-//! row-level security; the row-level strategy switches to its unprivileged role for that
-//! reason).
+//! **The tenant's own SQL cannot leave its scope**, in three layers:
+//! 1. *The statement guard* decides on PostgreSQL's own parse tree (libpg_query), never on
+//!    text, before anything is sent, for every tenant API ([`Tenant::query`],
+//!    [`Tenant::execute`], [`Tenant::read_query`], statements of [`Tenant::transaction`]):
+//!    one statement of an allowed kind (queries, data changes, DDL on tables, indexes, views
+//!    and sequences, `COPY` to and from the client), no function that changes settings or
+//!    reaches outside the database, however it is spelled, and (schema and role strategies)
+//!    no other schema named. Everything else is refused with [`ErrorKind::Rejected`] naming
+//!    the tenant, the statement kind and why: transaction control of every kind, `SET` /
+//!    `RESET` / roles, `DISCARD`, `DO`, functions, procedures, triggers, rules, `PREPARE` /
+//!    `EXECUTE`, `LISTEN` / `NOTIFY`, `LOAD`, `ALTER SYSTEM` / `ROLE`, files, programs, large
+//!    objects, writes to `pg_settings`, and what the parser cannot parse. The list is in the
+//!    `guard` module; decisions are cached per statement text. A tenant transaction does
+//!    not hand out its bare connection ([`Tx::conn`] is refused).
+//! 2. *The server checks the scope* after every statement, in the same round trip (the
+//!    tokio-postgres driver pipelines it with the statement): the role, `search_path` and
+//!    `app.tenant_id` must still be those the provider set, or the check fails, which aborts
+//!    the transaction. The statement's rows reach the caller only once the check passed; on
+//!    a failure nothing is committed, the connection is closed, the error is
+//!    [`ErrorKind::Security`] (so audit logs record it) and an `error` event goes to target
+//!    `pgprovider::security`. This catches what the guard cannot see: an existing function
+//!    that changes settings inside the statement.
+//! 3. *The server's permissions* (role and row-level strategies): a `SECURITY DEFINER`
+//!    function the tenant did not create runs as its owner, so do not give tenants access to
+//!    such functions owned by privileged roles. The login role should not be a superuser in
+//!    production (superusers bypass row-level security; the row-level strategy switches to
+//!    its unprivileged role for that reason).
+//!
+//! What the adversarial suite proves (`a_hostile_tenant_cannot_leave_its_scope_under_any_strategy`
+//! and `the_server_catches_a_scope_change_the_guard_cannot_see` in the tokio-postgres
+//! driver's tests): 74 attacks (quoted, escaped and qualified names; comments and dollar
+//! quoting; transaction control and savepoints; settings and roles by statement, function
+//! and `pg_settings`; server-side code, `COPY`, files, prepared statements, notifications;
+//! catalog and grant changes) through `query`, `execute` and transactions, under each of the
+//! four strategies, read and change none of another tenant's rows, and leave every pooled
+//! connection in its default scope; two tenants taking turns on the same connections see
+//! only their own rows; a scope change made by an allowed function is caught by the server
+//! under the schema, role and row-level strategies.
 //!
 //! ## Limits
 //! Per tenant ([`TenantLimits`], default and per-tenant overrides): concurrent connections
