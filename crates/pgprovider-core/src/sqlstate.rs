@@ -66,6 +66,9 @@ codes! {
     SYNTAX_ERROR = b"42601";
     /// `42P01` undefined table.
     UNDEFINED_TABLE = b"42P01";
+    /// `42704` undefined object (such as an unknown setting; the tenant scope check's
+    /// marker).
+    UNDEFINED_OBJECT = b"42704";
     /// `53300` too many connections.
     TOO_MANY_CONNECTIONS = b"53300";
     /// `57014` query canceled.

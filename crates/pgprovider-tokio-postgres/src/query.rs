@@ -385,17 +385,32 @@ impl PgConnection {
         op: Op,
     ) -> Result<Out> {
         let begin = format!("BEGIN; {}", scope.prologue);
-        // The check's reply comes before COMMIT's: when it failed, the transaction was
-        // aborted and COMMIT only rolled it back.
-        let check = if scope.check.is_empty() {
-            "SELECT 1"
-        } else {
-            scope.check
-        };
         let typed = match self.cache.enabled() {
             true => None,
             false => Some(typed(params)?),
         };
+        // The scope check: a cached statement when the cache is on (parsing and planning
+        // it each time cost ~50 µs per operation here), pipelined before COMMIT. Without
+        // the cache it rides in COMMIT's message, which a failed check stops before COMMIT
+        // (the transaction stays aborted and open; the connection is closed, rolling it
+        // back). Either way it fails with 42704 (its marker setting does not exist).
+        let check = match (&typed, scope.check.is_empty()) {
+            (None, false) => Some(match self.cache.get(scope.check) {
+                Some((s, _)) => s,
+                None => {
+                    let s = self.run(async |c| c.prepare(scope.check).await).await?;
+                    self.cache
+                        .put(scope.check, s.clone(), SqlTraits::of(scope.check));
+                    s
+                }
+            }),
+            _ => None,
+        };
+        let end = match (&check, scope.check.is_empty()) {
+            (None, false) => format!("{}; COMMIT", scope.check),
+            _ => "COMMIT".to_owned(),
+        };
+        let checked_ok = || Ok(Out::Count(0));
         let mut retried = false;
         loop {
             let node = self.node.clone();
@@ -403,6 +418,10 @@ impl PgConnection {
             let cached = match &typed {
                 Some(_) => None,
                 None => self.cache.get(sql).map(|(s, _)| s),
+            };
+            let run_check = async |c: &Client| match &check {
+                Some(cs) => call(c, Op::Query, scope.check, Some(cs), &[], &[]).await,
+                None => checked_ok(),
             };
             let (stmt, first, body, checked, commit) = match (&typed, cached) {
                 (None, None) => {
@@ -426,8 +445,8 @@ impl PgConnection {
                         .run(async |c| {
                             Ok(tokio::join!(
                                 call(c, op, sql, Some(&s), params, &[]),
-                                c.simple_query(check),
-                                c.simple_query("COMMIT")
+                                run_check(c),
+                                c.simple_query(&end)
                             ))
                         })
                         .await?;
@@ -440,8 +459,8 @@ impl PgConnection {
                             Ok(tokio::join!(
                                 c.simple_query(&begin),
                                 call(c, op, sql, stmt.as_ref(), params, unnamed),
-                                c.simple_query(check),
-                                c.simple_query("COMMIT")
+                                run_check(c),
+                                c.simple_query(&end)
                             ))
                         })
                         .await?;
@@ -458,14 +477,23 @@ impl PgConnection {
                 }
                 Err(e) => return Err(e),
                 Ok(out) => {
-                    if checked.is_err() {
-                        // The scope was changed under us: rolled back; never reuse this
-                        // session.
+                    let breached = |e: &Error| {
+                        !scope.check.is_empty()
+                            && e.sql_state() == Some(pgprovider_core::SqlState::UNDEFINED_OBJECT)
+                    };
+                    if checked.map_err(db).is_err_and(|e| breached(&e)) {
+                        // Aborted by the check; COMMIT only rolled it back. Never reuse.
                         self.desynced = true;
                         return Err(pgprovider_core::scope_changed_error(&self.node));
                     }
                     return match commit.map_err(db) {
                         Ok(_) => Ok(out),
+                        Err(e) if breached(&e) => {
+                            // The scope was changed under us: the transaction is aborted and
+                            // open; closing the connection rolls it back.
+                            self.desynced = true;
+                            Err(pgprovider_core::scope_changed_error(&self.node))
+                        }
                         // The statement ran; whether its COMMIT did is unknown.
                         Err(e) if e.is_connection_lost() => Err(Error::new(
                             ErrorKind::OutcomeUnknown,
