@@ -546,6 +546,10 @@ const ATTACKS: &[&str] = &[
     "SELECT lo_import('/etc/passwd')",
     "SELECT pg_advisory_lock(42)",
     "SELECT pg_terminate_backend(pg_backend_pid())",
+    // Temporary objects outlive the transaction on a shared connection.
+    "CREATE TEMP TABLE {t} (name text)",
+    "SELECT 'pwned' AS name INTO TEMP {t}",
+    "CREATE TABLE pg_temp.{t} (name text)",
     // Comments, dollar quotes and garbage: harmless or unparsable.
     "SELECT name FROM {t} /* ; SET search_path = {b} */",
     "SELECT $$; SET search_path = {b}; $$ AS x",

@@ -379,10 +379,21 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
             }
             // A range variable (table, view, sequence), whatever node holds it.
             if o.contains_key("relname") && o.contains_key("relpersistence") {
-                if let Some(s) = o.get("schemaname").and_then(Value::as_str) {
-                    if !s.is_empty() {
-                        schemas.push(s.to_owned());
-                    }
+                let schema = o.get("schemaname").and_then(Value::as_str).unwrap_or("");
+                // Temporary objects live as long as the session, not the transaction: the
+                // next tenant on the same connection would find them first (the temporary
+                // schema is searched before the search_path).
+                if o.get("relpersistence").and_then(Value::as_str) == Some("t")
+                    || schema.starts_with("pg_temp")
+                    || schema.starts_with("pg_toast")
+                {
+                    return Some(refused(
+                        "a temporary table, view or sequence",
+                        "temporary objects outlive the tenant's transaction on a shared connection",
+                    ));
+                }
+                if !schema.is_empty() {
+                    schemas.push(schema.to_owned());
                 }
             }
             // A function call (or a function named by a DDL node).
@@ -529,6 +540,12 @@ mod tests {
             "UPDATE pg_settings SET setting = 'other' WHERE name = 'search_path'",
             "WITH x AS (UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'role' RETURNING 1) SELECT 1",
             "SELECT * FROM other.items",
+            "CREATE TEMP TABLE items (name text)",
+            "CREATE TEMPORARY VIEW v AS SELECT 1",
+            "SELECT 'x' AS name INTO TEMP items",
+            "CREATE TABLE pg_temp.items (name text)",
+            "SELECT * FROM pg_temp.items",
+            "CREATE TEMP SEQUENCE s",
             "DROP TABLE other.items",
             "DROP TABLE items, other.items",
             "COMMENT ON TABLE other.items IS 'x'",
@@ -582,6 +599,14 @@ mod tests {
         // Another tenant's schema is refused for acme, fine without an own schema.
         assert!(check("acme", Some("acme"), "SELECT * FROM other.items").is_err());
         check("acme", None, "SELECT * FROM other.items").unwrap();
+        // Temporary objects, whatever the strategy.
+        for sql in [
+            "CREATE TABLE pg_temp.items (name text)",
+            "SELECT 'x' AS name INTO TEMP items",
+            "CREATE TEMP TABLE t AS SELECT 1",
+        ] {
+            assert!(check("acme", None, sql).is_err(), "{sql}");
+        }
         assert!(crate::pool::lock(cache()).contains_key("SELECT * FROM other.items"));
     }
 }
