@@ -31,6 +31,15 @@ pub fn may_change_session(sql: &str) -> bool {
             "" | "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT"
             | "RELEASE" => {}
             "SET" if second == "LOCAL" || second == "TRANSACTION" => {}
+            // `SELECT … INTO [TEMP] t` creates a table (perhaps a temporary one, which
+            // outlives the transaction).
+            "SELECT" | "WITH" | "TABLE" | "VALUES"
+                if stmt
+                    .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                    .any(|w| w.eq_ignore_ascii_case("into")) =>
+            {
+                return true;
+            }
             w if SAFE_LEADING_WORDS.contains(&w) => {}
             _ => return true,
         }
@@ -137,6 +146,12 @@ mod tests {
         assert!(s.in_tx);
         s.track("SET work_mem = '1MB'", true);
         assert!(s.dirty);
+        assert!(may_change_session("SELECT 1 AS x INTO TEMP t"));
+        assert!(may_change_session(
+            "with a as (select 1) select * into t from a"
+        ));
+        assert!(!may_change_session("INSERT INTO t VALUES (1)"));
+        assert!(!may_change_session("SELECT intolerance FROM t"));
     }
 
     use super::*;
