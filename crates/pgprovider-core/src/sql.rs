@@ -33,16 +33,29 @@ pub fn may_change_session(sql: &str) -> bool {
             "SET" if second == "LOCAL" || second == "TRANSACTION" => {}
             // `SELECT … INTO [TEMP] t` creates a table (perhaps a temporary one, which
             // outlives the transaction).
-            "SELECT" | "WITH" | "TABLE" | "VALUES"
-                if stmt
-                    .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                    .any(|w| w.eq_ignore_ascii_case("into")) =>
-            {
-                return true;
-            }
+            "SELECT" | "WITH" | "TABLE" | "VALUES" if selects_into(stmt) => return true,
             w if SAFE_LEADING_WORDS.contains(&w) => {}
             _ => return true,
         }
+    }
+    false
+}
+
+/// Whether a statement has an `INTO` that is not `INSERT INTO` / `MERGE INTO`: a
+/// `SELECT … INTO t` that creates a table.
+fn selects_into(stmt: &str) -> bool {
+    let mut prev = "";
+    for w in stmt
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+    {
+        if w.eq_ignore_ascii_case("into")
+            && !prev.eq_ignore_ascii_case("insert")
+            && !prev.eq_ignore_ascii_case("merge")
+        {
+            return true;
+        }
+        prev = w;
     }
     false
 }
@@ -152,6 +165,9 @@ mod tests {
         ));
         assert!(!may_change_session("INSERT INTO t VALUES (1)"));
         assert!(!may_change_session("SELECT intolerance FROM t"));
+        assert!(!may_change_session(
+            "WITH i AS (INSERT INTO w VALUES (1) RETURNING x) SELECT * FROM i"
+        ));
     }
 
     use super::*;

@@ -415,9 +415,17 @@ impl PgConnection {
         loop {
             let node = self.node.clone();
             let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
+            // What the statement may leave on the session beyond the transaction is reset
+            // on return, as for any other statement.
             let cached = match &typed {
-                Some(_) => None,
-                None => self.cache.get(sql).map(|(s, _)| s),
+                Some(_) => {
+                    self.dirty |= SqlTraits::of(sql).changes_session;
+                    None
+                }
+                None => self.cache.get(sql).map(|(s, traits)| {
+                    self.dirty |= traits.changes_session;
+                    s
+                }),
             };
             let run_check = async |c: &Client| match &check {
                 Some(cs) => call(c, Op::Query, scope.check, Some(cs), &[], &[]).await,
@@ -440,7 +448,9 @@ impl PgConnection {
                             return Err(e);
                         }
                     };
-                    self.cache.put(sql, s.clone(), SqlTraits::of(sql));
+                    let traits = SqlTraits::of(sql);
+                    self.dirty |= traits.changes_session;
+                    self.cache.put(sql, s.clone(), traits);
                     let (body, checked, commit) = self
                         .run(async |c| {
                             Ok(tokio::join!(

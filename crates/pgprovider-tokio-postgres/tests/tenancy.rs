@@ -550,6 +550,15 @@ const ATTACKS: &[&str] = &[
     "CREATE TEMP TABLE {t} (name text)",
     "SELECT 'pwned' AS name INTO TEMP {t}",
     "CREATE TABLE pg_temp.{t} (name text)",
+    "CREATE TEMP TABLE {t} (LIKE {t} INCLUDING ALL)",
+    // Found by review: functions by field selection, SQL run from text, catalogs.
+    "SELECT ('/etc/passwd'::text).pg_read_file",
+    "SELECT (424242::bigint).pg_advisory_lock",
+    "SELECT ts_rewrite('a'::tsquery, $$SELECT 'a'::tsquery, plainto_tsquery('simple', string_agg(name, ' ')) FROM {b}.{t}$$)::text",
+    "UPDATE pg_catalog.pg_class SET relname = 'stolen' WHERE oid = '{b}.{t}'::regclass",
+    "SELECT most_common_vals::text FROM pg_stats WHERE schemaname = '{b}'",
+    "CREATE VIEW s AS SELECT * FROM pg_catalog.pg_settings",
+    "SELECT query FROM pg_stat_activity",
     // Comments, dollar quotes and garbage: harmless or unparsable.
     "SELECT name FROM {t} /* ; SET search_path = {b} */",
     "SELECT $$; SET search_path = {b}; $$ AS x",

@@ -178,6 +178,30 @@ const FUNCTIONS: &[&str] = &[
     "loread",
     "lowrite",
     "ts_stat",
+    "ts_rewrite",
+    "pg_sequence_last_value",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+];
+
+/// Catalog relations a tenant may not read: credentials, statistics (which hold column
+/// values), other sessions' statements, server files and large objects.
+const SECRET_RELATIONS: &[&str] = &[
+    "pg_authid",
+    "pg_shadow",
+    "pg_user_mapping",
+    "pg_user_mappings",
+    "pg_statistic",
+    "pg_statistic_ext_data",
+    "pg_stats",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_largeobject",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_file_settings",
+    "pg_stat_activity",
+    "pg_stat_statements",
 ];
 const FUNCTION_PREFIXES: &[&str] = &[
     "pg_read_",
@@ -195,6 +219,10 @@ const FUNCTION_PREFIXES: &[&str] = &[
     "schema_to_xml",
     "database_to_xml",
 ];
+
+fn denied_function(name: &str) -> bool {
+    FUNCTIONS.contains(&name) || FUNCTION_PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 fn refused(what: impl Into<String>, why: impl Into<String>) -> Facts {
     Facts::Refused {
@@ -245,9 +273,16 @@ fn facts_of(sql: &str) -> Facts {
             "only queries, data changes and DDL on tables, indexes, views and sequences run through tenant handles",
         );
     }
-    let mut schemas = Vec::new();
-    if let Some(f) = walk(&tree, &mut schemas) {
+    let (mut schemas, mut relations) = (Vec::new(), Vec::new());
+    if let Some(f) = walk(&tree, &mut schemas, &mut relations) {
         return f;
+    }
+    // pg_settings only in plain reads: a view over it is updatable (set_config).
+    if !relations.is_empty() && kind != "SelectStmt" && kind != "ExplainStmt" {
+        return refused(
+            "pg_settings outside a plain read",
+            "a view or table over it could change session settings",
+        );
     }
     // Objects named by lists of names (`DROP TABLE s.t`, `COMMENT ON TABLE s.t`).
     if let Some(objects) = tree["stmts"][0]["stmt"]["node"]
@@ -269,8 +304,14 @@ fn facts_of(sql: &str) -> Facts {
                         .collect()
                 })
                 .unwrap_or_default();
-            if names.len() >= 2 {
-                schemas.push(names[names.len() - 2].to_owned());
+            // A column is named `[schema.]table.column`.
+            let at = if kind == "CommentStmt" && tree_objtype_is_column(&tree) {
+                3
+            } else {
+                2
+            };
+            if names.len() >= at {
+                schemas.push(names[names.len() - at].to_owned());
             }
         }
     }
@@ -279,6 +320,13 @@ fn facts_of(sql: &str) -> Facts {
     Facts::Allowed {
         schemas: schemas.into(),
     }
+}
+
+/// Whether a `COMMENT` is on a column.
+fn tree_objtype_is_column(tree: &Value) -> bool {
+    let t = tree["stmts"][0]["stmt"]["node"]["CommentStmt"]["objtype"].as_i64();
+    t.and_then(|t| pg_query::protobuf::ObjectType::try_from(t as i32).ok())
+        == Some(pg_query::protobuf::ObjectType::ObjectColumn)
 }
 
 /// Checks that need the typed tree (enum values).
@@ -355,9 +403,9 @@ fn typed_checks(node: &pg_query::NodeEnum) -> Option<Facts> {
 }
 
 /// Walks every node; returns a refusal, or collects the schemas named explicitly.
-fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
+fn walk(v: &Value, schemas: &mut Vec<String>, relations: &mut Vec<String>) -> Option<Facts> {
     match v {
-        Value::Array(items) => items.iter().find_map(|i| walk(i, schemas)),
+        Value::Array(items) => items.iter().find_map(|i| walk(i, schemas, relations)),
         Value::Object(o) => {
             for (k, child) in o {
                 if NEVER.contains(&k.as_str()) {
@@ -369,12 +417,20 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
                 if matches!(
                     k.as_str(),
                     "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt"
-                ) && child["relation"]["relname"] == "pg_settings"
-                {
-                    return Some(refused(
-                        "a write to pg_settings",
-                        "it changes session settings",
-                    ));
+                ) {
+                    let rel = &child["relation"];
+                    let name = rel["relname"].as_str().unwrap_or("");
+                    let schema = rel["schemaname"].as_str().unwrap_or("");
+                    // Catalogs (a superuser login could rewrite them: rename another
+                    // tenant's table into this one's schema), pg_settings (set_config).
+                    if name.starts_with("pg_")
+                        || matches!(schema, "pg_catalog" | "information_schema")
+                    {
+                        return Some(refused(
+                            format!("a write to {name}"),
+                            "system catalogs and settings are not the tenant's data",
+                        ));
+                    }
                 }
             }
             // A range variable (table, view, sequence), whatever node holds it.
@@ -395,6 +451,60 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
                 if !schema.is_empty() {
                     schemas.push(schema.to_owned());
                 }
+                let name = o.get("relname").and_then(Value::as_str).unwrap_or("");
+                if SECRET_RELATIONS.contains(&name) {
+                    return Some(refused(
+                        format!("reading {name}"),
+                        "it holds credentials, column values or other sessions' statements",
+                    ));
+                }
+                if name == "pg_settings" {
+                    relations.push(name.to_owned());
+                }
+            }
+            // A function called with field-selection syntax, `(expr).func` or `t.func`:
+            // the parser leaves the name as a plain string.
+            let selected: Vec<&str> = match (o.get("indirection"), o.get("fields")) {
+                (Some(Value::Array(parts)), _) => parts
+                    .iter()
+                    .filter_map(|p| p["node"]["String"]["sval"].as_str())
+                    .collect(),
+                (_, Some(Value::Array(parts))) if parts.len() > 1 => parts
+                    .iter()
+                    .skip(1)
+                    .filter_map(|p| p["node"]["String"]["sval"].as_str())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if let Some(name) = selected.iter().find(|n| denied_function(n)) {
+                return Some(refused(
+                    format!("a call of {name}"),
+                    "it changes settings or reaches outside the tenant's data",
+                ));
+            }
+            // Operators qualified with a schema: `OPERATOR(s.+)`.
+            if let Some(Value::Array(parts)) = o.get("name") {
+                let names: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| p["node"]["String"]["sval"].as_str())
+                    .collect();
+                if names.len() > 1 {
+                    schemas.push(names[names.len() - 2].to_owned());
+                }
+            }
+            // `OWNED BY s.t.c`.
+            if o.get("defname").and_then(Value::as_str) == Some("owned_by") {
+                let names: Vec<&str> = o["arg"]["node"]["List"]["items"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|p| p["node"]["String"]["sval"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if names.len() >= 3 {
+                    schemas.push(names[names.len() - 3].to_owned());
+                }
             }
             // A function call (or a function named by a DDL node).
             for key in ["funcname", "objname"] {
@@ -404,9 +514,7 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
                         .filter_map(|p| p["node"]["String"]["sval"].as_str())
                         .collect();
                     if let Some(name) = names.last() {
-                        if FUNCTIONS.contains(name)
-                            || FUNCTION_PREFIXES.iter().any(|p| name.starts_with(p))
-                        {
+                        if denied_function(name) {
                             return Some(refused(
                                 format!("a call of {name}"),
                                 "it changes settings or reaches outside the tenant's data",
@@ -441,7 +549,7 @@ fn walk(v: &Value, schemas: &mut Vec<String>) -> Option<Facts> {
                     }
                 }
             }
-            o.values().find_map(|c| walk(c, schemas))
+            o.values().find_map(|c| walk(c, schemas, relations))
         }
         _ => None,
     }
@@ -540,6 +648,24 @@ mod tests {
             "UPDATE pg_settings SET setting = 'other' WHERE name = 'search_path'",
             "WITH x AS (UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'role' RETURNING 1) SELECT 1",
             "SELECT * FROM other.items",
+            "SELECT ('/etc/passwd'::text).pg_read_file",
+            "SELECT ('SELECT v FROM other.items'::text).ts_stat",
+            "SELECT (424242::bigint).pg_advisory_lock",
+            "SELECT t.pg_read_file FROM (SELECT '/etc/passwd'::text) t",
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT 1')",
+            "UPDATE pg_catalog.pg_class SET relname = 'x' WHERE oid = 'other.items'::regclass",
+            "UPDATE pg_class SET relname = 'x'",
+            "DELETE FROM pg_catalog.pg_inherits",
+            "INSERT INTO information_schema.sql_features VALUES ('x')",
+            "SELECT * FROM pg_stats WHERE schemaname = 'other'",
+            "SELECT rolpassword FROM pg_authid",
+            "SELECT query FROM pg_catalog.pg_stat_activity",
+            "SELECT pg_sequence_last_value('other.s')",
+            "CREATE VIEW s AS SELECT * FROM pg_catalog.pg_settings",
+            "CREATE TABLE s AS SELECT * FROM pg_settings",
+            "COMMENT ON COLUMN other.items.name IS 'x'",
+            "CREATE SEQUENCE s OWNED BY other.items.id",
+            "SELECT 1 OPERATOR(other.+) 2",
             "CREATE TEMP TABLE items (name text)",
             "CREATE TEMPORARY VIEW v AS SELECT 1",
             "SELECT 'x' AS name INTO TEMP items",
@@ -589,6 +715,11 @@ mod tests {
             "TRUNCATE items",
             "SELECT nextval('items_id_seq'), nextval('acme.items_id_seq')",
             "DROP TABLE acme.notes",
+            "COMMENT ON COLUMN acme.notes.body IS 'x'",
+            "COMMENT ON COLUMN notes.body IS 'x'",
+            "SELECT name, setting FROM pg_settings WHERE name = 'work_mem'",
+            "SELECT n.body FROM notes n",
+            "SELECT 1 OPERATOR(pg_catalog.+) 2",
             "EXPLAIN SELECT 1",
             "COPY items FROM STDIN",
             "SELECT 'SET ROLE postgres; set_config' AS harmless_text",
