@@ -559,6 +559,14 @@ const ATTACKS: &[&str] = &[
     "SELECT most_common_vals::text FROM pg_stats WHERE schemaname = '{b}'",
     "CREATE VIEW s AS SELECT * FROM pg_catalog.pg_settings",
     "SELECT query FROM pg_stat_activity",
+    // Found by a second review: catalogs through views, activity functions, sequences,
+    // state left for the next tenant, locks.
+    "CREATE VIEW cls AS SELECT * FROM pg_catalog.pg_class",
+    "SELECT query FROM pg_catalog.pg_stat_get_activity(NULL)",
+    "SELECT ('{b}.{t}_id_seq'::regclass).nextval",
+    "SELECT setseed(0.42)",
+    "SELECT lastval()",
+    "LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE",
     // Comments, dollar quotes and garbage: harmless or unparsable.
     "SELECT name FROM {t} /* ; SET search_path = {b} */",
     "SELECT $$; SET search_path = {b}; $$ AS x",

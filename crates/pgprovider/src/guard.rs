@@ -8,7 +8,7 @@
 //! so no node kind can be skipped) and allows:
 //!
 //! - exactly one statement, of an allowed kind: `SELECT`, `INSERT`, `UPDATE`, `DELETE`,
-//!   `MERGE`, `EXPLAIN` of those, `SHOW`, `LOCK`, and DDL on tables, indexes, views and
+//!   `MERGE`, `EXPLAIN` of those, `SHOW`, and DDL on tables, indexes, views and
 //!   sequences (`CREATE`, `ALTER` with column and constraint changes only, `DROP`,
 //!   `TRUNCATE`, renames, comments); `COPY` only to and from the client (never files or
 //!   programs). Everything else is refused: transaction control of every kind, `SET` /
@@ -107,7 +107,6 @@ const ALLOWED: &[&str] = &[
     "MergeStmt",
     "ExplainStmt",
     "VariableShowStmt",
-    "LockStmt",
     "CreateStmt",
     "CreateTableAsStmt",
     "IndexStmt",
@@ -182,6 +181,12 @@ const FUNCTIONS: &[&str] = &[
     "pg_sequence_last_value",
     "pg_wal_replay_pause",
     "pg_wal_replay_resume",
+    "pg_show_all_file_settings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "lastval",
+    "currval",
+    "setseed",
 ];
 
 /// Catalog relations a tenant may not read: credentials, statistics (which hold column
@@ -202,6 +207,7 @@ const SECRET_RELATIONS: &[&str] = &[
     "pg_file_settings",
     "pg_stat_activity",
     "pg_stat_statements",
+    "pg_sequences",
 ];
 const FUNCTION_PREFIXES: &[&str] = &[
     "pg_read_",
@@ -213,6 +219,9 @@ const FUNCTION_PREFIXES: &[&str] = &[
     "pg_advisory_unlock",
     "pg_try_advisory_lock",
     "pg_replication_origin",
+    "pg_stat_get_",
+    "pg_logical_",
+    "pg_copy_",
     "query_to_xml",
     "cursor_to_xml",
     "table_to_xml",
@@ -277,12 +286,15 @@ fn facts_of(sql: &str) -> Facts {
     if let Some(f) = walk(&tree, &mut schemas, &mut relations) {
         return f;
     }
-    // pg_settings only in plain reads: a view over it is updatable (set_config).
-    if !relations.is_empty() && kind != "SelectStmt" && kind != "ExplainStmt" {
-        return refused(
-            "pg_settings outside a plain read",
-            "a view or table over it could change session settings",
-        );
+    // Catalogs only in plain reads: a view over one is updatable (pg_class rewritten with
+    // a superuser login, pg_settings calling set_config), a lock on one stalls the server.
+    if let Some(name) = relations.first() {
+        if kind != "SelectStmt" && kind != "ExplainStmt" {
+            return refused(
+                format!("{name} outside a plain read"),
+                "a view, table or lock over a system catalog could change the server or the session",
+            );
+        }
     }
     // Objects named by lists of names (`DROP TABLE s.t`, `COMMENT ON TABLE s.t`).
     if let Some(objects) = tree["stmts"][0]["stmt"]["node"]
@@ -305,7 +317,7 @@ fn facts_of(sql: &str) -> Facts {
                 })
                 .unwrap_or_default();
             // A column is named `[schema.]table.column`.
-            let at = if kind == "CommentStmt" && tree_objtype_is_column(&tree) {
+            let at = if kind == "CommentStmt" && tree_objtype_is_member(&tree) {
                 3
             } else {
                 2
@@ -322,11 +334,15 @@ fn facts_of(sql: &str) -> Facts {
     }
 }
 
-/// Whether a `COMMENT` is on a column.
-fn tree_objtype_is_column(tree: &Value) -> bool {
+/// Whether a `COMMENT` is on a member of a table (a column or constraint), named
+/// `[schema.]table.member`.
+fn tree_objtype_is_member(tree: &Value) -> bool {
+    use pg_query::protobuf::ObjectType as O;
     let t = tree["stmts"][0]["stmt"]["node"]["CommentStmt"]["objtype"].as_i64();
-    t.and_then(|t| pg_query::protobuf::ObjectType::try_from(t as i32).ok())
-        == Some(pg_query::protobuf::ObjectType::ObjectColumn)
+    matches!(
+        t.and_then(|t| O::try_from(t as i32).ok()),
+        Some(O::ObjectColumn | O::ObjectTabconstraint)
+    )
 }
 
 /// Checks that need the typed tree (enum values).
@@ -458,7 +474,8 @@ fn walk(v: &Value, schemas: &mut Vec<String>, relations: &mut Vec<String>) -> Op
                         "it holds credentials, column values or other sessions' statements",
                     ));
                 }
-                if name == "pg_settings" {
+                if name.starts_with("pg_") || matches!(schema, "pg_catalog" | "information_schema")
+                {
                     relations.push(name.to_owned());
                 }
             }
@@ -476,7 +493,10 @@ fn walk(v: &Value, schemas: &mut Vec<String>, relations: &mut Vec<String>) -> Op
                     .collect(),
                 _ => Vec::new(),
             };
-            if let Some(name) = selected.iter().find(|n| denied_function(n)) {
+            if let Some(name) = selected
+                .iter()
+                .find(|n| denied_function(n) || matches!(**n, "nextval" | "setval"))
+            {
                 return Some(refused(
                     format!("a call of {name}"),
                     "it changes settings or reaches outside the tenant's data",
@@ -666,6 +686,20 @@ mod tests {
             "COMMENT ON COLUMN other.items.name IS 'x'",
             "CREATE SEQUENCE s OWNED BY other.items.id",
             "SELECT 1 OPERATOR(other.+) 2",
+            "CREATE VIEW cls AS SELECT * FROM pg_catalog.pg_class",
+            "CREATE VIEW ns AS SELECT * FROM pg_namespace",
+            "LOCK TABLE items IN ACCESS EXCLUSIVE MODE",
+            "LOCK pg_catalog.pg_class",
+            "SELECT query FROM pg_catalog.pg_stat_get_activity(NULL)",
+            "SELECT pg_stat_get_backend_activity(s) FROM pg_stat_get_backend_idset() s",
+            "SELECT * FROM pg_show_all_file_settings()",
+            "SELECT * FROM pg_hba_file_rules()",
+            "SELECT ('other.s'::regclass).nextval",
+            "SELECT last_value FROM pg_catalog.pg_sequences",
+            "SELECT setseed(0.42)",
+            "SELECT lastval()",
+            "SELECT currval('shared_seq')",
+            "COMMENT ON CONSTRAINT c ON other.acme IS 'x'",
             "CREATE TEMP TABLE items (name text)",
             "CREATE TEMPORARY VIEW v AS SELECT 1",
             "SELECT 'x' AS name INTO TEMP items",

@@ -31,7 +31,7 @@
 //!
 //! | strategy | what is set (and checked by the server after each statement) | keeps apart | does **not** stop |
 //! | --- | --- | --- | --- |
-//! | [`Strategy::Schema`] | `search_path` = the tenant's schema; the role stays the login role | other tenants' tables, views, sequences and functions: names qualified with another schema are refused by the guard (the login role could read them: the boundary is the guard) | server-side code that already exists and reads other schemas (a function in `public` owned by the login role) |
+//! | [`Strategy::Schema`] | `search_path` = the tenant's schema; the role stays the login role | other tenants' tables, views, sequences and functions: names qualified with another schema are refused by the guard (the login role could read them: the boundary is the guard) | server-side code that already exists and reads other schemas (a function in `public` owned by the login role), and what a powerful login role can reach by other routes: the guard was hardened by two adversarial reviews, but with hostile tenants use the role strategy, and never a superuser login |
 //! | [`Strategy::Role`] | as schema, plus `ROLE` = the tenant's role (owner of its schema, nothing else granted) | as schema, and by the server's permissions too | what the login role grants to `PUBLIC` |
 //! | [`Strategy::RowLevel`] | `ROLE` = a shared unprivileged role, `app.tenant_id` = the tenant | rows of shared tables with the policy of [`Tenancy::enable_row_level`] (reads and writes) | tables without the policy |
 //! | [`Strategy::Database`] | nothing: a pool per tenant database | everything: PostgreSQL has no cross-database queries | |
@@ -66,7 +66,7 @@
 //!
 //! What the adversarial suite proves (`a_hostile_tenant_cannot_leave_its_scope_under_any_strategy`
 //! and `the_server_catches_a_scope_change_the_guard_cannot_see` in the tokio-postgres
-//! driver's tests): 85 attacks (quoted, escaped and qualified names; comments and dollar
+//! driver's tests): 91 attacks (quoted, escaped and qualified names; comments and dollar
 //! quoting; transaction control and savepoints; settings and roles by statement, function
 //! and `pg_settings`; server-side code, `COPY`, files, prepared statements, notifications;
 //! catalog and grant changes) through `query`, `execute` and transactions, under each of the
