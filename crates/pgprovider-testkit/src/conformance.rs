@@ -351,11 +351,11 @@ where
         )
     };
     let first = pid(&pool).await;
-    // Each abandoned statement ends within the pool's grace (100 ms), so it is drained,
-    // not cancelled.
+    // Each abandoned statement ends well within the pool's grace (100 ms), so it is
+    // drained, not cancelled.
     let gave_up = tokio::time::timeout(
-        Duration::from_millis(10),
-        pool.query("SELECT pg_sleep(0.05)", &[]),
+        Duration::from_millis(5),
+        pool.query("SELECT pg_sleep(0.02)", &[]),
     )
     .await;
     assert!(gave_up.is_err(), "the statement outlived its deadline");
@@ -369,7 +369,7 @@ where
         c.execute("SET LOCAL application_name = 'leaked'", &[])
             .await?;
         c.execute("SET search_path = nowhere", &[]).await?;
-        c.query("SELECT pg_sleep(0.05)", &[]).await
+        c.query("SELECT pg_sleep(0.03)", &[]).await
     })
     .await;
     assert!(gave_up.is_err(), "the statement outlived its deadline");

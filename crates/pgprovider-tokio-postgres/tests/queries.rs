@@ -1349,10 +1349,17 @@ async fn a_storm_of_deadlines_leaves_every_session_clean_and_every_commit_accoun
         fates.len(),
         present.len()
     );
-    assert!(
-        s.size >= 4,
-        "the pool kept (or refilled) its connections: {s:?}"
-    );
+    // Kept, or refilled to min_idle by the pool's maintenance (a connection whose statement
+    // had to be cancelled on a loaded machine is replaced).
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pool.stats().size < 4 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the pool kept (or refilled) its connections: {:?}",
+            pool.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         s.recovered > 0,
         "statements were abandoned and recovered: {s:?}"
