@@ -567,6 +567,10 @@ const ATTACKS: &[&str] = &[
     "SELECT setseed(0.42)",
     "SELECT lastval()",
     "LOCK TABLE {t} IN ACCESS EXCLUSIVE MODE",
+    // Found by a third review: other sessions' statements, sequences by OID, types.
+    "SELECT name, statement FROM pg_prepared_statements",
+    "SELECT nextval((SELECT oid FROM pg_class WHERE relname = '{t}_id_seq' LIMIT 1)::text)",
+    "CREATE TABLE pinned (c {b}.{t})",
     // Comments, dollar quotes and garbage: harmless or unparsable.
     "SELECT name FROM {t} /* ; SET search_path = {b} */",
     "SELECT $$; SET search_path = {b}; $$ AS x",

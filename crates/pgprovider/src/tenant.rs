@@ -66,7 +66,7 @@
 //!
 //! What the adversarial suite proves (`a_hostile_tenant_cannot_leave_its_scope_under_any_strategy`
 //! and `the_server_catches_a_scope_change_the_guard_cannot_see` in the tokio-postgres
-//! driver's tests): 91 attacks (quoted, escaped and qualified names; comments and dollar
+//! driver's tests): 94 attacks (quoted, escaped and qualified names; comments and dollar
 //! quoting; transaction control and savepoints; settings and roles by statement, function
 //! and `pg_settings`; server-side code, `COPY`, files, prepared statements, notifications;
 //! catalog and grant changes) through `query`, `execute` and transactions, under each of the

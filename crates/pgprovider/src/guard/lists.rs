@@ -90,6 +90,9 @@ pub(super) const FUNCTIONS: &[&str] = &[
     "lastval",
     "currval",
     "setseed",
+    "pg_prepared_statement",
+    "pg_cursor",
+    "gin_clean_pending_list",
 ];
 
 /// Catalog relations a tenant may not read: credentials, statistics (which hold column
@@ -111,6 +114,8 @@ pub(super) const SECRET_RELATIONS: &[&str] = &[
     "pg_stat_activity",
     "pg_stat_statements",
     "pg_sequences",
+    "pg_prepared_statements",
+    "pg_cursors",
 ];
 pub(super) const FUNCTION_PREFIXES: &[&str] = &[
     "pg_read_",
@@ -123,6 +128,9 @@ pub(super) const FUNCTION_PREFIXES: &[&str] = &[
     "pg_try_advisory_lock",
     "pg_replication_origin",
     "pg_stat_get_",
+    "pg_stat_reset",
+    "currtid",
+    "brin_",
     "pg_logical_",
     "pg_copy_",
     "query_to_xml",

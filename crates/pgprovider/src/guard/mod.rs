@@ -374,8 +374,11 @@ fn walk(v: &Value, schemas: &mut Vec<String>, relations: &mut Vec<String>) -> Op
                     "it changes settings or reaches outside the tenant's data",
                 ));
             }
-            // Operators qualified with a schema: `OPERATOR(s.+)`.
-            if let Some(Value::Array(parts)) = o.get("name") {
+            // Operators qualified with a schema, `OPERATOR(s.+)`, and types, `s.t`.
+            for key in ["name", "names"] {
+                let Some(Value::Array(parts)) = o.get(key) else {
+                    continue;
+                };
                 let names: Vec<&str> = parts
                     .iter()
                     .filter_map(|p| p["node"]["String"]["sval"].as_str())
@@ -434,6 +437,13 @@ fn walk(v: &Value, schemas: &mut Vec<String>, relations: &mut Vec<String>) -> Op
                                     "name the sequence with a literal",
                                 ));
                             };
+                            // An all-digit name is an OID: any sequence at all.
+                            if lit.trim().starts_with(|c: char| c.is_ascii_digit()) {
+                                return Some(refused(
+                                    "a sequence named by its OID",
+                                    "name the sequence",
+                                ));
+                            }
                             if let Some(schema) = literal_schema(lit) {
                                 schemas.push(schema);
                             }
