@@ -670,6 +670,71 @@ async fn pool_is_clean(provider: &Provider<TokioPostgres>) {
     }
 }
 
+/// Two fresh tenants `a` (the attacker) and `b` (the victim, holding one row: [`SECRET`])
+/// under `strategy`, and the table their rows are in (a shared one with the row-level
+/// policy under the row-level strategy).
+struct Victim {
+    tenants: Tenancy<TokioPostgres>,
+    a: String,
+    b: String,
+    ta: pgprovider::tenant::Tenant<TokioPostgres>,
+    tb: pgprovider::tenant::Tenant<TokioPostgres>,
+    table: String,
+}
+
+async fn victim(prefix: &str, strategy: Strategy) -> Victim {
+    let tenants = tenancy(TenancyOptions::new(strategy)).await;
+    let tag = format!("{strategy:?}").to_lowercase();
+    let (a, b) = (
+        name(&format!("{prefix}_{tag}_a")),
+        name(&format!("{prefix}_{tag}_b")),
+    );
+    let table = match strategy {
+        Strategy::RowLevel => {
+            let t = name(&format!("{prefix}_rl_items"));
+            let admin = common::pool("").await;
+            admin
+                .execute(&format!("DROP TABLE IF EXISTS {t}"), &[])
+                .await
+                .unwrap();
+            admin
+                .execute(
+                    &format!(
+                        "CREATE TABLE {t} (id serial, tenant_id text NOT NULL \
+                         DEFAULT current_setting('app.tenant_id'), name text NOT NULL)"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            tenants.enable_row_level(&t).await.unwrap();
+            t
+        }
+        _ => "items".to_owned(),
+    };
+    for t in [&a, &b] {
+        tenants.drop_tenant(t).await.unwrap();
+        let m = (strategy != Strategy::RowLevel).then(migrator);
+        tenants.create_tenant(t, m.as_ref()).await.unwrap();
+    }
+    let ta = tenants.tenant(&a).unwrap();
+    let tb = tenants.tenant(&b).unwrap();
+    tb.execute(
+        &format!("INSERT INTO {table} (name) VALUES ('{SECRET}')"),
+        &[],
+    )
+    .await
+    .unwrap();
+    Victim {
+        tenants,
+        a,
+        b,
+        ta,
+        tb,
+        table,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_tenant_cannot_leave_its_scope_under_any_strategy() {
     let mut report = Vec::new();
@@ -679,45 +744,14 @@ async fn a_hostile_tenant_cannot_leave_its_scope_under_any_strategy() {
         Strategy::RowLevel,
         Strategy::Database,
     ] {
-        let tenants = tenancy(TenancyOptions::new(strategy)).await;
-        let tag = format!("{strategy:?}").to_lowercase();
-        let (a, b) = (name(&format!("adv_{tag}_a")), name(&format!("adv_{tag}_b")));
-        let table = match strategy {
-            Strategy::RowLevel => {
-                let t = name("adv_rl_items");
-                let admin = common::pool("").await;
-                admin
-                    .execute(&format!("DROP TABLE IF EXISTS {t}"), &[])
-                    .await
-                    .unwrap();
-                admin
-                    .execute(
-                        &format!(
-                            "CREATE TABLE {t} (id serial, tenant_id text NOT NULL \
-                             DEFAULT current_setting('app.tenant_id'), name text NOT NULL)"
-                        ),
-                        &[],
-                    )
-                    .await
-                    .unwrap();
-                tenants.enable_row_level(&t).await.unwrap();
-                t
-            }
-            _ => "items".to_owned(),
-        };
-        for t in [&a, &b] {
-            tenants.drop_tenant(t).await.unwrap();
-            let m = (strategy != Strategy::RowLevel).then(migrator);
-            tenants.create_tenant(t, m.as_ref()).await.unwrap();
-        }
-        let ta = tenants.tenant(&a).unwrap();
-        let tb = tenants.tenant(&b).unwrap();
-        tb.execute(
-            &format!("INSERT INTO {table} (name) VALUES ('{SECRET}')"),
-            &[],
-        )
-        .await
-        .unwrap();
+        let Victim {
+            tenants,
+            a,
+            b,
+            ta,
+            tb,
+            table,
+        } = victim("adv", strategy).await;
         ta.execute(&format!("INSERT INTO {table} (name) VALUES ('mine')"), &[])
             .await
             .unwrap();
@@ -770,44 +804,14 @@ async fn the_server_catches_a_scope_change_the_guard_cannot_see() {
         .await
         .unwrap();
     for strategy in [Strategy::Schema, Strategy::Role, Strategy::RowLevel] {
-        let tenants = tenancy(TenancyOptions::new(strategy)).await;
-        let tag = format!("{strategy:?}").to_lowercase();
-        let (a, b) = (name(&format!("dd_{tag}_a")), name(&format!("dd_{tag}_b")));
-        let table = match strategy {
-            Strategy::RowLevel => {
-                let t = name("dd_rl_items");
-                admin
-                    .execute(&format!("DROP TABLE IF EXISTS {t}"), &[])
-                    .await
-                    .unwrap();
-                admin
-                    .execute(
-                        &format!(
-                            "CREATE TABLE {t} (id serial, tenant_id text NOT NULL \
-                             DEFAULT current_setting('app.tenant_id'), name text NOT NULL)"
-                        ),
-                        &[],
-                    )
-                    .await
-                    .unwrap();
-                tenants.enable_row_level(&t).await.unwrap();
-                t
-            }
-            _ => "items".to_owned(),
-        };
-        for t in [&a, &b] {
-            tenants.drop_tenant(t).await.unwrap();
-            let m = (strategy != Strategy::RowLevel).then(migrator);
-            tenants.create_tenant(t, m.as_ref()).await.unwrap();
-        }
-        let ta = tenants.tenant(&a).unwrap();
-        let tb = tenants.tenant(&b).unwrap();
-        tb.execute(
-            &format!("INSERT INTO {table} (name) VALUES ('{SECRET}')"),
-            &[],
-        )
-        .await
-        .unwrap();
+        let Victim {
+            tenants,
+            a,
+            b,
+            ta,
+            tb,
+            table,
+        } = victim("dd", strategy).await;
         let closed = closed_errors(tenants.provider());
         let steal = format!(
             "SELECT public.{sneaky}('{b}') AS changed, (SELECT string_agg(name, ',') FROM {table}) AS rows"
