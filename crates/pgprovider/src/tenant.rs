@@ -952,6 +952,18 @@ where
         .await
     }
 
+    /// Gives `conn` back after a scoped statement, or closes it (and reports the breach)
+    /// when the server found the scope changed.
+    fn after_scope<T>(&self, r: Result<T>, conn: Pooled<D>) -> Result<T> {
+        if let Err(e) = &r {
+            if e.kind() == ErrorKind::Security {
+                scope_breach(&self.name, e);
+                Pooled::discard(conn);
+            }
+        }
+        r
+    }
+
     /// Runs a read-only statement in the tenant's scope on a node chosen by the provider's
     /// read routing (a standby within the lag bound, else the primary when allowed; the next
     /// candidate when a node fails), with the same statement guard and server-side scope
@@ -982,13 +994,7 @@ where
                     conn.query_scoped(scope, sql, params).await
                 }
             };
-            if let Err(e) = &r {
-                if e.kind() == ErrorKind::Security {
-                    scope_breach(&self.name, e);
-                    Pooled::discard(conn);
-                }
-            }
-            r
+            self.after_scope(r, conn)
         };
         let fut = crate::observe::with_tenant(
             self.name.clone(),
@@ -1015,13 +1021,7 @@ where
                 check: &self.check,
             });
             let r = run(&mut *h.conn, scope).await;
-            if let Err(e) = &r {
-                if e.kind() == ErrorKind::Security {
-                    scope_breach(&self.name, e);
-                    Pooled::discard(h.conn);
-                }
-            }
-            r
+            self.after_scope(r, h.conn)
         });
         // Unoptimised builds copy this large future along the stack at every level of
         // nesting (enough to overflow a 2 MiB test thread); optimised builds do not, and a
