@@ -31,6 +31,7 @@ mod secret;
 pub mod sql;
 mod sqlstate;
 mod statements;
+mod value;
 
 pub use driver::{
     Bounded, CANCEL_GRACE, CancelToken, Connection, Driver, SimpleRow, query_timeout_error,
@@ -39,7 +40,8 @@ pub use driver::{
 pub use error::{DbErrorFields, Error, ErrorKind, Result};
 pub use notify::{MAX_CHANNEL, MAX_PAYLOAD, Notification, check_channel, check_notification};
 pub use params::{ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, SslMode, TlsParams};
-pub use query::{Column, FromRow, Queries, Scope, scope_changed_error};
+pub use query::{Column, FromRow, Queries, Scope, row_count_error, scope_changed_error};
 pub use secret::Secret;
 pub use sqlstate::SqlState;
 pub use statements::{Stale, StatementCacheStats, StatementCaches};
+pub use value::{Value, ValueQueries, ValueRow};

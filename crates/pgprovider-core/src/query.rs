@@ -200,7 +200,9 @@ async fn end_scope<C: Queries, T>(c: &mut C, r: Result<T>) -> Result<T> {
     }
 }
 
-fn row_count_error(n: usize, wanted: &str) -> Error {
+/// The error of a statement that returned `n` rows where `wanted` ("exactly one", "at most
+/// one") were expected.
+pub fn row_count_error(n: usize, wanted: &str) -> Error {
     Error::new(
         ErrorKind::RowCount,
         format!("query returned {n} rows, {wanted} expected"),

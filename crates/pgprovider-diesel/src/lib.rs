@@ -49,7 +49,7 @@ use pgprovider_core::observe::{Operation, OperationKind};
 use pgprovider_core::sql::{RESET_RECIPE, SessionState, may_change_session};
 use pgprovider_core::{
     Bounded, CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, Queries,
-    Result, SimpleRow, SqlState, query_timeout_error, run_bounded,
+    Result, SimpleRow, SqlState, Value, ValueQueries, ValueRow, query_timeout_error, run_bounded,
 };
 use std::fmt;
 use std::future::Future;
@@ -738,6 +738,78 @@ fn json_object(s: &str) -> Result<Vec<(String, Option<String>)>> {
         }
     }
     Ok(fields)
+}
+
+/// A driver-neutral [`Value`] as a diesel parameter (`int8`, `float8`, `bool`, `text`,
+/// `bytea`; NULL of an unspecified type, which the server infers).
+struct DieselValue<'a>(&'a Value);
+
+/// A parameter type left for the server to infer (OID 0), for NULLs.
+#[derive(diesel::sql_types::SqlType, diesel::query_builder::QueryId)]
+#[diesel(postgres_type(oid = 0, array_oid = 0))]
+struct Unspecified;
+
+/// The value of a NULL of [`Unspecified`] type (never sent: it is always `None`).
+#[derive(Debug)]
+struct NoValue;
+
+impl diesel::serialize::ToSql<Unspecified, Pg> for NoValue {
+    fn to_sql<'b>(
+        &'b self,
+        _: &mut diesel::serialize::Output<'b, '_, Pg>,
+    ) -> diesel::serialize::Result {
+        Ok(diesel::serialize::IsNull::Yes)
+    }
+}
+
+impl DieselParam for DieselValue<'_> {
+    fn bind_to<'f>(
+        &'f self,
+        q: BoxedSqlQuery<'f, Pg, SqlQuery>,
+    ) -> BoxedSqlQuery<'f, Pg, SqlQuery> {
+        match self.0 {
+            Value::Int(i) => q.bind::<BigInt, i64>(*i),
+            Value::Float(f) => q.bind::<Double, f64>(*f),
+            Value::Bool(b) => q.bind::<Bool, bool>(*b),
+            Value::Text(s) => q.bind::<Text, &'f str>(s.as_str()),
+            Value::Bytes(b) => q.bind::<Binary, &'f [u8]>(b.as_slice()),
+            _ => q.bind::<Nullable<Unspecified>, Option<NoValue>>(None),
+        }
+    }
+}
+
+impl DieselRow {
+    fn names(&self) -> Arc<[String]> {
+        (0..self.0.field_count())
+            .map(|i| {
+                self.0
+                    .get(i)
+                    .and_then(|f| f.field_name().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl ValueQueries for DieselConnection {
+    async fn query_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<ValueRow>> {
+        let wrapped: Vec<DieselValue<'_>> = params.iter().map(DieselValue).collect();
+        let refs: Vec<&dyn DieselParam> = wrapped.iter().map(|v| v as &dyn DieselParam).collect();
+        let rows = self.query(sql, &refs).await?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let names = first.names();
+        rows.iter()
+            .map(|r| ValueRow::read(r, names.clone()))
+            .collect()
+    }
+
+    async fn execute_values(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let wrapped: Vec<DieselValue<'_>> = params.iter().map(DieselValue).collect();
+        let refs: Vec<&dyn DieselParam> = wrapped.iter().map(|v| v as &dyn DieselParam).collect();
+        self.execute(sql, &refs).await
+    }
 }
 
 #[cfg(test)]

@@ -34,8 +34,8 @@ use pgprovider_core::observe::{Operation, OperationKind};
 use pgprovider_core::sql::{RESET_RECIPE, SessionState, may_change_session};
 use pgprovider_core::{
     Bounded, CancelToken, Column, ConnectParams, Connection, DbErrorFields, Driver, Error,
-    ErrorKind, Host, Queries, Result, SimpleRow, SqlState, SslMode, query_timeout_error,
-    run_bounded,
+    ErrorKind, Host, Queries, Result, SimpleRow, SqlState, SslMode, Value, ValueQueries, ValueRow,
+    query_timeout_error, run_bounded,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgDatabaseError, PgRow, PgSslMode};
 use sqlx::query::Query;
@@ -675,6 +675,74 @@ fn connect_error(e: sqlx::Error, node: &str) -> Error {
         )
         .with_node(node)
         .with_hint("check that the server is running and reachable at this address"),
+    }
+}
+
+/// A driver-neutral [`Value`] as a sqlx parameter (`int8`, `float8`, `bool`, `text`,
+/// `bytea`; NULL of an unspecified type, which the server infers).
+struct SqlxValue<'a>(&'a Value);
+
+/// A NULL whose type is left for the server to infer (OID 0).
+struct UnspecifiedNull;
+
+impl sqlx::Type<Postgres> for UnspecifiedNull {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        sqlx::postgres::PgTypeInfo::with_oid(sqlx::postgres::types::Oid(0))
+    }
+    fn compatible(_: &sqlx::postgres::PgTypeInfo) -> bool {
+        true
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for UnspecifiedNull {
+    fn encode_by_ref(
+        &self,
+        _: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> std::result::Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        Ok(sqlx::encode::IsNull::Yes)
+    }
+}
+
+impl SqlxParam for SqlxValue<'_> {
+    fn bind_to<'q>(
+        &'q self,
+        q: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
+        match self.0 {
+            Value::Int(i) => q.bind(*i),
+            Value::Float(f) => q.bind(*f),
+            Value::Bool(b) => q.bind(*b),
+            Value::Text(s) => q.bind(s.as_str()),
+            Value::Bytes(b) => q.bind(b.as_slice()),
+            _ => q.bind(UnspecifiedNull),
+        }
+    }
+}
+
+impl ValueQueries for SqlxConnection {
+    async fn query_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<ValueRow>> {
+        use sqlx::Column as _;
+        let wrapped: Vec<SqlxValue<'_>> = params.iter().map(SqlxValue).collect();
+        let refs: Vec<&dyn SqlxParam> = wrapped.iter().map(|v| v as &dyn SqlxParam).collect();
+        let rows = self.query(sql, &refs).await?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let names: Arc<[String]> = first
+            .0
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        rows.iter()
+            .map(|r| ValueRow::read(r, names.clone()))
+            .collect()
+    }
+
+    async fn execute_values(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        let wrapped: Vec<SqlxValue<'_>> = params.iter().map(SqlxValue).collect();
+        let refs: Vec<&dyn SqlxParam> = wrapped.iter().map(|v| v as &dyn SqlxParam).collect();
+        self.execute(sql, &refs).await
     }
 }
 

@@ -633,12 +633,10 @@ where
             cluster.standby(0).promote().await.unwrap();
             crashed = true;
         }
-        let r = async {
-            let mut c = provider.write().await?;
-            c.execute(&format!("INSERT INTO acked VALUES ({id})"), &[])
-                .await
-        }
-        .await;
+        let r = provider
+            .primary()
+            .execute(&format!("INSERT INTO acked VALUES ({id})"), &[])
+            .await;
         if r.is_ok() {
             acked.push(id);
         }
@@ -705,5 +703,135 @@ macro_rules! conformance_tests {
         async fn conformance_failover() {
             $crate::conformance::failover($driver).await;
         }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn conformance_registry() {
+            $crate::conformance::registry($driver).await;
+        }
     };
+}
+
+/// A provider made by driver name through the registry runs typed statements on
+/// driver-neutral values, and transactions.
+pub async fn registry<D: Subject>(driver: D)
+where
+    D::Connection: pgprovider::ValueQueries + Queries,
+{
+    use pgprovider::provider::TopologyOptions;
+    use pgprovider::{DriverRegistry, Value, ValueRow};
+    let name = driver.name();
+    let table = format!("conf_registry_{}", tag(&driver));
+    let mut registry = DriverRegistry::new();
+    registry.register(driver.clone());
+    let config = config(&driver, "").await;
+    let provider = registry
+        .provider(name, &config, TopologyOptions::default())
+        .expect("a registered driver");
+    provider
+        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .unwrap();
+    provider
+        .execute(
+            &format!("CREATE TABLE {table} (id int PRIMARY KEY, name text, ok bool, score float8, raw bytea, small int2)"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO {table} VALUES ($1, $2, $3, $4, $5, $6)");
+    let n = provider
+        .execute(
+            &insert,
+            &[
+                &Value::from(1_i32),
+                &Value::from("ada"),
+                &Value::from(true),
+                &Value::from(0.5_f64),
+                &Value::from(vec![1_u8, 2]),
+                &Value::from(7_i16),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "{name}");
+    let row: ValueRow = provider
+        .query_one(
+            &format!("SELECT id, name, ok, score, raw, small FROM {table} WHERE id = $1"),
+            &[&Value::from(1_i64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.columns()[1], "name", "{name}");
+    let typed: (i32, String, bool, f64, Vec<u8>, i16) = row.to().unwrap();
+    assert_eq!(typed, (1, "ada".into(), true, 0.5, vec![1, 2], 7), "{name}");
+    // A transaction: rolled back on Err, committed on Ok.
+    let failed: pgprovider::Result<()> = provider
+        .transaction(&pgprovider::TxOptions::new(), |tx| {
+            let insert = insert.clone();
+            async move {
+                tx.execute(
+                    &insert,
+                    &[
+                        &Value::from(2_i64),
+                        &Value::from("rolled back"),
+                        &Value::Null,
+                        &Value::Null,
+                        &Value::Null,
+                        &Value::Null,
+                    ],
+                )
+                .await?;
+                Err(Error::new(pgprovider::ErrorKind::Other, "give up"))
+            }
+        })
+        .await;
+    assert!(failed.is_err(), "{name}");
+    provider
+        .transaction(&pgprovider::TxOptions::new(), |tx| {
+            let insert = insert.clone();
+            async move {
+                tx.execute(
+                    &insert,
+                    &[
+                        &Value::from(3_i64),
+                        &Value::Null,
+                        &Value::Null,
+                        &Value::Null,
+                        &Value::Null,
+                        &Value::Null,
+                    ],
+                )
+                .await
+            }
+        })
+        .await
+        .unwrap();
+    let ids: Vec<(i32, Option<String>)> = provider
+        .query_as(&format!("SELECT id, name FROM {table} ORDER BY id"), &[])
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![(1, Some("ada".into())), (3, None)], "{name}");
+    // A column the values do not cover says how to read it.
+    let e = err(provider.query("SELECT 1.5::numeric AS amount", &[]).await);
+    assert_eq!(e.kind(), pgprovider::ErrorKind::Decode, "{name}: {e}");
+    assert!(
+        e.hint().unwrap_or("").contains("amount::text"),
+        "{name}: {e:?}"
+    );
+    // The registry's pools are typed too.
+    let pool = registry.pool(name, &config, &config.nodes()[0]).unwrap();
+    let one: i64 = pool
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = $1",
+            &[&Value::from(table.as_str())],
+        )
+        .await
+        .unwrap()
+        .to::<(i64,)>()
+        .unwrap()
+        .0;
+    assert_eq!(one, 1, "{name}");
+    provider
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
 }

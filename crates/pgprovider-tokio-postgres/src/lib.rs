@@ -53,6 +53,7 @@ mod listen;
 mod mux;
 mod query;
 mod tls;
+mod value;
 
 pub use conn::PgConnection;
 pub use copy::CopyRow;

@@ -124,7 +124,7 @@ async fn writes_follow_a_failover_and_reads_respect_the_lag_bound() {
         })
         .await
         .unwrap();
-    assert!(in_recovery(provider.read().await.unwrap()).await);
+    assert!(in_recovery(provider.read().conn().await.unwrap()).await);
     // A standby whose replay is paused falls behind the bound: reads go to the primary.
     s.execute("SELECT pg_wal_replay_pause()").await.unwrap();
     provider
@@ -141,7 +141,7 @@ async fn writes_follow_a_failover_and_reads_respect_the_lag_bound() {
         })
         .await
         .unwrap();
-    assert!(!in_recovery(provider.read().await.unwrap()).await);
+    assert!(!in_recovery(provider.read().conn().await.unwrap()).await);
     s.execute("SELECT pg_wal_replay_resume()").await.unwrap();
     provider
         .monitor()
@@ -150,7 +150,7 @@ async fn writes_follow_a_failover_and_reads_respect_the_lag_bound() {
         })
         .await
         .unwrap();
-    assert!(in_recovery(provider.read().await.unwrap()).await);
+    assert!(in_recovery(provider.read().conn().await.unwrap()).await);
 
     // A writer runs through the failover; every acknowledged write must survive it.
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -255,10 +255,14 @@ async fn a_token_read_never_sees_stale_data() {
     cluster.wait_for_replay(s).await.unwrap();
     s.execute("SELECT pg_wal_replay_pause()").await.unwrap();
     w.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
-    let token = provider.consistency_token(&mut w).await.unwrap();
+    let token = provider.consistency_token().await.unwrap();
     drop(w);
     // The standby is behind the token: without waiting, the read goes to the primary.
-    let mut r = provider.read_after(token, Duration::ZERO).await.unwrap();
+    let mut r = provider
+        .read_after(token, Duration::ZERO)
+        .conn()
+        .await
+        .unwrap();
     assert!(!in_recovery_ref(&mut r).await);
     let n: i64 = r
         .query_one("SELECT count(*) FROM t", &[])
@@ -268,7 +272,7 @@ async fn a_token_read_never_sees_stale_data() {
     assert_eq!(n, 1);
     drop(r);
     // A plain read may see the standby's stale state; that is what tokens are for.
-    let mut stale = provider.read().await.unwrap();
+    let mut stale = provider.read().conn().await.unwrap();
     assert!(in_recovery_ref(&mut stale).await);
     let n: i64 = stale
         .query_one("SELECT count(*) FROM t", &[])
@@ -278,7 +282,8 @@ async fn a_token_read_never_sees_stale_data() {
     assert_eq!(n, 0);
     drop(stale);
     // Waiting: the read goes to the standby once it has replayed the token.
-    let (r, ()) = tokio::join!(provider.read_after(token, Duration::from_secs(10)), async {
+    let after = provider.read_after(token, Duration::from_secs(10));
+    let (r, ()) = tokio::join!(after.conn(), async {
         s.execute("SELECT pg_wal_replay_resume()").await.unwrap();
     });
     let mut r = r.unwrap();
@@ -314,7 +319,7 @@ async fn a_standby_killed_under_read_load_fails_no_read() {
         tokio::spawn(async move {
             let mut failed = Vec::new();
             for _ in 0..400 {
-                if let Err(e) = provider.read_query("SELECT 1", &[]).await {
+                if let Err(e) = provider.read().query("SELECT 1", &[]).await {
                     failed.push(e.to_string());
                 }
                 progress.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -364,13 +369,13 @@ async fn a_blackholed_standby_opens_its_breaker_and_reads_stop_waiting_for_it() 
         })
         .await
         .unwrap();
-    provider.read_query("SELECT 1", &[]).await.unwrap();
+    provider.read().query("SELECT 1", &[]).await.unwrap();
     proxy.blackhole();
     let standby = &config.nodes()[1];
     let mut slow = Vec::new();
     for _ in 0..6 {
         let start = std::time::Instant::now();
-        provider.read_query("SELECT 1", &[]).await.unwrap();
+        provider.read().query("SELECT 1", &[]).await.unwrap();
         slow.push(start.elapsed());
     }
     assert_eq!(
@@ -408,10 +413,10 @@ async fn routing_errors_say_what_is_missing() {
         .wait_for_primary(Duration::from_secs(10))
         .await
         .unwrap();
-    let e = only_standbys.read().await.unwrap_err();
+    let e = only_standbys.read().conn().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connect);
     assert!(e.message().contains("no node can serve the read"), "{e}");
-    assert!(only_standbys.read_query("SELECT 1", &[]).await.is_err());
+    assert!(only_standbys.read().query("SELECT 1", &[]).await.is_err());
     // The primary serves reads when allowed; a statement's own error is not retried.
     let p = Provider::new(
         TokioPostgres::new(),
@@ -422,8 +427,8 @@ async fn routing_errors_say_what_is_missing() {
         .wait_for_primary(Duration::from_secs(10))
         .await
         .unwrap();
-    p.read_query("SELECT 1", &[]).await.unwrap();
-    let e = p.read_query("SELEC 1", &[]).await.unwrap_err();
+    p.read().query("SELECT 1", &[]).await.unwrap();
+    let e = p.read().query("SELEC 1", &[]).await.unwrap_err();
     assert_eq!(e.sql_state().unwrap().code(), "42601");
     // An open breaker takes its node out of reads.
     let b = p.breaker(node).unwrap();
@@ -435,7 +440,7 @@ async fn routing_errors_say_what_is_missing() {
                 "x",
             )));
     }
-    let e = p.read().await.unwrap_err();
+    let e = p.read().conn().await.unwrap_err();
     assert!(e.message().contains("circuit breaker open"), "{e}");
     // A write does not hammer a primary whose breaker is open: it waits for the monitor
     // within the failover timeout, then reports the open breaker.
@@ -494,7 +499,7 @@ async fn routing_errors_say_what_is_missing() {
     let e = none.write().await.unwrap_err();
     assert!(e.message().contains("no primary"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let _ = none.read().await.unwrap_err();
+    let _ = none.read().conn().await.unwrap_err();
     let mut c = brief.write().await.unwrap();
     assert!(c.query("SELECT 1", &[]).await.is_ok());
 }
@@ -543,7 +548,7 @@ async fn a_split_brain_is_fenced_and_writes_fail_back_after_a_demotion() {
     w.execute("CREATE TABLE t (id int)", &[]).await.unwrap();
     drop(w);
     // A read leaves an idle connection in b's pool.
-    let mut r = provider.read().await.unwrap();
+    let mut r = provider.read().conn().await.unwrap();
     assert_eq!(port(&mut r).await, b_port);
     drop(r);
     let b_pool = provider.pool(&config.nodes()[1]).unwrap().clone();
@@ -575,11 +580,12 @@ async fn a_split_brain_is_fenced_and_writes_fail_back_after_a_demotion() {
         let mut w = provider.write().await.unwrap();
         assert_eq!(port(&mut w).await, b_port);
         drop(w);
-        let mut r = provider.read().await.unwrap();
+        let mut r = provider.read().conn().await.unwrap();
         assert_eq!(port(&mut r).await, b_port, "a read went to the fenced node");
     }
     let rows = provider
-        .read_query("SELECT inet_server_port()", &[])
+        .read()
+        .query("SELECT inet_server_port()", &[])
         .await
         .unwrap();
     assert_eq!(rows[0].get::<_, i32>(0), b_port);
@@ -592,7 +598,7 @@ async fn a_split_brain_is_fenced_and_writes_fail_back_after_a_demotion() {
         .await
         .unwrap();
     assert_eq!(provider.monitor().split_brain(), None);
-    let mut r = provider.read().await.unwrap();
+    let mut r = provider.read().conn().await.unwrap();
     assert_eq!(port(&mut r).await, a_port);
     let n: i64 = r
         .query_one("SELECT count(*) FROM t", &[])
@@ -648,4 +654,313 @@ async fn a_split_brain_is_fenced_and_writes_fail_back_after_a_demotion() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
+}
+
+/// A primary and a standby, with the standby listed first, plus `extra`.
+async fn standby_first(extra: &str) -> (pgprovider_testkit::TestCluster, String) {
+    let cluster = pgprovider_testkit::TestCluster::builder()
+        .standbys(1)
+        .start()
+        .await
+        .unwrap();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1&pool_acquire_timeout=5s{extra}",
+        cluster.standby(0).port(),
+        cluster.primary().port(),
+    );
+    (cluster, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_session_attrs_and_load_balance_hosts_are_honoured_with_a_standby_listed_first() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    use pgprovider::{Pool, Queries};
+    let (cluster, base) = standby_first("").await;
+    cluster.wait_for_replay(cluster.standby(0)).await.unwrap();
+    let recovery = "SELECT pg_is_in_recovery()";
+    let opts = || {
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_failover_timeout(Duration::from_secs(10))
+    };
+    // (value, a standby answers?) for the provider and for a pool over both hosts.
+    for (attrs, standby) in [
+        ("any", true),
+        ("read-write", false),
+        ("read-only", true),
+        ("primary", false),
+        ("standby", true),
+        ("prefer-standby", true),
+    ] {
+        let config = Config::from_url(&format!("{base}&target_session_attrs={attrs}")).unwrap();
+        let provider = Provider::new(TokioPostgres::new(), &config, opts());
+        provider
+            .monitor()
+            .wait_for(Duration::from_secs(20), |s| {
+                s[0].role == Role::Standby && s[1].role == Role::Primary
+            })
+            .await
+            .unwrap();
+        let got: bool = provider.query_one(recovery, &[]).await.unwrap().get(0);
+        assert_eq!(got, standby, "provider, target_session_attrs={attrs}");
+        // A transaction and a checkout take the same route.
+        let in_tx: bool = provider
+            .transaction(&pgprovider::TxOptions::new(), |tx| async move {
+                Ok::<bool, pgprovider::Error>(tx.query_one(recovery, &[]).await?.get(0))
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_tx, standby, "transaction, target_session_attrs={attrs}");
+        let mut c = provider.conn().await.unwrap();
+        assert_eq!(in_recovery_ref(&mut c).await, standby, "conn, {attrs}");
+        drop(c);
+        let pool = Pool::from_config(TokioPostgres::new(), &config);
+        let got: bool = pool.query_one(recovery, &[]).await.unwrap().get(0);
+        assert_eq!(got, standby, "pool, target_session_attrs={attrs}");
+        let mut c = pool.get().await.unwrap();
+        assert!(c.query_one(recovery, &[]).await.is_ok());
+    }
+    // A write under `any` lands on the standby first, is refused there (25006), and goes
+    // to the primary: the caller sees success.
+    let any = Config::from_url(&base).unwrap();
+    let provider = Provider::new(TokioPostgres::new(), &any, opts());
+    provider
+        .monitor()
+        .wait_for(Duration::from_secs(20), |s| {
+            s[1].role == Role::Primary && s[0].reachable
+        })
+        .await
+        .unwrap();
+    provider
+        .execute("CREATE TABLE tsa (id int)", &[])
+        .await
+        .unwrap();
+    // Once the standby has the table, a transaction's write on it is refused as read-only
+    // and the transaction runs again on the primary.
+    cluster.wait_for_replay(cluster.standby(0)).await.unwrap();
+    assert_eq!(
+        provider
+            .execute("INSERT INTO tsa VALUES (0)", &[])
+            .await
+            .unwrap(),
+        1
+    );
+    let n = provider
+        .transaction(&pgprovider::TxOptions::new(), |tx| async move {
+            tx.execute("INSERT INTO tsa VALUES (1)", &[]).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let rows = provider
+        .primary()
+        .query("SELECT id FROM tsa", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "the statement and the transaction both landed once"
+    );
+    // A pool asked for a standby when none is listed says so.
+    let lonely = format!(
+        "postgres://postgres@127.0.0.1:{p},127.0.0.1:{p}/postgres?connect_timeout=1&pool_acquire_timeout=1s&target_session_attrs=standby",
+        p = cluster.primary().port()
+    );
+    let pool = Pool::from_config(TokioPostgres::new(), &Config::from_url(&lonely).unwrap());
+    let e = pool.get().await.unwrap_err();
+    assert!(
+        format!("{e}").contains("no host matches target_session_attrs=standby"),
+        "{e}"
+    );
+    // load_balance_hosts=random: connections of a multi-host pool and statements of a
+    // provider start from a random host, so both hosts serve.
+    let random =
+        Config::from_url(&format!("{base}&load_balance_hosts=random&pool_max_size=1")).unwrap();
+    let mut ports = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let pool = Pool::from_config(TokioPostgres::new(), &random);
+        let mut c = pool.get().await.unwrap();
+        ports.insert(port(&mut c).await);
+        if ports.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(ports.len(), 2, "a random start reaches both hosts");
+    let provider = Provider::new(TokioPostgres::new(), &random, opts());
+    provider
+        .monitor()
+        .wait_for(Duration::from_secs(20), |s| s.iter().all(|n| n.reachable))
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let p: i32 = provider
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        seen.insert(p);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "statements of a provider spread over both hosts"
+    );
+}
+
+/// Stops (`STOP`) or resumes (`CONT`) the standby's WAL receiver: its replication is cut
+/// while the server itself keeps answering.
+async fn signal_wal_receiver(standby: &pgprovider_testkit::TestNode, signal: &str) {
+    let pid = standby
+        .query_one("SELECT pid FROM pg_stat_wal_receiver")
+        .await
+        .unwrap();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_cut_off_from_its_primary_gets_no_reads_until_it_catches_up() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    let (cluster, config) = two_nodes(false, "&pool_acquire_timeout=5s").await;
+    let s = cluster.standby(0);
+    let provider = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_max_replica_lag_bytes(Some(64 << 10)),
+    );
+    provider
+        .primary()
+        .execute("CREATE TABLE feed (id bigint PRIMARY KEY, pad text)", &[])
+        .await
+        .unwrap();
+    cluster.wait_for_replay(s).await.unwrap();
+    let mon = provider.monitor();
+    mon.wait_for(Duration::from_secs(20), |st| st[1].role == Role::Standby)
+        .await
+        .unwrap();
+    let on_standby = || async {
+        provider
+            .read()
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    assert!(on_standby().await, "a healthy standby serves reads");
+    signal_wal_receiver(s, "STOP").await;
+    // Writes go on (about 1 MiB of WAL); the cut standby receives none of it.
+    let mut id = 0_i64;
+    let pad = "x".repeat(1000);
+    let excluded = loop {
+        id += 1;
+        provider
+            .primary()
+            .execute("INSERT INTO feed VALUES ($1, $2)", &[&id, &pad])
+            .await
+            .unwrap();
+        let st = mon.snapshot();
+        if st.statuses()[1]
+            .replay_lag_bytes
+            .is_some_and(|l| l > 64 << 10)
+        {
+            break id;
+        }
+        assert!(
+            id < 100_000,
+            "the cut standby never fell behind: {:?}",
+            st.statuses()[1]
+        );
+    };
+    // From now on no read is stale: each sees the write just acknowledged.
+    for _ in 0..50 {
+        id += 1;
+        provider
+            .primary()
+            .execute("INSERT INTO feed VALUES ($1, $2)", &[&id, &pad])
+            .await
+            .unwrap();
+        let seen: i64 = provider
+            .read()
+            .query_one("SELECT coalesce(max(id), 0) FROM feed", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            seen, id,
+            "a stale read after the standby fell behind at {excluded}"
+        );
+    }
+    assert!(!on_standby().await);
+    // Replication resumes: the standby catches up and serves reads again.
+    signal_wal_receiver(s, "CONT").await;
+    mon.wait_for(Duration::from_secs(30), |st| {
+        st[1].replay_lag_bytes == Some(0)
+    })
+    .await
+    .unwrap();
+    assert!(on_standby().await, "the standby is back once it caught up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_primary_dies_before_commit_runs_again_on_the_new_primary() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let (cluster, config) = two_nodes(true, "&pool_acquire_timeout=2s").await;
+    let provider = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_failover_timeout(Duration::from_secs(20)),
+    );
+    provider
+        .primary()
+        .execute("CREATE TABLE moved (attempt int)", &[])
+        .await
+        .unwrap();
+    let attempts = AtomicU32::new(0);
+    let cluster = &cluster;
+    let attempts = &attempts;
+    let committed = provider
+        .primary()
+        .transaction(&pgprovider::TxOptions::new(), |tx| async move {
+            let n = attempts.fetch_add(1, SeqCst) as i32 + 1;
+            tx.execute("INSERT INTO moved VALUES ($1)", &[&n]).await?;
+            if n == 1 {
+                // The primary dies before COMMIT is sent; the standby takes over.
+                cluster.primary().crash().unwrap();
+                cluster.standby(0).promote().await.unwrap();
+            }
+            tx.execute("INSERT INTO moved VALUES ($1)", &[&n]).await?;
+            Ok::<i32, pgprovider::Error>(n)
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed, 2, "run again once");
+    let rows: Vec<i32> = provider
+        .primary()
+        .query("SELECT attempt FROM moved", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![2, 2],
+        "only the second run committed, on the new primary"
+    );
+    assert_eq!(
+        provider.monitor().primary().unwrap(),
+        config.nodes()[1],
+        "the promoted standby is primary"
+    );
 }

@@ -1,42 +1,43 @@
 //! pgprovider: one dependable way for Rust services to use PostgreSQL in production.
 //!
-//! This crate holds the provider that applications depend on: configuration (builder,
-//! libpq-style URLs with several hosts, `PG*` environment variables, validation that reports
-//! every problem at once), the driver registry and the connection pool. Drivers live in their
-//! own crates (`pgprovider-tokio-postgres`) and implement [`pgprovider_core::Driver`].
+//! This crate holds the provider that applications depend on: the [`Provider`](provider::Provider)
+//! (the one front door: statements, transactions, reads on standbys, tenants, health),
+//! configuration (builder, libpq-style URLs with several hosts, `PG*` environment variables,
+//! validation that reports every problem at once), the driver registry, the pool and the
+//! layers of the request path. Drivers live in their own crates
+//! (`pgprovider-tokio-postgres`, …) and implement [`pgprovider_core::Driver`].
 //!
 //! ```no_run
-//! use pgprovider::{Config, Connection, Pool};
+//! use pgprovider::provider::Provider;
 //! use pgprovider_tokio_postgres::TokioPostgres;
 //!
 //! # async fn run() -> Result<(), pgprovider::Error> {
-//! let config = Config::from_url("postgres://app@db1:5432,db2:5432/orders?pool_max_size=16")?;
-//! let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
-//! let mut conn = pool.get().await?;
-//! let rows = conn.simple_query("SELECT 1").await?;
-//! assert_eq!(rows[0].get(0), Some("1"));
+//! let provider = Provider::from_url(TokioPostgres::new(), "postgres://app@db1:5432,db2:5432/orders?target_session_attrs=read-write")?;
+//! let row = provider.query_one("SELECT 41 + 1", &[]).await?;
+//! assert_eq!(row.get::<_, i32>(0), 42);
+//! let n: i64 = provider.read().query_one("SELECT count(*) FROM orders", &[]).await?.get(0);
 //! # Ok(()) }
 //! ```
 //!
-//! | area | module |
+//! The path of one statement, and the module of each layer:
+//!
+//! | layer | module |
 //! | --- | --- |
-//! | configuration | [`config`] |
-//! | driver registry | [`registry`] |
-//! | pool | [`pool`] |
-//! | queries on the pool | [`Pool::query`], [`Pool::query_as`], [`Pool::execute`], … |
-//! | transactions | [`tx`]: [`Pool::transaction`], [`Pool::begin`], [`TxOptions`] |
-//! | backoff with jitter, retry policy | [`retry`] |
-//! | circuit breaker per node | [`breaker`] |
-//! | node roles, WAL positions, lag; waiting for a primary | [`topology`] |
-//! | pools per node, writes to the primary through failovers, reads over standbys | [`provider`] |
-//! | schema migrations, per database or tenant schema | [`migrate`] |
+//! | the front door: query surface, handles per route, transactions | [`provider`], [`Client`] |
+//! | hooks around every operation, spans, metrics, audit | [`observe`] |
+//! | statement guard and per-tenant limits | [`tenant`] |
+//! | retry (safe cases only, backoff with jitter) and circuit breakers | [`policy`] ([`retry`], [`breaker`]) |
+//! | routing on the monitor's snapshot: primary, standbys by lag, `target_session_attrs` | [`provider`] (route), [`topology`] |
+//! | pool, one per node (or over several hosts, libpq-style) | [`pool`] |
+//! | transactions | [`tx`] |
+//! | configuration, driver registry, migrations, health | [`config`], [`registry`], [`migrate`], [`health`] |
 //!
 //! | feature | enables | default |
 //! | --- | --- | --- |
 //! | `derive` | `#[derive(FromRow)]` | on |
 #![deny(missing_docs)]
 
-pub mod breaker;
+mod client;
 pub mod config;
 mod guard;
 pub mod health;
@@ -44,16 +45,18 @@ pub mod health;
 pub mod http;
 pub mod migrate;
 pub mod observe;
+pub mod policy;
 pub mod pool;
 pub mod provider;
 mod query;
 pub mod registry;
-pub mod retry;
 pub mod tenant;
 pub mod topology;
 pub mod tx;
 
+pub use client::Client;
 pub use config::{Config, ConfigBuilder, ConfigError};
+pub use policy::{breaker, retry};
 pub use pool::{LeakReport, Pool, PoolBuilder, PoolStats, Pooled};
 pub use registry::{AnyConnection, AnyDriver, DriverRegistry};
 pub use tx::{IsolationLevel, Tx, TxOptions};
@@ -87,7 +90,7 @@ pub use pgprovider_macros::embed_migrations;
 pub use pgprovider_core::{
     CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, FromRow, Host,
     Notification, Queries, Result, Scope, Secret, SimpleRow, SqlState, SslMode,
-    StatementCacheStats, check_notification,
+    StatementCacheStats, Value, ValueQueries, ValueRow, check_notification,
 };
 
 /// Compiles the README's Rust examples as doctests, so the README stays true.

@@ -3,16 +3,32 @@
 //!
 //! Drivers are generic inside ([`Pool<D>`](crate::Pool)) and erased at the edges: the
 //! registry holds [`AnyDriver`]s, which implement [`Driver`] themselves, so a
-//! `Pool<AnyDriver>` works with whichever driver a name selects.
+//! `Provider<AnyDriver>` or `Pool<AnyDriver>` works with whichever driver a name selects,
+//! with typed statements on driver-neutral values ([`Value`] parameters, [`ValueRow`]
+//! results) and transactions:
+//!
+//! ```no_run
+//! # async fn run() -> pgprovider::Result<()> {
+//! use pgprovider::{DriverRegistry, Value};
+//! let mut registry = DriverRegistry::new();
+//! registry.register(pgprovider_tokio_postgres::TokioPostgres::new());
+//! let config = pgprovider::Config::from_url("postgres://app@db1,db2/app")?;
+//! let provider = registry.provider("tokio-postgres", &config, Default::default())?;
+//! provider.execute("INSERT INTO users (id, name) VALUES ($1, $2)", &[&Value::from(1_i64), &Value::from("ada")]).await?;
+//! let (id, name): (i64, String) = provider.query_one("SELECT id, name FROM users", &[]).await?.to()?;
+//! # Ok(()) }
+//! ```
 
 use pgprovider_core::{
-    CancelToken, ConnectParams, Connection, Driver, Error, ErrorKind, Result, SimpleRow,
+    CancelToken, ConnectParams, Connection, Driver, Error, ErrorKind, Queries, Result, SimpleRow,
+    Value, ValueQueries, ValueRow,
 };
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -21,7 +37,10 @@ trait DynDriver: Send + Sync {
     fn connect<'a>(&'a self, params: &'a ConnectParams) -> BoxFuture<'a, Result<AnyConnection>>;
 }
 
-impl<D: Driver> DynDriver for D {
+impl<D: Driver> DynDriver for D
+where
+    D::Connection: ValueQueries + Queries,
+{
     fn name(&self) -> &'static str {
         Driver::name(self)
     }
@@ -46,9 +65,45 @@ trait DynConnection: Send {
     fn simple_query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<SimpleRow>>>;
     fn cancel_token(&self) -> CancelToken;
     fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+    fn query_values<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: &'a [Value],
+    ) -> BoxFuture<'a, Result<Vec<ValueRow>>>;
+    fn execute_values<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: &'a [Value],
+    ) -> BoxFuture<'a, Result<u64>>;
+    fn query_timeout(&self) -> Option<Duration>;
+    fn set_query_timeout(&mut self, timeout: Option<Duration>);
+    fn in_transaction(&self) -> bool;
 }
 
-impl<C: Connection> DynConnection for C {
+impl<C: ValueQueries + Queries> DynConnection for C {
+    fn query_values<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: &'a [Value],
+    ) -> BoxFuture<'a, Result<Vec<ValueRow>>> {
+        Box::pin(ValueQueries::query_values(self, sql, params))
+    }
+    fn execute_values<'a>(
+        &'a mut self,
+        sql: &'a str,
+        params: &'a [Value],
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(ValueQueries::execute_values(self, sql, params))
+    }
+    fn query_timeout(&self) -> Option<Duration> {
+        Queries::query_timeout(self)
+    }
+    fn set_query_timeout(&mut self, timeout: Option<Duration>) {
+        Queries::set_query_timeout(self, timeout)
+    }
+    fn in_transaction(&self) -> bool {
+        Queries::in_transaction(self)
+    }
     fn is_broken(&self) -> bool {
         Connection::is_broken(self)
     }
@@ -93,7 +148,10 @@ pub struct AnyDriver(Arc<dyn DynDriver>);
 
 impl AnyDriver {
     /// Erases a concrete driver.
-    pub fn new<D: Driver>(driver: D) -> Self {
+    pub fn new<D: Driver>(driver: D) -> Self
+    where
+        D::Connection: ValueQueries + Queries,
+    {
         AnyDriver(Arc::new(driver))
     }
 }
@@ -162,6 +220,44 @@ impl Connection for AnyConnection {
     }
 }
 
+impl ValueQueries for AnyConnection {
+    async fn query_values(&mut self, sql: &str, params: &[Value]) -> Result<Vec<ValueRow>> {
+        self.0.query_values(sql, params).await
+    }
+    async fn execute_values(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        self.0.execute_values(sql, params).await
+    }
+}
+
+/// Typed statements on driver-neutral values: `&[&Value]` parameters, [`ValueRow`] rows
+/// (readable with [`FromRow`](crate::FromRow), tuples and `#[derive(FromRow)]`).
+impl Queries for AnyConnection {
+    type Row = ValueRow;
+    type Param<'a> = Value;
+
+    async fn query(&mut self, sql: &str, params: &[&Value]) -> Result<Vec<ValueRow>> {
+        let owned: Vec<Value> = params.iter().map(|v| (*v).clone()).collect();
+        self.0.query_values(sql, &owned).await
+    }
+
+    async fn execute(&mut self, sql: &str, params: &[&Value]) -> Result<u64> {
+        let owned: Vec<Value> = params.iter().map(|v| (*v).clone()).collect();
+        self.0.execute_values(sql, &owned).await
+    }
+
+    fn query_timeout(&self) -> Option<Duration> {
+        self.0.query_timeout()
+    }
+
+    fn set_query_timeout(&mut self, timeout: Option<Duration>) {
+        self.0.set_query_timeout(timeout)
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.0.in_transaction()
+    }
+}
+
 /// Maps driver names to drivers.
 ///
 /// ```
@@ -188,7 +284,10 @@ impl DriverRegistry {
     }
 
     /// Registers `driver` under its [`Driver::name`], replacing one of the same name.
-    pub fn register<D: Driver>(&mut self, driver: D) -> &mut Self {
+    pub fn register<D: Driver>(&mut self, driver: D) -> &mut Self
+    where
+        D::Connection: ValueQueries + Queries,
+    {
         let name = Driver::name(&driver);
         self.drivers.insert(name, AnyDriver::new(driver));
         self
@@ -219,6 +318,25 @@ impl DriverRegistry {
         node: &crate::config::Node,
     ) -> Result<crate::Pool<AnyDriver>> {
         Ok(crate::Pool::new(self.get(name)?, config, node))
+    }
+
+    /// A provider over every node of `config` through the driver named `name`: typed
+    /// statements on [`Value`]s, transactions, reads on standbys, tenants (see the
+    /// [module docs](self)).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn provider(
+        &self,
+        name: &str,
+        config: &crate::Config,
+        options: crate::provider::TopologyOptions,
+    ) -> Result<crate::provider::Provider<AnyDriver>> {
+        Ok(crate::provider::Provider::new(
+            self.get(name)?,
+            config,
+            options,
+        ))
     }
 
     /// The driver named `name`.

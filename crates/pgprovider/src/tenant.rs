@@ -242,8 +242,8 @@ struct DbPool<D: Driver> {
     last_used: Instant,
 }
 
-struct Inner<D: Driver> {
-    provider: Provider<D>,
+/// The state of a tenancy, apart from its provider (so a provider can hold it).
+pub(crate) struct Shared<D: Driver> {
     options: TenancyOptions,
     states: Mutex<HashMap<String, Arc<TenantState>>>,
     databases: Mutex<HashMap<String, DbPool<D>>>,
@@ -251,12 +251,24 @@ struct Inner<D: Driver> {
 
 /// Tenant handles over a provider; see the [module docs](self). Cheap to clone.
 pub struct Tenancy<D: Driver> {
-    inner: Arc<Inner<D>>,
+    provider: Provider<D>,
+    inner: Arc<Shared<D>>,
+}
+
+impl<D: Driver> Shared<D> {
+    pub(crate) fn new(options: TenancyOptions) -> Self {
+        Shared {
+            options,
+            states: Mutex::new(HashMap::new()),
+            databases: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl<D: Driver> Clone for Tenancy<D> {
     fn clone(&self) -> Self {
         Tenancy {
+            provider: self.provider.clone(),
             inner: self.inner.clone(),
         }
     }
@@ -322,19 +334,16 @@ impl<D: Driver + Clone> Tenancy<D> {
     /// Tenancy over `provider` (its primary for the shared strategies; tenant databases on
     /// the primary's node).
     pub fn new(provider: Provider<D>, options: TenancyOptions) -> Self {
-        Tenancy {
-            inner: Arc::new(Inner {
-                provider,
-                options,
-                states: Mutex::new(HashMap::new()),
-                databases: Mutex::new(HashMap::new()),
-            }),
-        }
+        Self::from_parts(provider, Arc::new(Shared::new(options)))
+    }
+
+    pub(crate) fn from_parts(provider: Provider<D>, inner: Arc<Shared<D>>) -> Self {
+        Tenancy { provider, inner }
     }
 
     /// The provider the tenants' statements run on.
     pub fn provider(&self) -> &Provider<D> {
-        &self.inner.provider
+        &self.provider
     }
 
     /// The strategy for `tenant`.
@@ -444,7 +453,7 @@ impl<D: Driver + Clone> Tenancy<D> {
     /// The pool of `tenant`'s database on the primary, opened on first use; closes pools
     /// unused past the idle timeout and, over the cap, the least recently used.
     async fn database_pool(&self, tenant: &str) -> Result<Pool<D>> {
-        let provider = &self.inner.provider;
+        let provider = &self.provider;
         let node = match provider.monitor().primary() {
             Some(n) => n,
             None => {
@@ -519,7 +528,7 @@ where
         check_name(tenant)?;
         let o = &self.inner.options;
         let schema = ident(&format!("{}{tenant}", o.schema_prefix));
-        let mut conn = self.inner.provider.write().await?;
+        let mut conn = self.provider.write().await?;
         let c = &mut *conn;
         let r = async {
             match self.strategy_of(tenant) {
@@ -572,7 +581,7 @@ where
                 let m = migrator
                     .clone()
                     .with_schema(format!("{}{tenant}", o.schema_prefix));
-                let mut conn = self.inner.provider.write().await?;
+                let mut conn = self.provider.write().await?;
                 Box::pin(m.up(&mut *conn, None))
                     .await
                     .map_err(|e| e.with_tenant(tenant))?;
@@ -626,7 +635,7 @@ where
                 p.close().await;
             }
         }
-        let mut conn = self.inner.provider.write().await?;
+        let mut conn = self.provider.write().await?;
         let schema = ident(&format!("{}{tenant}", o.schema_prefix));
         let sql = match strategy {
             Strategy::Schema => format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
@@ -676,7 +685,7 @@ where
     /// The server's error (no such table or column, say).
     pub async fn enable_row_level(&self, table: &str) -> Result<()> {
         let role_name = &self.inner.options.row_level_role;
-        let mut conn = self.inner.provider.write().await?;
+        let mut conn = self.provider.write().await?;
         ensure_role(&mut *conn, role_name).await?;
         let role = ident(role_name);
         let t = table.split('.').map(ident).collect::<Vec<_>>().join(".");
@@ -820,7 +829,7 @@ where
                 let pool = Box::pin(self.tenancy.database_pool(&self.name)).await?;
                 pool.get().await?
             }
-            _ => Box::pin(self.tenancy.inner.provider.write()).await?,
+            _ => Box::pin(self.tenancy.provider.write()).await?,
         };
         Ok(Held {
             conn,
@@ -861,7 +870,7 @@ where
         // Each attempt holds the tenant's permit while it runs; an attempt starts only after
         // the previous one gave its connection back, so its permit goes first.
         let held: Mutex<Option<OwnedSemaphorePermit>> = Mutex::new(None);
-        let get = || async {
+        let get = |_| async {
             lock(&held).take();
             let h = self.get().await?;
             *lock(&held) = h._permit;
@@ -870,7 +879,7 @@ where
         // Boxed: the nested futures are large, and debug builds copy them on the stack.
         Box::pin(crate::observe::with_tenant(
             self.name.clone(),
-            run_transaction(&opts, get, f),
+            run_transaction(&opts, self.tenancy.provider.failover_timeout(), get, f),
         ))
         .await
     }
@@ -996,10 +1005,8 @@ where
             };
             self.after_scope(r, conn)
         };
-        let fut = crate::observe::with_tenant(
-            self.name.clone(),
-            self.tenancy.inner.provider.read_with(run),
-        );
+        let fut =
+            crate::observe::with_tenant(self.name.clone(), self.tenancy.provider.read_with(run));
         Box::pin(fut)
             .await
             .map_err(|e| e.with_tenant(self.name.to_string()))

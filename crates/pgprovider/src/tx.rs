@@ -168,6 +168,9 @@ struct State<D: Driver> {
     failed: Option<(Option<SqlState>, String)>,
     /// Whether a failure means the whole transaction may succeed when run again.
     conflict: bool,
+    /// A statement failed for its node (connection lost, refused as read-only): nothing was
+    /// committed, and the transaction may run again on another node (the new primary).
+    node_lost: Option<Error>,
     /// A savepoint's future was dropped half-way: its statements' fate is unknown.
     poisoned: bool,
     /// The tenant whose scope statements must stay in (tenant handles), and its schema.
@@ -214,6 +217,7 @@ where
                 savepoints: 0,
                 failed: None,
                 conflict: false,
+                node_lost: None,
                 poisoned: false,
                 tenant: opts.tenant.clone().map(|t| (t, opts.tenant_schema.clone())),
                 check: opts.tenant_check.clone(),
@@ -485,6 +489,11 @@ where
     async fn lost_conflict(&self) -> bool {
         self.shared.lock().await.conflict
     }
+
+    /// The error of a statement that failed for its node (before `COMMIT` was sent).
+    async fn lost_node(&self) -> Option<Error> {
+        self.shared.lock().await.node_lost.as_ref().map(copy_of)
+    }
 }
 
 /// Commit replies get at least this long, even when the deadline is (nearly) up.
@@ -523,6 +532,9 @@ impl<D: Driver> State<D> {
             if e.is_transaction_conflict() || e.is_stale_statement() {
                 self.conflict = true;
             }
+            if (e.is_connection_lost() || e.is_read_only()) && self.node_lost.is_none() {
+                self.node_lost = Some(copy_of(e));
+            }
             // Client-side errors (row counts, decoding) leave the server's transaction
             // intact; anything the server or the network said does not.
             let server_side =
@@ -549,6 +561,18 @@ impl<D: Driver> Drop for PoisonOnDrop<D> {
                 }
             }
         }
+    }
+}
+
+/// What routing needs of an error (kind, SQLSTATE, message, node), as a new value.
+fn copy_of(e: &Error) -> Error {
+    let c = match e.sql_state() {
+        Some(state) => Error::database(state, e.message()).with_kind(e.kind()),
+        None => Error::new(e.kind(), e.message()),
+    };
+    match e.node() {
+        Some(n) => c.with_node(n),
+        None => c,
     }
 }
 
@@ -599,14 +623,25 @@ where
         E: From<Error> + Send,
         T: Send,
     {
-        run_transaction(opts, || self.get(), f).await
+        // One node: a transaction whose connection was lost is not run again (a multi-host
+        // pool reconnects to another node, so it is, within the acquire timeout).
+        let failover = if self.hosts() > 1 {
+            self.config().pool().acquire_timeout()
+        } else {
+            Duration::ZERO
+        };
+        run_transaction(opts, failover, |_| self.get(), f).await
     }
 }
 
 /// The transaction loop of [`Pool::transaction`], with connections from `get` (a pool, a
-/// provider's primary, a tenant's pool).
+/// provider's route, a tenant's pool), given the error that ended the previous attempt when
+/// it failed for its node. Such an attempt (connection lost or refused as read-only before
+/// `COMMIT` was sent: nothing was committed) runs again until `failover` has passed since
+/// the first; `get` routes it (to the new primary).
 pub(crate) async fn run_transaction<D, T, E, F, Fut, G, GFut>(
     opts: &TxOptions,
+    failover: Duration,
     get: G,
     mut f: F,
 ) -> Result<T, E>
@@ -617,24 +652,41 @@ where
     Fut: Future<Output = Result<T, E>> + Send,
     E: From<Error> + Send,
     T: Send,
-    G: Fn() -> GFut,
+    G: Fn(Option<Error>) -> GFut,
     GFut: Future<Output = Result<Pooled<D>>>,
 {
     {
         let deadline = opts.timeout.map(|t| Instant::now() + t);
+        let failover_until = Instant::now() + failover;
+        let may_move = |e: &Error| {
+            (e.is_connection_lost() || e.is_read_only() || e.kind() == ErrorKind::Connect)
+                && e.kind() != ErrorKind::OutcomeUnknown
+                && Instant::now() < failover_until
+                && deadline.is_none_or(|d| Instant::now() < d)
+        };
         // Drawn only when a first retry needs it (a seed costs a clock read and a hash).
         let mut delays = None;
+        let mut moved: Option<Error> = None;
         loop {
             let run = async {
-                let conn = get().await?;
+                let conn = get(moved.take()).await?;
                 let tx = Tx::begin(conn, opts, deadline).await?;
                 Ok::<_, Error>(tx)
             };
-            let tx = match deadline {
+            let begun = match deadline {
                 Some(d) => tokio::time::timeout_at(d, run)
                     .await
-                    .map_err(|_| deadline_error())??,
-                None => run.await?,
+                    .map_err(|_| deadline_error())?,
+                None => run.await,
+            };
+            let tx = match begun {
+                Ok(tx) => tx,
+                Err(e) if may_move(&e) => {
+                    tracing::debug!(error = %e, "transaction could not begin on its node; running it on another");
+                    moved = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
             };
             let body = f(tx.clone());
             let outcome = match deadline {
@@ -647,15 +699,29 @@ where
                 },
                 None => body.await,
             };
+            // Lost before COMMIT was sent (commit refuses to send it after a failed
+            // statement): nothing was committed, run it again on another node.
+            let node_lost = tx.lost_node().await.filter(&may_move);
             let lost: Result<Error, E> = match outcome {
                 Ok(value) => match tx.commit().await {
                     Ok(()) => return Ok(value),
                     Err(e) if e.is_transaction_conflict() || tx.lost_conflict().await => Ok(e),
+                    Err(e) if e.kind() != ErrorKind::OutcomeUnknown && node_lost.is_some() => {
+                        moved = node_lost;
+                        continue;
+                    }
                     Err(e) => return Err(e.into()),
                 },
                 Err(e) => {
                     let conflict = tx.lost_conflict().await;
                     let _ = tx.rollback().await;
+                    if node_lost.is_some() {
+                        tracing::debug!(
+                            "transaction lost its node before COMMIT; running it again"
+                        );
+                        moved = node_lost;
+                        continue;
+                    }
                     if !conflict {
                         return Err(e);
                     }

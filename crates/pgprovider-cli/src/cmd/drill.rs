@@ -10,7 +10,7 @@
 
 use crate::opt::FailoverArgs;
 use pgprovider::provider::{Provider, TopologyOptions};
-use pgprovider::{Config, ErrorKind, Queries};
+use pgprovider::{Config, ErrorKind, TxOptions};
 use pgprovider_testkit::TestCluster;
 use pgprovider_tokio_postgres::TokioPostgres;
 use serde_json::json;
@@ -55,8 +55,7 @@ pub(crate) async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
             .with_max_replica_lag_bytes(None),
     );
     provider
-        .write()
-        .await?
+        .primary()
         .execute(
             "CREATE TABLE drill (id bigint PRIMARY KEY, at timestamptz DEFAULT now())",
             &[],
@@ -83,18 +82,29 @@ pub(crate) async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         tasks.spawn(async move {
             while !stop.load(Relaxed) {
                 let id = next_id.fetch_add(1, Relaxed) as i64;
-                let conn = provider.write().await;
-                let outcome = match conn {
-                    Err(_) => Err(false),
-                    Ok(mut c) => c
-                        .execute("INSERT INTO drill (id) VALUES ($1)", &[&id])
+                // Through the provider's own API: plain statements and transactions in
+                // turn, both on the primary route (retried and re-run by its layers).
+                let insert = "INSERT INTO drill (id) VALUES ($1)";
+                let r = if id % 2 == 0 {
+                    provider.primary().execute(insert, &[&id]).await
+                } else {
+                    provider
+                        .primary()
+                        .transaction(&TxOptions::new(), |tx| async move {
+                            tx.execute(insert, &[&id]).await
+                        })
                         .await
-                        .map_err(|e| {
-                            // A definite refusal from the server did not apply; anything
-                            // else after sending may have.
-                            e.kind() != ErrorKind::Database || e.is_connection_lost()
-                        }),
                 };
+                let outcome = r.map_err(|e| match e.kind() {
+                    // Nothing was sent, or the server refused it: not applied.
+                    ErrorKind::Connect
+                    | ErrorKind::PoolTimeout
+                    | ErrorKind::CircuitOpen
+                    | ErrorKind::Overloaded => false,
+                    // A definite refusal from the server did not apply; anything else after
+                    // sending may have.
+                    k => k != ErrorKind::Database || e.is_connection_lost(),
+                });
                 let mut h = history.lock().unwrap_or_else(|e| e.into_inner());
                 match outcome {
                     Ok(_) => h.ok.push((id, Instant::now())),
@@ -114,7 +124,11 @@ pub(crate) async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
         );
         tasks.spawn(async move {
             while !stop.load(Relaxed) {
-                if let Err(e) = provider.read_query("SELECT count(*) FROM drill", &[]).await {
+                if let Err(e) = provider
+                    .read()
+                    .query("SELECT count(*) FROM drill", &[])
+                    .await
+                {
                     failed_reads.fetch_add(1, Relaxed);
                     read_error
                         .lock()
@@ -136,8 +150,8 @@ pub(crate) async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     stop.store(true, Relaxed);
     while tasks.join_next().await.is_some() {}
 
-    let mut conn = provider.write().await?;
-    let present: Vec<i64> = conn
+    let present: Vec<i64> = provider
+        .primary()
         .query("SELECT id FROM drill", &[])
         .await?
         .iter()
@@ -185,7 +199,6 @@ pub(crate) async fn failover(args: FailoverArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_string())?;
     }
-    drop(conn);
     let clean = phantoms == 0 && duplicates == 0 && failed_present == 0 && (!sync || lost == 0);
     Ok(if clean {
         ExitCode::SUCCESS

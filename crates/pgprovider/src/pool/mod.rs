@@ -43,10 +43,22 @@
 //!
 //! Why hand-written and not deadpool or bb8: the pool is the heart of the provider (per-node
 //! pools, tenant quotas, leak detection, multiplexing), and DESIGN.md requires it to beat both.
+//!
+//! # Several hosts
+//!
+//! [`Pool::from_config`] makes one pool over every host of a URL such as
+//! `postgres://db1,db2/app?target_session_attrs=read-write`: each new connection tries the
+//! hosts in order (`load_balance_hosts=random`: from a random one) and keeps the first whose
+//! session matches `target_session_attrs` (`any`, `read-write`, `read-only`, `primary`,
+//! `standby`, `prefer-standby`, checked on the server as libpq does). After a failover the
+//! old primary's connections break and new ones go to the host that matches now. For routing
+//! that knows every node's role, lag and health, use the
+//! [`Provider`](crate::provider::Provider).
 
 mod deadline;
 mod guard;
 mod hooks;
+mod hosts;
 mod maintain;
 mod open;
 mod stats;
@@ -105,6 +117,8 @@ pub(crate) struct Inner<D: Driver> {
     driver: D,
     config: Config,
     node: Node,
+    /// Several hosts, picked per connection as libpq does ([`Pool::from_config`]).
+    hosts: Option<hosts::Hosts>,
     hooks: Hooks<D::Connection>,
     semaphore: Semaphore,
     /// Turns to open a connection for a checkout ([`MAX_CONNECTING`]).
@@ -216,6 +230,7 @@ pub struct PoolBuilder<D: Driver> {
     driver: D,
     config: Config,
     node: Node,
+    hosts: bool,
     hooks: Hooks<D::Connection>,
     observe: Observe,
 }
@@ -289,11 +304,23 @@ impl<D: Driver> PoolBuilder<D> {
             .leak_detection_threshold()
             .map(|_| Mutex::new(Leases::default()));
         let observe = self.observe.for_database(self.config.dbname());
-        let node_name = Arc::from(self.node.to_string());
+        let hosts =
+            (self.hosts && self.config.nodes().len() > 1).then(|| hosts::Hosts::new(&self.config));
+        let node_name = match &hosts {
+            Some(h) => Arc::from(
+                h.nodes
+                    .iter()
+                    .map(Node::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            None => Arc::from(self.node.to_string()),
+        };
         let inner = Arc::new(Inner {
             driver: self.driver,
             config: self.config,
             node: self.node,
+            hosts,
             hooks: self.hooks,
             semaphore: Semaphore::new(max),
             connecting: Semaphore::new(MAX_CONNECTING),
@@ -332,12 +359,46 @@ impl<D: Driver> Pool<D> {
             driver,
             config: config.clone(),
             node: node.clone(),
+            hosts: false,
             hooks: Hooks::default(),
             observe: Observe::default(),
         }
     }
 
-    /// The node this pool connects to.
+    /// A pool over every host of `config`, each new connection going to a host picked as
+    /// libpq does: in order (`load_balance_hosts=random`: from a random one), the first
+    /// whose session matches `target_session_attrs` (see [several hosts](crate::pool#several-hosts)).
+    /// With one host, as [`new`](Self::new).
+    ///
+    /// ```no_run
+    /// # async fn run() -> pgprovider::Result<()> {
+    /// let config = pgprovider::Config::from_url("postgres://app@db1,db2/app?target_session_attrs=read-write")?;
+    /// let pool = pgprovider::Pool::from_config(pgprovider_tokio_postgres::TokioPostgres::new(), &config);
+    /// pool.execute("INSERT INTO t VALUES (1)", &[]).await?; // on whichever host is the primary
+    /// # Ok(()) }
+    /// ```
+    pub fn from_config(driver: D, config: &Config) -> Self {
+        Self::builder_from_config(driver, config).build()
+    }
+
+    /// A builder for [`from_config`](Self::from_config).
+    pub fn builder_from_config(driver: D, config: &Config) -> PoolBuilder<D> {
+        let mut b = Self::builder(driver, config, &config.nodes()[0]);
+        b.hosts = true;
+        b
+    }
+
+    /// How many hosts the pool picks from.
+    pub(crate) fn hosts(&self) -> usize {
+        self.inner.hosts.as_ref().map_or(1, |h| h.nodes.len())
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The node this pool connects to (for a pool over several hosts, the first).
     pub fn node(&self) -> &Node {
         &self.inner.node
     }
@@ -699,11 +760,20 @@ impl<D: Driver> Inner<D> {
     /// it gives back when the attempt fails or is dropped), so that attempts under way are
     /// seen by [`warm_up`](Self::warm_up) and the pool never opens more than its maximum.
     async fn connect_once(&self) -> Result<D::Connection> {
+        let connect = |node: &Node| {
+            let node = node.clone();
+            async move {
+                let mut params = self.config.connect_params(&node).await?;
+                params.statements = self.statements.clone();
+                params.hooks = self.observe.clone();
+                self.driver.connect(&params).await
+            }
+        };
         let attempt = async {
-            let mut params = self.config.connect_params(&self.node).await?;
-            params.statements = self.statements.clone();
-            params.hooks = self.observe.clone();
-            self.driver.connect(&params).await
+            match &self.hosts {
+                None => connect(&self.node).await,
+                Some(hosts) => hosts.connect::<D, _, _>(connect).await,
+            }
         };
         let attempt = async {
             if self.observe.is_empty() {

@@ -1,5 +1,7 @@
-//! Exponential backoff with full jitter, for re-running transactions that lost a conflict
-//! (and, later, for retrying operations on another node).
+//! The retry layer: what is safe to run again ([`RetryPolicy::is_safe`]), exponential
+//! backoff with full jitter, and a time budget. The provider runs every statement through it
+//! ([`Provider::query`](crate::provider::Provider::query) and the rest), and transactions
+//! re-run through it after a conflict or a lost connection.
 //!
 //! Full jitter (a uniform delay between zero and the exponential cap) spreads out clients
 //! that failed together, so they do not collide again on the next attempt. The random source
@@ -87,15 +89,19 @@ impl Backoff {
 
     /// The waits between attempts (`max_attempts - 1` of them), drawn with `seed`.
     pub fn delays(&self, seed: u64) -> impl Iterator<Item = Duration> + Send + use<> {
-        let (base, max) = (self.base, self.max);
+        let this = *self;
         let mut rng = SplitMix64(seed);
-        (0..self.max_attempts.saturating_sub(1)).map(move |n| {
-            let cap = base
-                .checked_mul(1u32 << n.min(30))
-                .map_or(max, |d| d.min(max));
-            let nanos = cap.as_nanos() as u64;
-            Duration::from_nanos(rng.next() % (nanos + 1))
-        })
+        (0..self.max_attempts.saturating_sub(1)).map(move |n| this.delay(n, &mut rng))
+    }
+
+    /// The wait before retry `n + 1`, drawn from `rng`.
+    fn delay(&self, n: u32, rng: &mut SplitMix64) -> Duration {
+        let cap = self
+            .base
+            .checked_mul(1u32 << n.min(30))
+            .map_or(self.max, |d| d.min(self.max));
+        let nanos = cap.as_nanos() as u64;
+        Duration::from_nanos(rng.next() % (nanos + 1))
     }
 }
 
@@ -155,48 +161,102 @@ impl RetryPolicy {
         nothing_sent || refused || (unknown && idempotent)
     }
 
+    /// The time budget of one operation.
+    pub fn max_elapsed(&self) -> Duration {
+        self.max_elapsed
+    }
+
+    /// The attempts of one operation, started now: ask [`Attempts::retry_after`] after each
+    /// failure whether (and after how long) to try again.
+    pub fn attempts(&self) -> Attempts {
+        Attempts {
+            backoff: self.backoff,
+            rng: None,
+            seed: self.seed,
+            attempt: 1,
+            start: tokio::time::Instant::now(),
+            max_elapsed: self.max_elapsed,
+        }
+    }
+
     /// Runs `f` (given the attempt number, from 1) until it succeeds, fails in a way that is
     /// not safe to retry, or the attempts or time run out; returns the last error then, with
     /// the number of attempts in its message when there were several.
     ///
     /// # Errors
     /// The last error of `f`.
-    pub async fn run<T>(
-        &self,
-        idempotent: bool,
-        mut f: impl AsyncFnMut(u32) -> Result<T, Error>,
-    ) -> Result<T, Error> {
-        let start = tokio::time::Instant::now();
-        let mut delays = self.backoff.delays(self.seed.unwrap_or_else(fresh_seed));
-        let mut attempt = 1;
+    pub async fn run<T, F, Fut>(&self, idempotent: bool, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let mut attempts = self.attempts();
         loop {
-            let err = match f(attempt).await {
+            let err = match f(attempts.number()).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let give_up = |e: Error| {
-                if attempt > 1 {
-                    e.context(format!("failed after {attempt} attempts"))
-                } else {
-                    e
-                }
-            };
-            if !Self::is_safe(&err, idempotent) {
-                return Err(give_up(err));
+            match attempts.retry_after(&err, idempotent) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return Err(attempts.give_up(err)),
             }
-            let Some(wait) = delays.next() else {
-                return Err(give_up(err));
-            };
-            if start.elapsed() + wait > self.max_elapsed {
-                return Err(give_up(err));
-            }
-            tokio::time::sleep(wait).await;
-            attempt += 1;
+        }
+    }
+}
+
+/// The attempts of one operation under a [`RetryPolicy`] (see [`RetryPolicy::attempts`]).
+#[derive(Debug)]
+pub struct Attempts {
+    backoff: Backoff,
+    rng: Option<SplitMix64>,
+    seed: Option<u64>,
+    attempt: u32,
+    start: tokio::time::Instant,
+    max_elapsed: Duration,
+}
+
+impl Attempts {
+    /// The number of the attempt under way, from 1.
+    pub fn number(&self) -> u32 {
+        self.attempt
+    }
+
+    /// After attempt [`number`](Self::number) failed with `err`: the wait before the next
+    /// one, or `None` when `err` is not [safe](RetryPolicy::is_safe) to retry, the attempts
+    /// are used up, or the wait would end past the time budget. Counts the attempt.
+    pub fn retry_after(&mut self, err: &Error, idempotent: bool) -> Option<Duration> {
+        if !RetryPolicy::is_safe(err, idempotent) || self.attempt >= self.backoff.max_attempts {
+            return None;
+        }
+        let seed = self.seed;
+        let rng = self
+            .rng
+            .get_or_insert_with(|| SplitMix64(seed.unwrap_or_else(fresh_seed)));
+        let wait = self.backoff.delay(self.attempt - 1, rng);
+        if self.start.elapsed() + wait > self.max_elapsed {
+            return None;
+        }
+        self.attempt += 1;
+        Some(wait)
+    }
+
+    /// The time left of the budget.
+    pub fn time_left(&self) -> Duration {
+        self.max_elapsed.saturating_sub(self.start.elapsed())
+    }
+
+    /// `err`, saying how many attempts were made when there were several.
+    pub fn give_up(&self, err: Error) -> Error {
+        if self.attempt > 1 {
+            err.context(format!("failed after {} attempts", self.attempt))
+        } else {
+            err
         }
     }
 }
 
 /// A small, seedable random source (splitmix64): good enough for jitter, no dependency.
+#[derive(Debug)]
 struct SplitMix64(u64);
 
 impl SplitMix64 {
@@ -314,9 +374,9 @@ mod tests {
         // Not safe: one attempt only.
         let mut calls = 0;
         let e = policy
-            .run(false, async |_| {
+            .run(false, |_| {
                 calls += 1;
-                Err::<(), _>(Error::new(ErrorKind::ConnectionLost, "reset"))
+                std::future::ready(Err::<(), _>(Error::new(ErrorKind::ConnectionLost, "reset")))
             })
             .await
             .unwrap_err();
@@ -338,9 +398,9 @@ mod tests {
         let start = tokio::time::Instant::now();
         let mut calls = 0;
         let _ = tight
-            .run(false, async |_| {
+            .run(false, |_| {
                 calls += 1;
-                Err::<(), _>(Error::new(ErrorKind::Connect, "refused"))
+                std::future::ready(Err::<(), _>(Error::new(ErrorKind::Connect, "refused")))
             })
             .await;
         assert!(start.elapsed() <= Duration::from_millis(1500));

@@ -27,11 +27,29 @@
 //! alarm once per episode: an `error` log, [`HealthMonitor::split_brains`] counts it, and
 //! [`HealthMonitor::split_brain`] describes it (health reports show it as degraded). When two
 //! primaries share a timeline nothing tells them apart: neither is trusted.
+//!
+//! # Replica lag
+//!
+//! A standby's lag is measured against the primary, not by the standby alone (which sees no
+//! lag when its WAL stream is cut): the trusted primary's WAL position at its last probe
+//! before the standby's probe, minus the standby's replayed position, in bytes
+//! ([`NodeStatus::replay_lag_bytes`]), and for how long the standby has lacked WAL the
+//! primary had ([`NodeStatus::replay_lag`]). Both are lower bounds, so healthy standbys are
+//! not excluded for the age of a probe; a standby cut off from its primary is seen falling
+//! behind within about a probe interval of the primary writing past it, and comes back once
+//! it has caught up. With no primary to compare with (during a failover), a standby's own
+//! figure (received minus replayed) is used.
+//!
+//! Each probe publishes a new [`Snapshot`]; readers ([`HealthMonitor::snapshot`]) share it
+//! without copying.
+
+mod lag;
 
 use crate::config::{Config, Node};
 use crate::{Connection, Driver, Error, ErrorKind, Result};
+use lag::PrimaryWal;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -60,8 +78,16 @@ pub struct NodeStatus {
     pub role: Role,
     /// The WAL position: written (primary) or replayed (standby).
     pub lsn: Option<u64>,
-    /// On a standby, received but not yet replayed WAL, in bytes.
+    /// On a standby, how far its replayed position is behind the primary's WAL position, in
+    /// bytes (see [`lag`](self#replica-lag)); with no primary to compare with, its received
+    /// but not yet replayed WAL.
     pub replay_lag_bytes: Option<u64>,
+    /// On a standby, for how long it has lacked WAL the primary had (see
+    /// [`lag`](self#replica-lag)); `None` with no primary to compare with.
+    pub replay_lag: Option<std::time::Duration>,
+    /// Whether new transactions are read-only by default (`default_transaction_read_only`,
+    /// or a standby): libpq's `read-write` / `read-only` session attributes.
+    pub read_only: bool,
     /// The server's version string.
     pub server_version: Option<String>,
     /// The last probe's error, if it failed.
@@ -77,6 +103,8 @@ pub struct NodeStatus {
     /// A primary on an older timeline than another primary (see the module docs): nothing
     /// is routed to it.
     pub fenced: bool,
+    /// When the last successful probe was sent.
+    pub(crate) probed_at: Option<Instant>,
 }
 
 /// Two or more nodes claiming to be primary at once; see the [module docs](self).
@@ -90,28 +118,78 @@ pub struct SplitBrain {
 }
 
 impl NodeStatus {
-    fn unknown(node: &Node) -> Self {
+    pub(crate) fn unknown(node: &Node) -> Self {
         NodeStatus {
             node: node.to_string(),
             reachable: false,
             role: Role::Unknown,
             lsn: None,
             replay_lag_bytes: None,
+            replay_lag: None,
+            read_only: false,
             server_version: None,
             last_error: None,
             probes: 0,
             timeline: None,
             probe_rtt: None,
             fenced: false,
+            probed_at: None,
         }
     }
 }
 
-/// The monitor's whole view, replaced under one lock after each probe.
-struct View {
+/// The monitor's whole view at one moment: published whole after each probe and never
+/// changed after, so routing reads it without locks held or data copied
+/// ([`HealthMonitor::snapshot`]).
+#[derive(Debug)]
+pub struct Snapshot {
     statuses: Vec<NodeStatus>,
     primary: Option<usize>,
     split_brain: Option<SplitBrain>,
+}
+
+impl Snapshot {
+    /// A snapshot of `statuses` with the primary at `primary` (routing tests).
+    #[cfg(test)]
+    pub(crate) fn of(statuses: Vec<NodeStatus>, primary: Option<usize>) -> Self {
+        Snapshot {
+            statuses,
+            primary,
+            split_brain: None,
+        }
+    }
+
+    /// Every node's status, in configuration order.
+    pub fn statuses(&self) -> &[NodeStatus] {
+        &self.statuses
+    }
+
+    /// The index (configuration order) of the trusted primary.
+    pub fn primary_index(&self) -> Option<usize> {
+        self.primary
+    }
+
+    /// The split brain going on, if any.
+    pub fn split_brain(&self) -> Option<&SplitBrain> {
+        self.split_brain.as_ref()
+    }
+}
+
+/// Sets every standby's lag from the primary's recent positions (see the module docs);
+/// keeps the standby's own figure when there is nothing to compare with.
+fn measure_lag(statuses: &mut [NodeStatus], wal: &PrimaryWal) {
+    for s in statuses.iter_mut() {
+        if !(s.reachable && s.role == Role::Standby) {
+            continue;
+        }
+        let (Some(replayed), Some(at)) = (s.lsn, s.probed_at) else {
+            continue;
+        };
+        if let Some((bytes, time)) = wal.lag(replayed, at) {
+            s.replay_lag_bytes = Some(bytes);
+            s.replay_lag = Some(time);
+        }
+    }
 }
 
 /// Decides which reachable primary to trust: the only one, or the one on the strictly newest
@@ -165,7 +243,9 @@ pub struct HealthMonitor {
 
 struct Shared {
     nodes: Vec<Node>,
-    view: RwLock<View>,
+    view: RwLock<Arc<Snapshot>>,
+    /// Serialises updates of `view`, with the primary's WAL history they need.
+    writer: Mutex<PrimaryWal>,
     wakes: Vec<Arc<Notify>>,
     changed: watch::Sender<u64>,
     split_brains: AtomicU64,
@@ -195,11 +275,12 @@ impl HealthMonitor {
     pub fn start<D: Driver + Clone>(driver: D, config: &Config, interval: Duration) -> Self {
         let nodes = config.nodes().to_vec();
         let shared = Arc::new(Shared {
-            view: RwLock::new(View {
+            view: RwLock::new(Arc::new(Snapshot {
                 statuses: nodes.iter().map(NodeStatus::unknown).collect(),
                 primary: None,
                 split_brain: None,
-            }),
+            })),
+            writer: Mutex::new(PrimaryWal::default()),
             wakes: nodes.iter().map(|_| Arc::new(Notify::new())).collect(),
             changed: watch::channel(0).0,
             split_brains: AtomicU64::new(0),
@@ -218,11 +299,22 @@ impl HealthMonitor {
         HealthMonitor { shared }
     }
 
-    fn view(&self) -> std::sync::RwLockReadGuard<'_, View> {
-        self.shared.view.read().unwrap_or_else(|e| e.into_inner())
+    /// The monitor's view now: immutable, shared (no copy is made), replaced whole by the
+    /// next probe.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// What is known of every node, in configuration order.
+    fn view(&self) -> Arc<Snapshot> {
+        self.snapshot()
+    }
+
+    /// What is known of every node, in configuration order (a copy; routing uses
+    /// [`snapshot`](Self::snapshot)).
     pub fn statuses(&self) -> Vec<NodeStatus> {
         self.view().statuses.clone()
     }
@@ -284,11 +376,6 @@ impl HealthMonitor {
         Ok(())
     }
 
-    /// The nodes, in configuration order.
-    pub(crate) fn nodes(&self) -> &[Node] {
-        &self.shared.nodes
-    }
-
     /// Probes `node` now instead of at its next tick (after a connection to it failed, or a
     /// write met a read-only node).
     pub fn recheck(&self, node: &Node) {
@@ -317,9 +404,9 @@ impl HealthMonitor {
         let mut changes = self.shared.changed.subscribe();
         let deadline = Instant::now() + timeout;
         loop {
-            let now = self.statuses();
-            if done(&now) {
-                return Ok(now);
+            let now = self.view();
+            if done(&now.statuses) {
+                return Ok(now.statuses.clone());
             }
             if tokio::time::timeout_at(deadline, changes.changed())
                 .await
@@ -396,6 +483,7 @@ async fn probe_loop<D: Driver>(
             let start = Instant::now();
             let mut found = probe(conn.as_mut().expect("connected above")).await?;
             found.probe_rtt = Some(start.elapsed());
+            found.probed_at = Some(start);
             Ok(found)
         })
         .await
@@ -409,7 +497,17 @@ async fn probe_loop<D: Driver>(
             return;
         };
         {
-            let mut view = shared.view.write().unwrap_or_else(|e| e.into_inner());
+            let mut wal = shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let old = shared
+                .view
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let mut view = Snapshot {
+                statuses: old.statuses.clone(),
+                primary: old.primary,
+                split_brain: old.split_brain.clone(),
+            };
             let s = &mut view.statuses[index];
             match outcome {
                 Ok(found) => {
@@ -446,8 +544,18 @@ async fn probe_loop<D: Driver>(
                     );
                 }
             }
+            match primary.map(|p| (p, &view.statuses[p])) {
+                Some((p, s)) => {
+                    if let (Some(at), Some(lsn)) = (s.probed_at, s.lsn) {
+                        wal.record(p, at, lsn);
+                    }
+                }
+                None => wal.clear(),
+            }
+            measure_lag(&mut view.statuses, &wal);
             view.primary = primary;
             view.split_brain = split;
+            *shared.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(view);
         }
         shared.changed.send_modify(|g| *g += 1);
         drop(shared);
@@ -467,7 +575,8 @@ async fn probe<C: Connection>(conn: &mut C) -> Result<NodeStatus> {
              CASE WHEN pg_is_in_recovery() THEN pg_wal_lsn_diff(coalesce(pg_last_wal_receive_lsn(), \
              pg_last_wal_replay_lsn()), pg_last_wal_replay_lsn()) END, current_setting('server_version'), \
              CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) \
-             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END",
+             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+             current_setting('default_transaction_read_only')",
         )
         .await?;
     let r = rows
@@ -486,12 +595,15 @@ async fn probe<C: Connection>(conn: &mut C) -> Result<NodeStatus> {
             .get(2)
             .and_then(|v| v.parse::<f64>().ok())
             .map(|v| v as u64),
+        replay_lag: None,
+        read_only: r.get(0) == Some("t") || r.get(5) == Some("on"),
         server_version: r.get(3).map(str::to_owned),
         last_error: None,
         probes: 0,
         timeline: r.get(4).and_then(|v| v.parse().ok()),
         probe_rtt: None,
         fenced: false,
+        probed_at: None,
     })
 }
 

@@ -1,0 +1,254 @@
+//! The provider's query surface, and [`Routed`] handles that offer it for one route.
+
+use super::path::current_lsn;
+use super::route::Target;
+use super::{ConsistencyToken, Provider};
+use crate::client::{at_most_one, one};
+use crate::pool::Pooled;
+use crate::tx::{Tx, TxOptions, run_transaction};
+use crate::{Driver, Error, FromRow, Queries, Result};
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+type Param<'p, D> = <<D as Driver>::Connection as Queries>::Param<'p>;
+type Row<D> = <<D as Driver>::Connection as Queries>::Row;
+
+/// The provider's surface for one route: statements, transactions and checkouts sent to the
+/// primary ([`Provider::primary`]), to standbys ([`Provider::read`]), or to a node that has
+/// seen a write ([`Provider::read_after`]), through the same layers as the provider's own
+/// methods. Cheap to clone.
+///
+/// ```no_run
+/// # async fn run(provider: pgprovider::provider::Provider<pgprovider_tokio_postgres::TokioPostgres>) -> pgprovider::Result<()> {
+/// let rows = provider.read().query("SELECT id FROM items", &[]).await?;
+/// // A statement that is safe to run twice may be retried after a broken connection.
+/// provider.primary().idempotent().execute("UPDATE items SET seen = true WHERE id = $1", &[&1_i64]).await?;
+/// # Ok(()) }
+/// ```
+pub struct Routed<D: Driver> {
+    provider: Provider<D>,
+    target: Target,
+    idempotent: bool,
+}
+
+impl<D: Driver> Clone for Routed<D> {
+    fn clone(&self) -> Self {
+        Routed {
+            provider: self.provider.clone(),
+            target: self.target,
+            idempotent: self.idempotent,
+        }
+    }
+}
+
+impl<D: Driver> fmt::Debug for Routed<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Routed")
+            .field("target", &self.target)
+            .field("idempotent", &self.idempotent)
+            .finish()
+    }
+}
+
+impl<D: Driver> Routed<D> {
+    /// The same route, for statements that are safe to run twice: one whose connection
+    /// broke mid-way (it may or may not have run) is run again, on the new primary after a
+    /// failover. Reads are always.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// A connection on this route, for the driver's own operations (batches, COPY,
+    /// streams, LISTEN).
+    ///
+    /// # Errors
+    /// As the route's checkout: no node qualifies within the failover timeout, or the pool's
+    /// error.
+    pub async fn conn(&self) -> Result<Pooled<D>> {
+        self.provider.checkout(self.target).await
+    }
+}
+
+/// The surface, once for the provider (its default route) and its handles.
+macro_rules! surface {
+    ($ty:ident, $doc:literal) => {
+        impl<D: Driver> $ty<D>
+        where
+            D::Connection: Queries,
+        {
+            #[doc = concat!("Runs a statement ", $doc, " and returns its rows.")]
+            ///
+            /// # Errors
+            /// The statement's error (after the retries the [retry layer](crate::retry)
+            /// allows), or a routing error naming every node's state.
+            pub async fn query<'p>(
+                &self,
+                sql: &str,
+                params: &[&'p Param<'p, D>],
+            ) -> Result<Vec<Row<D>>> {
+                let (target, idempotent) = self.route();
+                self.provider()
+                    .run(target, idempotent, |mut c| async move { c.query(sql, params).await })
+                    .await
+            }
+
+            #[doc = concat!("Runs a statement ", $doc, " and returns the rows it affected.")]
+            ///
+            /// # Errors
+            /// As `query`.
+            pub async fn execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
+                let (target, idempotent) = self.route();
+                self.provider()
+                    .run(target, idempotent, |mut c| async move { c.execute(sql, params).await })
+                    .await
+            }
+
+            #[doc = concat!("Runs a statement ", $doc, " that returns exactly one row.")]
+            ///
+            /// # Errors
+            /// As `query`, or [`ErrorKind::RowCount`](crate::ErrorKind::RowCount).
+            pub async fn query_one<'p>(
+                &self,
+                sql: &str,
+                params: &[&'p Param<'p, D>],
+            ) -> Result<Row<D>> {
+                one(self.query(sql, params).await?)
+            }
+
+            #[doc = concat!("Runs a statement ", $doc, " that returns at most one row.")]
+            ///
+            /// # Errors
+            /// As `query`, or [`ErrorKind::RowCount`](crate::ErrorKind::RowCount).
+            pub async fn query_opt<'p>(
+                &self,
+                sql: &str,
+                params: &[&'p Param<'p, D>],
+            ) -> Result<Option<Row<D>>> {
+                at_most_one(self.query(sql, params).await?)
+            }
+
+            #[doc = concat!("Runs a statement ", $doc, " and reads every row as a `T`.")]
+            ///
+            /// # Errors
+            /// As `query`, or [`ErrorKind::Decode`](crate::ErrorKind::Decode).
+            pub async fn query_as<'p, T: FromRow<Row<D>>>(
+                &self,
+                sql: &str,
+                params: &[&'p Param<'p, D>],
+            ) -> Result<Vec<T>> {
+                self.query(sql, params).await?.iter().map(T::from_row).collect()
+            }
+
+            #[doc = concat!("Runs `f` in a transaction ", $doc, ": commits when it returns `Ok`, rolls back when it returns `Err`, and runs it again after a conflict (`40001`, `40P01`) or when its connection was lost before `COMMIT` was sent (on the new primary, within the failover timeout). A `COMMIT` whose reply is lost is never run again: [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown). See [`tx`](crate::tx).")]
+            ///
+            /// # Errors
+            /// `f`'s error; the commit's; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
+            /// past the deadline; routing errors.
+            pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
+            where
+                F: FnMut(Tx<D>) -> Fut + Send,
+                Fut: Future<Output = Result<T, E>> + Send,
+                E: From<Error> + Send,
+                T: Send,
+            {
+                let (target, _) = self.route();
+                let provider = self.provider();
+                let get = |moved: Option<Error>| async move {
+                    let t = match &moved {
+                        Some(e) => {
+                            provider.fresh_look(e, provider.failover_timeout()).await;
+                            if e.is_read_only() && target.may_write() {
+                                Target::Primary
+                            } else {
+                                target
+                            }
+                        }
+                        None => target,
+                    };
+                    provider.checkout(t).await
+                };
+                Box::pin(run_transaction(opts, provider.failover_timeout(), get, f)).await
+            }
+        }
+    };
+}
+
+surface!(Provider, "on the provider's route (`target_session_attrs`)");
+surface!(Routed, "on this handle's route");
+
+impl<D: Driver> Routed<D> {
+    fn route(&self) -> (Target, bool) {
+        (self.target, self.idempotent)
+    }
+    fn provider(&self) -> &Provider<D> {
+        &self.provider
+    }
+}
+
+impl<D: Driver> Provider<D> {
+    fn route(&self) -> (Target, bool) {
+        (self.inner.default, false)
+    }
+    fn provider(&self) -> &Provider<D> {
+        self
+    }
+
+    fn routed(&self, target: Target) -> Routed<D> {
+        Routed {
+            provider: self.clone(),
+            target,
+            idempotent: false,
+        }
+    }
+
+    /// Statements to the primary, whatever `target_session_attrs` says (waiting for one
+    /// during a failover).
+    pub fn primary(&self) -> Routed<D> {
+        self.routed(Target::Primary)
+    }
+
+    /// Reads: standbys within the lag bounds (balanced, the next one when a node fails),
+    /// else the primary when allowed.
+    pub fn read(&self) -> Routed<D> {
+        self.routed(Target::Read)
+    }
+
+    /// Reads that see everything committed before `token` was taken
+    /// ([`consistency_token`](Self::consistency_token)): a standby that has replayed it
+    /// (waiting up to `wait` for one to catch up), else the primary. Never a node behind it.
+    pub fn read_after(&self, token: ConsistencyToken, wait: Duration) -> Routed<D> {
+        self.routed(Target::After(token, wait))
+    }
+
+    /// A connection on the provider's route (`target_session_attrs`), for the driver's own
+    /// operations (batches, COPY, streams).
+    ///
+    /// # Errors
+    /// As [`Routed::conn`].
+    pub async fn conn(&self) -> Result<Pooled<D>> {
+        self.checkout(self.inner.default).await
+    }
+
+    /// A connection to the primary, waiting for one during a failover (as
+    /// `provider.primary().conn()`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Connect`](crate::ErrorKind::Connect) when no primary appeared within
+    /// the failover timeout (naming every node's state); the pool's error when the
+    /// primary's checkout fails past it.
+    pub async fn write(&self) -> Result<Pooled<D>> {
+        self.checkout(Target::Primary).await
+    }
+
+    /// The position a read must have seen to include everything committed so far (on any
+    /// connection): the primary's current WAL position.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write), or the server's error.
+    pub async fn consistency_token(&self) -> Result<ConsistencyToken> {
+        let mut conn = self.checkout(Target::Primary).await?;
+        current_lsn(&mut *conn).await
+    }
+}

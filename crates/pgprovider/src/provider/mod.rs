@@ -1,0 +1,558 @@
+//! The provider: the application's one front door. It runs every statement, transaction and
+//! tenant operation itself, through one request path:
+//!
+//! ```text
+//! Provider / Routed handle ─ query, query_one, query_opt, query_as, execute, transaction, tenant
+//!   → hooks (observe, on every pool)       → statement guard and limits (tenant handles)
+//!   → retry (policy::retry)                 → routing (route.rs, on the monitor's snapshot)
+//!   → circuit breaker (policy::breaker)     → pool (one per node)  → driver
+//! ```
+//!
+//! ```no_run
+//! # async fn run() -> pgprovider::Result<()> {
+//! use pgprovider::provider::Provider;
+//! use pgprovider::TxOptions;
+//! let provider = Provider::from_url(
+//!     pgprovider_tokio_postgres::TokioPostgres::new(),
+//!     "postgres://app@db1,db2,db3/app?target_session_attrs=read-write",
+//! )?;
+//! provider.execute("INSERT INTO events (kind) VALUES ($1)", &[&"signup"]).await?;
+//! let n: i64 = provider.read().query_one("SELECT count(*) FROM events", &[]).await?.get(0);
+//! provider
+//!     .transaction(&TxOptions::new(), |tx| async move {
+//!         tx.execute("UPDATE counters SET n = n + 1", &[]).await
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - **Where statements go.** The provider's own methods follow the URL's
+//!   `target_session_attrs` (libpq's meaning, on the monitor's view of the nodes: `any` is
+//!   the first reachable node in host order, `read-write` and `primary` the primary, `standby`
+//!   and `read-only` the standbys, `prefer-standby` a standby else the primary), with
+//!   `load_balance_hosts=random` starting from a random node. [`Provider::primary`],
+//!   [`Provider::read`] and [`Provider::read_after`] give handles ([`Routed`]) with the same
+//!   methods for a given route.
+//! - **Writes** go to the node the [`HealthMonitor`] knows as primary. With none (a failover
+//!   in progress), they wait up to [`TopologyOptions::failover_timeout`] for the monitor to
+//!   find one (or fail at once with [`ErrorKind::Connect`](crate::ErrorKind::Connect) when
+//!   the timeout is zero), then go there: no configuration change. A checkout that fails asks
+//!   the monitor to recheck the node at once.
+//! - **Retries** ([`retry`](crate::retry)): a statement that never reached a server, or that
+//!   a read-only node refused (`25006`: it goes to the primary instead), is run again; one
+//!   that may have run (the connection broke) only on an [`idempotent`](Routed::idempotent)
+//!   handle or a read handle. A transaction whose connection is lost before `COMMIT` was
+//!   sent is run again on the new primary; a lost `COMMIT` reply is
+//!   [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown) and never re-run.
+//! - **Reads** ([`Provider::read`]) go to reachable standbys within the lag bounds
+//!   ([`TopologyOptions::max_replica_lag_bytes`], [`TopologyOptions::max_replica_lag`], lag
+//!   measured against the primary, see [`topology`](crate::topology#replica-lag)), in the
+//!   order of the [`ReadBalancing`] policy, the next one when a node fails; with none, to the
+//!   primary when [`TopologyOptions::read_from_primary`] allows it.
+//! - **Read-your-writes**: [`Provider::consistency_token`] after a write, then
+//!   [`Provider::read_after`] reads only from a node that has replayed it (waiting a bounded
+//!   time for a standby, else the primary).
+//! - **Breakers**: reads skip a node whose circuit breaker is open and try the next. A write
+//!   finding the primary's breaker open does not hammer it: it waits (within the failover
+//!   timeout) for the monitor to find a primary it can use, and fails with
+//!   [`ErrorKind::CircuitOpen`](crate::ErrorKind::CircuitOpen) when none appears.
+//! - **Role changes**: when the monitor sees a node change role (a primary demoted, a
+//!   standby promoted) or fenced in a split brain, the node's pool is
+//!   [retired](Pool::retire): no session from before the change is reused. A connection
+//!   of this provider that breaks, or meets a statement refused as read-only (`25006`),
+//!   makes the monitor probe that node at once.
+//! - **Split brain**: only the primary on the newest timeline gets writes or reads; see the
+//!   [`topology`](crate::topology) module.
+//! - **Overload**: every wait is bounded (the failover timeout, the pool's acquire timeout,
+//!   `pool_max_waiters` callers at most per node, then
+//!   [`ErrorKind::Overloaded`](crate::ErrorKind::Overloaded) at once).
+//!
+//! `pgprovider drill failover` runs its writers and readers through this API against a real
+//! primary and standby.
+
+mod handle;
+mod path;
+mod route;
+
+pub use handle::Routed;
+
+use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::config::{Config, LoadBalanceHosts, Node};
+use crate::health::{HealthReport, NodeHealth};
+use crate::observe::Hooks;
+use crate::pool::{Pool, PoolStats};
+use crate::retry::{Backoff, RetryPolicy};
+use crate::tenant::{Tenancy, TenancyOptions};
+use crate::topology::{HealthMonitor, Role};
+use crate::{Driver, Result};
+use route::Target;
+use std::collections::hash_map::RandomState;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+/// How the provider routes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopologyOptions {
+    /// How long a write waits for a primary during a failover (zero: fail at once).
+    pub failover_timeout: Duration,
+    /// Standbys further behind the primary than this (bytes of WAL; see
+    /// [`topology`](crate::topology#replica-lag)) get no reads; `None` for no bound.
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Standbys that have lacked WAL the primary had for longer than this get no reads;
+    /// `None` (the default) for no bound.
+    pub max_replica_lag: Option<Duration>,
+    /// Whether reads go to the primary when no standby qualifies.
+    pub read_from_primary: bool,
+    /// How often the monitor probes each node.
+    pub monitor_interval: Duration,
+    /// The circuit breakers of the nodes (reads skip a node whose breaker is open).
+    pub breaker: BreakerConfig,
+    /// How reads are spread over the standbys.
+    pub read_balancing: ReadBalancing,
+    /// The retry layer: what is retried (see [`RetryPolicy::is_safe`]), how often, and the
+    /// time budget of one statement (by default 5 attempts within the failover timeout).
+    pub retry: Option<RetryPolicy>,
+}
+
+/// How reads are spread over the standbys that qualify; the others are tried in turn when
+/// the first fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReadBalancing {
+    /// Each read starts at the next standby (the default).
+    #[default]
+    RoundRobin,
+    /// Each read starts at a standby picked at random.
+    Random,
+    /// The standby with the fewest checked-out connections first (ties in rotation).
+    LeastOutstanding,
+    /// The standby with the lowest score first, the score being the monitor's smoothed
+    /// probe round trip times (outstanding connections + 1): fast nodes get more, but not
+    /// all, of the reads.
+    LatencyAware,
+}
+
+impl Default for TopologyOptions {
+    /// Wait 30 s for a primary; 16 MiB lag bound; reads fall back to the primary; probe every
+    /// second.
+    fn default() -> Self {
+        TopologyOptions {
+            failover_timeout: Duration::from_secs(30),
+            max_replica_lag_bytes: Some(16 << 20),
+            max_replica_lag: None,
+            read_from_primary: true,
+            monitor_interval: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
+            read_balancing: ReadBalancing::RoundRobin,
+            retry: None,
+        }
+    }
+}
+
+impl TopologyOptions {
+    /// Sets the failover timeout.
+    pub fn with_failover_timeout(mut self, t: Duration) -> Self {
+        self.failover_timeout = t;
+        self
+    }
+    /// Sets the lag bound in bytes.
+    pub fn with_max_replica_lag_bytes(mut self, bytes: Option<u64>) -> Self {
+        self.max_replica_lag_bytes = bytes;
+        self
+    }
+    /// Sets the lag bound in time.
+    pub fn with_max_replica_lag(mut self, lag: Option<Duration>) -> Self {
+        self.max_replica_lag = lag;
+        self
+    }
+    /// Sets the retry layer's policy.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+    /// The retry policy in force: the one set, else 5 attempts within the failover
+    /// timeout.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+            .clone()
+            .unwrap_or_else(|| RetryPolicy::new(Backoff::default(), self.failover_timeout))
+    }
+    /// Whether reads may fall back to the primary.
+    pub fn with_read_from_primary(mut self, allowed: bool) -> Self {
+        self.read_from_primary = allowed;
+        self
+    }
+    /// Sets the circuit breakers' configuration.
+    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+    /// Sets the read balancing policy.
+    pub fn with_read_balancing(mut self, policy: ReadBalancing) -> Self {
+        self.read_balancing = policy;
+        self
+    }
+    /// Sets the probe interval.
+    pub fn with_monitor_interval(mut self, interval: Duration) -> Self {
+        self.monitor_interval = interval;
+        self
+    }
+}
+
+/// Pools for every node of a configuration, with routing; see the [module docs](self).
+/// Cheap to clone.
+pub struct Provider<D: Driver> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D: Driver> Clone for Provider<D> {
+    fn clone(&self) -> Self {
+        Provider {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<D: Driver> {
+    nodes: Vec<Node>,
+    pools: Vec<Pool<D>>,
+    breakers: Vec<CircuitBreaker>,
+    monitor: HealthMonitor,
+    options: TopologyOptions,
+    next_read: AtomicUsize,
+    random: RandomState,
+    driver: D,
+    config: Config,
+    hooks: Hooks,
+    /// Where the provider's own statements go: `target_session_attrs`.
+    default: Target,
+    lb: LoadBalanceHosts,
+    retry: RetryPolicy,
+    tenancy: Option<Arc<crate::tenant::Shared<D>>>,
+}
+
+impl<D: Driver> std::fmt::Debug for Provider<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("monitor", &self.inner.monitor)
+            .finish()
+    }
+}
+
+impl<D: Driver + Clone> Provider<D> {
+    /// A pool per node of `config` and a monitor probing them (inside a tokio runtime).
+    pub fn new(driver: D, config: &Config, options: TopologyOptions) -> Self {
+        Self::with_hooks(driver, config, options, Hooks::default())
+    }
+
+    /// A provider for `url` (libpq's URL syntax, several hosts allowed) with the default
+    /// topology options.
+    ///
+    /// # Errors
+    /// Every problem of the URL at once ([`ConfigError`](crate::ConfigError)).
+    pub fn from_url(driver: D, url: &str) -> Result<Self> {
+        let config = Config::from_url(url)?;
+        Ok(Self::new(driver, &config, TopologyOptions::default()))
+    }
+
+    /// A provider for the `PG*` environment variables (`PGHOST` with several hosts, …).
+    ///
+    /// # Errors
+    /// Every problem of the environment at once.
+    pub fn from_env(driver: D) -> Result<Self> {
+        let config = Config::from_env()?;
+        Ok(Self::new(driver, &config, TopologyOptions::default()))
+    }
+
+    /// A builder for the options, hooks and tenancy of a provider.
+    pub fn builder(driver: D, config: &Config) -> ProviderBuilder<D> {
+        ProviderBuilder {
+            driver,
+            config: config.clone(),
+            options: TopologyOptions::default(),
+            hooks: Hooks::default(),
+            tenancy: None,
+        }
+    }
+
+    /// As [`new`](Self::new), with every operation of every pool running through `hooks`
+    /// (see [`observe`](crate::observe)).
+    pub fn with_hooks(driver: D, config: &Config, options: TopologyOptions, hooks: Hooks) -> Self {
+        Self::build(driver, config, options, hooks, None)
+    }
+
+    fn build(
+        driver: D,
+        config: &Config,
+        options: TopologyOptions,
+        hooks: Hooks,
+        tenancy: Option<TenancyOptions>,
+    ) -> Self {
+        let nodes = config.nodes().to_vec();
+        let monitor = HealthMonitor::start(driver.clone(), config, options.monitor_interval);
+        let pools = nodes
+            .iter()
+            .map(|n| {
+                Pool::builder(driver.clone(), config, n)
+                    .on_suspect(monitor.rechecker(n))
+                    .observe(hooks.clone())
+                    .build()
+            })
+            .collect();
+        let breakers = nodes
+            .iter()
+            .map(|n| CircuitBreaker::new(n.to_string(), options.breaker))
+            .collect();
+        let inner = Arc::new(Inner {
+            nodes,
+            pools,
+            breakers,
+            monitor,
+            next_read: AtomicUsize::new(0),
+            random: RandomState::new(),
+            driver: driver.clone(),
+            config: config.clone(),
+            hooks: hooks.clone(),
+            default: Target::Attrs(config.target_session_attrs()),
+            lb: config.load_balance_hosts(),
+            retry: options.retry_policy(),
+            tenancy: tenancy.map(|t| Arc::new(crate::tenant::Shared::new(t))),
+            options,
+        });
+        tokio::spawn(retire_on_role_change(
+            Arc::downgrade(&inner),
+            inner.monitor.changes(),
+        ));
+        Provider { inner }
+    }
+}
+
+/// Retires a node's pool when the node changes role (between known roles: a spell of
+/// unreachability in between does not hide a demotion) or becomes fenced. Ends with the
+/// provider.
+async fn retire_on_role_change<D: Driver>(
+    inner: std::sync::Weak<Inner<D>>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut known: Vec<(Role, bool)> = Vec::new();
+    loop {
+        {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let statuses = inner.monitor.statuses();
+            known.resize(statuses.len(), (Role::Unknown, false));
+            for (i, s) in statuses.iter().enumerate() {
+                if s.role == Role::Unknown {
+                    continue;
+                }
+                let (role, fenced) = known[i];
+                let changed = (role != Role::Unknown && role != s.role) || (s.fenced && !fenced);
+                if changed {
+                    let closed = inner.pools[i].retire();
+                    tracing::warn!(node = %s.node, from = ?role, to = ?s.role, fenced = s.fenced, closed, "node changed role: its pooled connections are retired");
+                }
+                known[i] = (s.role, s.fenced);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Builds a [`Provider`] with options, hooks and tenancy.
+///
+/// ```no_run
+/// # async fn run() -> pgprovider::Result<()> {
+/// use pgprovider::provider::{Provider, TopologyOptions};
+/// use pgprovider::tenant::{Strategy, TenancyOptions};
+/// let config = pgprovider::Config::from_url("postgres://app@db1,db2/app?target_session_attrs=read-write")?;
+/// let provider = Provider::builder(pgprovider_tokio_postgres::TokioPostgres::new(), &config)
+///     .topology(TopologyOptions::default().with_max_replica_lag(Some(std::time::Duration::from_secs(2))))
+///     .tenancy(TenancyOptions::new(Strategy::Schema))
+///     .build();
+/// provider.tenant("acme")?.execute("INSERT INTO notes (body) VALUES ($1)", &[&"hi"]).await?;
+/// # Ok(()) }
+/// ```
+pub struct ProviderBuilder<D: Driver> {
+    driver: D,
+    config: Config,
+    options: TopologyOptions,
+    hooks: Hooks,
+    tenancy: Option<TenancyOptions>,
+}
+
+impl<D: Driver> std::fmt::Debug for ProviderBuilder<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderBuilder")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Driver + Clone> ProviderBuilder<D> {
+    /// Routing, lag bounds, failover timeout, breakers, retries.
+    pub fn topology(mut self, options: TopologyOptions) -> Self {
+        self.options = options;
+        self
+    }
+    /// Hooks every operation runs through.
+    pub fn hooks(mut self, hooks: Hooks) -> Self {
+        self.hooks = hooks;
+        self
+    }
+    /// Tenant handles ([`Provider::tenant`]).
+    pub fn tenancy(mut self, options: TenancyOptions) -> Self {
+        self.tenancy = Some(options);
+        self
+    }
+    /// The provider (inside a tokio runtime: it starts the monitor).
+    pub fn build(self) -> Provider<D> {
+        Provider::build(
+            self.driver,
+            &self.config,
+            self.options,
+            self.hooks,
+            self.tenancy,
+        )
+    }
+}
+
+impl<D: Driver> Provider<D> {
+    /// The health monitor.
+    pub fn monitor(&self) -> &HealthMonitor {
+        &self.inner.monitor
+    }
+
+    /// The configuration the provider was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.inner.driver
+    }
+
+    /// The hooks every pool of the provider runs operations through.
+    pub fn hooks(&self) -> &Hooks {
+        &self.inner.hooks
+    }
+
+    /// How long writes wait for a primary.
+    pub fn failover_timeout(&self) -> Duration {
+        self.inner.options.failover_timeout
+    }
+
+    /// Every node's health and the overall verdict; see [`health`](crate::health).
+    pub fn health(&self) -> HealthReport {
+        let monitor = &self.inner.monitor;
+        let nodes = monitor
+            .statuses()
+            .into_iter()
+            .zip(&self.inner.pools)
+            .map(|(s, pool)| {
+                let p = pool.stats();
+                let mut n = NodeHealth::new(s.node, s.reachable, s.role);
+                n.fenced = s.fenced;
+                n.replay_lag_bytes = s.replay_lag_bytes;
+                n.pool_in_use = p.in_use;
+                n.pool_max = p.max_size;
+                n.pool_waiters = p.waiters;
+                n.last_error = if s.reachable { None } else { s.last_error };
+                n
+            })
+            .collect();
+        HealthReport::new(
+            nodes,
+            monitor.primary().map(|n| n.to_string()),
+            monitor.split_brain().is_some(),
+        )
+    }
+
+    /// Publishes every pool's figures (labelled with the node's role) and the split-brain
+    /// count to the `metrics` recorder; see [`observe`](crate::observe).
+    pub fn record_metrics(&self) {
+        for (s, pool) in self.inner.monitor.statuses().iter().zip(&self.inner.pools) {
+            let role = match s.role {
+                Role::Primary if s.fenced => "fenced",
+                Role::Primary => "primary",
+                Role::Standby => "standby",
+                _ => "unknown",
+            };
+            crate::observe::record_pool_metrics(&s.node, role, &pool.stats());
+        }
+        metrics::counter!("pgprovider_split_brains_total")
+            .absolute(self.inner.monitor.split_brains());
+    }
+
+    /// The pool of `node`.
+    pub fn pool(&self, node: &Node) -> Option<&Pool<D>> {
+        let i = self.inner.nodes.iter().position(|n| n == node)?;
+        Some(&self.inner.pools[i])
+    }
+
+    /// Every node's pool statistics, in configuration order.
+    pub fn stats(&self) -> Vec<(Node, PoolStats)> {
+        self.inner
+            .nodes
+            .iter()
+            .cloned()
+            .zip(self.inner.pools.iter().map(Pool::stats))
+            .collect()
+    }
+
+    /// Closes every pool: checkouts fail from now on, idle connections are closed, and
+    /// checked-out ones when they come back. The monitor stops with the last clone.
+    pub async fn close(&self) {
+        for pool in &self.inner.pools {
+            pool.close().await;
+        }
+    }
+
+    /// The tenant `name`, on a provider built with [`ProviderBuilder::tenancy`]; see
+    /// [`tenant`](crate::tenant).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the provider has no tenancy;
+    /// as [`Tenancy::tenant`] for a bad name.
+    pub fn tenant(&self, name: &str) -> Result<crate::tenant::Tenant<D>>
+    where
+        D: Clone,
+    {
+        self.tenants()?.tenant(name)
+    }
+
+    /// The tenancy of a provider built with [`ProviderBuilder::tenancy`] (to create and drop
+    /// tenants).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the provider has no tenancy.
+    pub fn tenants(&self) -> Result<Tenancy<D>>
+    where
+        D: Clone,
+    {
+        match &self.inner.tenancy {
+            Some(shared) => Ok(Tenancy::from_parts(self.clone(), shared.clone())),
+            None => Err(crate::Error::new(
+                crate::ErrorKind::Config,
+                "this provider has no tenancy",
+            )
+            .with_hint("build it with Provider::builder(..).tenancy(TenancyOptions::new(..))")),
+        }
+    }
+
+    /// The circuit breaker of `node`.
+    pub fn breaker(&self, node: &Node) -> Option<&CircuitBreaker> {
+        let i = self.inner.nodes.iter().position(|n| n == node)?;
+        Some(&self.inner.breakers[i])
+    }
+}
+
+/// A WAL position: reads given it see every write committed before it was taken
+/// ([`Provider::consistency_token`], [`Provider::read_after`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConsistencyToken(pub u64);

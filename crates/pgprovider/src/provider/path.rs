@@ -1,0 +1,371 @@
+//! The request path under the provider's surface: retry → routing → circuit breaker → pool.
+//! Every statement, transaction and tenant operation of the provider comes through
+//! [`Provider::run`] or [`Provider::checkout`]; nothing else routes or retries.
+
+use super::route::{self, Target};
+use super::{ConsistencyToken, Provider};
+use crate::breaker::BreakerState;
+use crate::config::LoadBalanceHosts;
+use crate::pool::Pooled;
+use crate::topology::{Role, parse_lsn};
+use crate::{Connection, Driver, Error, ErrorKind, Result};
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::time::Instant;
+
+impl<D: Driver> Provider<D> {
+    /// Runs `f` on a connection for `target` through the retry layer: an attempt that failed
+    /// in a way [safe to repeat](crate::retry::RetryPolicy::is_safe) (`idempotent` widens
+    /// it; reads always are) runs again after the policy's wait, once the monitor has had a
+    /// fresh look at the node that failed. A statement refused as read-only (`25006`) goes to
+    /// the primary next when the target allows writes.
+    pub(crate) async fn run<T, F, Fut>(&self, target: Target, idempotent: bool, f: F) -> Result<T>
+    where
+        F: Fn(Pooled<D>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempts = self.inner.retry.attempts();
+        let mut target = target;
+        loop {
+            let deadline = Instant::now() + attempts.time_left();
+            let r = match target {
+                t if t.is_primary() => match self.primary_until(t, deadline).await {
+                    Ok(conn) => f(conn).await,
+                    Err(e) => Err(e),
+                },
+                Target::After(token, wait) => match self.after(token, wait).await {
+                    Ok(conn) => f(conn).await,
+                    Err(e) => Err(e),
+                },
+                t => self.on_candidates(t, deadline, &f).await,
+            };
+            let err = match r {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if err.is_read_only() && target.may_write() {
+                target = Target::Primary;
+            }
+            let Some(wait) = attempts.retry_after(&err, idempotent || target.is_read()) else {
+                return Err(attempts.give_up(err));
+            };
+            tracing::debug!(error = %err, ?wait, attempt = attempts.number(), "retrying");
+            self.fresh_look(&err, attempts.time_left()).await;
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Runs a read (`run` on a connection) on the read route, through the retry layer.
+    pub(crate) async fn read_with<T, F, Fut>(&self, run: F) -> Result<T>
+    where
+        F: Fn(Pooled<D>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.run(Target::Read, true, run).await
+    }
+
+    /// A connection for `target` (no statement run; no retry beyond the failover wait).
+    pub(crate) async fn checkout(&self, target: Target) -> Result<Pooled<D>> {
+        let deadline = Instant::now() + self.inner.options.failover_timeout;
+        match target {
+            t if t.is_primary() => self.primary_until(t, deadline).await,
+            Target::After(token, wait) => self.after(token, wait).await,
+            t => {
+                self.on_candidates(t, deadline, &|conn| std::future::ready(Ok(conn)))
+                    .await
+            }
+        }
+    }
+
+    /// After `err` from a node, has the monitor probe it and waits (up to `limit`) for the
+    /// verdict, so the next attempt routes on fresh knowledge rather than the view that
+    /// sent it there.
+    pub(super) async fn fresh_look(&self, err: &Error, limit: Duration) {
+        if !(err.is_node_failure() || err.is_read_only()) {
+            return;
+        }
+        let monitor = &self.inner.monitor;
+        let Some(i) = err.node().and_then(|n| self.node_index(n)) else {
+            monitor.recheck_all();
+            let _ = monitor.wait_round(limit).await;
+            return;
+        };
+        let probes = monitor.snapshot().statuses()[i].probes;
+        monitor.recheck(&self.inner.nodes[i]);
+        let _ = monitor
+            .wait_for(limit, |s| s[i].probes > probes || !s[i].reachable)
+            .await;
+    }
+
+    /// The index of the node named `name` (`host:port`).
+    fn node_index(&self, name: &str) -> Option<usize> {
+        self.inner.nodes.iter().position(|n| n.to_string() == name)
+    }
+
+    /// A connection to the primary (`read-write`: one not read-only by default), waiting for
+    /// one during a failover, until `deadline`.
+    async fn primary_until(&self, target: Target, deadline: Instant) -> Result<Pooled<D>> {
+        let monitor = &self.inner.monitor;
+        let writable = |snap: &crate::topology::Snapshot| {
+            route::candidates(snap, target, &self.inner.options, self.inner.lb, &|_| 0, 0)
+                .first()
+                .copied()
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if writable(&monitor.snapshot()).is_none() {
+                // The monitor's view may be a probe interval old: look again everywhere.
+                monitor.recheck_all();
+            }
+            let i = match monitor
+                .wait_for(left, |_| writable(&monitor.snapshot()).is_some())
+                .await
+            {
+                Ok(_) => match writable(&monitor.snapshot()) {
+                    Some(i) => i,
+                    None => continue,
+                },
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Connect,
+                        format!("no primary within {left:?} ({})", self.describe()),
+                    )
+                    .with_hint(
+                        "a failover may be in progress; check the nodes with `pgprovider health`",
+                    ));
+                }
+            };
+            let node = &self.inner.nodes[i];
+            let probes = monitor.snapshot().statuses()[i].probes;
+            let permit = match self.inner.breakers[i].try_acquire() {
+                Ok(p) => p,
+                Err(e) => {
+                    // Do not hammer a failing primary: wait for the monitor to trust
+                    // another node (or this one's breaker to let a probe through).
+                    monitor.recheck(node);
+                    let moved = monitor
+                        .wait_for(left, |_| {
+                            monitor.primary_index() != Some(i)
+                                || self.inner.breakers[i].state() != BreakerState::Open
+                        })
+                        .await;
+                    if moved.is_err() {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
+            // The checkout races the monitor: when the node stops being the trusted primary
+            // (crashed, demoted, fenced), the write re-routes at once instead of waiting out
+            // the pool's connect retries.
+            let demoted = monitor.wait_for(left, |_| monitor.primary_index() != Some(i));
+            let checkout = tokio::time::timeout(
+                left.max(Duration::from_millis(1)),
+                self.inner.pools[i].get(),
+            );
+            let outcome = tokio::select! {
+                r = checkout => r,
+                Ok(_) = demoted => continue,
+            };
+            if let Ok(got) = &outcome {
+                permit.record(got);
+            }
+            match outcome {
+                Ok(Ok(conn)) => return Ok(conn),
+                Ok(Err(e)) if Instant::now() < deadline && e.is_node_failure() => {
+                    // The primary just went away: have the monitor look again, wait for
+                    // its verdict, then route by it.
+                    monitor.recheck(node);
+                    let _ = monitor
+                        .wait_for(deadline.saturating_duration_since(Instant::now()), |s| {
+                            s[i].probes > probes || !s[i].reachable
+                        })
+                        .await;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::PoolTimeout,
+                        format!("no connection to the primary {node} within the failover timeout"),
+                    )
+                    .with_node(node.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The nodes `target` may use now, in the order to try them.
+    fn candidates(&self, target: Target) -> Vec<usize> {
+        let n = self.inner.next_read.fetch_add(1, Relaxed);
+        let random = self.inner.options.read_balancing == super::ReadBalancing::Random
+            || self.inner.lb == LoadBalanceHosts::Random;
+        let start = if random {
+            self.inner.random.hash_one(n) as usize
+        } else {
+            n
+        };
+        let pools = &self.inner.pools;
+        route::candidates(
+            &self.inner.monitor.snapshot(),
+            target,
+            &self.inner.options,
+            self.inner.lb,
+            &|i: usize| pools[i].in_use(),
+            start,
+        )
+    }
+
+    /// Every node's state, for errors.
+    fn describe(&self) -> String {
+        let snap = self.inner.monitor.snapshot();
+        let states: Vec<String> = snap
+            .statuses()
+            .iter()
+            .map(|s| match &s.last_error {
+                Some(e) if !s.reachable => format!("{}: unreachable ({e})", s.node),
+                _ if s.fenced => format!("{}: fenced", s.node),
+                _ => format!("{} {:?} lag {:?}", s.node, s.role, s.replay_lag_bytes),
+            })
+            .collect();
+        states.join("; ")
+    }
+
+    fn no_node(&self, target: Target, errors: &[String]) -> Error {
+        let failed = if errors.is_empty() {
+            String::new()
+        } else {
+            format!("; failed: {}", errors.join("; "))
+        };
+        let (what, hint) = match target {
+            Target::Attrs(attrs) => (
+                format!("no node matches target_session_attrs={attrs:?}"),
+                "the nodes of that kind are down or too far behind; change target_session_attrs or the lag bounds",
+            ),
+            _ => (
+                "no node can serve the read".to_string(),
+                "standbys are down or too far behind; allow read_from_primary or raise the lag bounds",
+            ),
+        };
+        Error::new(
+            ErrorKind::Connect,
+            format!("{what} ({}{failed})", self.describe()),
+        )
+        .with_hint(hint)
+    }
+
+    /// The candidate loop: each node in turn (skipping open breakers), a checkout that gives
+    /// up as soon as the monitor sees the node unreachable, then `run`; a node failure moves
+    /// on to the next node. When a round ends with nothing served while some node failed or
+    /// is unreachable (a failure in progress), every node is probed and the round runs again
+    /// until `deadline`; with every node reachable and none qualifying (or only open
+    /// breakers), it fails at once.
+    async fn on_candidates<T, F, Fut>(
+        &self,
+        target: Target,
+        deadline: Instant,
+        run: &F,
+    ) -> Result<T>
+    where
+        F: Fn(Pooled<D>) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let monitor = &self.inner.monitor;
+        loop {
+            let mut errors = Vec::new();
+            let mut node_failed = false;
+            for i in self.candidates(target) {
+                let Ok(permit) = self.inner.breakers[i].try_acquire() else {
+                    errors.push(format!("{}: circuit breaker open", self.inner.nodes[i]));
+                    continue;
+                };
+                // Whether the statement was sent: a failed checkout sent nothing.
+                let attempt = async {
+                    match self.inner.pools[i].get().await {
+                        Ok(conn) => (run(conn).await, true),
+                        Err(e) => (Err(e), false),
+                    }
+                };
+                let gone = monitor.wait_for(self.inner.config.pool().acquire_timeout(), |s| {
+                    !s[i].reachable
+                });
+                let (r, sent) = tokio::select! {
+                    r = attempt => r,
+                    Ok(_) = gone => (Err(Error::new(
+                        ErrorKind::ConnectionLost,
+                        "the node became unreachable during the statement",
+                    )
+                    .with_node(self.inner.nodes[i].to_string())), true),
+                };
+                permit.record(&r);
+                match r {
+                    Ok(v) => return Ok(v),
+                    Err(e) if e.is_node_failure() && (!sent || target.is_read()) => {
+                        node_failed = true;
+                        monitor.recheck(&self.inner.nodes[i]);
+                        errors.push(format!("{}: {e}", self.inner.nodes[i]));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            // Open breakers fail fast (that is their point); a node failing or unreachable
+            // now is worth another look.
+            let settled = !node_failed && monitor.snapshot().statuses().iter().all(|s| s.reachable);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if settled || left.is_zero() {
+                return Err(self.no_node(target, &errors));
+            }
+            // A failure in progress: look again once every node has been probed anew.
+            monitor.recheck_all();
+            if monitor.wait_round(left).await.is_err() {
+                return Err(self.no_node(target, &errors));
+            }
+        }
+    }
+
+    /// A connection that sees everything before `token`: a standby that has replayed it
+    /// (waiting up to `wait` for one to catch up), else the primary. Never one behind it.
+    async fn after(&self, token: ConsistencyToken, wait: Duration) -> Result<Pooled<D>> {
+        let deadline = Instant::now() + wait;
+        let snap = self.inner.monitor.snapshot();
+        for i in self.candidates(Target::Read) {
+            if snap.statuses()[i].role != Role::Standby {
+                continue;
+            }
+            let Ok(mut conn) = self.inner.pools[i].get().await else {
+                continue;
+            };
+            loop {
+                match replayed(&mut *conn).await {
+                    Some(lsn) if lsn >= token.0 => return Ok(conn),
+                    Some(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let deadline = Instant::now() + self.inner.options.failover_timeout;
+        self.primary_until(Target::Primary, deadline).await
+    }
+}
+
+/// The position a standby has replayed.
+async fn replayed<C: Connection>(conn: &mut C) -> Option<u64> {
+    let rows = conn
+        .simple_query("SELECT pg_last_wal_replay_lsn()")
+        .await
+        .ok()?;
+    rows.first()?.get(0).and_then(parse_lsn)
+}
+
+/// The primary's current WAL position, on `conn`.
+pub(super) async fn current_lsn<C: Connection>(conn: &mut C) -> Result<ConsistencyToken> {
+    let rows = conn.simple_query("SELECT pg_current_wal_lsn()").await?;
+    rows.first()
+        .and_then(|r| r.get(0))
+        .and_then(parse_lsn)
+        .map(ConsistencyToken)
+        .ok_or_else(|| Error::new(ErrorKind::Other, "the server returned no WAL position"))
+}

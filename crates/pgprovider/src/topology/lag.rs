@@ -1,0 +1,124 @@
+//! Replica lag measured against the primary.
+//!
+//! A standby's own view of its lag (received minus replayed WAL) is zero when its WAL stream
+//! is cut: it has received nothing new (shared/POSTGRES-FACTS.md, measured). So the monitor
+//! keeps a short history of the trusted primary's WAL positions, each with the time it was
+//! probed, and measures a standby probed at time `t` having replayed position `r` as:
+//!
+//! - **bytes**: the primary's position at its last probe before `t`, minus `r`;
+//! - **time**: `t` minus the time of the oldest primary probe that saw a position past `r`
+//!   (the standby lacks WAL that existed then).
+//!
+//! Both are lower bounds of the true lag (the primary may have written more since its last
+//! probe), so a healthy standby is never excluded for a probe's age, and a standby that stops
+//! replaying is seen falling behind within about one probe interval of the primary writing
+//! past it. With no primary to compare with (a failover, or before the primary's first
+//! probe), the standby's own figure is all there is.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How many primary positions are kept (at one probe a second, over four minutes).
+const KEEP: usize = 256;
+
+/// The trusted primary's recent WAL positions.
+#[derive(Debug, Default)]
+pub(crate) struct PrimaryWal {
+    node: Option<usize>,
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl PrimaryWal {
+    /// Records that `primary` (a node index) was at `lsn` when probed at `at`. A new primary
+    /// starts a new history.
+    pub(crate) fn record(&mut self, primary: usize, at: Instant, lsn: u64) {
+        if self.node != Some(primary) {
+            self.node = Some(primary);
+            self.samples.clear();
+        }
+        // Positions only grow; a probe answered out of order adds nothing.
+        if self.samples.back().is_some_and(|&(t, l)| t > at || l > lsn) {
+            return;
+        }
+        if self.samples.len() == KEEP {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, lsn));
+    }
+
+    /// Forgets the history (no primary is trusted).
+    pub(crate) fn clear(&mut self) {
+        self.node = None;
+        self.samples.clear();
+    }
+
+    /// The lag of a standby that had replayed `replayed` when probed at `at`, in bytes and
+    /// time; `None` when no primary position from before `at` is known.
+    pub(crate) fn lag(&self, replayed: u64, at: Instant) -> Option<(u64, Duration)> {
+        let before = self.samples.partition_point(|&(t, _)| t <= at);
+        let &(_, primary) = self.samples.get(before.checked_sub(1)?)?;
+        if replayed >= primary {
+            return Some((0, Duration::ZERO));
+        }
+        // The oldest position past `replayed`: the standby has lacked it since then.
+        let first = self.samples.partition_point(|&(_, l)| l <= replayed);
+        let since = self.samples[first].0;
+        Some((primary - replayed, at.saturating_duration_since(since)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_is_measured_against_the_primarys_earlier_positions() {
+        let t0 = Instant::now();
+        let s = |ms| t0 + Duration::from_millis(ms);
+        let mut wal = PrimaryWal::default();
+        assert_eq!(wal.lag(10, s(0)), None, "nothing known yet");
+        wal.record(0, s(0), 100);
+        wal.record(0, s(1000), 200);
+        wal.record(0, s(2000), 300);
+        // A standby probed at 1.5 s: compared with the primary at 1 s.
+        assert_eq!(wal.lag(200, s(1500)), Some((0, Duration::ZERO)));
+        assert_eq!(wal.lag(250, s(1500)), Some((0, Duration::ZERO)));
+        // Cut off at 150: lacks what the primary had at 1 s.
+        assert_eq!(
+            wal.lag(150, s(2500)),
+            Some((150, Duration::from_millis(1500)))
+        );
+        // Behind everything known: since the oldest sample (a lower bound).
+        assert_eq!(
+            wal.lag(50, s(2000)),
+            Some((250, Duration::from_millis(2000)))
+        );
+        // Probed before the first sample: unknown.
+        let mut late = PrimaryWal::default();
+        late.record(0, s(1000), 100);
+        assert_eq!(late.lag(0, s(500)), None);
+    }
+
+    #[test]
+    fn a_new_primary_starts_a_new_history() {
+        let t0 = Instant::now();
+        let mut wal = PrimaryWal::default();
+        wal.record(0, t0, 500);
+        wal.record(1, t0 + Duration::from_millis(10), 100);
+        assert_eq!(
+            wal.lag(100, t0 + Duration::from_millis(20)),
+            Some((0, Duration::ZERO))
+        );
+        // Out of order and backwards positions are ignored.
+        wal.record(1, t0, 50);
+        wal.record(1, t0 + Duration::from_millis(30), 90);
+        assert_eq!(wal.samples.len(), 1);
+        wal.clear();
+        assert_eq!(wal.lag(0, t0 + Duration::from_secs(1)), None);
+        for i in 0..(KEEP as u64 + 10) {
+            wal.record(2, t0 + Duration::from_millis(i), i);
+        }
+        assert_eq!(wal.samples.len(), KEEP);
+    }
+}
