@@ -23,25 +23,21 @@
 
 mod driver;
 mod error;
+pub mod kit;
 mod notify;
 pub mod observe;
 mod params;
 mod query;
 mod secret;
-pub mod sql;
 mod sqlstate;
-mod statements;
 mod value;
 
-pub use driver::{
-    Bounded, CANCEL_GRACE, CancelToken, Connection, Driver, SimpleRow, query_timeout_error,
-    run_bounded,
-};
+pub use driver::{CancelToken, Connection, Driver, SimpleRow};
 pub use error::{DbErrorFields, Error, ErrorKind, Result};
+pub use kit::StatementCacheStats;
 pub use notify::{MAX_CHANNEL, MAX_PAYLOAD, Notification, check_channel, check_notification};
 pub use params::{ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, SslMode, TlsParams};
 pub use query::{Column, FromRow, Queries, Scope, row_count_error, scope_changed_error};
 pub use secret::Secret;
 pub use sqlstate::SqlState;
-pub use statements::{Stale, StatementCacheStats, StatementCaches};
 pub use value::{Value, ValueQueries, ValueRow};

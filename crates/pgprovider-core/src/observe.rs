@@ -53,6 +53,10 @@
 //! #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
 //! # }
 //! ```
+//!
+//! (This file is long by choice: the `Operation`, the hook trait, the registry that runs
+//! hooks by priority with contained panics, and the span are one contract drivers and the
+//! provider share; about a third of it is tests.)
 
 use crate::{Error, ErrorKind, Result};
 use std::fmt;

@@ -1,6 +1,7 @@
 //! What a driver needs to reach one node.
 
-use crate::{Secret, StatementCaches};
+use crate::Secret;
+use crate::kit::StatementCaches;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;

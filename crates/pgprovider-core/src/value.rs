@@ -164,6 +164,25 @@ fn mismatch(v: &Value, want: &str) -> Error {
     Error::new(ErrorKind::Decode, format!("cannot read {v:?} as {want}"))
 }
 
+/// `i` as an `f64`, when it is exactly representable (|i| ≤ 2^53).
+fn exact_f64(i: i64) -> Result<f64> {
+    if i.unsigned_abs() <= 1 << 53 {
+        Ok(i as f64)
+    } else {
+        Err(mismatch(&Value::Int(i), "f64 (not exactly representable)"))
+    }
+}
+
+/// `f` as an `f32`, when it stays finite (precision beyond `f32`'s is rounded).
+fn narrow_f32(f: f64) -> Result<f32> {
+    let n = f as f32;
+    if n.is_finite() || !f.is_finite() {
+        Ok(n)
+    } else {
+        Err(mismatch(&Value::Float(f), "f32 (out of range)"))
+    }
+}
+
 macro_rules! column_of {
     ($($t:ty: $($pat:pat => $e:expr),+);* $(;)?) => {
         $(
@@ -201,8 +220,8 @@ column_of! {
     i64: Value::Int(i) => Ok(*i);
     i32: Value::Int(i) => i32::try_from(*i).map_err(|_| mismatch(&Value::Int(*i), "i32"));
     i16: Value::Int(i) => i16::try_from(*i).map_err(|_| mismatch(&Value::Int(*i), "i16"));
-    f64: Value::Float(f) => Ok(*f), Value::Int(i) => Ok(*i as f64);
-    f32: Value::Float(f) => Ok(*f as f32), Value::Int(i) => Ok(*i as f32);
+    f64: Value::Float(f) => Ok(*f), Value::Int(i) => exact_f64(*i);
+    f32: Value::Float(f) => narrow_f32(*f), Value::Int(i) => exact_f64(*i).and_then(narrow_f32);
     String: Value::Text(s) => Ok(s.clone());
     Vec<u8>: Value::Bytes(b) => Ok(b.clone());
 }
@@ -285,6 +304,16 @@ mod tests {
         assert!(<ValueRow as Column<String>>::column(&r, 1).is_err());
         assert!(<ValueRow as Column<bool>>::column(&r, 9).is_err());
         assert!(<ValueRow as Column<bool>>::column_named(&r, "nope").is_err());
+        let big = row(vec![Value::Int((1 << 53) + 1), Value::Float(1e300)]);
+        assert!(
+            <ValueRow as Column<f64>>::column(&big, 0).is_err(),
+            "inexact"
+        );
+        assert!(
+            <ValueRow as Column<f32>>::column(&big, 1).is_err(),
+            "out of f32's range"
+        );
+        assert_eq!(<ValueRow as Column<f32>>::column(&r, 1).unwrap(), 5.0);
         assert_eq!(r.columns().len(), 7);
         assert_eq!(r.value(3), Some(&Value::Text("x".into())));
         assert_eq!(r.values().len(), 7);

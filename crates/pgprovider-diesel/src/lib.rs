@@ -45,11 +45,12 @@ use diesel::row::{Field, Row as _};
 use diesel::sql_types::{BigInt, Binary, Bool, Double, Float, Integer, Nullable, SmallInt, Text};
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::TryStreamExt;
+use pgprovider_core::kit::sql::{RESET_RECIPE, SessionState, may_change_session};
+use pgprovider_core::kit::{Bounded, query_timeout_error, run_bounded};
 use pgprovider_core::observe::{Operation, OperationKind};
-use pgprovider_core::sql::{RESET_RECIPE, SessionState, may_change_session};
 use pgprovider_core::{
-    Bounded, CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, Queries,
-    Result, SimpleRow, SqlState, Value, ValueQueries, ValueRow, query_timeout_error, run_bounded,
+    CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, Queries, Result,
+    SimpleRow, SqlState, Value, ValueQueries, ValueRow,
 };
 use std::fmt;
 use std::future::Future;

@@ -20,7 +20,7 @@
 //! | --- | --- |
 //! | statements | sqlx's persistent prepared statements (`statement_cache_capacity`), or unnamed ones when it is 0; a statement made stale by a schema change is re-prepared and run once more outside a transaction |
 //! | cancel and query timeouts | sqlx has no cancel request: the driver remembers the backend's pid and asks the server with `pg_cancel_backend` on a short-lived side connection; the timed-out statement's reply is then awaited, so the connection stays usable |
-//! | session state | tracked from the SQL text as the tokio-postgres driver does ([`pgprovider_core::sql`]); reset with [`RESET_RECIPE`] on return |
+//! | session state | tracked from the SQL text as the tokio-postgres driver does ([`pgprovider_core::kit::sql`]); reset with [`RESET_RECIPE`] on return |
 //! | TLS | rustls (ring, webpki roots plus `sslrootcert`) for every `sslmode` |
 //! | hooks | query, execute, simple queries and transaction control through [`ConnectParams::hooks`] |
 //! | LISTEN/NOTIFY | not offered by this driver (use `sqlx::postgres::PgListener`, or the tokio-postgres driver's `Listener`) |
@@ -30,12 +30,12 @@
 #![deny(missing_docs)]
 
 use futures_util::TryStreamExt;
+use pgprovider_core::kit::sql::{RESET_RECIPE, SessionState, may_change_session};
+use pgprovider_core::kit::{Bounded, query_timeout_error, run_bounded};
 use pgprovider_core::observe::{Operation, OperationKind};
-use pgprovider_core::sql::{RESET_RECIPE, SessionState, may_change_session};
 use pgprovider_core::{
-    Bounded, CancelToken, Column, ConnectParams, Connection, DbErrorFields, Driver, Error,
-    ErrorKind, Host, Queries, Result, SimpleRow, SqlState, SslMode, Value, ValueQueries, ValueRow,
-    query_timeout_error, run_bounded,
+    CancelToken, Column, ConnectParams, Connection, DbErrorFields, Driver, Error, ErrorKind, Host,
+    Queries, Result, SimpleRow, SqlState, SslMode, Value, ValueQueries, ValueRow,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgDatabaseError, PgRow, PgSslMode};
 use sqlx::query::Query;

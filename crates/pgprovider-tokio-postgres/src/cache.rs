@@ -5,8 +5,8 @@
 //! a capacity in the hundreds an eviction that scans for the oldest entry costs about a
 //! microsecond and happens only when a workload has more distinct statements than the cap.
 
-use pgprovider_core::sql::{may_change_session, transaction_effect};
-use pgprovider_core::{Stale, StatementCaches};
+use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
+use pgprovider_core::kit::{Stale, StatementCaches};
 use std::collections::HashMap;
 use tokio_postgres::Statement;
 

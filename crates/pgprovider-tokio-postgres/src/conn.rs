@@ -2,7 +2,7 @@
 
 use crate::cache::StatementCache;
 use crate::error::map_error;
-use pgprovider_core::sql::{
+use pgprovider_core::kit::sql::{
     RESET_RECIPE, may_change_session, opens_transaction, transaction_effect,
 };
 use pgprovider_core::{
@@ -173,18 +173,20 @@ impl PgConnection {
         self.cancel_at = self.timeout.map(|t| std::time::Instant::now() + t);
         let cancel = self.cancel_token_inner();
         let fut = f(&self.client);
-        let r = match pgprovider_core::run_bounded(self.timeout, &cancel, fut, |e| {
+        let r = match pgprovider_core::kit::run_bounded(self.timeout, &cancel, fut, |e| {
             e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
         })
         .await
         {
-            pgprovider_core::Bounded::Finished(r) => r,
-            pgprovider_core::Bounded::TimedOut { clean } => {
+            pgprovider_core::kit::Bounded::Finished(r) => r,
+            pgprovider_core::kit::Bounded::TimedOut { clean } => {
                 // Not clean: the cancel may still hit the next statement, discard then.
                 self.in_flight = !clean;
                 self.desynced |= !clean;
                 let t = self.timeout.unwrap_or_default();
-                return Err(pgprovider_core::query_timeout_error(t, clean, &self.node));
+                return Err(pgprovider_core::kit::query_timeout_error(
+                    t, clean, &self.node,
+                ));
             }
         };
         self.in_flight = false;

@@ -51,6 +51,8 @@ mod copy;
 mod error;
 mod listen;
 mod mux;
+#[cfg(feature = "provider")]
+mod provider;
 mod query;
 mod tls;
 mod value;
@@ -61,7 +63,9 @@ pub use error::map_error;
 pub use listen::{Event, Listener, ListenerBuilder, ListenerStats, SlowSubscriber, Subscription};
 pub use mux::{Multiplexed, MuxStats};
 pub use pgprovider_core::Notification;
-pub use pgprovider_core::sql::RESET_RECIPE;
+pub use pgprovider_core::kit::sql::RESET_RECIPE;
+#[cfg(feature = "provider")]
+pub use provider::ProviderExt;
 pub use query::{BatchResult, Param, PgRow, PgRowStream};
 pub use tls::SYSTEM_ROOTS;
 pub use tokio_postgres::types;

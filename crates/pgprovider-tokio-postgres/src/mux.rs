@@ -23,7 +23,7 @@
 //! statement to its end (bound it with `statement_timeout` in `options`).
 
 use crate::error::map_error;
-use pgprovider_core::sql::may_change_session;
+use pgprovider_core::kit::sql::may_change_session;
 use pgprovider_core::{ConnectParams, Driver, Error, ErrorKind, Result, SqlState};
 use std::collections::HashMap;
 use std::fmt;

@@ -22,7 +22,9 @@ impl ToSql for PgValue<'_> {
             (Value::Int(i), &Type::INT2) => i16::try_from(*i)?.to_sql(ty, out),
             (Value::Int(i), &Type::INT4) => i32::try_from(*i)?.to_sql(ty, out),
             (Value::Int(i), &Type::INT8) => i.to_sql(ty, out),
-            (Value::Int(i), &Type::FLOAT8) => (*i as f64).to_sql(ty, out),
+            (Value::Int(i), &Type::FLOAT8) if i.unsigned_abs() <= 1 << 53 => {
+                (*i as f64).to_sql(ty, out)
+            }
             (Value::Float(f), &Type::FLOAT8) => f.to_sql(ty, out),
             (Value::Float(f), &Type::FLOAT4) => (*f as f32).to_sql(ty, out),
             (Value::Bool(b), &Type::BOOL) => b.to_sql(ty, out),

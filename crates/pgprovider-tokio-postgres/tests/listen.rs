@@ -280,3 +280,32 @@ async fn no_primary_is_a_clear_error() {
     let sub = ok.subscribe("debugged").await.unwrap();
     assert!(format!("{sub:?}").contains("debugged"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_listens_and_runs_batches_through_its_own_route() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    use pgprovider_tokio_postgres::ProviderExt;
+    let c = config("&application_name=pgprovider-listen-provider").await;
+    let provider = Provider::new(TokioPostgres::new(), &c, TopologyOptions::default());
+    let listener = provider.listen().await.unwrap();
+    let mut sub = listener.subscribe("provider_front_door").await.unwrap();
+    provider
+        .execute("SELECT pg_notify('provider_front_door', 'hello')", &[])
+        .await
+        .unwrap();
+    match next(&mut sub).await {
+        Event::Notification(n) => assert_eq!(n.payload, "hello"),
+        other => panic!("{other:?}"),
+    }
+    let r = provider
+        .batch(&[("SELECT 1", &[]), ("SELECT $1::int + 1", &[&41_i32])])
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 2);
+    // A failing statement names its position; nothing of the batch is applied.
+    let e = provider
+        .batch(&[("SELECT 1", &[]), ("SELEC 2", &[])])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("batch statement 2 of 2"), "{e}");
+}

@@ -1365,3 +1365,43 @@ async fn a_storm_of_deadlines_leaves_every_session_clean_and_every_commit_accoun
         "statements were abandoned and recovered: {s:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_a_read_only_transaction_fails_once_and_is_not_run_again() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let c = common::config("").await;
+    let provider = Provider::new(
+        TokioPostgres::new(),
+        &c,
+        TopologyOptions::default().with_failover_timeout(std::time::Duration::from_secs(30)),
+    );
+    let runs = AtomicU32::new(0);
+    let runs = &runs;
+    let started = std::time::Instant::now();
+    let e = provider
+        .transaction(
+            &pgprovider::TxOptions::new().with_read_only(true),
+            |tx| async move {
+                runs.fetch_add(1, SeqCst);
+                tx.execute("CREATE TEMP TABLE ro_refused (id int)", &[])
+                    .await
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.sql_state(),
+        Some(pgprovider::SqlState::READ_ONLY_SQL_TRANSACTION),
+        "{e}"
+    );
+    assert_eq!(
+        runs.load(SeqCst),
+        1,
+        "the caller's own read-only transaction is not re-run"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "no retry loop"
+    );
+}

@@ -1,10 +1,13 @@
-//! `pgprovider demo`: a short mixed workload through the pool, then a summary.
+//! `pgprovider demo`: a short mixed workload through the provider (the front door: typed
+//! statements and transactions on driver-neutral values, whichever driver is chosen), then a
+//! summary.
 
 use crate::Exit;
 use crate::opt::DemoArgs;
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use pgprovider::{AnyDriver, Config, Connection, Driver, Pool, PoolStats};
+use pgprovider::provider::{Provider, TopologyOptions};
+use pgprovider::{AnyDriver, Config, Connection, Driver, PoolStats, TxOptions, Value};
 use pgprovider_testkit::TestCluster;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -17,7 +20,8 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.ops == 0 || args.tasks == 0 {
         return Err(Exit(2, "--ops and --tasks must be at least 1".into()).into());
     }
-    let driver = crate::registry()
+    let registry = crate::registry();
+    let driver = registry
         .get(&args.driver)
         .map_err(|e| Exit(2, e.to_string()))?;
     let (config, cluster) = match &args.url {
@@ -47,30 +51,33 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let probe = driver.connect(&config.connect_params(node).await?).await?;
     probe.close().await;
 
-    let pool = Pool::new(driver, &config, node);
+    let provider = registry.provider(&args.driver, &config, TopologyOptions::default())?;
     let table = format!("pgprovider_demo_{}", std::process::id());
-    {
-        let mut c = pool.get().await?;
-        c.simple_query(&format!(
-            "CREATE TABLE {table} (id bigserial PRIMARY KEY, task int NOT NULL, counter bigint NOT NULL DEFAULT 0, note text)"
-        ))
+    provider
+        .execute(
+            &format!(
+                "CREATE TABLE {table} (id bigserial PRIMARY KEY, task int NOT NULL, counter bigint NOT NULL DEFAULT 0, note text)"
+            ),
+            &[],
+        )
         .await
         .context("cannot create the demo table")?;
-    }
-    let outcome = workload(&pool, &table, &args).await;
+    let outcome = workload(&provider, &table, &args).await;
     let verified = match &outcome {
-        Ok(r) => verify(&pool, &table, r).await,
+        Ok(r) => verify(&provider, &table, r).await,
         Err(_) => Ok(()),
     };
     // Always remove what the demo created, whatever happened above.
-    let cleanup = async {
-        let mut c = pool.get().await?;
-        c.simple_query(&format!("DROP TABLE IF EXISTS {table}"))
-            .await
-    }
-    .await;
-    let stats = pool.stats();
-    pool.close().await;
+    let cleanup = provider
+        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await;
+    let stats = provider
+        .stats()
+        .into_iter()
+        .next()
+        .map(|(_, s)| s)
+        .unwrap_or_default();
+    provider.close().await;
     drop(cluster);
     let report = outcome?;
     verified?;
@@ -107,7 +114,11 @@ struct Report {
     first_error: Option<String>,
 }
 
-async fn workload(pool: &Pool<AnyDriver>, table: &str, args: &DemoArgs) -> anyhow::Result<Report> {
+async fn workload(
+    provider: &Provider<AnyDriver>,
+    table: &str,
+    args: &DemoArgs,
+) -> anyhow::Result<Report> {
     let next = Arc::new(AtomicU64::new(0));
     let bar = ProgressBar::new(args.ops);
     bar.set_style(
@@ -117,8 +128,8 @@ async fn workload(pool: &Pool<AnyDriver>, table: &str, args: &DemoArgs) -> anyho
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.tasks {
-        let (pool, next, bar, table, ops) = (
-            pool.clone(),
+        let (provider, next, bar, table, ops) = (
+            provider.clone(),
             next.clone(),
             bar.clone(),
             table.to_owned(),
@@ -136,18 +147,41 @@ async fn workload(pool: &Pool<AnyDriver>, table: &str, args: &DemoArgs) -> anyho
                     5..=7 => 1,
                     _ => 2,
                 };
-                let sql = match kind {
-                    0 => format!("SELECT count(*), coalesce(sum(counter), 0) FROM {table} WHERE task = {task}"),
-                    1 => format!("INSERT INTO {table} (task, note) VALUES ({task}, 'write {i}')"),
-                    _ => format!(
-                        "BEGIN; UPDATE {table} SET counter = counter + 1 WHERE id = (SELECT max(id) FROM {table} WHERE task = {task}); \
-                         INSERT INTO {table} (task, note) VALUES ({task}, 'transaction {i}'); COMMIT"
-                    ),
-                };
                 let t = Instant::now();
-                let res = match pool.get().await {
-                    Ok(mut c) => c.simple_query(&sql).await.map(|_| ()),
-                    Err(e) => Err(e),
+                let (task_v, table) = (Value::from(task as i64), table.as_str());
+                let res = match kind {
+                    0 => provider
+                        .query(
+                            &format!("SELECT count(*), coalesce(sum(counter), 0)::bigint FROM {table} WHERE task = $1"),
+                            &[&task_v],
+                        )
+                        .await
+                        .map(|_| ()),
+                    1 => provider
+                        .execute(
+                            &format!("INSERT INTO {table} (task, note) VALUES ($1, $2)"),
+                            &[&task_v, &Value::from(format!("write {i}"))],
+                        )
+                        .await
+                        .map(|_| ()),
+                    _ => {
+                        let task_v = &task_v;
+                        provider
+                            .transaction(&TxOptions::new(), |tx| async move {
+                                tx.execute(
+                                    &format!("UPDATE {table} SET counter = counter + 1 WHERE id = (SELECT max(id) FROM {table} WHERE task = $1)"),
+                                    &[task_v],
+                                )
+                                .await?;
+                                tx.execute(
+                                    &format!("INSERT INTO {table} (task, note) VALUES ($1, $2)"),
+                                    &[task_v, &Value::from(format!("transaction {i}"))],
+                                )
+                                .await
+                            })
+                            .await
+                            .map(|_| ())
+                    }
                 };
                 match res {
                     Ok(()) => {
@@ -182,12 +216,12 @@ async fn workload(pool: &Pool<AnyDriver>, table: &str, args: &DemoArgs) -> anyho
 }
 
 /// Checks that every acknowledged write is in the table, and nothing else.
-async fn verify(pool: &Pool<AnyDriver>, table: &str, r: &Report) -> anyhow::Result<()> {
-    let mut c = pool.get().await?;
-    let rows = c
-        .simple_query(&format!("SELECT count(*) FROM {table}"))
-        .await?;
-    let n: u64 = rows[0].get(0).unwrap_or("0").parse()?;
+async fn verify(provider: &Provider<AnyDriver>, table: &str, r: &Report) -> anyhow::Result<()> {
+    let (n,): (i64,) = provider
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await?
+        .to()?;
+    let n = n as u64;
     anyhow::ensure!(
         n == r.rows_written,
         "the table holds {n} rows but {} writes were acknowledged",

@@ -1,3 +1,6 @@
+//! Configuration tests: URL, environment, builder and validation, one module sharing
+//! fixtures (hence one long file).
+
 use super::*;
 use pgprovider_core::{Host, SslMode};
 use std::io::Write;

@@ -495,5 +495,15 @@ fn statement_name(kind: &str) -> String {
     )
 }
 
+/// Reports a tenant statement that changed its scope (the server's check caught it).
+pub(crate) fn scope_breach(tenant: &str, e: &crate::Error) {
+    tracing::error!(
+        target: "pgprovider::security",
+        tenant,
+        node = e.node().unwrap_or("?"),
+        "a tenant statement changed its scope; rolled back, connection closed"
+    );
+}
+
 #[cfg(test)]
 mod tests;

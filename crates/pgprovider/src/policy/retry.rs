@@ -269,6 +269,14 @@ impl SplitMix64 {
     }
 }
 
+/// The moment `d` from now, saturating (a `Duration::MAX` timeout means "about never"
+/// rather than a panic).
+pub(crate) fn later(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// A seed that differs between calls and processes.
 pub(crate) fn fresh_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -60,12 +60,18 @@ impl Hosts {
     {
         let order = self.order();
         let mut refused = Vec::new();
+        // An error that retrying cannot fix (authentication, TLS, a missing database):
+        // returned as it is when no host matches, so the pool fails at once.
+        let mut fatal: Option<Error> = None;
         let mut fallback: Option<(D::Connection, &Node)> = None;
         for node in &order {
             let mut conn = match connect(node).await {
                 Ok(c) => c,
                 Err(e) => {
                     refused.push(format!("{node}: {}", e.message()));
+                    if !e.is_retryable() && fatal.is_none() {
+                        fatal = Some(e);
+                    }
                     continue;
                 }
             };
@@ -96,6 +102,9 @@ impl Hosts {
         }
         if let Some((conn, _)) = fallback {
             return Ok(conn);
+        }
+        if let Some(e) = fatal {
+            return Err(e);
         }
         let attrs = crate::config::TargetSessionAttrs::ALL
             .iter()

@@ -54,6 +54,11 @@
 //! old primary's connections break and new ones go to the host that matches now. For routing
 //! that knows every node's role, lag and health, use the
 //! [`Provider`](crate::provider::Provider).
+//!
+//! (This file is long by choice: checkout, return and their counters are one state machine
+//! whose invariants — permits, `size`, the idle queue, shrink debt — are read together; the
+//! parts that stand alone are in `deadline`, `guard`, `hooks`, `hosts`, `maintain`, `open`
+//! and `stats`.)
 
 mod deadline;
 mod guard;
@@ -71,8 +76,9 @@ pub use stats::{PoolStats, WAIT_BUCKETS};
 use crate::config::{Config, Node, ValidationPolicy};
 use hooks::{CatchUnwind, Hooks, guarded};
 use open::{MAX_CONNECTING, Opened, Pinging, open_for_checkout};
+use pgprovider_core::kit::StatementCaches;
 use pgprovider_core::observe::{Hooks as Observe, Operation, OperationKind, Outcome};
-use pgprovider_core::{Connection, Driver, Error, ErrorKind, Result, StatementCaches};
+use pgprovider_core::{Connection, Driver, Error, ErrorKind, Result};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

@@ -5,7 +5,7 @@ use super::route::Target;
 use super::{ConsistencyToken, Provider};
 use crate::client::{at_most_one, one};
 use crate::pool::Pooled;
-use crate::tx::{Tx, TxOptions, run_transaction};
+use crate::tx::{Follow, Tx, TxOptions, run_transaction};
 use crate::{Driver, Error, FromRow, Queries, Result};
 use std::fmt;
 use std::future::Future;
@@ -155,21 +155,29 @@ macro_rules! surface {
             {
                 let (target, _) = self.route();
                 let provider = self.provider();
+                // After a refusal as read-only, the primary for the attempts that follow.
+                let to_primary = std::sync::atomic::AtomicBool::new(false);
+                let to_primary = &to_primary;
                 let get = |moved: Option<Error>| async move {
-                    let t = match &moved {
-                        Some(e) => {
-                            provider.fresh_look(e, provider.failover_timeout()).await;
-                            if e.is_read_only() && target.may_write() {
-                                Target::Primary
-                            } else {
-                                target
-                            }
+                    use std::sync::atomic::Ordering::Relaxed;
+                    if let Some(e) = &moved {
+                        provider.fresh_look(e, provider.look_limit()).await;
+                        if e.is_read_only() {
+                            to_primary.store(true, Relaxed);
                         }
-                        None => target,
+                    }
+                    let t = if to_primary.load(Relaxed) && !target.is_primary() {
+                        Target::Primary
+                    } else {
+                        target
                     };
                     provider.checkout(t).await
                 };
-                Box::pin(run_transaction(opts, provider.failover_timeout(), get, f)).await
+                let follow = Follow {
+                    failover: provider.failover_timeout(),
+                    read_only_moves: target.may_write() && !opts.is_read_only(),
+                };
+                Box::pin(run_transaction(opts, follow, get, f)).await
             }
         }
     };
@@ -210,7 +218,10 @@ impl<D: Driver> Provider<D> {
     }
 
     /// Reads: standbys within the lag bounds (balanced, the next one when a node fails),
-    /// else the primary when allowed.
+    /// else the primary when allowed. Statements here are taken as reads: after a node
+    /// failure they run again elsewhere (a timeout excepted), so send writes, and reads with
+    /// side effects (`nextval`, functions that write), through the provider or
+    /// [`primary`](Self::primary).
     pub fn read(&self) -> Routed<D> {
         self.routed(Target::Read)
     }

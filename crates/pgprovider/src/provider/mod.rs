@@ -82,7 +82,6 @@ use crate::health::{HealthReport, NodeHealth};
 use crate::observe::Hooks;
 use crate::pool::{Pool, PoolStats};
 use crate::retry::{Backoff, RetryPolicy};
-use crate::tenant::{Tenancy, TenancyOptions};
 use crate::topology::{HealthMonitor, Role};
 use crate::{Driver, Result};
 use route::Target;
@@ -230,7 +229,9 @@ struct Inner<D: Driver> {
     default: Target,
     lb: LoadBalanceHosts,
     retry: RetryPolicy,
-    tenancy: Option<Arc<crate::tenant::Shared<D>>>,
+    /// The tenancy layer's state, attached by it ([`ProviderBuilder::tenancy`]): the
+    /// provider does not know its type, so the layers below never depend on tenancy.
+    pub(crate) tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<D: Driver> std::fmt::Debug for Provider<D> {
@@ -288,7 +289,7 @@ impl<D: Driver + Clone> Provider<D> {
         config: &Config,
         options: TopologyOptions,
         hooks: Hooks,
-        tenancy: Option<TenancyOptions>,
+        tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
     ) -> Self {
         let nodes = config.nodes().to_vec();
         let monitor = HealthMonitor::start(driver.clone(), config, options.monitor_interval);
@@ -318,7 +319,7 @@ impl<D: Driver + Clone> Provider<D> {
             default: Target::Attrs(config.target_session_attrs()),
             lb: config.load_balance_hosts(),
             retry: options.retry_policy(),
-            tenancy: tenancy.map(|t| Arc::new(crate::tenant::Shared::new(t))),
+            tenancy,
             options,
         });
         tokio::spawn(retire_on_role_change(
@@ -382,7 +383,7 @@ pub struct ProviderBuilder<D: Driver> {
     config: Config,
     options: TopologyOptions,
     hooks: Hooks,
-    tenancy: Option<TenancyOptions>,
+    pub(crate) tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl<D: Driver> std::fmt::Debug for ProviderBuilder<D> {
@@ -402,11 +403,6 @@ impl<D: Driver + Clone> ProviderBuilder<D> {
     /// Hooks every operation runs through.
     pub fn hooks(mut self, hooks: Hooks) -> Self {
         self.hooks = hooks;
-        self
-    }
-    /// Tenant handles ([`Provider::tenant`]).
-    pub fn tenancy(mut self, options: TenancyOptions) -> Self {
-        self.tenancy = Some(options);
         self
     }
     /// The provider (inside a tokio runtime: it starts the monitor).
@@ -513,36 +509,9 @@ impl<D: Driver> Provider<D> {
         }
     }
 
-    /// The tenant `name`, on a provider built with [`ProviderBuilder::tenancy`]; see
-    /// [`tenant`](crate::tenant).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the provider has no tenancy;
-    /// as [`Tenancy::tenant`] for a bad name.
-    pub fn tenant(&self, name: &str) -> Result<crate::tenant::Tenant<D>>
-    where
-        D: Clone,
-    {
-        self.tenants()?.tenant(name)
-    }
-
-    /// The tenancy of a provider built with [`ProviderBuilder::tenancy`] (to create and drop
-    /// tenants).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the provider has no tenancy.
-    pub fn tenants(&self) -> Result<Tenancy<D>>
-    where
-        D: Clone,
-    {
-        match &self.inner.tenancy {
-            Some(shared) => Ok(Tenancy::from_parts(self.clone(), shared.clone())),
-            None => Err(crate::Error::new(
-                crate::ErrorKind::Config,
-                "this provider has no tenancy",
-            )
-            .with_hint("build it with Provider::builder(..).tenancy(TenancyOptions::new(..))")),
-        }
+    /// The tenancy layer's state, if one was attached.
+    pub(crate) fn attached_tenancy(&self) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        self.inner.tenancy.clone()
     }
 
     /// The circuit breaker of `node`.

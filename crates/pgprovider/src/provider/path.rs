@@ -7,6 +7,7 @@ use super::{ConsistencyToken, Provider};
 use crate::breaker::BreakerState;
 use crate::config::LoadBalanceHosts;
 use crate::pool::Pooled;
+use crate::retry::later;
 use crate::topology::{Role, parse_lsn};
 use crate::{Connection, Driver, Error, ErrorKind, Result};
 use std::future::Future;
@@ -29,7 +30,7 @@ impl<D: Driver> Provider<D> {
         let mut attempts = self.inner.retry.attempts();
         let mut target = target;
         loop {
-            let deadline = Instant::now() + attempts.time_left();
+            let deadline = later(attempts.time_left());
             let r = match target {
                 t if t.is_primary() => match self.primary_until(t, deadline).await {
                     Ok(conn) => f(conn).await,
@@ -48,11 +49,15 @@ impl<D: Driver> Provider<D> {
             if err.is_read_only() && target.may_write() {
                 target = Target::Primary;
             }
-            let Some(wait) = attempts.retry_after(&err, idempotent || target.is_read()) else {
+            // Reads are safe to repeat, except one that ran out of time: it would only run
+            // out of time again, on every node.
+            let read = target.is_read() && err.kind() != ErrorKind::Timeout;
+            let Some(wait) = attempts.retry_after(&err, idempotent || read) else {
                 return Err(attempts.give_up(err));
             };
             tracing::debug!(error = %err, ?wait, attempt = attempts.number(), "retrying");
-            self.fresh_look(&err, attempts.time_left()).await;
+            self.fresh_look(&err, attempts.time_left().min(self.look_limit()))
+                .await;
             tokio::time::sleep(wait).await;
         }
     }
@@ -68,7 +73,7 @@ impl<D: Driver> Provider<D> {
 
     /// A connection for `target` (no statement run; no retry beyond the failover wait).
     pub(crate) async fn checkout(&self, target: Target) -> Result<Pooled<D>> {
-        let deadline = Instant::now() + self.inner.options.failover_timeout;
+        let deadline = later(self.inner.options.failover_timeout);
         match target {
             t if t.is_primary() => self.primary_until(t, deadline).await,
             Target::After(token, wait) => self.after(token, wait).await,
@@ -99,6 +104,12 @@ impl<D: Driver> Provider<D> {
             .await;
     }
 
+    /// How long a retry waits for the monitor's fresh look at a failed node: a few probe
+    /// intervals, so a slow probe cannot eat the whole failover timeout.
+    pub(super) fn look_limit(&self) -> Duration {
+        (self.inner.options.monitor_interval * 3).max(Duration::from_secs(1))
+    }
+
     /// The index of the node named `name` (`host:port`).
     fn node_index(&self, name: &str) -> Option<usize> {
         self.inner.nodes.iter().position(|n| n.to_string() == name)
@@ -115,6 +126,18 @@ impl<D: Driver> Provider<D> {
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "no primary within the failover timeout ({})",
+                        self.describe()
+                    ),
+                )
+                .with_hint(
+                    "a failover may be in progress; check the nodes with `pgprovider health`",
+                ));
+            }
             if writable(&monitor.snapshot()).is_none() {
                 // The monitor's view may be a probe interval old: look again everywhere.
                 monitor.recheck_all();
@@ -143,15 +166,18 @@ impl<D: Driver> Provider<D> {
                 Ok(p) => p,
                 Err(e) => {
                     // Do not hammer a failing primary: wait for the monitor to trust
-                    // another node (or this one's breaker to let a probe through).
+                    // another node, or this one's breaker to close. A half-open breaker
+                    // with its probe in flight is looked at again after a short pause
+                    // (never a busy loop).
                     monitor.recheck(node);
+                    let pause = left.min(Duration::from_millis(50));
                     let moved = monitor
-                        .wait_for(left, |_| {
+                        .wait_for(pause, |_| {
                             monitor.primary_index() != Some(i)
-                                || self.inner.breakers[i].state() != BreakerState::Open
+                                || self.inner.breakers[i].state() == BreakerState::Closed
                         })
                         .await;
-                    if moved.is_err() {
+                    if moved.is_err() && Instant::now() >= deadline {
                         return Err(e);
                     }
                     continue;
@@ -301,7 +327,10 @@ impl<D: Driver> Provider<D> {
                 permit.record(&r);
                 match r {
                     Ok(v) => return Ok(v),
-                    Err(e) if e.is_node_failure() && (!sent || target.is_read()) => {
+                    Err(e)
+                        if e.is_node_failure()
+                            && (!sent || (target.is_read() && e.kind() != ErrorKind::Timeout)) =>
+                    {
                         node_failed = true;
                         monitor.recheck(&self.inner.nodes[i]);
                         errors.push(format!("{}: {e}", self.inner.nodes[i]));
@@ -327,7 +356,7 @@ impl<D: Driver> Provider<D> {
     /// A connection that sees everything before `token`: a standby that has replayed it
     /// (waiting up to `wait` for one to catch up), else the primary. Never one behind it.
     async fn after(&self, token: ConsistencyToken, wait: Duration) -> Result<Pooled<D>> {
-        let deadline = Instant::now() + wait;
+        let deadline = later(wait);
         let snap = self.inner.monitor.snapshot();
         for i in self.candidates(Target::Read) {
             if snap.statuses()[i].role != Role::Standby {
@@ -346,7 +375,7 @@ impl<D: Driver> Provider<D> {
                 }
             }
         }
-        let deadline = Instant::now() + self.inner.options.failover_timeout;
+        let deadline = later(self.inner.options.failover_timeout);
         self.primary_until(Target::Primary, deadline).await
     }
 }

@@ -12,15 +12,16 @@
 //! Both are lower bounds of the true lag (the primary may have written more since its last
 //! probe), so a healthy standby is never excluded for a probe's age, and a standby that stops
 //! replaying is seen falling behind within about one probe interval of the primary writing
-//! past it. With no primary to compare with (a failover, or before the primary's first
-//! probe), the standby's own figure is all there is.
+//! past it. During a failover the last primary's positions still count; before the first
+//! primary probe the standby's own figure is all there is.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How many primary positions are kept (at one probe a second, over four minutes).
-const KEEP: usize = 256;
+/// How many distinct primary positions are kept (at one probe a second under constant
+/// writes, 17 minutes: a time lag above that reads as that; 16 KiB).
+const KEEP: usize = 1024;
 
 /// The trusted primary's recent WAL positions.
 #[derive(Debug, Default)]
@@ -30,27 +31,28 @@ pub(crate) struct PrimaryWal {
 }
 
 impl PrimaryWal {
-    /// Records that `primary` (a node index) was at `lsn` when probed at `at`. A new primary
-    /// starts a new history.
+    /// Records that `primary` (a node index) had reached `lsn` by `at` (when its probe was
+    /// answered). A new primary, or a position that went backwards (another server behind
+    /// the same address), starts a new history; a probe already recorded, answered out of
+    /// order, or at a position already known adds nothing (the first time a position was
+    /// seen is what time lags are measured from).
     pub(crate) fn record(&mut self, primary: usize, at: Instant, lsn: u64) {
-        if self.node != Some(primary) {
+        let backwards = self.samples.back().is_some_and(|&(_, l)| lsn < l);
+        if self.node != Some(primary) || backwards {
             self.node = Some(primary);
             self.samples.clear();
         }
-        // Positions only grow; a probe answered out of order adds nothing.
-        if self.samples.back().is_some_and(|&(t, l)| t > at || l > lsn) {
+        if self
+            .samples
+            .back()
+            .is_some_and(|&(t, l)| t >= at || l == lsn)
+        {
             return;
         }
         if self.samples.len() == KEEP {
             self.samples.pop_front();
         }
         self.samples.push_back((at, lsn));
-    }
-
-    /// Forgets the history (no primary is trusted).
-    pub(crate) fn clear(&mut self) {
-        self.node = None;
-        self.samples.clear();
     }
 
     /// The lag of a standby that had replayed `replayed` when probed at `at`, in bytes and
@@ -110,13 +112,18 @@ mod tests {
             wal.lag(100, t0 + Duration::from_millis(20)),
             Some((0, Duration::ZERO))
         );
-        // Out of order and backwards positions are ignored.
-        wal.record(1, t0, 50);
-        wal.record(1, t0 + Duration::from_millis(30), 90);
+        // Out of order, repeated and unchanged positions add nothing.
+        wal.record(1, t0, 150);
+        wal.record(1, t0 + Duration::from_millis(10), 100);
+        wal.record(1, t0 + Duration::from_millis(30), 100);
         assert_eq!(wal.samples.len(), 1);
-        wal.clear();
-        assert_eq!(wal.lag(0, t0 + Duration::from_secs(1)), None);
-        for i in 0..(KEEP as u64 + 10) {
+        // A position going backwards starts again.
+        wal.record(1, t0 + Duration::from_millis(40), 90);
+        assert_eq!(
+            wal.samples.iter().copied().collect::<Vec<_>>(),
+            vec![(t0 + Duration::from_millis(40), 90)]
+        );
+        for i in 1..(KEEP as u64 + 10) {
             wal.record(2, t0 + Duration::from_millis(i), i);
         }
         assert_eq!(wal.samples.len(), KEEP);

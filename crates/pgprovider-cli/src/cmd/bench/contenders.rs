@@ -9,6 +9,7 @@
 //! | `pgprovider` | the classic pool: checkout, statement cache, return |
 //! | `pgprovider_sqlx` | the classic pool over the sqlx driver (feature `sqlx`, on by default) |
 //! | `pgprovider_diesel` | the classic pool over the diesel-async driver (feature `diesel`, on by default) |
+//! | `pgprovider_provider` | the provider, the front door (`provider.query`, `provider.transaction`, `provider.conn`), over the same pool: what routing, retries and the monitor's snapshot cost |
 //! | `pgprovider_mux` | multiplexed mode: tasks share the connections, pipelined (reads only) |
 //! | `raw` | one raw tokio-postgres client per connection, one task driving each (no pool) |
 //! | `raw_pipelined` | the raw clients shared by every task (the ceiling for multiplexing; reads only) |
@@ -17,6 +18,7 @@
 //! | `sqlx` | sqlx's `PgPool` with its defaults (a ping before every acquire; statements cached) |
 
 use super::measure::{Op, mix};
+use pgprovider::provider::{Provider, TopologyOptions};
 use pgprovider::{Config, Pool, Queries, TxOptions};
 use pgprovider_tokio_postgres::{Multiplexed, TokioPostgres};
 use std::sync::Arc;
@@ -88,7 +90,7 @@ pub(crate) fn aid(task: usize, i: u64) -> i32 {
 
 /// The contenders compiled into this binary, in report order.
 pub(crate) fn names() -> Vec<&'static str> {
-    let mut v = vec!["pgprovider"];
+    let mut v = vec!["pgprovider", "pgprovider_provider"];
     if cfg!(feature = "sqlx") {
         v.push("pgprovider_sqlx");
     }
@@ -114,6 +116,7 @@ pub(crate) fn supports(contender: &str, workload: Workload) -> bool {
 /// A contender, connected.
 pub(crate) enum Contender {
     Ours(Pool<TokioPostgres>),
+    Provider(Provider<TokioPostgres>),
     #[cfg(feature = "sqlx")]
     OursSqlx(Pool<pgprovider_sqlx::SqlxDriver>),
     #[cfg(feature = "diesel")]
@@ -142,6 +145,7 @@ impl Contender {
     ) -> anyhow::Result<Contender> {
         Ok(match name {
             "pgprovider" => Contender::Ours(warm(TokioPostgres::new(), url, connections).await?),
+            "pgprovider_provider" => Contender::Provider(provider(url, connections).await?),
             #[cfg(feature = "sqlx")]
             "pgprovider_sqlx" => Contender::OursSqlx(
                 warm(pgprovider_sqlx::SqlxDriver::new(), url, connections).await?,
@@ -171,6 +175,7 @@ impl Contender {
         Runner {
             contender: match self {
                 Contender::Ours(p) => Contender::Ours(p.clone()),
+                Contender::Provider(p) => Contender::Provider(p.clone()),
                 #[cfg(feature = "sqlx")]
                 Contender::OursSqlx(p) => Contender::OursSqlx(p.clone()),
                 #[cfg(feature = "diesel")]
@@ -188,6 +193,7 @@ impl Contender {
     pub(crate) async fn close(self) {
         match self {
             Contender::Ours(p) => p.close().await,
+            Contender::Provider(p) => p.close().await,
             #[cfg(feature = "sqlx")]
             Contender::OursSqlx(p) => p.close().await,
             #[cfg(feature = "diesel")]
@@ -230,6 +236,26 @@ impl Op for Runner {
         let w = self.workload;
         match &self.contender {
             Contender::Ours(pool) => ours(pool, w, task, i).await,
+            Contender::Provider(p) => {
+                match w {
+                    Workload::Select1 | Workload::Tasks1000 => {
+                        p.query(SELECT1, &[]).await?;
+                    }
+                    Workload::PointSelect => {
+                        p.query(POINT, &[&aid(task, i)]).await?;
+                    }
+                    Workload::WriteTx => {
+                        let a = aid(task, i);
+                        p.transaction(&TxOptions::new(), |tx| async move {
+                            tx.execute(UPDATE, &[&1_i32, &a]).await?;
+                            tx.query(POINT, &[&a]).await
+                        })
+                        .await?;
+                    }
+                    Workload::Checkout => drop(p.conn().await?),
+                }
+                Ok(())
+            }
             #[cfg(feature = "sqlx")]
             Contender::OursSqlx(pool) => ours_sqlx(pool, w, task, i).await,
             #[cfg(feature = "diesel")]
@@ -321,6 +347,24 @@ async fn warm<D: pgprovider::Driver>(
         held.push(pool.get().await?);
     }
     Ok(pool)
+}
+
+/// A provider over the one node of `url` with `connections` connections, all opened (and
+/// the node's role known) before returning.
+async fn provider(url: &str, connections: usize) -> anyhow::Result<Provider<TokioPostgres>> {
+    let config = Config::from_url(&format!(
+        "{url}&pool_max_size={connections}&pool_min_idle={connections}"
+    ))?;
+    let provider = Provider::new(TokioPostgres::new(), &config, TopologyOptions::default());
+    provider
+        .monitor()
+        .wait_for_primary(std::time::Duration::from_secs(10))
+        .await?;
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        held.push(provider.conn().await?);
+    }
+    Ok(provider)
 }
 
 /// Creates and fills the accounts table unless it is there with every row.

@@ -30,8 +30,7 @@
 //! connection drops, or the deadline passes) fails with [`ErrorKind::OutcomeUnknown`]: the
 //! transaction may or may not have committed, and the caller must check.
 
-use crate::pool::{Pool, Pooled};
-use crate::retry::{Backoff, fresh_seed};
+use crate::pool::Pooled;
 use pgprovider_core::{Connection, Driver, Error, ErrorKind, FromRow, Queries, Result, SqlState};
 use std::fmt;
 use std::future::Future;
@@ -40,101 +39,9 @@ use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio::time::Instant;
 
-/// The SQL isolation levels PostgreSQL implements.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum IsolationLevel {
-    /// Each statement sees data committed before it began (PostgreSQL's default).
-    #[default]
-    ReadCommitted,
-    /// The transaction sees one snapshot; concurrent updates of the same rows fail with
-    /// `40001`.
-    RepeatableRead,
-    /// As if transactions ran one at a time; conflicts fail with `40001` and are re-run.
-    Serializable,
-}
+mod options;
 
-/// How to run a transaction: isolation, access mode, deadline, and retries.
-#[must_use]
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TxOptions {
-    isolation: IsolationLevel,
-    read_only: bool,
-    deferrable: bool,
-    timeout: Option<Duration>,
-    backoff: Backoff,
-    seed: Option<u64>,
-    /// Set by tenant handles: statements are checked against the tenant's scope.
-    pub(crate) tenant: Option<Arc<str>>,
-    /// Set by tenant handles: the tenant's own schema, if its strategy has one.
-    pub(crate) tenant_schema: Option<Arc<str>>,
-    /// Set by tenant handles: the server-side scope check run after each statement.
-    pub(crate) tenant_check: Option<Arc<str>>,
-    /// Set by tenant handles: run in the same round trip as `BEGIN` (`SET LOCAL …`).
-    pub(crate) prologue: Option<Arc<str>>,
-}
-
-impl TxOptions {
-    /// Read committed, read-write, no deadline, [`Backoff::default`] retries.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// The isolation level.
-    pub fn with_isolation(mut self, level: IsolationLevel) -> Self {
-        self.isolation = level;
-        self
-    }
-    /// A read-only transaction: writes fail with `25006`.
-    pub fn with_read_only(mut self, read_only: bool) -> Self {
-        self.read_only = read_only;
-        self
-    }
-    /// `DEFERRABLE`: with serializable and read-only, waits for a safe snapshot and then
-    /// never fails with a serialization error.
-    pub fn with_deferrable(mut self, deferrable: bool) -> Self {
-        self.deferrable = deferrable;
-        self
-    }
-    /// A deadline for the whole transaction, retries and waits included.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-    /// How often to re-run after a conflict, and how long to wait between runs.
-    pub fn with_retries(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-    /// A fixed seed for the jitter, for repeatable tests.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// The `BEGIN` statement for these options (a constant string: no allocation per
-    /// transaction).
-    pub fn begin_sql(&self) -> &'static str {
-        use IsolationLevel::*;
-        match (self.isolation, self.read_only, self.deferrable) {
-            (ReadCommitted, false, false) => "BEGIN ISOLATION LEVEL READ COMMITTED",
-            (ReadCommitted, true, false) => "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY",
-            (ReadCommitted, false, true) => "BEGIN ISOLATION LEVEL READ COMMITTED DEFERRABLE",
-            (ReadCommitted, true, true) => {
-                "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY DEFERRABLE"
-            }
-            (RepeatableRead, false, false) => "BEGIN ISOLATION LEVEL REPEATABLE READ",
-            (RepeatableRead, true, false) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-            (RepeatableRead, false, true) => "BEGIN ISOLATION LEVEL REPEATABLE READ DEFERRABLE",
-            (RepeatableRead, true, true) => {
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY DEFERRABLE"
-            }
-            (Serializable, false, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE",
-            (Serializable, true, false) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
-            (Serializable, false, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE DEFERRABLE",
-            (Serializable, true, true) => "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
-        }
-    }
-}
+pub use options::{IsolationLevel, TxOptions};
 
 /// An open transaction. Cheap to clone: clones share it. See the [module docs](self).
 ///
@@ -490,6 +397,13 @@ where
         self.shared.lock().await.conflict
     }
 
+    /// Whether [`commit`](Self::commit) will roll back instead of sending `COMMIT` (a
+    /// statement failed, or a savepoint was abandoned).
+    async fn commit_refused(&self) -> bool {
+        let st = self.shared.lock().await;
+        st.failed.is_some() || st.poisoned
+    }
+
     /// The error of a statement that failed for its node (before `COMMIT` was sent).
     async fn lost_node(&self) -> Option<Error> {
         self.shared.lock().await.node_lost.as_ref().map(copy_of)
@@ -521,7 +435,7 @@ impl<D: Driver> State<D> {
         let e = pgprovider_core::scope_changed_error(&Pooled::node(&conn).to_string());
         Pooled::discard(conn);
         if let Some((t, _)) = &self.tenant {
-            crate::tenant::scope_breach(t, &e);
+            crate::guard::scope_breach(t, &e);
         }
         Err(e)
     }
@@ -595,161 +509,9 @@ fn outcome_unknown(msg: String, node: String) -> Error {
         .with_hint("the transaction may or may not have committed: check before doing it again")
 }
 
-impl<D: Driver> Pool<D>
-where
-    D::Connection: Queries,
-{
-    /// Checks out a connection and begins a transaction on it. Prefer
-    /// [`transaction`](Pool::transaction), which also commits and retries.
-    ///
-    /// # Errors
-    /// As [`get`](Pool::get), or the server's error for `BEGIN`.
-    pub async fn begin(&self, opts: &TxOptions) -> Result<Tx<D>> {
-        let deadline = opts.timeout.map(|t| Instant::now() + t);
-        Tx::begin(self.get().await?, opts, deadline).await
-    }
+mod run;
 
-    /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back when it returns
-    /// `Err`, and runs it again after a serialization failure or deadlock. See the table in
-    /// the [`tx` module docs](crate::tx).
-    ///
-    /// # Errors
-    /// `f`'s error; [`ErrorKind::Timeout`] past the deadline; the commit's error
-    /// ([`ErrorKind::OutcomeUnknown`] when its reply is lost); checkout errors.
-    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
-    where
-        F: FnMut(Tx<D>) -> Fut + Send,
-        Fut: Future<Output = Result<T, E>> + Send,
-        E: From<Error> + Send,
-        T: Send,
-    {
-        // One node: a transaction whose connection was lost is not run again (a multi-host
-        // pool reconnects to another node, so it is, within the acquire timeout).
-        let failover = if self.hosts() > 1 {
-            self.config().pool().acquire_timeout()
-        } else {
-            Duration::ZERO
-        };
-        run_transaction(opts, failover, |_| self.get(), f).await
-    }
-}
-
-/// The transaction loop of [`Pool::transaction`], with connections from `get` (a pool, a
-/// provider's route, a tenant's pool), given the error that ended the previous attempt when
-/// it failed for its node. Such an attempt (connection lost or refused as read-only before
-/// `COMMIT` was sent: nothing was committed) runs again until `failover` has passed since
-/// the first; `get` routes it (to the new primary).
-pub(crate) async fn run_transaction<D, T, E, F, Fut, G, GFut>(
-    opts: &TxOptions,
-    failover: Duration,
-    get: G,
-    mut f: F,
-) -> Result<T, E>
-where
-    D: Driver,
-    D::Connection: Queries,
-    F: FnMut(Tx<D>) -> Fut + Send,
-    Fut: Future<Output = Result<T, E>> + Send,
-    E: From<Error> + Send,
-    T: Send,
-    G: Fn(Option<Error>) -> GFut,
-    GFut: Future<Output = Result<Pooled<D>>>,
-{
-    {
-        let deadline = opts.timeout.map(|t| Instant::now() + t);
-        let failover_until = Instant::now() + failover;
-        let may_move = |e: &Error| {
-            (e.is_connection_lost() || e.is_read_only() || e.kind() == ErrorKind::Connect)
-                && e.kind() != ErrorKind::OutcomeUnknown
-                && Instant::now() < failover_until
-                && deadline.is_none_or(|d| Instant::now() < d)
-        };
-        // Drawn only when a first retry needs it (a seed costs a clock read and a hash).
-        let mut delays = None;
-        let mut moved: Option<Error> = None;
-        loop {
-            let run = async {
-                let conn = get(moved.take()).await?;
-                let tx = Tx::begin(conn, opts, deadline).await?;
-                Ok::<_, Error>(tx)
-            };
-            let begun = match deadline {
-                Some(d) => tokio::time::timeout_at(d, run)
-                    .await
-                    .map_err(|_| deadline_error())?,
-                None => run.await,
-            };
-            let tx = match begun {
-                Ok(tx) => tx,
-                Err(e) if may_move(&e) => {
-                    tracing::debug!(error = %e, "transaction could not begin on its node; running it on another");
-                    moved = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let body = f(tx.clone());
-            let outcome = match deadline {
-                Some(d) => match tokio::time::timeout_at(d, body).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        tx.abandon().await;
-                        return Err(deadline_error().into());
-                    }
-                },
-                None => body.await,
-            };
-            // Lost before COMMIT was sent (commit refuses to send it after a failed
-            // statement): nothing was committed, run it again on another node.
-            let node_lost = tx.lost_node().await.filter(&may_move);
-            let lost: Result<Error, E> = match outcome {
-                Ok(value) => match tx.commit().await {
-                    Ok(()) => return Ok(value),
-                    Err(e) if e.is_transaction_conflict() || tx.lost_conflict().await => Ok(e),
-                    Err(e) if e.kind() != ErrorKind::OutcomeUnknown && node_lost.is_some() => {
-                        moved = node_lost;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                Err(e) => {
-                    let conflict = tx.lost_conflict().await;
-                    let _ = tx.rollback().await;
-                    if node_lost.is_some() {
-                        tracing::debug!(
-                            "transaction lost its node before COMMIT; running it again"
-                        );
-                        moved = node_lost;
-                        continue;
-                    }
-                    if !conflict {
-                        return Err(e);
-                    }
-                    Err(e)
-                }
-            };
-            let wait = delays
-                .get_or_insert_with(|| opts.backoff.delays(opts.seed.unwrap_or_else(fresh_seed)))
-                .next();
-            let Some(wait) = wait else {
-                return Err(match lost {
-                    Ok(ours) => ours
-                        .context(format!(
-                            "the transaction lost a conflict on each of its {} attempts",
-                            opts.backoff.max_attempts()
-                        ))
-                        .into(),
-                    Err(theirs) => theirs,
-                });
-            };
-            tracing::debug!(?wait, "transaction lost a conflict; running it again");
-            match deadline {
-                Some(d) if Instant::now() + wait >= d => return Err(deadline_error().into()),
-                _ => tokio::time::sleep(wait).await,
-            }
-        }
-    }
-}
+pub(crate) use run::{Follow, run_transaction};
 
 #[cfg(test)]
 mod tests {

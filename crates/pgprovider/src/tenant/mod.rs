@@ -92,7 +92,7 @@ use crate::config::Config;
 use crate::migrate::Migrator;
 use crate::pool::{Pool, Pooled};
 use crate::provider::Provider;
-use crate::tx::{Tx, TxOptions, run_transaction};
+use crate::tx::TxOptions;
 use crate::{Connection, Driver, Error, ErrorKind, FromRow, Queries, Result, Scope};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
@@ -514,545 +514,53 @@ impl<D: Driver + Clone> Tenancy<D> {
     }
 }
 
-impl<D: Driver + Clone> Tenancy<D>
-where
-    D::Connection: Queries,
-{
-    /// Creates what `tenant` needs (idempotent): its schema (and role, with the role
-    /// strategy), the shared row-level role, or its database; then applies `migrations` to
-    /// the schema or database (none for the row-level strategy, whose tables are shared).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Config`] for an invalid name; the server's error.
-    pub async fn create_tenant(&self, tenant: &str, migrations: Option<&Migrator>) -> Result<()> {
-        check_name(tenant)?;
-        let o = &self.inner.options;
-        let schema = ident(&format!("{}{tenant}", o.schema_prefix));
-        let mut conn = self.provider.write().await?;
-        let c = &mut *conn;
-        let r = async {
-            match self.strategy_of(tenant) {
-                Strategy::Schema => {
-                    c.simple_query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
-                        .await?;
-                }
-                Strategy::Role => {
-                    let role_name = format!("{}{tenant}", o.role_prefix);
-                    ensure_role(c, &role_name).await?;
-                    let role = ident(&role_name);
-                    c.simple_query(&format!(
-                        "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {role}; \
-                         ALTER SCHEMA {schema} OWNER TO {role}; \
-                         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT ALL ON TABLES TO {role}; \
-                         ALTER DEFAULT PRIVILEGES IN SCHEMA {schema} GRANT ALL ON SEQUENCES TO {role}"
-                    ))
-                    .await?;
-                }
-                Strategy::RowLevel => {
-                    ensure_role(c, &o.row_level_role).await?;
-                }
-                Strategy::Database => {
-                    let db = format!("{}{tenant}", o.database_prefix);
-                    let exists = c
-                        .simple_query(&format!(
-                            "SELECT 1 FROM pg_database WHERE datname = '{db}'"
-                        ))
-                        .await?;
-                    if exists.is_empty() {
-                        match c.simple_query(&format!("CREATE DATABASE {}", ident(&db))).await {
-                            Ok(_) => {}
-                            // Created meanwhile by a concurrent call: fine.
-                            Err(e) if e.sql_state().is_some_and(|s| s.code() == "42P04") => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        drop(conn);
-        r.map_err(|e| e.with_tenant(tenant))?;
-        let Some(migrator) = migrations else {
-            return Ok(());
-        };
-        match self.strategy_of(tenant) {
-            Strategy::Schema | Strategy::Role => {
-                let m = migrator
-                    .clone()
-                    .with_schema(format!("{}{tenant}", o.schema_prefix));
-                let mut conn = self.provider.write().await?;
-                Box::pin(m.up(&mut *conn, None))
-                    .await
-                    .map_err(|e| e.with_tenant(tenant))?;
-                if self.strategy_of(tenant) == Strategy::Role {
-                    let role = ident(&format!("{}{tenant}", o.role_prefix));
-                    conn.simple_query(&format!(
-                        "GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}; \
-                         GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"
-                    ))
-                    .await
-                    .map_err(|e| e.with_tenant(tenant))?;
-                }
-            }
-            Strategy::Database => {
-                let pool = self.database_pool(tenant).await?;
-                let mut conn = pool.get().await?;
-                Box::pin(migrator.up(&mut *conn, None))
-                    .await
-                    .map_err(|e| e.with_tenant(tenant))?;
-            }
-            Strategy::RowLevel => {}
-        }
-        Ok(())
-    }
-
-    /// Removes `tenant` (idempotent): its schema and everything in it (and its role), its
-    /// rows in every table with the row-level policy, or its database (its pool closed
-    /// first).
-    ///
-    /// # Errors
-    /// [`ErrorKind::Config`] for an invalid name; the server's error.
-    pub async fn drop_tenant(&self, tenant: &str) -> Result<()> {
-        check_name(tenant)?;
-        let o = &self.inner.options;
-        let strategy = self.strategy_of(tenant);
-        if strategy == Strategy::Database {
-            let closing: Vec<Pool<D>> = {
-                let mut dbs = lock(&self.inner.databases);
-                let prefix = format!("{}{tenant}@", o.database_prefix);
-                let keys: Vec<String> = dbs
-                    .keys()
-                    .filter(|k| k.starts_with(&prefix))
-                    .cloned()
-                    .collect();
-                keys.iter()
-                    .filter_map(|k| dbs.remove(k))
-                    .map(|p| p.pool)
-                    .collect()
-            };
-            for p in closing {
-                p.close().await;
-            }
-        }
-        let mut conn = self.provider.write().await?;
-        let schema = ident(&format!("{}{tenant}", o.schema_prefix));
-        let sql = match strategy {
-            Strategy::Schema => format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-            Strategy::Role => {
-                let role_name = format!("{}{tenant}", o.role_prefix);
-                let role = ident(&role_name);
-                format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE; \
-                     DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role_name}') THEN \
-                     EXECUTE 'DROP OWNED BY {role}'; EXECUTE 'DROP ROLE {role}'; END IF; END $$"
-                )
-            }
-            Strategy::RowLevel => {
-                let tables = conn
-                    .simple_query(
-                        "SELECT format('%I.%I', schemaname, tablename) FROM pg_policies \
-                         WHERE policyname = 'pgprovider_tenant'",
-                    )
-                    .await
-                    .map_err(|e| e.with_tenant(tenant))?;
-                tables
-                    .iter()
-                    .filter_map(|r| r.get(0))
-                    .map(|t| format!("DELETE FROM {t} WHERE tenant_id = '{tenant}'"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }
-            Strategy::Database => format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                ident(&format!("{}{tenant}", o.database_prefix))
-            ),
-        };
-        if !sql.is_empty() {
-            conn.simple_query(&sql)
-                .await
-                .map_err(|e| e.with_tenant(tenant))?;
-        }
-        Ok(())
-    }
-
-    /// Puts `table` (with a `tenant_id text` column) under the row-level strategy: row
-    /// level security enabled and forced, a policy `pgprovider_tenant` admitting only rows
-    /// whose `tenant_id` is the tenant's (for reads and writes), and the shared role granted
-    /// the table. Idempotent.
-    ///
-    /// # Errors
-    /// The server's error (no such table or column, say).
-    pub async fn enable_row_level(&self, table: &str) -> Result<()> {
-        let role_name = &self.inner.options.row_level_role;
-        let mut conn = self.provider.write().await?;
-        ensure_role(&mut *conn, role_name).await?;
-        let role = ident(role_name);
-        let t = table.split('.').map(ident).collect::<Vec<_>>().join(".");
-        conn.simple_query(&format!(
-            "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; ALTER TABLE {t} FORCE ROW LEVEL SECURITY; \
-             DROP POLICY IF EXISTS pgprovider_tenant ON {t}; \
-             CREATE POLICY pgprovider_tenant ON {t} \
-             USING (tenant_id = current_setting('app.tenant_id', true)) \
-             WITH CHECK (tenant_id = current_setting('app.tenant_id', true)); \
-             GRANT SELECT, INSERT, UPDATE, DELETE ON {t} TO {role}; \
-             DO $$ DECLARE s regclass; BEGIN \
-             FOR s IN SELECT d.objid::regclass FROM pg_depend d JOIN pg_class c ON c.oid = d.objid \
-             WHERE c.relkind = 'S' AND d.refobjid = '{t}'::regclass LOOP \
-             EXECUTE format('GRANT USAGE, SELECT ON SEQUENCE %s TO %I', s, '{role_name}'); END LOOP; END $$"
-        ))
-        .await?;
-        Ok(())
-    }
-}
-
-/// Creates the role `name` (no login) if missing, and lets the login role switch to it.
-async fn ensure_role<C: Connection>(c: &mut C, name: &str) -> Result<()> {
-    let role = ident(name);
-    c.simple_query(&format!(
-        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN \
-         CREATE ROLE {role} NOLOGIN; END IF; END $$"
-    ))
-    .await?;
-    // Creating it concurrently elsewhere may still race; granting membership is idempotent.
-    c.simple_query(&format!("GRANT {role} TO CURRENT_USER"))
-        .await
-        .map(|_| ())
-        .or_else(|e| {
-            // 0LP01: "role … is a member of role …" already: fine.
-            if e.sql_state().is_some_and(|s| s.code() == "0LP01") {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One tenant's handle: the query and transaction API, bound to the tenant; see the
-/// [module docs](self). Cheap to clone.
-pub struct Tenant<D: Driver> {
-    name: Arc<str>,
-    /// The tenant's own schema (schema and role strategies): names qualified with another
-    /// schema are refused.
-    schema: Option<Arc<str>>,
-    /// The server-side scope check run after each statement.
-    check: Arc<str>,
-    strategy: Strategy,
-    tenancy: Tenancy<D>,
-    state: Arc<TenantState>,
-    prologue: Option<Arc<str>>,
-}
-
-impl<D: Driver> Clone for Tenant<D> {
-    fn clone(&self) -> Self {
-        Tenant {
-            name: self.name.clone(),
-            schema: self.schema.clone(),
-            check: self.check.clone(),
-            strategy: self.strategy,
-            tenancy: self.tenancy.clone(),
-            state: self.state.clone(),
-            prologue: self.prologue.clone(),
-        }
-    }
-}
-
-impl<D: Driver> std::fmt::Debug for Tenant<D> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tenant")
-            .field("name", &self.name)
-            .field("strategy", &self.strategy)
-            .finish()
-    }
-}
-
-/// A connection a tenant holds: the pool's guard and the tenant's connection permit.
-struct Held<D: Driver> {
-    conn: Pooled<D>,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl<D: Driver + Clone> Tenant<D>
-where
-    D::Connection: Queries,
-{
-    /// The tenant's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The tenant's strategy.
-    pub fn strategy(&self) -> Strategy {
-        self.strategy
-    }
-
-    fn limit_error(&self, what: String) -> Error {
-        Error::new(ErrorKind::Rejected, format!("tenant {}: {what}", self.name))
-            .with_tenant(self.name.to_string())
-            .with_hint("the tenant is over its limit; retry later or raise the tenant's limit")
-    }
-
-    /// One operation's admission: the rate limit.
-    fn admit(&self) -> Result<()> {
-        if let Some((limiter, n)) = &self.state.rate {
-            if limiter.check().is_err() {
-                return Err(
-                    self.limit_error(format!("over its limit of {n} operations per second"))
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// The tenant's connection permit (when it has a connection limit).
-    fn permit(&self) -> Result<Option<OwnedSemaphorePermit>> {
-        match &self.state.connections {
-            None => Ok(None),
-            Some(s) => s.clone().try_acquire_owned().map(Some).map_err(|_| {
-                self.limit_error(format!(
-                    "at its limit of {} concurrent connections",
-                    self.state.max_connections
-                ))
-            }),
-        }
-    }
-
-    /// A connection for the tenant: its permit, then a checkout.
-    async fn get(&self) -> Result<Held<D>> {
-        let permit = self.permit()?;
-        let conn = match self.strategy {
-            Strategy::Database => {
-                let pool = Box::pin(self.tenancy.database_pool(&self.name)).await?;
-                pool.get().await?
-            }
-            _ => Box::pin(self.tenancy.provider.write()).await?,
-        };
-        Ok(Held {
-            conn,
-            _permit: permit,
-        })
-    }
-
-    /// The statement guard, with the tenant's own schema.
-    fn check(&self, sql: &str) -> Result<()> {
-        crate::guard::check(&self.name, self.schema.as_deref(), sql)
-    }
-
-    fn tx_options(&self, opts: &TxOptions) -> TxOptions {
-        let mut o = opts.clone();
-        o.tenant = Some(self.name.clone());
-        o.tenant_schema = self.schema.clone();
-        o.tenant_check = Some(self.check.clone());
-        o.prologue = self.prologue.clone();
-        o
-    }
-
-    /// Runs `f` in a transaction in the tenant's scope, as
-    /// [`Pool::transaction`](crate::Pool::transaction) does (commit, rollback, re-runs).
-    /// Statements through the [`Tx`] are checked against the tenant's scope too.
-    ///
-    /// # Errors
-    /// As [`Pool::transaction`](crate::Pool::transaction); [`ErrorKind::Rejected`] for a
-    /// limit or a refused statement.
-    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
-    where
-        F: FnMut(Tx<D>) -> Fut + Send,
-        Fut: Future<Output = Result<T, E>> + Send,
-        E: From<Error> + Send,
-        T: Send,
-    {
-        self.admit()?;
-        let opts = self.tx_options(opts);
-        // Each attempt holds the tenant's permit while it runs; an attempt starts only after
-        // the previous one gave its connection back, so its permit goes first.
-        let held: Mutex<Option<OwnedSemaphorePermit>> = Mutex::new(None);
-        let get = |_| async {
-            lock(&held).take();
-            let h = self.get().await?;
-            *lock(&held) = h._permit;
-            Ok(h.conn)
-        };
-        // Boxed: the nested futures are large, and debug builds copy them on the stack.
-        Box::pin(crate::observe::with_tenant(
-            self.name.clone(),
-            run_transaction(&opts, self.tenancy.provider.failover_timeout(), get, f),
-        ))
-        .await
-    }
-
-    /// Runs one statement in the tenant's scope and returns its rows.
-    ///
-    /// # Errors
-    /// [`ErrorKind::Rejected`] for a refused statement or a limit; the server's error.
-    pub async fn query<'p>(
-        &self,
-        sql: &str,
-        params: &[&'p <D::Connection as Queries>::Param<'p>],
-    ) -> Result<Vec<<D::Connection as Queries>::Row>> {
-        self.check(sql)?;
-        self.one(
-            async |c: &mut D::Connection, scope: Option<Scope<'_>>| match scope {
-                None => c.query(sql, params).await,
-                Some(s) => c.query_scoped(s, sql, params).await,
-            },
-        )
-        .await
-    }
-
-    /// Runs one statement that returns exactly one row.
-    ///
-    /// # Errors
-    /// As [`query`](Self::query), or [`ErrorKind::RowCount`].
-    pub async fn query_one<'p>(
-        &self,
-        sql: &str,
-        params: &[&'p <D::Connection as Queries>::Param<'p>],
-    ) -> Result<<D::Connection as Queries>::Row> {
-        let mut rows = self.query(sql, params).await?;
-        match rows.len() {
-            1 => Ok(rows.pop().expect("one row")),
-            n => Err(Error::new(
-                ErrorKind::RowCount,
-                format!("query_one expected 1 row, got {n}"),
-            )
-            .with_tenant(self.name.to_string())),
-        }
-    }
-
-    /// Runs one statement and reads every row as a `T`.
-    ///
-    /// # Errors
-    /// As [`query`](Self::query), or [`ErrorKind::Decode`].
-    pub async fn query_as<'p, T>(
-        &self,
-        sql: &str,
-        params: &[&'p <D::Connection as Queries>::Param<'p>],
-    ) -> Result<Vec<T>>
-    where
-        T: FromRow<<D::Connection as Queries>::Row>,
-    {
-        self.query(sql, params)
-            .await?
-            .iter()
-            .map(T::from_row)
-            .collect()
-    }
-
-    /// Runs one statement in the tenant's scope and returns the rows it affected.
-    ///
-    /// # Errors
-    /// As [`query`](Self::query).
-    pub async fn execute<'p>(
-        &self,
-        sql: &str,
-        params: &[&'p <D::Connection as Queries>::Param<'p>],
-    ) -> Result<u64> {
-        self.check(sql)?;
-        self.one(
-            async |c: &mut D::Connection, scope: Option<Scope<'_>>| match scope {
-                None => c.execute(sql, params).await,
-                Some(s) => c.execute_scoped(s, sql, params).await,
-            },
-        )
-        .await
-    }
-
-    /// Gives `conn` back after a scoped statement, or closes it (and reports the breach)
-    /// when the server found the scope changed.
-    fn after_scope<T>(&self, r: Result<T>, conn: Pooled<D>) -> Result<T> {
-        if let Err(e) = &r {
-            if e.kind() == ErrorKind::Security {
-                scope_breach(&self.name, e);
-                Pooled::discard(conn);
-            }
-        }
-        r
-    }
-
-    /// Runs a read-only statement in the tenant's scope on a node chosen by the provider's
-    /// read routing (a standby within the lag bound, else the primary when allowed; the next
-    /// candidate when a node fails), with the same statement guard and server-side scope
-    /// check as [`query`](Self::query). Under the database strategy the tenant's database
-    /// pool is on the primary, so this is [`query`](Self::query).
-    ///
-    /// # Errors
-    /// As [`query`](Self::query); a write fails on a standby with SQLSTATE `25006`.
-    pub async fn read_query<'p>(
-        &self,
-        sql: &str,
-        params: &[&'p <D::Connection as Queries>::Param<'p>],
-    ) -> Result<Vec<<D::Connection as Queries>::Row>> {
-        if self.strategy == Strategy::Database {
-            return self.query(sql, params).await;
-        }
-        self.check(sql)?;
-        self.admit()?;
-        let _permit = self.permit()?;
-        let run = |mut conn: Pooled<D>| async move {
-            let r = match self.prologue.as_deref() {
-                None => conn.query(sql, params).await,
-                Some(p) => {
-                    let scope = Scope {
-                        prologue: p,
-                        check: &self.check,
-                    };
-                    conn.query_scoped(scope, sql, params).await
-                }
-            };
-            self.after_scope(r, conn)
-        };
-        let fut =
-            crate::observe::with_tenant(self.name.clone(), self.tenancy.provider.read_with(run));
-        Box::pin(fut)
-            .await
-            .map_err(|e| e.with_tenant(self.name.to_string()))
-    }
-
-    /// One statement on a tenant connection: directly when the strategy sets nothing (a
-    /// tenant database without limits to set), else scoped by the prologue in a
-    /// transaction of its own ([`Queries::query_scoped`]).
-    async fn one<T, F>(&self, run: F) -> Result<T>
-    where
-        F: AsyncFnOnce(&mut D::Connection, Option<Scope<'_>>) -> Result<T>,
-    {
-        self.admit()?;
-        let name = self.name.clone();
-        let fut = crate::observe::with_tenant(name, async {
-            let mut h = self.get().await?;
-            let scope = self.prologue.as_deref().map(|p| Scope {
-                prologue: p,
-                check: &self.check,
-            });
-            let r = run(&mut *h.conn, scope).await;
-            self.after_scope(r, h.conn)
-        });
-        // Unoptimised builds copy this large future along the stack at every level of
-        // nesting (enough to overflow a 2 MiB test thread); optimised builds do not, and a
-        // box per statement would cost them ~5 µs (measured by the tenancy benchmark).
-        #[cfg(debug_assertions)]
-        let fut = Box::pin(fut);
-        fut.await.map_err(|e| e.with_tenant(self.name.to_string()))
-    }
-}
-
-/// Reports a tenant statement that changed its scope (the server's check caught it).
-pub(crate) fn scope_breach(tenant: &str, e: &Error) {
-    tracing::error!(
-        target: "pgprovider::security",
-        tenant,
-        node = e.node().unwrap_or("?"),
-        "a tenant statement changed its scope; rolled back, connection closed"
-    );
 }
 
 impl<D: Driver + Clone> Provider<D> {
     /// Tenant handles over this provider; see the [`tenant`](crate::tenant) module.
     pub fn tenancy(&self, options: TenancyOptions) -> Tenancy<D> {
         Tenancy::new(self.clone(), options)
+    }
+
+    /// The tenant `name`, on a provider built with
+    /// [`ProviderBuilder::tenancy`](crate::provider::ProviderBuilder::tenancy); see
+    /// [`tenant`](crate::tenant).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] when the provider has no tenancy; as [`Tenancy::tenant`] for a
+    /// bad name.
+    pub fn tenant(&self, name: &str) -> Result<Tenant<D>> {
+        self.tenants()?.tenant(name)
+    }
+
+    /// The tenancy of a provider built with
+    /// [`ProviderBuilder::tenancy`](crate::provider::ProviderBuilder::tenancy) (to create and
+    /// drop tenants).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`] when the provider has no tenancy.
+    pub fn tenants(&self) -> Result<Tenancy<D>> {
+        let shared = self
+            .attached_tenancy()
+            .and_then(|t| t.downcast::<Shared<D>>().ok());
+        match shared {
+            Some(shared) => Ok(Tenancy::from_parts(self.clone(), shared)),
+            None => Err(
+                Error::new(ErrorKind::Config, "this provider has no tenancy").with_hint(
+                    "build it with Provider::builder(..).tenancy(TenancyOptions::new(..))",
+                ),
+            ),
+        }
+    }
+}
+
+impl<D: Driver + Clone> crate::provider::ProviderBuilder<D> {
+    /// Tenant handles ([`Provider::tenant`]) with `options`.
+    pub fn tenancy(mut self, options: TenancyOptions) -> Self {
+        self.tenancy = Some(Arc::new(Shared::<D>::new(options)));
+        self
     }
 }
 
@@ -1064,6 +572,11 @@ impl Config {
         c
     }
 }
+
+mod admin;
+mod handle;
+
+pub use handle::Tenant;
 
 #[cfg(test)]
 mod tests {
