@@ -3,7 +3,8 @@
 use crate::Exit;
 use crate::opt::{ListenArgs, NotifyArgs};
 use futures_util::StreamExt;
-use pgprovider::{Config, Pool};
+use pgprovider::Config;
+use pgprovider::provider::{Provider, TopologyOptions};
 use pgprovider_tokio_postgres::{Event, Listener, TokioPostgres};
 use serde_json::json;
 use std::process::ExitCode;
@@ -59,11 +60,14 @@ pub(crate) async fn notify(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     pgprovider::check_notification(&args.channel, &args.payload)
         .map_err(|e| Exit(2, e.to_string()))?;
     let config = config(&args.url)?;
-    let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
-    pool.get()
+    // On the primary, found among the URL's hosts by the provider.
+    let provider = Provider::new(TokioPostgres::new(), &config, TopologyOptions::default());
+    provider
+        .primary()
+        .conn()
         .await?
         .notify(&args.channel, &args.payload)
         .await?;
-    pool.close().await;
+    provider.close().await;
     Ok(ExitCode::SUCCESS)
 }

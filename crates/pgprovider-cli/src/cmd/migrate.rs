@@ -4,6 +4,7 @@ use crate::Exit;
 use crate::opt::{MigrateAction, MigrateArgs};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgprovider::migrate::{Migrations, Migrator, State, up_tenants};
+use pgprovider::provider::{Provider, TopologyOptions};
 use pgprovider::{AnyDriver, Config, Connection, Pool};
 use std::process::ExitCode;
 
@@ -14,7 +15,16 @@ pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<ExitCode> {
         None => Config::from_env()?,
     };
     let driver = crate::registry().get("tokio-postgres")?;
-    let pool = Pool::new(driver, &config, &config.nodes()[0]);
+    // Migrations run on the primary, found among the URL's hosts by the provider.
+    let provider = Provider::new(driver, &config, TopologyOptions::default());
+    let primary = provider
+        .monitor()
+        .wait_for_primary(provider.failover_timeout())
+        .await?;
+    let pool = provider
+        .pool(&primary)
+        .expect("the provider has a pool per node")
+        .clone();
     let migrator = Migrator::new(migrations).with_table(&args.table);
     let tenants = tenants(&pool, &args).await?;
     let code = match (tenants, &args.action) {

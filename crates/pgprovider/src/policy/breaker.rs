@@ -19,6 +19,7 @@
 //! the application's, and a success resets the count. Shared by clones.
 
 use crate::{Error, ErrorKind, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -75,9 +76,17 @@ enum Inner {
 /// A circuit breaker; see the [module docs](self). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct CircuitBreaker {
-    node: Arc<str>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    node: Box<str>,
     config: BreakerConfig,
-    inner: Arc<Mutex<Inner>>,
+    inner: Mutex<Inner>,
+    /// Mirrors `inner == Closed { failures: 0 }`: the hot path (a healthy node, a call that
+    /// succeeds) reads this and takes no lock.
+    healthy: AtomicBool,
 }
 
 /// Leave to make one call; report its outcome with [`record`](BreakerPermit::record).
@@ -94,9 +103,12 @@ impl CircuitBreaker {
     /// A closed breaker for `node`.
     pub fn new(node: impl Into<String>, config: BreakerConfig) -> Self {
         CircuitBreaker {
-            node: Arc::from(node.into()),
-            config,
-            inner: Arc::new(Mutex::new(Inner::Closed { failures: 0 })),
+            shared: Arc::new(Shared {
+                node: node.into().into_boxed_str(),
+                config,
+                inner: Mutex::new(Inner::Closed { failures: 0 }),
+                healthy: AtomicBool::new(true),
+            }),
         }
     }
 
@@ -116,6 +128,13 @@ impl CircuitBreaker {
     /// [`ErrorKind::CircuitOpen`] while open, or while half-open with its probe in flight;
     /// the error names the node and when to expect a probe.
     pub fn try_acquire(&self) -> Result<BreakerPermit> {
+        if self.shared.healthy.load(Ordering::Acquire) {
+            return Ok(BreakerPermit {
+                breaker: self.clone(),
+                probe: false,
+                done: false,
+            });
+        }
         let mut inner = self.lock();
         let now = Instant::now();
         let probe = match &*inner {
@@ -146,22 +165,28 @@ impl CircuitBreaker {
     fn open_error(&self, when: &str) -> Error {
         Error::new(
             ErrorKind::CircuitOpen,
-            format!("the circuit breaker of {} is open ({when})", self.node),
+            format!(
+                "the circuit breaker of {} is open ({when})",
+                self.shared.node
+            ),
         )
-        .with_node(self.node.to_string())
+        .with_node(self.shared.node.to_string())
         .with_hint("the node failed repeatedly; requests fail fast until a probe succeeds")
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn outcome(&self, failed: bool, probe: bool) {
+        if !failed && self.shared.healthy.load(Ordering::Acquire) {
+            return;
+        }
         let mut inner = self.lock();
         *inner = match (&*inner, failed) {
             (_, false) => Inner::Closed { failures: 0 },
             (Inner::Closed { failures }, true)
-                if failures + 1 < self.config.failure_threshold && !probe =>
+                if failures + 1 < self.shared.config.failure_threshold && !probe =>
             {
                 Inner::Closed {
                     failures: failures + 1,
@@ -169,12 +194,14 @@ impl CircuitBreaker {
             }
             (Inner::Open { until }, true) if !probe => Inner::Open { until: *until },
             (_, true) => {
-                tracing::warn!(node = %self.node, "circuit breaker opened");
+                tracing::warn!(node = %self.shared.node, "circuit breaker opened");
                 Inner::Open {
-                    until: Instant::now() + self.config.open_for,
+                    until: Instant::now() + self.shared.config.open_for,
                 }
             }
         };
+        let healthy = matches!(*inner, Inner::Closed { failures: 0 });
+        self.shared.healthy.store(healthy, Ordering::Release);
     }
 }
 

@@ -119,10 +119,12 @@ impl<D: Driver> Provider<D> {
     /// one during a failover, until `deadline`.
     async fn primary_until(&self, target: Target, deadline: Instant) -> Result<Pooled<D>> {
         let monitor = &self.inner.monitor;
+        // The trusted primary (for `read-write`, unless read-only by default): no
+        // allocation, one snapshot read.
+        let read_write = target == Target::Attrs(crate::config::TargetSessionAttrs::ReadWrite);
         let writable = |snap: &crate::topology::Snapshot| {
-            route::candidates(snap, target, &self.inner.options, self.inner.lb, &|_| 0, 0)
-                .first()
-                .copied()
+            snap.primary_index()
+                .filter(|&p| !(read_write && snap.statuses()[p].read_only))
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -138,18 +140,26 @@ impl<D: Driver> Provider<D> {
                     "a failover may be in progress; check the nodes with `pgprovider health`",
                 ));
             }
-            if writable(&monitor.snapshot()).is_none() {
-                // The monitor's view may be a probe interval old: look again everywhere.
-                monitor.recheck_all();
-            }
-            let i = match monitor
-                .wait_for(left, |_| writable(&monitor.snapshot()).is_some())
-                .await
-            {
-                Ok(_) => match writable(&monitor.snapshot()) {
-                    Some(i) => i,
-                    None => continue,
-                },
+            let snap = monitor.snapshot();
+            let found = match writable(&snap) {
+                Some(i) => Ok(i),
+                None => {
+                    // The monitor's view may be a probe interval old: look again everywhere.
+                    monitor.recheck_all();
+                    match monitor
+                        .wait_for(left, |_| writable(&monitor.snapshot()).is_some())
+                        .await
+                    {
+                        Ok(_) => match writable(&monitor.snapshot()) {
+                            Some(i) => Ok(i),
+                            None => continue,
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            let i = match found {
+                Ok(i) => i,
                 Err(_) => {
                     return Err(Error::new(
                         ErrorKind::Connect,
@@ -161,7 +171,7 @@ impl<D: Driver> Provider<D> {
                 }
             };
             let node = &self.inner.nodes[i];
-            let probes = monitor.snapshot().statuses()[i].probes;
+            let probes = snap.statuses()[i].probes;
             let permit = match self.inner.breakers[i].try_acquire() {
                 Ok(p) => p,
                 Err(e) => {
@@ -183,17 +193,24 @@ impl<D: Driver> Provider<D> {
                     continue;
                 }
             };
-            // The checkout races the monitor: when the node stops being the trusted primary
-            // (crashed, demoted, fenced), the write re-routes at once instead of waiting out
-            // the pool's connect retries.
-            let demoted = monitor.wait_for(left, |_| monitor.primary_index() != Some(i));
-            let checkout = tokio::time::timeout(
-                left.max(Duration::from_millis(1)),
-                self.inner.pools[i].get(),
-            );
-            let outcome = tokio::select! {
-                r = checkout => r,
-                Ok(_) = demoted => continue,
+            // An idle connection is taken at once (one poll: no timer, no watch); only a
+            // checkout that has to wait races the monitor: when the node stops being the
+            // trusted primary (crashed, demoted, fenced), the write re-routes at once instead
+            // of waiting out the pool's connect retries.
+            let mut get = std::pin::pin!(self.inner.pools[i].get());
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(get.as_mut().poll(cx))).await;
+            let outcome = match first {
+                std::task::Poll::Ready(r) => Ok(r),
+                std::task::Poll::Pending => {
+                    let demoted = monitor.wait_for(left, |_| monitor.primary_index() != Some(i));
+                    let checkout =
+                        tokio::time::timeout(left.max(Duration::from_millis(1)), get.as_mut());
+                    tokio::select! {
+                        r = checkout => r,
+                        Ok(_) = demoted => continue,
+                    }
+                }
             };
             if let Ok(got) = &outcome {
                 permit.record(got);
@@ -306,23 +323,24 @@ impl<D: Driver> Provider<D> {
                     errors.push(format!("{}: circuit breaker open", self.inner.nodes[i]));
                     continue;
                 };
-                // Whether the statement was sent: a failed checkout sent nothing.
-                let attempt = async {
-                    match self.inner.pools[i].get().await {
-                        Ok(conn) => (run(conn).await, true),
-                        Err(e) => (Err(e), false),
-                    }
-                };
-                let gone = monitor.wait_for(self.inner.config.pool().acquire_timeout(), |s| {
-                    !s[i].reachable
-                });
-                let (r, sent) = tokio::select! {
-                    r = attempt => r,
-                    Ok(_) = gone => (Err(Error::new(
+                // Whether the statement was sent: a failed checkout sent nothing. The
+                // checkout and, for reads, the statement race the monitor: a node seen
+                // unreachable gives up at once (reads then try the next node).
+                let lost = || {
+                    Error::new(
                         ErrorKind::ConnectionLost,
                         "the node became unreachable during the statement",
                     )
-                    .with_node(self.inner.nodes[i].to_string())), true),
+                    .with_node(self.inner.nodes[i].to_string())
+                };
+                let gone = || monitor.until(|s| !s[i].reachable);
+                let (r, sent) = match self.get_racing(i, gone).await {
+                    Err(e) => (Err(e), false),
+                    Ok(conn) if target.is_read() => tokio::select! {
+                        r = run(conn) => (r, true),
+                        () = gone() => (Err(lost()), true),
+                    },
+                    Ok(conn) => (run(conn).await, true),
                 };
                 permit.record(&r);
                 match r {
@@ -350,6 +368,28 @@ impl<D: Driver> Provider<D> {
             if monitor.wait_round(left).await.is_err() {
                 return Err(self.no_node(target, &errors));
             }
+        }
+    }
+
+    /// A checkout from node `i`'s pool: an idle connection at once (one poll: no watch, no
+    /// timer); a checkout that has to wait races `gone` (the node seen unreachable).
+    async fn get_racing<G, Fut>(&self, i: usize, gone: G) -> Result<Pooled<D>>
+    where
+        G: FnOnce() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut get = std::pin::pin!(self.inner.pools[i].get());
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(get.as_mut().poll(cx))).await;
+        match first {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => tokio::select! {
+                r = get.as_mut() => r,
+                () = gone() => Err(Error::new(
+                    ErrorKind::Connect,
+                    "the node became unreachable while waiting for a connection",
+                )
+                .with_node(self.inner.nodes[i].to_string())),
+            },
         }
     }
 

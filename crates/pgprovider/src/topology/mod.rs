@@ -427,6 +427,20 @@ impl HealthMonitor {
         }
     }
 
+    /// Resolves once `done` holds for the statuses (checked now and after every probe); no
+    /// timer, so it costs nothing while it waits (callers race it against their own work).
+    pub(crate) async fn until(&self, done: impl Fn(&[NodeStatus]) -> bool) {
+        let mut changes = self.shared.changed.subscribe();
+        loop {
+            if done(&self.view().statuses) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Waits until a primary is trusted ([`primary`](Self::primary)), up to `timeout`.
     ///
     /// # Errors
