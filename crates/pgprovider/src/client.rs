@@ -80,14 +80,13 @@ pub trait Client: Sync {
         sql: &str,
         params: &[&'p Self::Param<'p>],
     ) -> impl Future<Output = Result<Vec<T>>> + Send {
-        async move {
-            self.query(sql, params)
-                .await?
-                .iter()
-                .map(T::from_row)
-                .collect()
-        }
+        async move { rows_as(self.query(sql, params).await?) }
     }
+}
+
+/// Every row of `rows` read as a `T`.
+pub(crate) fn rows_as<R, T: FromRow<R>>(rows: Vec<R>) -> Result<Vec<T>> {
+    rows.iter().map(T::from_row).collect()
 }
 
 /// The one row of `rows`, or the row-count error.

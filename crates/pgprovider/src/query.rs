@@ -60,11 +60,7 @@ where
         sql: &str,
         params: &[&'p Param<'p, D>],
     ) -> Result<Vec<T>> {
-        self.query(sql, params)
-            .await?
-            .iter()
-            .map(T::from_row)
-            .collect()
+        crate::client::rows_as(self.query(sql, params).await?)
     }
 
     /// Runs a statement and returns the number of rows it affected.

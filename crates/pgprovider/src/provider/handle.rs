@@ -3,7 +3,7 @@
 use super::path::current_lsn;
 use super::route::Target;
 use super::{ConsistencyToken, Provider};
-use crate::client::{at_most_one, one};
+use crate::client::{at_most_one, one, rows_as};
 use crate::pool::Pooled;
 use crate::tx::{Follow, Tx, TxOptions, run_transaction};
 use crate::{Driver, Error, FromRow, Queries, Result};
@@ -138,7 +138,7 @@ macro_rules! surface {
                 sql: &str,
                 params: &[&'p Param<'p, D>],
             ) -> Result<Vec<T>> {
-                self.query(sql, params).await?.iter().map(T::from_row).collect()
+                rows_as(self.query(sql, params).await?)
             }
 
             #[doc = concat!("Runs `f` in a transaction ", $doc, ": commits when it returns `Ok`, rolls back when it returns `Err`, and runs it again after a conflict (`40001`, `40P01`) or when its connection was lost before `COMMIT` was sent (on the new primary, within the failover timeout). A `COMMIT` whose reply is lost is never run again: [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown). See [`tx`](crate::tx).")]

@@ -215,11 +215,7 @@ where
     where
         T: FromRow<<D::Connection as Queries>::Row>,
     {
-        self.query(sql, params)
-            .await?
-            .iter()
-            .map(T::from_row)
-            .collect()
+        crate::client::rows_as(self.query(sql, params).await?)
     }
 
     /// Runs one statement in the tenant's scope and returns the rows it affected.

@@ -217,11 +217,7 @@ where
     where
         T: FromRow<<D::Connection as Queries>::Row>,
     {
-        self.query(sql, params)
-            .await?
-            .iter()
-            .map(T::from_row)
-            .collect()
+        crate::client::rows_as(self.query(sql, params).await?)
     }
 
     /// Runs a statement and returns the number of rows it affected.
