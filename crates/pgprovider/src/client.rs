@@ -14,8 +14,8 @@
 //! }
 //! ```
 
+use crate::rows::{at_most_one, one, rows_as};
 use crate::{FromRow, Result};
-use pgprovider_core::Queries;
 use std::future::Future;
 
 /// The query surface of a shared handle; see the [module docs](self).
@@ -84,43 +84,22 @@ pub trait Client: Sync {
     }
 }
 
-/// Every row of `rows` read as a `T`.
-pub(crate) fn rows_as<R, T: FromRow<R>>(rows: Vec<R>) -> Result<Vec<T>> {
-    rows.iter().map(T::from_row).collect()
-}
-
-/// The one row of `rows`, or the row-count error.
-pub(crate) fn one<R>(mut rows: Vec<R>) -> Result<R> {
-    match rows.len() {
-        1 => Ok(rows.pop().expect("one row")),
-        n => Err(pgprovider_core::row_count_error(n, "exactly one")),
-    }
-}
-
-/// The row of `rows` if any, or the row-count error when there are several.
-pub(crate) fn at_most_one<R>(mut rows: Vec<R>) -> Result<Option<R>> {
-    match rows.len() {
-        0 | 1 => Ok(rows.pop()),
-        n => Err(pgprovider_core::row_count_error(n, "at most one")),
-    }
-}
-
 /// Implements [`Client`] for a handle by delegating to its inherent methods of the same
 /// names.
 macro_rules! delegate_client {
     ($ty:ident, $($bound:tt)*) => {
-        impl<D: crate::Driver + $($bound)*> crate::Client for $ty<D>
+        impl<D: $crate::Driver + $($bound)*> $crate::Client for $ty<D>
         where
-            D::Connection: Queries,
+            D::Connection: $crate::Queries,
         {
-            type Row = <D::Connection as Queries>::Row;
-            type Param<'a> = <D::Connection as Queries>::Param<'a>;
+            type Row = <D::Connection as $crate::Queries>::Row;
+            type Param<'a> = <D::Connection as $crate::Queries>::Param<'a>;
 
             fn query<'p>(
                 &self,
                 sql: &str,
                 params: &[&'p Self::Param<'p>],
-            ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send {
+            ) -> impl ::std::future::Future<Output = $crate::Result<Vec<Self::Row>>> + Send {
                 $ty::query(self, sql, params)
             }
 
@@ -128,19 +107,10 @@ macro_rules! delegate_client {
                 &self,
                 sql: &str,
                 params: &[&'p Self::Param<'p>],
-            ) -> impl Future<Output = Result<u64>> + Send {
+            ) -> impl ::std::future::Future<Output = $crate::Result<u64>> + Send {
                 $ty::execute(self, sql, params)
             }
         }
     };
 }
-
-use crate::Pool;
-use crate::Tx;
-use crate::provider::{Provider, Routed};
-use crate::tenant::Tenant;
-delegate_client!(Pool, Sync);
-delegate_client!(Tx, Sync);
-delegate_client!(Provider, Sync);
-delegate_client!(Routed, Sync);
-delegate_client!(Tenant, Clone + Sync);
+pub(crate) use delegate_client;

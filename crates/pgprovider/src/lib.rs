@@ -43,6 +43,8 @@ mod guard;
 pub mod health;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(test)]
+mod layout_tests;
 pub mod migrate;
 pub mod observe;
 pub mod policy;
@@ -50,6 +52,7 @@ pub mod pool;
 pub mod provider;
 mod query;
 pub mod registry;
+mod rows;
 pub mod tenant;
 pub mod topology;
 pub mod tx;

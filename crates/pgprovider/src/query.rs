@@ -60,7 +60,7 @@ where
         sql: &str,
         params: &[&'p Param<'p, D>],
     ) -> Result<Vec<T>> {
-        crate::client::rows_as(self.query(sql, params).await?)
+        crate::rows::rows_as(self.query(sql, params).await?)
     }
 
     /// Runs a statement and returns the number of rows it affected.
@@ -71,3 +71,5 @@ where
         self.get().await?.execute(sql, params).await
     }
 }
+
+crate::client::delegate_client!(Pool, Sync);

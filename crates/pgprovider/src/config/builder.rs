@@ -1,4 +1,7 @@
 //! The consuming builder behind every way of making a [`Config`].
+//!
+//! (This file is long by choice: one documented `with_*` method per configuration key, next
+//! to the validation that reports every problem at once.)
 
 use super::problem::{Problem, did_you_mean};
 use super::{

@@ -1,5 +1,5 @@
-//! Configuration tests: URL, environment, builder and validation, one module sharing
-//! fixtures (hence one long file).
+//! Configuration tests: URL, environment, builder and validation. (This file is long by
+//! choice: one module sharing fixtures.)
 
 use super::*;
 use pgprovider_core::{Host, SslMode};

@@ -1,5 +1,5 @@
 //! The pool's state machine against a scripted fake driver, with paused time.
-//! (One file: one compiled test module sharing the fake driver's script helpers.)
+//! (This file is long by choice: one test module sharing the fake driver's script helpers.)
 
 use super::*;
 use crate::config::Config;

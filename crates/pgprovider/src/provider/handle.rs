@@ -3,8 +3,8 @@
 use super::path::current_lsn;
 use super::route::Target;
 use super::{ConsistencyToken, Provider};
-use crate::client::{at_most_one, one, rows_as};
 use crate::pool::Pooled;
+use crate::rows::{at_most_one, one, rows_as};
 use crate::tx::{Follow, Tx, TxOptions, run_transaction};
 use crate::{Driver, Error, FromRow, Queries, Result};
 use std::fmt;
@@ -263,3 +263,6 @@ impl<D: Driver> Provider<D> {
         current_lsn(&mut *conn).await
     }
 }
+
+crate::client::delegate_client!(Provider, Sync);
+crate::client::delegate_client!(Routed, Sync);

@@ -215,7 +215,7 @@ where
     where
         T: FromRow<<D::Connection as Queries>::Row>,
     {
-        crate::client::rows_as(self.query(sql, params).await?)
+        crate::rows::rows_as(self.query(sql, params).await?)
     }
 
     /// Runs one statement in the tenant's scope and returns the rows it affected.
@@ -314,3 +314,5 @@ where
         fut.await.map_err(|e| e.with_tenant(self.name.to_string()))
     }
 }
+
+crate::client::delegate_client!(Tenant, Clone + Sync);

@@ -217,7 +217,7 @@ where
     where
         T: FromRow<<D::Connection as Queries>::Row>,
     {
-        crate::client::rows_as(self.query(sql, params).await?)
+        crate::rows::rows_as(self.query(sql, params).await?)
     }
 
     /// Runs a statement and returns the number of rows it affected.
@@ -508,6 +508,8 @@ fn outcome_unknown(msg: String, node: String) -> Error {
 mod run;
 
 pub(crate) use run::{Follow, run_transaction};
+
+crate::client::delegate_client!(Tx, Sync);
 
 #[cfg(test)]
 mod tests {
