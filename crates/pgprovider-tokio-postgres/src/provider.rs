@@ -18,7 +18,7 @@ use pgprovider::Result;
 use pgprovider::provider::Provider;
 use std::future::Future;
 
-/// LISTEN/NOTIFY and batches on a [`Provider`] of this driver; see the [module docs](self).
+/// LISTEN/NOTIFY and batches on a [`Provider`] of this driver; see the [`Provider` module docs](pgprovider::provider).
 pub trait ProviderExt {
     /// A listener builder on every node of the provider: the listener connects to whichever
     /// is primary, now and after every failover.

@@ -3,7 +3,7 @@
 //! [`Routed`](crate::provider::Routed) handles (read, primary, after a token), a
 //! [`Pool`](crate::Pool), a transaction ([`Tx`](crate::Tx)) and a tenant
 //! ([`Tenant`](crate::tenant::Tenant)). A checked-out connection offers the same methods
-//! through [`Queries`] (with `&mut self`: it is one session).
+//! through [`Queries`](crate::Queries) (with `&mut self`: it is one session).
 //!
 //! ```no_run
 //! use pgprovider::{Client, Result};

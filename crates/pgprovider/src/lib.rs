@@ -37,7 +37,7 @@
 //! | `derive` | `#[derive(FromRow)]` | on |
 #![deny(missing_docs)]
 
-mod client;
+pub mod client;
 pub mod config;
 mod guard;
 pub mod health;

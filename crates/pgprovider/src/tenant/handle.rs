@@ -5,7 +5,7 @@ use super::*;
 use crate::tx::{Follow, Tx, run_transaction};
 
 /// One tenant's handle: the query and transaction API, bound to the tenant; see the
-/// [module docs](self). Cheap to clone.
+/// [module docs](crate::tenant). Cheap to clone.
 pub struct Tenant<D: Driver> {
     pub(super) name: Arc<str>,
     /// The tenant's own schema (schema and role strategies): names qualified with another

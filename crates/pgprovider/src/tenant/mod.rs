@@ -49,7 +49,7 @@
 //!    `EXECUTE`, `LISTEN` / `NOTIFY`, `LOAD`, `ALTER SYSTEM` / `ROLE`, files, programs, large
 //!    objects, writes to `pg_settings`, and what the parser cannot parse. The list is in the
 //!    `guard` module; decisions are cached per statement text. A tenant transaction does
-//!    not hand out its bare connection ([`Tx::conn`] is refused).
+//!    not hand out its bare connection ([`Tx::conn`](crate::Tx::conn) is refused).
 //! 2. *The server checks the scope* after every statement, in the same round trip (the
 //!    tokio-postgres driver pipelines it with the statement): the role, `search_path` and
 //!    `app.tenant_id` must still be those the provider set, or the check fails, which aborts

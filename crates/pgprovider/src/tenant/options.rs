@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-/// How tenants are kept apart; see the [module docs](self).
+/// How tenants are kept apart; see the [module docs](crate::tenant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Strategy {
@@ -48,7 +48,7 @@ impl TenantLimits {
     }
 }
 
-/// How a [`Tenancy`] works.
+/// How a [`Tenancy`](super::Tenancy) works.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct TenancyOptions {

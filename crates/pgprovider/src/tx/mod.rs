@@ -20,7 +20,7 @@
 //! | --- | --- |
 //! | returns `Ok` | `COMMIT`; its result is returned |
 //! | returns `Err` | `ROLLBACK`; the error is returned, unless the transaction lost a conflict (below) |
-//! | lost a conflict (`40001` serialization failure, `40P01` deadlock, a statement gone stale) | rolled back and run again from the start, up to the [`Backoff`]'s attempts, waiting with jitter between them |
+//! | lost a conflict (`40001` serialization failure, `40P01` deadlock, a statement gone stale) | rolled back and run again from the start, up to the [`Backoff`](crate::retry::Backoff)'s attempts, waiting with jitter between them |
 //! | returned `Ok` although a statement failed (its error swallowed) | rolled back; an error names the failed statement's message |
 //! | panics, or its future is dropped | the connection goes back to the pool, which rolls the transaction back (a statement in flight is drained first, or cancelled past a short grace; see the pool docs) |
 //! | runs past the deadline ([`TxOptions::with_timeout`]) | the running statement is cancelled on the server, the transaction rolled back, and [`ErrorKind::Timeout`] returned |
