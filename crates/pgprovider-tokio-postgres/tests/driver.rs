@@ -898,3 +898,52 @@ async fn startup_and_conversion_errors_are_mapped_with_hints() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_cut_mid_flight_is_retried_only_when_marked_idempotent() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
+    let proxy = pgprovider_testkit::FaultProxy::start(cluster.primary().addr().parse().unwrap())
+        .await
+        .unwrap();
+    let c = Config::from_url(&format!(
+        "postgres://postgres@{}/postgres?pool_acquire_timeout=2s&connect_timeout=1",
+        proxy.addr()
+    ))
+    .unwrap();
+    let provider = Provider::new(
+        TokioPostgres::new(),
+        &c,
+        TopologyOptions::default()
+            .with_monitor_interval(std::time::Duration::from_millis(100))
+            .with_failover_timeout(std::time::Duration::from_secs(10)),
+    );
+    provider
+        .execute("CREATE TABLE cut (n int)", &[])
+        .await
+        .unwrap();
+    // The statement reaches the server, then its connection is cut before the reply.
+    let cut = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        proxy.reset_all();
+    };
+    let slow = "INSERT INTO cut SELECT 1 FROM pg_sleep(1)";
+    let (plain, ()) = tokio::join!(provider.execute(slow, &[]), cut);
+    let e = plain.unwrap_err();
+    assert!(e.is_connection_lost(), "{e}");
+    let cut = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        proxy.reset_all();
+    };
+    let idempotent = provider.primary().idempotent();
+    let (idempotent, ()) = tokio::join!(idempotent.execute(slow, &[]), cut);
+    assert_eq!(idempotent.unwrap(), 1, "run again on a new connection");
+    // The cut statements may have committed on the server (each is its own transaction):
+    // the plain one was reported, not repeated; the idempotent one ran at least once more.
+    let n: i64 = provider
+        .query_one("SELECT count(*) FROM cut", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!((1..=3).contains(&n), "{n}");
+}
