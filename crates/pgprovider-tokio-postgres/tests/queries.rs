@@ -1405,3 +1405,75 @@ async fn a_write_in_a_read_only_transaction_fails_once_and_is_not_run_again() {
         "no retry loop"
     );
 }
+
+/// Code written once against `Client`, run on every shared handle.
+async fn through_client<C>(db: &C, what: &str)
+where
+    C: pgprovider::Client,
+    C::Row: pgprovider::Column<i64>,
+{
+    const THREE: &str = "SELECT x FROM (VALUES (1::bigint), (2::bigint), (3::bigint)) v(x)";
+    let rows: Vec<(i64,)> = db.query_as(THREE, &[]).await.unwrap();
+    assert_eq!(rows, vec![(1,), (2,), (3,)], "{what}");
+    let one = db
+        .query_one("SELECT 7::bigint", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        pgprovider::Column::<i64>::column(&one, 0).unwrap(),
+        7,
+        "{what}"
+    );
+    let none = db
+        .query_opt("SELECT 1::bigint WHERE false", &[])
+        .await
+        .unwrap();
+    assert!(none.is_none(), "{what}");
+    let e = db.query_one(THREE, &[]).await.err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::RowCount, "{what}: {e}");
+    let e = db.query_opt(THREE, &[]).await.err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::RowCount, "{what}: {e}");
+    assert_eq!(db.execute("SELECT 1", &[]).await.unwrap(), 1, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_trait_runs_on_the_provider_its_handles_pools_transactions_and_tenants() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    use pgprovider::tenant::{Strategy, TenancyOptions};
+    let url = pgprovider_testkit::shared_url().await.unwrap();
+    let provider = Provider::from_url(TokioPostgres::new(), &url).unwrap();
+    through_client(&provider, "provider").await;
+    through_client(&provider.read(), "read handle").await;
+    through_client(&provider.primary().idempotent(), "primary handle").await;
+    let pool = Pool::from_config(TokioPostgres::new(), provider.config());
+    through_client(&pool, "pool").await;
+    provider
+        .transaction(&pgprovider::TxOptions::new(), |tx| async move {
+            through_client(&tx, "transaction").await;
+            Ok::<(), pgprovider::Error>(())
+        })
+        .await
+        .unwrap();
+    let stats = provider.stats();
+    assert_eq!(stats.len(), 1);
+    assert!(stats[0].1.acquired > 0, "{stats:?}");
+    // Tenants from a provider built with tenancy.
+    let c = common::config("").await;
+    let tenanted = Provider::builder(TokioPostgres::new(), &c)
+        .topology(TopologyOptions::default())
+        .hooks(pgprovider::observe::Hooks::default())
+        .tenancy(TenancyOptions::new(Strategy::Schema))
+        .build();
+    let tenants = tenanted.tenants().unwrap();
+    tenants.create_tenant("client_trait", None).await.unwrap();
+    through_client(&tenanted.tenant("client_trait").unwrap(), "tenant").await;
+    tenants.drop_tenant("client_trait").await.unwrap();
+    // A provider without tenancy says how to get one.
+    let e = provider.tenant("x").err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.hint().unwrap().contains(".tenancy("), "{e:?}");
+    provider.close().await;
+    let e = provider.query("SELECT 1", &[]).await.err().unwrap();
+    assert!(e.to_string().contains("closed"), "{e}");
+    tenanted.close().await;
+}
