@@ -964,3 +964,54 @@ async fn a_transaction_whose_primary_dies_before_commit_runs_again_on_the_new_pr
         "the promoted standby is primary"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_host_pool_runs_a_transaction_again_on_the_new_primary() {
+    use pgprovider::Pool;
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+    let (cluster, _) = two_nodes(false, "").await;
+    let config = Config::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?connect_timeout=1&pool_acquire_timeout=20s&target_session_attrs=read-write",
+        cluster.primary().port(),
+        cluster.standby(0).port()
+    ))
+    .unwrap();
+    let pool = Pool::from_config(TokioPostgres::new(), &config);
+    pool.execute("CREATE TABLE hosts_moved (attempt int)", &[])
+        .await
+        .unwrap();
+    let attempts = AtomicU32::new(0);
+    let (cluster, attempts) = (&cluster, &attempts);
+    let committed = pool
+        .transaction(&pgprovider::TxOptions::new(), |tx| async move {
+            let n = attempts.fetch_add(1, SeqCst) as i32 + 1;
+            if n == 1 {
+                cluster.primary().crash().unwrap();
+                cluster.standby(0).promote().await.unwrap();
+            }
+            tx.execute("INSERT INTO hosts_moved VALUES ($1)", &[&n])
+                .await?;
+            Ok::<i32, pgprovider::Error>(n)
+        })
+        .await
+        .unwrap();
+    assert!(
+        committed >= 2,
+        "run again after the primary died: {committed}"
+    );
+    let rows: Vec<i32> = pool
+        .query("SELECT attempt FROM hosts_moved", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![committed],
+        "one run committed, on the promoted standby"
+    );
+    let mut c = pool.get().await.unwrap();
+    assert!(!in_recovery_ref(&mut c).await);
+    assert_eq!(port(&mut c).await, cluster.standby(0).port() as i32);
+}
