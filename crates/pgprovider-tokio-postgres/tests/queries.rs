@@ -1477,3 +1477,73 @@ async fn one_client_trait_runs_on_the_provider_its_handles_pools_transactions_an
     assert!(e.to_string().contains("closed"), "{e}");
     tenanted.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_read_only_by_default_refuses_writes_at_once_without_retries() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    let admin = pool("").await;
+    let db = format!("pgprovider_ro_{}", std::process::id());
+    admin
+        .execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"), &[])
+        .await
+        .unwrap();
+    admin
+        .execute(&format!("CREATE DATABASE {db}"), &[])
+        .await
+        .unwrap();
+    admin
+        .execute(
+            &format!("ALTER DATABASE {db} SET default_transaction_read_only = on"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let url = pgprovider_testkit::shared_url().await.unwrap();
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let (host, _) = base.rsplit_once('/').unwrap();
+    let c = Config::from_url(&format!("{host}/{db}?{query}")).unwrap();
+    let provider = Provider::new(
+        TokioPostgres::new(),
+        &c,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_failover_timeout(Duration::from_secs(30)),
+    );
+    provider
+        .monitor()
+        .wait_for(Duration::from_secs(10), |s| s[0].read_only)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = provider
+        .execute("CREATE TABLE refused (id int)", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the primary itself refused it"),
+        "{e}"
+    );
+    let runs = AtomicU32::new(0);
+    let runs = &runs;
+    let e = provider
+        .transaction(&TxOptions::new(), |tx| async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tx.execute("CREATE TABLE refused (id int)", &[]).await
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("the primary itself refused it"),
+        "{e}"
+    );
+    assert!(
+        runs.load(Ordering::SeqCst) <= 2,
+        "not re-run until the failover timeout"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "no retry loop");
+    provider.close().await;
+    admin
+        .execute(&format!("DROP DATABASE {db} WITH (FORCE)"), &[])
+        .await
+        .unwrap();
+}

@@ -160,9 +160,12 @@ macro_rules! surface {
                 let to_primary = &to_primary;
                 let get = |moved: Option<Error>| async move {
                     use std::sync::atomic::Ordering::Relaxed;
-                    if let Some(e) = &moved {
-                        provider.fresh_look(e, provider.look_limit()).await;
+                    if let Some(e) = moved {
+                        provider.fresh_look(&e, provider.look_limit()).await;
                         if e.is_read_only() {
+                            if provider.refused_by_primary(&e) {
+                                return Err(super::path::primary_refused(e));
+                            }
                             to_primary.store(true, Relaxed);
                         }
                     }

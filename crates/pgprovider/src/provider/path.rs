@@ -47,6 +47,9 @@ impl<D: Driver> Provider<D> {
                 Err(e) => e,
             };
             if err.is_read_only() && target.may_write() {
+                if self.refused_by_primary(&err) {
+                    return Err(attempts.give_up(primary_refused(err)));
+                }
                 target = Target::Primary;
             }
             // Reads are safe to repeat, except one that ran out of time: it would only run
@@ -102,6 +105,18 @@ impl<D: Driver> Provider<D> {
         let _ = monitor
             .wait_for(limit, |s| s[i].probes > probes || !s[i].reachable)
             .await;
+    }
+
+    /// Whether `err` is a refusal as read-only by the node the monitor trusts as primary (a
+    /// primary read-only by default, or a transaction set read-only): no other node would
+    /// take it.
+    pub(super) fn refused_by_primary(&self, err: &Error) -> bool {
+        let snap = self.inner.monitor.snapshot();
+        err.is_read_only()
+            && snap.primary_index().is_some_and(|p| {
+                err.node() == Some(snap.statuses()[p].node.as_str())
+                    && snap.statuses()[p].role == crate::topology::Role::Primary
+            })
     }
 
     /// How long a retry waits for the monitor's fresh look at a failed node: a few probe
@@ -437,4 +452,20 @@ pub(super) async fn current_lsn<C: Connection>(conn: &mut C) -> Result<Consisten
         .and_then(parse_lsn)
         .map(ConsistencyToken)
         .ok_or_else(|| Error::new(ErrorKind::Other, "the server returned no WAL position"))
+}
+
+/// A refusal as read-only by the primary itself, as an error that no layer moves elsewhere.
+pub(super) fn primary_refused(err: Error) -> Error {
+    let node = err.node().map(str::to_owned);
+    let e = Error::new(
+        ErrorKind::Other,
+        format!("{err}: the primary itself refused it as read-only"),
+    )
+    .with_hint(
+        "the primary is read-only by default (default_transaction_read_only) or the transaction was set read-only; no other node would take the write",
+    );
+    match node {
+        Some(n) => e.with_node(n),
+        None => e,
+    }
 }

@@ -19,8 +19,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How many distinct primary positions are kept (at one probe a second under constant
-/// writes, 17 minutes: a time lag above that reads as that; 16 KiB).
+/// How many distinct primary positions are kept (16 KiB); the oldest always stays, so a
+/// standby stuck behind it shows its whole time lag.
 const KEEP: usize = 1024;
 
 /// The trusted primary's recent WAL positions.
@@ -50,7 +50,9 @@ impl PrimaryWal {
             return;
         }
         if self.samples.len() == KEEP {
-            self.samples.pop_front();
+            // Keep the oldest: a standby behind it has lacked WAL at least that long, however
+            // often the primary is probed.
+            self.samples.remove(1);
         }
         self.samples.push_back((at, lsn));
     }
@@ -127,5 +129,10 @@ mod tests {
             wal.record(2, t0 + Duration::from_millis(i), i);
         }
         assert_eq!(wal.samples.len(), KEEP);
+        assert_eq!(
+            wal.samples[0],
+            (t0 + Duration::from_millis(1), 1),
+            "the oldest stays"
+        );
     }
 }

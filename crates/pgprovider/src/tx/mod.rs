@@ -277,8 +277,9 @@ where
                 .simple_query(&format!("SAVEPOINT {name}"))
                 .await;
             st.note(r)?;
-            (name, st.failed.take())
+            (name, (st.failed.take(), st.conflict, st.node_lost.take()))
         };
+        let (saved_failed, saved_conflict, saved_lost) = saved_failed;
         let mut guard = PoisonOnDrop(Some(self.shared.clone()));
         let r = f(self.clone()).await;
         let mut st = self.lock().await?;
@@ -289,10 +290,19 @@ where
         };
         let done = st.conn_mut().simple_query(&sql).await;
         if r.is_err() && done.is_ok() {
-            // What failed inside the savepoint is undone.
+            // What failed inside the savepoint is undone: its failure, a conflict or a
+            // refusal it met no longer decide the transaction's fate.
             st.failed = saved_failed;
-        } else if st.failed.is_none() {
-            st.failed = saved_failed;
+            st.conflict = saved_conflict;
+            st.node_lost = saved_lost;
+        } else {
+            if st.failed.is_none() {
+                st.failed = saved_failed;
+            }
+            st.conflict |= saved_conflict;
+            if st.node_lost.is_none() {
+                st.node_lost = saved_lost;
+            }
         }
         st.note(done)?;
         r
@@ -391,6 +401,12 @@ where
     /// Whether the transaction lost a conflict that running it again may win.
     async fn lost_conflict(&self) -> bool {
         self.shared.lock().await.conflict
+    }
+
+    /// Whether the transaction has already ended (the closure committed or rolled it back
+    /// itself).
+    async fn has_ended(&self) -> bool {
+        self.shared.lock().await.conn.is_none()
     }
 
     /// Whether [`commit`](Self::commit) will roll back instead of sending `COMMIT` (a

@@ -148,8 +148,16 @@ where
             let node_lost = tx.lost_node().await.filter(&may_move);
             let lost: Result<Error, E> = match outcome {
                 Ok(value) => {
-                    // Decided before COMMIT: whether commit will refuse to send it.
+                    // Decided before COMMIT: whether commit will refuse to send it, and
+                    // whether the closure ended the transaction itself (then it is never run
+                    // again: it may have committed).
                     let refused = tx.commit_refused().await;
+                    if tx.has_ended().await {
+                        return match tx.commit().await {
+                            Ok(()) => Ok(value),
+                            Err(e) => Err(e.into()),
+                        };
+                    }
                     match tx.commit().await {
                         Ok(()) => return Ok(value),
                         // A COMMIT whose reply was lost may have been applied: never again.
