@@ -526,31 +526,3 @@ mod run;
 pub(crate) use run::{Follow, run_transaction};
 
 crate::client::delegate_client!(Tx, Sync);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn begin_statements_spell_every_option() {
-        for isolation in [
-            IsolationLevel::ReadCommitted,
-            IsolationLevel::RepeatableRead,
-            IsolationLevel::Serializable,
-        ] {
-            for read_only in [false, true] {
-                for deferrable in [false, true] {
-                    let sql = TxOptions::new()
-                        .with_isolation(isolation)
-                        .with_read_only(read_only)
-                        .with_deferrable(deferrable)
-                        .begin_sql();
-                    let level = format!("{isolation:?}").to_ascii_uppercase();
-                    assert!(sql.replace(' ', "").contains(&level), "{sql}");
-                    assert_eq!(sql.contains("READ ONLY"), read_only, "{sql}");
-                    assert_eq!(sql.contains("DEFERRABLE"), deferrable, "{sql}");
-                }
-            }
-        }
-    }
-}
