@@ -72,7 +72,7 @@
 
 mod handle;
 mod path;
-mod route;
+pub(crate) mod route;
 
 pub use handle::Routed;
 

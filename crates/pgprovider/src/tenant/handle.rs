@@ -174,12 +174,14 @@ where
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<Vec<<D::Connection as Queries>::Row>> {
         self.check(sql)?;
-        self.one(
-            async |c: &mut D::Connection, scope: Option<Scope<'_>>| match scope {
+        let scope = self.scope();
+        self.one(|mut c: Pooled<D>| async move {
+            let r = match scope {
                 None => c.query(sql, params).await,
                 Some(s) => c.query_scoped(s, sql, params).await,
-            },
-        )
+            };
+            self.after_scope(r, c)
+        })
         .await
     }
 
@@ -228,13 +230,23 @@ where
         params: &[&'p <D::Connection as Queries>::Param<'p>],
     ) -> Result<u64> {
         self.check(sql)?;
-        self.one(
-            async |c: &mut D::Connection, scope: Option<Scope<'_>>| match scope {
+        let scope = self.scope();
+        self.one(|mut c: Pooled<D>| async move {
+            let r = match scope {
                 None => c.execute(sql, params).await,
                 Some(s) => c.execute_scoped(s, sql, params).await,
-            },
-        )
+            };
+            self.after_scope(r, c)
+        })
         .await
+    }
+
+    /// The scope a statement of this tenant runs in, if its strategy sets one.
+    fn scope(&self) -> Option<Scope<'_>> {
+        self.prologue.as_deref().map(|p| Scope {
+            prologue: p,
+            check: &self.check,
+        })
     }
 
     /// Gives `conn` back after a scoped statement, or closes it (and reports the breach)
@@ -288,23 +300,31 @@ where
             .map_err(|e| e.with_tenant(self.name.to_string()))
     }
 
-    /// One statement on a tenant connection: directly when the strategy sets nothing (a
-    /// tenant database without limits to set), else scoped by the prologue in a
-    /// transaction of its own ([`Queries::query_scoped`]).
-    async fn one<T, F>(&self, run: F) -> Result<T>
+    /// One statement on a tenant connection (`run` gives the connection back or closes it):
+    /// on the tenant's database pool under the database strategy, else through the
+    /// provider's request path to the primary, retried as any statement is (a refusal as
+    /// read-only or a statement never sent runs again on the new primary). The tenant's
+    /// admission and connection permit hold across the attempts.
+    async fn one<T, F, Fut>(&self, run: F) -> Result<T>
     where
-        F: AsyncFnOnce(&mut D::Connection, Option<Scope<'_>>) -> Result<T>,
+        F: Fn(Pooled<D>) -> Fut,
+        Fut: Future<Output = Result<T>>,
     {
         self.admit()?;
         let name = self.name.clone();
         let fut = crate::observe::with_tenant(name, async {
-            let mut h = self.get().await?;
-            let scope = self.prologue.as_deref().map(|p| Scope {
-                prologue: p,
-                check: &self.check,
-            });
-            let r = run(&mut *h.conn, scope).await;
-            self.after_scope(r, h.conn)
+            let _permit = self.permit()?;
+            match self.strategy {
+                Strategy::Database => {
+                    let pool = Box::pin(self.tenancy.database_pool(&self.name)).await?;
+                    let conn = pool.get().await?;
+                    run(conn).await
+                }
+                _ => {
+                    let primary = crate::provider::route::Target::Primary;
+                    Box::pin(self.tenancy.provider.run(primary, false, run)).await
+                }
+            }
         });
         // Unoptimised builds copy this large future along the stack at every level of
         // nesting (enough to overflow a 2 MiB test thread); optimised builds do not, and a
