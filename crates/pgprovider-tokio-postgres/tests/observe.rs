@@ -647,3 +647,29 @@ async fn metrics_health_endpoints_and_the_audit_log_after_a_real_workload() {
     );
     assert_eq!(get(addr, "/healthz").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_built_with_hooks_runs_every_statement_through_them() {
+    let log = Log::default();
+    let hooks = Hooks::builder()
+        .hook(
+            0,
+            Recorder {
+                name: "built",
+                log: log.clone(),
+            },
+        )
+        .build();
+    let c = common::config("").await;
+    let provider = Provider::builder(TokioPostgres::new(), &c)
+        .hooks(hooks)
+        .topology(TopologyOptions::default())
+        .build();
+    provider.query("SELECT 1", &[]).await.unwrap();
+    let seen = log.0.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("after:built:") && l.ends_with(":ok")),
+        "{seen:?}"
+    );
+}

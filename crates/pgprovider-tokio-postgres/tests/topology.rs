@@ -762,6 +762,27 @@ async fn target_session_attrs_and_load_balance_hosts_are_honoured_with_a_standby
         2,
         "the statement and the transaction both landed once"
     );
+    // The retry layer is what sends it on: with retries left out, the refusal comes back.
+    let no_retry = Provider::new(
+        TokioPostgres::new(),
+        &any,
+        opts().with_retry(pgprovider::retry::RetryPolicy::new(
+            pgprovider::retry::Backoff::never(),
+            Duration::from_secs(10),
+        )),
+    );
+    no_retry
+        .monitor()
+        .wait_for(Duration::from_secs(20), |s| {
+            s[1].role == Role::Primary && s[0].reachable
+        })
+        .await
+        .unwrap();
+    let e = no_retry
+        .execute("INSERT INTO tsa VALUES (2)", &[])
+        .await
+        .unwrap_err();
+    assert!(e.is_read_only(), "{e}");
     // A pool asked for a standby when none is listed says so.
     let lonely = format!(
         "postgres://postgres@127.0.0.1:{p},127.0.0.1:{p}/postgres?connect_timeout=1&pool_acquire_timeout=1s&target_session_attrs=standby",
@@ -899,6 +920,31 @@ async fn a_standby_cut_off_from_its_primary_gets_no_reads_until_it_catches_up() 
         );
     }
     assert!(!on_standby().await);
+    // A time bound alone excludes it too, once it has lacked the primary's WAL that long.
+    let by_time = Provider::new(
+        TokioPostgres::new(),
+        &config,
+        TopologyOptions::default()
+            .with_monitor_interval(Duration::from_millis(100))
+            .with_max_replica_lag_bytes(None)
+            .with_max_replica_lag(Some(Duration::from_millis(500))),
+    );
+    by_time
+        .monitor()
+        .wait_for(Duration::from_secs(20), |st| {
+            st[1]
+                .replay_lag
+                .is_some_and(|l| l > Duration::from_millis(500))
+        })
+        .await
+        .unwrap();
+    let seen: i64 = by_time
+        .read()
+        .query_one("SELECT coalesce(max(id), 0) FROM feed", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, id, "the time bound keeps reads off the cut standby");
     // Replication resumes: the standby catches up and serves reads again.
     signal_wal_receiver(s, "CONT").await;
     mon.wait_for(Duration::from_secs(30), |st| {
