@@ -36,7 +36,9 @@ pub use driver::{CancelToken, Connection, Driver, SimpleRow};
 pub use error::{DbErrorFields, Error, ErrorKind, Result};
 pub use kit::StatementCacheStats;
 pub use notify::{MAX_CHANNEL, MAX_PAYLOAD, Notification, check_channel, check_notification};
-pub use params::{ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, SslMode, TlsParams};
+pub use params::{
+    ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, PoolerMode, SslMode, TlsParams,
+};
 pub use query::{Column, FromRow, Queries, Scope, row_count_error, scope_changed_error};
 pub use secret::Secret;
 pub use sqlstate::SqlState;

@@ -70,6 +70,59 @@ impl SslMode {
     }
 }
 
+/// What sits between the application and the server: nothing, or a connection pooler
+/// (PgBouncer, pgcat, PgDog, RDS Proxy, Supavisor) in session or transaction mode.
+///
+/// | mode | server session | startup `options` | prepared statements | session state (`SET`, advisory locks, temp tables, `LISTEN`) |
+/// | --- | --- | --- | --- | --- |
+/// | `none` | one per connection | sent at startup | cached | reset on return to the pool |
+/// | `session` | one per connection, held by the pooler | applied with `SET` after connecting (poolers refuse them at startup) | cached | reset on return to the pool |
+/// | `transaction` | a different one for each transaction | applied with `SET LOCAL` in every transaction | unnamed, or closed in the transaction that made them | refused with an error that names the statement |
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PoolerMode {
+    /// Connections go straight to the server (the default).
+    #[default]
+    None,
+    /// A pooler that gives each client connection one server session for its lifetime.
+    Session,
+    /// A pooler that may hand each transaction (or statement outside one) to a different
+    /// server session.
+    Transaction,
+}
+
+impl PoolerMode {
+    /// Every mode, as the URL's `pooler` key spells it.
+    pub const ALL: [(&'static str, PoolerMode); 3] = [
+        ("none", PoolerMode::None),
+        ("session", PoolerMode::Session),
+        ("transaction", PoolerMode::Transaction),
+    ];
+
+    /// The URL spelling of this mode.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolerMode::None => "none",
+            PoolerMode::Session => "session",
+            PoolerMode::Transaction => "transaction",
+        }
+    }
+
+    /// Parses the URL spelling.
+    pub fn parse(s: &str) -> Option<PoolerMode> {
+        PoolerMode::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, m)| *m)
+    }
+}
+
+impl fmt::Display for PoolerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// TLS settings for one connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,8 +158,16 @@ pub struct ConnectParams {
     pub application_name: Option<String>,
     /// How long one connection attempt may take.
     pub connect_timeout: Option<Duration>,
-    /// Command-line `options` sent at startup (`-c name=value …`).
+    /// Command-line `options` sent at startup (`-c name=value …`). Always `None` behind a
+    /// pooler, which refuses them: see [`settings`](Self::settings).
     pub options: Option<String>,
+    /// What sits between the client and the server.
+    pub pooler: PoolerMode,
+    /// Settings (`name`, `value`) that a pooler keeps from being sent at startup: applied
+    /// with `SET` after connecting in [`PoolerMode::Session`], with `SET LOCAL` in every
+    /// transaction in [`PoolerMode::Transaction`] (see [`kit::Session`](crate::kit::Session)).
+    /// Empty without a pooler.
+    pub settings: Vec<(String, String)>,
     /// TLS settings.
     pub tls: TlsParams,
     /// How many prepared statements each connection keeps (least recently used ones are
@@ -136,6 +197,8 @@ impl ConnectParams {
             application_name: None,
             connect_timeout: None,
             options: None,
+            pooler: PoolerMode::None,
+            settings: Vec::new(),
             tls: TlsParams::default(),
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             statements: StatementCaches::new(),
@@ -162,6 +225,16 @@ mod tests {
         let p = ConnectParams::new(Host::Tcp("::1".into()), 5433, "u", "d");
         assert_eq!(p.node_name(), "[::1]:5433");
         assert_eq!(p.tls.mode, SslMode::Prefer);
+    }
+
+    #[test]
+    fn pooler_modes_round_trip() {
+        for (name, mode) in PoolerMode::ALL {
+            assert_eq!(PoolerMode::parse(name), Some(mode));
+            assert_eq!(mode.to_string(), name);
+        }
+        assert_eq!(PoolerMode::parse("statement"), None);
+        assert_eq!(PoolerMode::default(), PoolerMode::None);
     }
 
     #[test]

@@ -39,21 +39,23 @@
 //! session for a reset on return.
 #![deny(missing_docs)]
 
+use diesel::connection::CacheSize;
 use diesel::pg::Pg;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::row::{Field, Row as _};
 use diesel::sql_types::{BigInt, Binary, Bool, Double, Float, Integer, Nullable, SmallInt, Text};
-use diesel_async::{AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_async::{
+    AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
+};
 use futures_util::TryStreamExt;
-use pgprovider_core::kit::sql::{RESET_RECIPE, SessionState, may_change_session};
-use pgprovider_core::kit::{Bounded, query_timeout_error, run_bounded};
-use pgprovider_core::observe::{Operation, OperationKind};
+use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
+use pgprovider_core::kit::{DriverErrors, Session};
+use pgprovider_core::observe::OperationKind;
 use pgprovider_core::{
-    CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, Queries, Result,
-    SimpleRow, SqlState, Value, ValueQueries, ValueRow,
+    CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, PoolerMode, Queries,
+    Result, SimpleRow, SqlState, Value, ValueQueries, ValueRow,
 };
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,26 +80,21 @@ impl Driver for DieselDriver {
     async fn connect(&self, params: &ConnectParams) -> Result<DieselConnection> {
         let node = params.node_name();
         let (client, cancel) = pgprovider_tokio_postgres::connect_client(params).await?;
-        let conn = AsyncPgConnection::try_from(client).await.map_err(|e| {
+        let mut conn = AsyncPgConnection::try_from(client).await.map_err(|e| {
             Error::new(
                 ErrorKind::Connect,
                 format!("diesel-async could not set up the connection: {e}"),
             )
             .with_node(node.clone())
         })?;
+        if params.pooler == PoolerMode::Transaction {
+            // diesel's cached statements are named: they would outlive the transaction on
+            // a server session the pooler hands to others.
+            conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
         Ok(DieselConnection {
             conn,
-            st: State {
-                node,
-                cancel,
-                in_flight: false,
-                broken: false,
-                read_only: false,
-                timeout: params.query_timeout,
-            },
-            session: SessionState::default(),
-            default_timeout: params.query_timeout,
-            hooks: params.hooks.clone(),
+            s: Session::new(params, cancel),
         })
     }
 }
@@ -106,45 +103,72 @@ impl Driver for DieselDriver {
 /// diesel code.
 pub struct DieselConnection {
     conn: AsyncPgConnection,
-    st: State,
-    session: SessionState,
-    default_timeout: Option<Duration>,
-    hooks: pgprovider_core::observe::Hooks,
-}
-
-struct State {
-    node: String,
-    cancel: CancelToken,
-    in_flight: bool,
-    broken: bool,
-    read_only: bool,
-    timeout: Option<Duration>,
+    s: Session,
 }
 
 impl fmt::Debug for DieselConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DieselConnection")
-            .field("node", &self.st.node)
-            .field("in_transaction", &self.session.in_tx)
+            .field("node", &self.s.node())
+            .field("in_transaction", &self.s.in_transaction())
             .finish()
+    }
+}
+
+/// How diesel's errors are judged ([`DriverErrors`]).
+struct DieselErrors;
+
+impl DriverErrors for DieselErrors {
+    type Error = diesel::result::Error;
+    fn is_cancel_reply(e: &diesel::result::Error) -> bool {
+        sqlstate_of(e).as_deref() == Some("57014")
+    }
+    fn breaks_connection(e: &diesel::result::Error) -> bool {
+        use diesel::result::{DatabaseErrorKind as K, Error as D};
+        matches!(
+            e,
+            D::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)
+        )
+    }
+    fn convert(e: diesel::result::Error) -> Error {
+        map_error(e)
     }
 }
 
 impl DieselConnection {
     /// diesel-async's connection, for diesel's query builder and `RunQueryDsl`. What runs
     /// through it is not tracked, so the session is reset when it goes back to the pool.
+    ///
+    /// Behind a transaction pooler (`pooler=transaction`), run diesel code inside a
+    /// transaction: diesel prepares and executes a statement in two exchanges, which the
+    /// pooler may otherwise hand to two server sessions.
     pub fn diesel(&mut self) -> &mut AsyncPgConnection {
-        self.session.dirty = true;
+        self.s.untracked();
         &mut self.conn
     }
 
     /// `host:port` of the node.
     pub fn node(&self) -> &str {
-        &self.st.node
+        self.s.node()
     }
 
-    fn track<T>(&mut self, sql: &str, r: &Result<T>) {
-        self.session.track(sql, r.is_ok());
+    /// Runs `sql` as a simple query (one exchange) and notes what it did; behind a
+    /// transaction pooler, applies the settings to a transaction it opened.
+    async fn batch(&mut self, sql: &str) -> Result<()> {
+        let was_in_tx = self.s.in_transaction();
+        let r = self
+            .s
+            .run::<DieselErrors, _>(self.conn.batch_execute(sql))
+            .await;
+        self.s.track(sql, r.is_ok());
+        r?;
+        if self.s.opened_transaction(was_in_tx) {
+            let local = self.s.local_settings().unwrap_or_default().to_owned();
+            self.s
+                .run::<DieselErrors, _>(self.conn.batch_execute(&local))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn statement(
@@ -153,14 +177,32 @@ impl DieselConnection {
         params: &[&(dyn DieselParam + '_)],
         rows: bool,
     ) -> Result<Out> {
+        self.s.before(sql)?;
+        let control = transaction_effect(sql).is_some();
+        if self.s.pooler() == PoolerMode::Transaction && params.is_empty() && control {
+            // Transaction control in one exchange.
+            Box::pin(self.batch(sql)).await?;
+            return Ok(if rows {
+                Out::Rows(Vec::new())
+            } else {
+                Out::Count(0)
+            });
+        }
+        // diesel prepares and executes in two exchanges: behind a transaction pooler, both
+        // in one transaction.
+        let wrap = self.s.needs_wrap(false) && !control;
+        if wrap {
+            let begin = self.s.wrap_begin().to_owned();
+            Box::pin(self.batch(&begin)).await?;
+        }
         let mut q: BoxedSqlQuery<'_, Pg, SqlQuery> = diesel::sql_query(sql).into_boxed();
         for p in params {
             q = p.bind_to(q);
         }
         let r = if rows {
             let fut = self.conn.load(q);
-            self.st
-                .run(async move {
+            self.s
+                .run::<DieselErrors, _>(async move {
                     let stream = fut.await?;
                     stream.try_collect::<Vec<_>>().await
                 })
@@ -168,9 +210,15 @@ impl DieselConnection {
                 .map(|rows| Out::Rows(rows.into_iter().map(DieselRow).collect()))
         } else {
             let fut = self.conn.execute_returning_count(q);
-            self.st.run(fut).await.map(|n| Out::Count(n as u64))
+            self.s
+                .run::<DieselErrors, _>(fut)
+                .await
+                .map(|n| Out::Count(n as u64))
         };
-        self.track(sql, &r);
+        self.s.track(sql, r.is_ok());
+        if wrap {
+            Box::pin(self.batch(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })).await?;
+        }
         r
     }
 
@@ -181,18 +229,15 @@ impl DieselConnection {
         params: &[&(dyn DieselParam + '_)],
         rows: bool,
     ) -> Result<Out> {
-        if self.hooks.is_empty() {
-            return self.statement(sql, params, rows).await;
-        }
-        let (hooks, node) = (self.hooks.clone(), self.st.node.clone());
-        let op = Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
-        hooks
-            .observe(&op, Out::rows, self.statement(sql, params, rows))
+        let observer = self.s.observer();
+        observer
+            .run(default, sql, Out::rows, self.statement(sql, params, rows))
             .await
     }
 
     async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        let after = self.session.dirty || may_change_session(sql);
+        self.s.before(sql)?;
+        let after = self.s.dirty() || may_change_session(sql);
         let trimmed = sql.trim().trim_end_matches(';');
         let single = !trimmed.contains(';');
         let first = trimmed
@@ -202,35 +247,43 @@ impl DieselConnection {
             .to_ascii_uppercase();
         let returns_rows =
             single && matches!(first.as_str(), "SELECT" | "WITH" | "VALUES" | "TABLE");
-        let r = if returns_rows {
-            // The alias must not be a column name of the statement (`row_to_json(q)` would
-            // then take the column): a quoted name with spaces.
-            let wrapped = format!(
-                "SELECT row_to_json(\"pgprovider row\".*)::text FROM ({trimmed}) \"pgprovider row\""
-            );
-            let q = diesel::sql_query(wrapped).into_boxed::<Pg>();
-            let fut = self.conn.load(q);
-            self.st
-                .run(async move {
-                    let stream = fut.await?;
-                    stream.try_collect::<Vec<_>>().await
-                })
-                .await
-                .and_then(|rows| {
-                    rows.iter()
-                        .map(|row| {
-                            let json: String =
-                                DieselRow::decode::<String, Text>(row, 0, TEXT_OIDS)?;
-                            json_object(&json)
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-        } else {
-            let fut = self.conn.batch_execute(sql);
-            self.st.run(fut).await.map(|()| Vec::new())
-        };
-        self.track(sql, &r);
-        self.session.dirty = after;
+        if !returns_rows {
+            let r = self.batch(sql).await;
+            self.s.set_dirty(after);
+            return r.map(|()| Vec::new());
+        }
+        // The alias must not be a column name of the statement (`row_to_json(q)` would then
+        // take the column): a quoted name with spaces.
+        let wrapped = format!(
+            "SELECT row_to_json(\"pgprovider row\".*)::text FROM ({trimmed}) \"pgprovider row\""
+        );
+        let wrap = self.s.needs_wrap(false);
+        if wrap {
+            let begin = self.s.wrap_begin().to_owned();
+            Box::pin(self.batch(&begin)).await?;
+        }
+        let q = diesel::sql_query(wrapped).into_boxed::<Pg>();
+        let fut = self.conn.load(q);
+        let r = self
+            .s
+            .run::<DieselErrors, _>(async move {
+                let stream = fut.await?;
+                stream.try_collect::<Vec<_>>().await
+            })
+            .await
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|row| {
+                        let json: String = DieselRow::decode::<String, Text>(row, 0, TEXT_OIDS)?;
+                        json_object(&json)
+                    })
+                    .collect::<Result<Vec<_>>>()
+            });
+        self.s.track(sql, r.is_ok());
+        if wrap {
+            Box::pin(self.batch(if r.is_ok() { "COMMIT" } else { "ROLLBACK" })).await?;
+        }
+        self.s.set_dirty(after);
         let objects = r?;
         let mut columns: Option<Arc<[String]>> = None;
         Ok(objects
@@ -242,35 +295,6 @@ impl DieselConnection {
                 SimpleRow::new(names, fields.into_iter().map(|(_, v)| v).collect())
             })
             .collect())
-    }
-}
-
-impl State {
-    /// Awaits `fut` bounded by the query timeout (a cancel request on expiry, then the
-    /// reply awaited), tracked for cancel safety.
-    async fn run<T>(&mut self, fut: impl Future<Output = diesel::QueryResult<T>>) -> Result<T> {
-        self.in_flight = true;
-        let r = match run_bounded(self.timeout, &self.cancel, fut, |e| {
-            sqlstate_of(e).as_deref() == Some("57014")
-        })
-        .await
-        {
-            Bounded::Finished(r) => r,
-            Bounded::TimedOut { clean } => {
-                self.in_flight = !clean;
-                let t = self.timeout.unwrap_or_default();
-                return Err(query_timeout_error(t, clean, &self.node));
-            }
-        };
-        self.in_flight = false;
-        r.map_err(|e| {
-            let e = map_error(e).with_node(self.node.clone());
-            if e.is_connection_lost() {
-                self.broken = true;
-            }
-            self.read_only |= e.is_read_only();
-            e
-        })
     }
 }
 
@@ -447,76 +471,62 @@ impl Queries for DieselConnection {
     }
 
     fn query_timeout(&self) -> Option<Duration> {
-        self.st.timeout
+        self.s.query_timeout()
     }
 
     fn set_query_timeout(&mut self, timeout: Option<Duration>) {
-        self.st.timeout = timeout;
+        self.s.set_query_timeout(timeout);
     }
 
     fn in_transaction(&self) -> bool {
-        self.session.in_tx
+        self.s.in_transaction()
     }
 }
 
 impl Connection for DieselConnection {
     fn is_broken(&self) -> bool {
-        self.st.in_flight || self.st.broken
+        self.s.is_broken()
     }
 
     async fn ping(&mut self) -> Result<()> {
         let fut = self.conn.batch_execute("");
-        self.st.run(fut).await
+        self.s.run::<DieselErrors, _>(fut).await
     }
 
     fn needs_reset(&self) -> bool {
-        self.session.needs_reset()
+        self.s.needs_reset()
     }
 
     async fn reset(&mut self) -> Result<()> {
-        let timeout = self.st.timeout.take();
-        let fut = self.conn.batch_execute(RESET_RECIPE);
-        let r = self.st.run(fut).await;
-        self.st.timeout = timeout;
-        r?;
-        self.session.dirty = false;
-        self.session.in_tx = false;
-        Ok(())
+        let timeout = self.s.take_timeout();
+        let fut = self.conn.batch_execute(self.s.reset_sql());
+        let r = self.s.run::<DieselErrors, _>(fut).await;
+        self.s.reset_done(timeout, r.is_ok());
+        r
     }
 
     fn recycled(&mut self) {
-        self.st.timeout = self.default_timeout;
-        self.st.read_only = false;
+        self.s.recycled();
     }
 
     fn refused_read_only(&self) -> bool {
-        self.st.read_only
+        self.s.refused_read_only()
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        if self.hooks.is_empty() {
-            return self.simple(sql).await;
-        }
-        let (hooks, node) = (self.hooks.clone(), self.st.node.clone());
-        let op =
-            Operation::new(OperationKind::of_sql(sql, OperationKind::Execute), &node).with_sql(sql);
-        hooks
-            .observe(
-                &op,
-                |r: &Vec<SimpleRow>| Some(r.len() as u64),
-                self.simple(sql),
-            )
+        let observer = self.s.observer();
+        let rows = |r: &Vec<SimpleRow>| Some(r.len() as u64);
+        observer
+            .run(OperationKind::Execute, sql, rows, self.simple(sql))
             .await
     }
 
     fn cancel_token(&self) -> CancelToken {
-        self.st.cancel.clone()
+        self.s.cancel_token()
     }
 
     async fn close(self) {
-        if self.st.in_flight {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.st.cancel.cancel()).await;
-        }
+        self.s.cancel_before_close().await;
         // Dropping diesel-async's connection drops the client, which ends the session.
         drop(self.conn);
     }

@@ -30,20 +30,21 @@
 #![deny(missing_docs)]
 
 use futures_util::TryStreamExt;
-use pgprovider_core::kit::sql::{RESET_RECIPE, SessionState, may_change_session};
-use pgprovider_core::kit::{Bounded, query_timeout_error, run_bounded};
-use pgprovider_core::observe::{Operation, OperationKind};
+use pgprovider_core::kit::pooler::startup_settings;
+use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
+use pgprovider_core::kit::{DriverErrors, Session, pooler_startup_refusal, session_settings};
+use pgprovider_core::observe::OperationKind;
 use pgprovider_core::{
     CancelToken, Column, ConnectParams, Connection, DbErrorFields, Driver, Error, ErrorKind, Host,
-    Queries, Result, SimpleRow, SqlState, SslMode, Value, ValueQueries, ValueRow,
+    PoolerMode, Queries, Result, SimpleRow, SqlState, SslMode, Value, ValueQueries, ValueRow,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgDatabaseError, PgRow, PgSslMode};
 use sqlx::query::Query;
 use sqlx::{Connection as _, Postgres, Row as _, ValueRef as _};
 use std::fmt;
-use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering::Relaxed};
 use std::time::Duration;
 
 /// The driver; its registry name is `sqlx`.
@@ -94,28 +95,24 @@ fn options(p: &ConnectParams) -> PgConnectOptions {
         o = o.ssl_client_key(key);
     }
     if let Some(opts) = &p.options {
-        o = o.options(startup_options(opts));
+        o = o.options(startup_settings(opts).unwrap_or_default());
     }
     o
 }
 
-/// `-c name=value` / `--name=value` pairs of a libpq `options` string.
-fn startup_options(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut words = s.split_whitespace();
-    while let Some(w) = words.next() {
-        let pair = if w == "-c" {
-            words.next()
-        } else if let Some(rest) = w.strip_prefix("--") {
-            Some(rest)
-        } else {
-            w.strip_prefix("-c")
-        };
-        if let Some((k, v)) = pair.and_then(|p| p.split_once('=')) {
-            out.push((k.to_owned(), v.to_owned()));
-        }
-    }
-    out
+/// The backend pid through the simple protocol (a prepared statement would be named, and
+/// survive on a pooler's server session), after `prologue` (settings) in the same exchange.
+async fn backend_pid(conn: &mut sqlx::PgConnection, prologue: &str) -> sqlx::Result<i32> {
+    let sql = if prologue.is_empty() {
+        "SELECT pg_backend_pid()::text".to_owned()
+    } else {
+        format!("{prologue}; SELECT pg_backend_pid()::text")
+    };
+    let rows: Vec<PgRow> = sqlx::raw_sql(&sql).fetch(conn).try_collect().await?;
+    let pid = rows
+        .last()
+        .and_then(|r| r.try_get_raw(0).ok()?.as_str().ok()?.parse().ok());
+    pid.ok_or_else(|| sqlx::Error::Protocol("pg_backend_pid() returned no row".into()))
 }
 
 impl Driver for SqlxDriver {
@@ -128,12 +125,12 @@ impl Driver for SqlxDriver {
     async fn connect(&self, params: &ConnectParams) -> Result<SqlxConnection> {
         let node = params.node_name();
         let opts = options(params);
+        let setup = session_settings(params).unwrap_or_default();
         let attempt = async {
             let mut conn = sqlx::PgConnection::connect_with(&opts)
                 .await
-                .map_err(|e| connect_error(e, &node))?;
-            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&mut conn)
+                .map_err(|e| pooler_startup_refusal(connect_error(e, &node)))?;
+            let pid = backend_pid(&mut conn, &setup)
                 .await
                 .map_err(|e| map_error(e).with_node(node.clone()))?;
             Ok::<_, Error>((conn, pid))
@@ -149,21 +146,13 @@ impl Driver for SqlxDriver {
             })??,
             None => attempt.await?,
         };
+        let pid = Arc::new(AtomicI32::new(pid));
         Ok(SqlxConnection {
             conn,
-            st: State {
-                node,
-                cancel: cancel_token(opts, pid),
-                in_flight: false,
-                cancel_at: None,
-                broken: false,
-                read_only: false,
-                timeout: params.query_timeout,
-            },
-            unnamed: params.statement_cache_capacity == 0,
-            session: SessionState::default(),
-            default_timeout: params.query_timeout,
-            hooks: params.hooks.clone(),
+            s: Session::new(params, cancel_token(opts, pid.clone())),
+            unnamed: params.statement_cache_capacity == 0
+                || params.pooler == PoolerMode::Transaction,
+            pid,
         })
     }
 }
@@ -172,32 +161,38 @@ impl Driver for SqlxDriver {
 /// connection for sqlx code.
 pub struct SqlxConnection {
     conn: sqlx::PgConnection,
-    st: State,
+    s: Session,
     unnamed: bool,
-    session: SessionState,
-    default_timeout: Option<Duration>,
-    hooks: pgprovider_core::observe::Hooks,
-}
-
-/// What a running statement updates, apart from sqlx's connection (so both can be borrowed
-/// at once).
-struct State {
-    node: String,
-    cancel: CancelToken,
-    in_flight: bool,
-    /// When the running statement's query timeout sends its cancel.
-    cancel_at: Option<std::time::Instant>,
-    broken: bool,
-    read_only: bool,
-    timeout: Option<Duration>,
+    /// The backend the cancel token signals: behind a transaction pooler, the one serving
+    /// the current transaction (read again as each one begins).
+    pid: Arc<AtomicI32>,
 }
 
 impl fmt::Debug for SqlxConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqlxConnection")
-            .field("node", &self.st.node)
-            .field("in_transaction", &self.session.in_tx)
+            .field("node", &self.s.node())
+            .field("in_transaction", &self.s.in_transaction())
             .finish()
+    }
+}
+
+/// How sqlx's errors are judged ([`DriverErrors`]).
+struct SqlxErrors;
+
+impl DriverErrors for SqlxErrors {
+    type Error = sqlx::Error;
+    fn is_cancel_reply(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("57014"))
+    }
+    fn breaks_connection(e: &sqlx::Error) -> bool {
+        matches!(
+            e,
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+        )
+    }
+    fn convert(e: sqlx::Error) -> Error {
+        map_error(e)
     }
 }
 
@@ -205,51 +200,97 @@ impl SqlxConnection {
     /// sqlx's connection, for `sqlx::query!` and the rest of sqlx. What runs through it is
     /// not tracked, so the session is reset when the connection goes back to the pool.
     pub fn raw(&mut self) -> &mut sqlx::PgConnection {
-        self.session.dirty = true;
+        self.s.untracked();
         &mut self.conn
     }
 
     /// `host:port` of the node.
     pub fn node(&self) -> &str {
-        &self.st.node
+        self.s.node()
     }
 
-    /// Notes what a statement did to the session and the transaction.
-    fn track<T>(&mut self, sql: &str, r: &Result<T>) {
-        self.session.track(sql, r.is_ok());
+    /// Behind a transaction pooler, once a transaction began (`begin` opens it, or `""`
+    /// when it is already open): applies the settings and learns which server backend
+    /// serves it, for the cancel token.
+    async fn serve_transaction(&mut self, begin: &str) -> Result<()> {
+        let sql = match (begin, self.s.local_settings()) {
+            ("", None) => String::new(),
+            ("", Some(l)) => l.to_owned(),
+            (b, _) => b.to_owned(),
+        };
+        let r = backend_pid(&mut self.conn, &sql);
+        let pid = self.s.run::<SqlxErrors, _>(r).await?;
+        self.pid.store(pid, Relaxed);
+        Ok(())
     }
 
     async fn statement(&mut self, sql: &str, params: &[&dyn SqlxParam], rows: bool) -> Result<Out> {
-        self.session.before(sql);
+        self.s.before(sql)?;
+        let control = transaction_effect(sql).is_some();
+        if self.s.pooler() == PoolerMode::Transaction && params.is_empty() && control {
+            // Transaction control in one exchange (a prepared BEGIN could be parsed on one
+            // server session and run on another).
+            let was_in_tx = self.s.in_transaction();
+            let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(sql));
+            let r = self.s.run::<SqlxErrors, _>(fut).await;
+            self.s.track(sql, r.is_ok());
+            let n = r?.rows_affected();
+            if !was_in_tx && self.s.in_transaction() {
+                self.serve_transaction("").await?;
+            }
+            return Ok(if rows {
+                Out::Rows(Vec::new())
+            } else {
+                Out::Count(n)
+            });
+        }
+        // sqlx prepares and executes in two exchanges: behind a transaction pooler, both
+        // in one transaction.
+        let wrap = self.s.needs_wrap(false) && !control;
+        if wrap {
+            let begin = self.s.wrap_begin().to_owned();
+            self.serve_transaction(&begin).await?;
+            self.s.track("BEGIN", true);
+        }
         let unnamed = self.unnamed;
         let mut retried = false;
-        loop {
+        let r = loop {
             let mut q = sqlx::query(sql).persistent(!unnamed);
             for p in params {
                 q = p.bind_to(q);
             }
             let c = &mut self.conn;
             let r = if rows {
-                self.st
-                    .run(async move { q.fetch_all(c).await.map(Out::Rows) })
-                    .await
+                let fut = async move { q.fetch_all(c).await.map(Out::Rows) };
+                self.s.run::<SqlxErrors, _>(fut).await
             } else {
-                self.st
-                    .run(async move { q.execute(c).await.map(|d| Out::Count(d.rows_affected())) })
-                    .await
+                let fut = async move { q.execute(c).await.map(|d| Out::Count(d.rows_affected())) };
+                self.s.run::<SqlxErrors, _>(fut).await
             };
             match r {
-                Err(e) if e.is_stale_statement() && !self.session.in_tx && !retried && !unnamed => {
+                Err(e)
+                    if e.is_stale_statement()
+                        && !self.s.in_transaction()
+                        && !retried
+                        && !unnamed =>
+                {
                     // sqlx keeps its statements by SQL text: forget them and prepare anew.
                     retried = true;
-                    let _ = self.st.run(self.conn.clear_cached_statements()).await;
+                    let fut = self.conn.clear_cached_statements();
+                    let _ = self.s.run::<SqlxErrors, _>(fut).await;
                 }
-                r => {
-                    self.track(sql, &r);
-                    return r;
-                }
+                r => break r,
             }
+        };
+        self.s.track(sql, r.is_ok());
+        if wrap {
+            let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(end));
+            let done = self.s.run::<SqlxErrors, _>(fut).await;
+            self.s.track(end, done.is_ok());
+            done?;
         }
+        r
     }
 
     async fn observed(
@@ -259,32 +300,29 @@ impl SqlxConnection {
         params: &[&dyn SqlxParam],
         rows: bool,
     ) -> Result<Out> {
-        if self.hooks.is_empty() {
-            return self.statement(sql, params, rows).await;
-        }
-        let (hooks, node) = (self.hooks.clone(), self.st.node.clone());
-        let op = Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
-        hooks
-            .observe(&op, Out::rows, self.statement(sql, params, rows))
+        let observer = self.s.observer();
+        observer
+            .run(default, sql, Out::rows, self.statement(sql, params, rows))
             .await
     }
 
     async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        let after = self.session.dirty || may_change_session(sql);
-        self.session.before(sql);
-        let r = self
-            .st
-            .run(
-                sqlx::raw_sql(sql)
-                    .fetch(&mut self.conn)
-                    .try_collect::<Vec<PgRow>>(),
-            )
-            .await;
-        self.track(sql, &r);
-        self.session.dirty = after;
+        self.s.before(sql)?;
+        let after = self.s.dirty() || may_change_session(sql);
+        let was_in_tx = self.s.in_transaction();
+        let fut = sqlx::raw_sql(sql)
+            .fetch(&mut self.conn)
+            .try_collect::<Vec<PgRow>>();
+        let r = self.s.run::<SqlxErrors, _>(fut).await;
+        self.s.track(sql, r.is_ok());
+        self.s.set_dirty(after);
+        let rows = r?;
+        if self.s.pooler() == PoolerMode::Transaction && !was_in_tx && self.s.in_transaction() {
+            self.serve_transaction("").await?;
+        }
         let mut out = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
-        for row in r? {
+        for row in rows {
             let names: Arc<[String]> = match &columns {
                 Some(c)
                     if c.len() == row.len()
@@ -322,53 +360,11 @@ impl SqlxConnection {
     }
 }
 
-impl State {
-    /// Awaits `fut` (a statement on sqlx's connection), bounded by the query timeout (a
-    /// cancel through `pg_cancel_backend` on expiry, then the reply awaited) and tracked for
-    /// cancel safety: dropped half-way, the connection stays marked in flight (broken).
-    async fn run<T>(
-        &mut self,
-        fut: impl Future<Output = std::result::Result<T, sqlx::Error>>,
-    ) -> Result<T> {
-        self.in_flight = true;
-        self.cancel_at = self.timeout.map(|t| std::time::Instant::now() + t);
-        let r = match run_bounded(
-            self.timeout,
-            &self.cancel,
-            fut,
-            |e| matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("57014")),
-        )
-        .await
-        {
-            Bounded::Finished(r) => r,
-            Bounded::TimedOut { clean } => {
-                self.in_flight = !clean;
-                // The cancel may still hit the next statement: not recoverable.
-                self.broken |= !clean;
-                let t = self.timeout.unwrap_or_default();
-                return Err(query_timeout_error(t, clean, &self.node));
-            }
-        };
-        self.in_flight = false;
-        self.cancel_at = None;
-        r.map_err(|e| {
-            if matches!(
-                e,
-                sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
-            ) {
-                self.broken = true;
-            }
-            let e = map_error(e).with_node(self.node.clone());
-            self.read_only |= e.is_read_only();
-            e
-        })
-    }
-}
-
-/// A token asking the server to cancel what backend `pid` runs (see [`cancel`]).
-fn cancel_token(opts: PgConnectOptions, pid: i32) -> CancelToken {
+/// A token asking the server to cancel what the backend in `pid` runs (see [`cancel`]).
+fn cancel_token(opts: PgConnectOptions, pid: Arc<AtomicI32>) -> CancelToken {
     CancelToken::new(move || {
         let opts = opts.clone();
+        let pid = pid.load(Relaxed);
         async move { cancel(&opts, pid).await }
     })
 }
@@ -377,10 +373,8 @@ fn cancel_token(opts: PgConnectOptions, pid: i32) -> CancelToken {
 async fn cancel(opts: &PgConnectOptions, pid: i32) -> Result<()> {
     let attempt = async {
         let mut side = sqlx::PgConnection::connect_with(opts).await?;
-        sqlx::query("SELECT pg_cancel_backend($1)")
-            .bind(pid)
-            .execute(&mut side)
-            .await?;
+        let sql = format!("SELECT pg_cancel_backend({pid})");
+        sqlx::Executor::execute(&mut side, sqlx::raw_sql(&sql)).await?;
         side.close().await
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
@@ -405,18 +399,11 @@ impl Out {
 
 impl Connection for SqlxConnection {
     fn is_broken(&self) -> bool {
-        self.st.in_flight || self.st.broken
+        self.s.is_broken()
     }
 
     fn interrupted(&self) -> bool {
-        // Abandoned after its query timeout's cancel may have been sent: not recoverable
-        // (the cancel could hit the next statement).
-        self.st.in_flight
-            && !self.st.broken
-            && self
-                .st
-                .cancel_at
-                .is_none_or(|t| std::time::Instant::now() < t)
+        self.s.interrupted()
     }
 
     /// sqlx reads the replies of an abandoned statement itself before the next one (it
@@ -426,69 +413,54 @@ impl Connection for SqlxConnection {
         let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql("ROLLBACK"));
         match fut.await {
             Ok(_) => {
-                self.st.in_flight = false;
-                self.session.in_tx = false;
+                self.s.recovered();
                 Ok(())
             }
-            Err(e) => Err(map_error(e).with_node(self.st.node.clone())),
+            Err(e) => Err(map_error(e).with_node(self.s.node())),
         }
     }
 
     async fn ping(&mut self) -> Result<()> {
-        self.st.run(self.conn.ping()).await
+        self.s.run::<SqlxErrors, _>(self.conn.ping()).await
     }
 
     fn needs_reset(&self) -> bool {
-        self.session.needs_reset()
+        self.s.needs_reset()
     }
 
     async fn reset(&mut self) -> Result<()> {
-        let timeout = self.st.timeout.take();
+        let timeout = self.s.take_timeout();
         // Through the `Executor` trait (a boxed future): `RawSql::execute`'s generic future
         // trips the compiler's `Send` check of this trait method (rust-lang/rust#96865).
-        let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(RESET_RECIPE));
-        let r = self.st.run(fut).await;
-        self.st.timeout = timeout;
-        r?;
-        self.session.dirty = false;
-        self.session.in_tx = false;
-        Ok(())
+        let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(self.s.reset_sql()));
+        let r = self.s.run::<SqlxErrors, _>(fut).await;
+        self.s.reset_done(timeout, r.is_ok());
+        r.map(|_| ())
     }
 
     fn recycled(&mut self) {
-        self.st.timeout = self.default_timeout;
-        self.st.read_only = false;
+        self.s.recycled();
     }
 
     fn refused_read_only(&self) -> bool {
-        self.st.read_only
+        self.s.refused_read_only()
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        if self.hooks.is_empty() {
-            return self.simple(sql).await;
-        }
-        let (hooks, node) = (self.hooks.clone(), self.st.node.clone());
-        let op =
-            Operation::new(OperationKind::of_sql(sql, OperationKind::Execute), &node).with_sql(sql);
-        hooks
-            .observe(
-                &op,
-                |r: &Vec<SimpleRow>| Some(r.len() as u64),
-                self.simple(sql),
-            )
+        let observer = self.s.observer();
+        let rows = |r: &Vec<SimpleRow>| Some(r.len() as u64);
+        observer
+            .run(OperationKind::Execute, sql, rows, self.simple(sql))
             .await
     }
 
     fn cancel_token(&self) -> CancelToken {
-        self.st.cancel.clone()
+        self.s.cancel_token()
     }
 
     async fn close(self) {
-        let SqlxConnection { conn, st, .. } = self;
-        if st.in_flight {
-            let _ = st.cancel.cancel().await;
-        }
+        let SqlxConnection { conn, s, .. } = self;
+        s.cancel_before_close().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
     }
 }
@@ -599,15 +571,15 @@ impl Queries for SqlxConnection {
     }
 
     fn query_timeout(&self) -> Option<Duration> {
-        self.st.timeout
+        self.s.query_timeout()
     }
 
     fn set_query_timeout(&mut self, timeout: Option<Duration>) {
-        self.st.timeout = timeout;
+        self.s.set_query_timeout(timeout);
     }
 
     fn in_transaction(&self) -> bool {
-        self.session.in_tx
+        self.s.in_transaction()
     }
 }
 
@@ -748,7 +720,7 @@ impl ValueQueries for SqlxConnection {
 
 #[cfg(test)]
 mod tests {
-    use super::{connect_error, map_error, startup_options};
+    use super::{connect_error, map_error};
     use pgprovider_core::ErrorKind;
 
     #[test]
@@ -794,17 +766,5 @@ mod tests {
         assert!(c.to_string().contains("reachable"), "{c}");
         let t = connect_error(sqlx::Error::Tls("handshake".into()), "db:5432");
         assert_eq!((t.kind(), t.node()), (ErrorKind::Tls, Some("db:5432")));
-    }
-
-    #[test]
-    fn startup_options_are_parsed() {
-        assert_eq!(
-            startup_options("-c statement_timeout=5000ms --search_path=a,b -cwork_mem=4MB junk"),
-            vec![
-                ("statement_timeout".into(), "5000ms".into()),
-                ("search_path".into(), "a,b".into()),
-                ("work_mem".into(), "4MB".into()),
-            ]
-        );
     }
 }

@@ -73,6 +73,18 @@ impl ServerBinaries {
         c
     }
 
+    /// A blocking command for the program at `path`, run as the unprivileged user when
+    /// needed.
+    pub(crate) fn std_command_at(&self, path: &Path) -> std::process::Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = std::process::Command::new(path);
+        if let Some((uid, gid, _)) = &self.run_as {
+            c.uid(*uid).gid(*gid);
+        }
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
     /// Gives `path` to the unprivileged user, if there is one.
     pub(crate) fn chown(&self, path: &Path) -> Result<(), KitError> {
         if let Some((uid, gid, _)) = &self.run_as {

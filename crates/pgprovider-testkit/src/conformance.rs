@@ -28,7 +28,7 @@
 //! LISTEN/NOTIFY has no driver-neutral API yet: the `notify` flag records whether the driver
 //! crate offers one (the tokio-postgres driver's `Listener` has its own tests).
 
-use crate::{TestCluster, shared_url};
+use crate::{PoolMode, TestCluster, shared_url};
 use pgprovider::observe::{Hook, Hooks, MetricsHook, Operation, Outcome, Verdict};
 use pgprovider::provider::{Provider, TopologyOptions};
 use pgprovider::tenant::{Strategy, Tenancy, TenancyOptions};
@@ -93,12 +93,39 @@ pub type Row<D> = <<D as Driver>::Connection as Queries>::Row;
 pub trait Subject: Driver + Clone + Send + Sync + 'static {}
 impl<D: Driver + Clone + Send + Sync + 'static> Subject for D {}
 
-/// The shared server's configuration for `driver`'s tests, plus `extra` (`&k=v…`).
+/// How the suite reaches the shared server: directly, or through a real PgBouncer in one of
+/// its modes (with the matching `pooler` key in the URL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// Straight to the server.
+    Direct,
+    /// Through [`shared_pgbouncer_url`](crate::shared_pgbouncer_url) in this mode.
+    PgBouncer(PoolMode),
+}
+
+tokio::task_local! {
+    static VIA: Via;
+}
+
+/// Runs a suite test (`fut`) with every connection made `via` the given route.
+pub async fn via<F: std::future::Future>(via: Via, fut: F) -> F::Output {
+    VIA.scope(via, fut).await
+}
+
+/// The shared server's configuration for `driver`'s tests (directly or through PgBouncer,
+/// see [`via`]), plus `extra` (`&k=v…`).
 async fn config<D: Driver>(driver: &D, extra: &str) -> Config {
-    let url = shared_url().await.expect("a server for the suite");
+    let (url, pooler) = match VIA.try_with(|v| *v).unwrap_or(Via::Direct) {
+        Via::Direct => (shared_url().await, String::new()),
+        Via::PgBouncer(mode) => (
+            crate::shared_pgbouncer_url(mode).await,
+            format!("&pooler={}", mode.as_str()),
+        ),
+    };
+    let url = url.expect("a server for the suite");
     let sep = if url.contains('?') { '&' } else { '?' };
     Config::from_url(&format!(
-        "{url}{sep}application_name=conformance-{}{extra}",
+        "{url}{sep}application_name=conformance-{}{pooler}{extra}",
         driver.name()
     ))
     .expect("a valid URL")
@@ -112,9 +139,14 @@ fn err<T>(r: pgprovider::Result<T>) -> Error {
     }
 }
 
-/// The driver's name as part of an identifier (`tokio_postgres`).
+/// The driver's name as part of an identifier (`tokio_postgres`), with the route when it is
+/// not direct (`tokio_postgres_transaction`): tests of several routes run at once.
 fn tag<D: Driver>(driver: &D) -> String {
-    driver.name().replace('-', "_")
+    let name = driver.name().replace('-', "_");
+    match VIA.try_with(|v| *v).unwrap_or(Via::Direct) {
+        Via::Direct => name,
+        Via::PgBouncer(mode) => format!("{name}_{}", mode.as_str()),
+    }
 }
 
 fn col<R: Column<T>, T>(row: &R, i: usize) -> T {
@@ -658,6 +690,48 @@ where
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
 
+/// Runs `fut` to completion on a two-worker runtime whose threads have 16 MiB stacks: the
+/// nested futures of some drivers (diesel-async's) overflow a test thread's 2 MiB in debug
+/// builds.
+///
+/// # Panics
+/// When `fut` panics (the test fails with its message).
+pub fn on_big_stack<F: std::future::Future<Output = ()> + Send + 'static>(fut: F) {
+    const STACK: usize = 16 << 20;
+    let thread = std::thread::Builder::new()
+        .stack_size(STACK)
+        .spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_stack_size(STACK)
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(fut)
+        })
+        .expect("a test thread");
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// The suite's tests that do not need a server of their own (no failover, TLS or backend
+/// identity), one after the other, every connection made `via` the given route.
+pub async fn suite_via<D: Subject>(driver: D, caps: Capabilities, route: Via)
+where
+    D::Connection: pgprovider::ValueQueries + Queries,
+    Row<D>: Column<i32> + Column<i64> + Column<String> + Column<bool>,
+{
+    // Each boxed: together they would overflow a test thread's stack in debug builds.
+    Box::pin(via(route, connect_and_query(driver.clone()))).await;
+    Box::pin(via(route, transactions(driver.clone()))).await;
+    Box::pin(via(route, statement_cache(driver.clone()))).await;
+    Box::pin(via(route, cancel_and_timeouts(driver.clone(), caps))).await;
+    Box::pin(via(route, hooks(driver.clone()))).await;
+    Box::pin(via(route, tenancy(driver.clone()))).await;
+    Box::pin(via(route, registry(driver))).await;
+}
+
 /// The suite as `#[tokio::test]` functions, for a driver expression and its
 /// [`Capabilities`].
 #[macro_export]
@@ -706,6 +780,24 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn conformance_registry() {
             $crate::conformance::registry($driver).await;
+        }
+        #[test]
+        fn conformance_pgbouncer_transaction() {
+            $crate::conformance::on_big_stack(async {
+                let mode = $crate::PoolMode::Transaction;
+                Box::pin($crate::conformance::pooler($driver, mode)).await;
+                let via = $crate::conformance::Via::PgBouncer(mode);
+                $crate::conformance::suite_via($driver, $caps, via).await;
+            });
+        }
+        #[test]
+        fn conformance_pgbouncer_session() {
+            $crate::conformance::on_big_stack(async {
+                let mode = $crate::PoolMode::Session;
+                Box::pin($crate::conformance::pooler($driver, mode)).await;
+                let via = $crate::conformance::Via::PgBouncer(mode);
+                $crate::conformance::suite_via($driver, $caps, via).await;
+            });
         }
     };
 }
@@ -834,4 +926,153 @@ where
         .execute(&format!("DROP TABLE {table}"), &[])
         .await
         .unwrap();
+}
+
+/// Behind a real PgBouncer in `mode`: startup options without the `pooler` key are refused
+/// with an error naming it; with it, `statement_timeout` holds in every transaction (or
+/// session); clients sharing few server sessions get their own results; a schema change
+/// under running statements is harmless; session state is refused in transaction mode and
+/// reset on return in session mode.
+pub async fn pooler<D: Subject>(driver: D, mode: PoolMode)
+where
+    D::Connection: pgprovider::ValueQueries + Queries,
+    Row<D>: Column<i32> + Column<i64> + Column<String>,
+{
+    use pgprovider::{Value, ValueQueries};
+    let base = crate::shared_pgbouncer_url(mode)
+        .await
+        .expect("PgBouncer for the suite");
+    let app = format!("conformance-{}", driver.name());
+    let bare = Config::from_url(&format!(
+        "{base}?application_name={app}&statement_timeout=5s&pool_acquire_timeout=3s"
+    ))
+    .unwrap();
+    let pool = Pool::new(driver.clone(), &bare, &bare.nodes()[0]);
+    let e = err(pool.query("SELECT 1", &[]).await);
+    assert!(e.to_string().contains("pooler=transaction"), "{e}");
+
+    let url = |extra: &str| {
+        Config::from_url(&format!(
+            "{base}?application_name={app}&pooler={}&statement_timeout=1500ms{extra}",
+            mode.as_str()
+        ))
+        .unwrap()
+    };
+    let config = url("&pool_max_size=4");
+    let pool = Pool::new(driver.clone(), &config, &config.nodes()[0]);
+    let setting = "SELECT current_setting('statement_timeout')";
+    let row = pool.query_one(setting, &[]).await.unwrap();
+    assert_eq!(col::<_, String>(&row, 0), "1500ms", "outside a transaction");
+    // Boxed, as the other large futures here: debug builds overflow a test thread's stack.
+    let in_tx = Box::pin(pool.transaction(&TxOptions::default(), |tx| async move {
+        let row = tx.query_one(setting, &[]).await?;
+        Ok::<_, Error>(col::<_, String>(&row, 0))
+    }))
+    .await
+    .unwrap();
+    assert_eq!(in_tx, "1500ms", "inside a transaction");
+    let e = err(pool.query("SELECT pg_sleep(3)", &[]).await);
+    assert_eq!(
+        e.sql_state().map(|s| s.code().to_owned()).as_deref(),
+        Some("57014"),
+        "the server's statement_timeout: {e}"
+    );
+
+    // Clients sharing few server sessions (PgBouncer keeps 6 in transaction mode).
+    let table = format!("conformance_pooler_{}_{}", tag(&driver), mode.as_str());
+    pool.execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .unwrap();
+    pool.execute(&format!("CREATE TABLE {table} (id int8, v int8)"), &[])
+        .await
+        .unwrap();
+    let insert = format!("INSERT INTO {table} (id, v) VALUES ($1, $2)");
+    let mut tasks = Vec::new();
+    for client in 0..4_i64 {
+        let pool = Pool::new(driver.clone(), &config, &config.nodes()[0]);
+        let insert = insert.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25_i64 {
+                let mut c = pool.get().await.unwrap();
+                let n = client * 1000 + i;
+                let rows = c
+                    .query_values("SELECT $1::int8 * 2 AS twice", &[Value::Int(n)])
+                    .await
+                    .unwrap();
+                let (twice,): (i64,) = rows[0].to().unwrap();
+                assert_eq!(twice, 2 * n, "a result of another client");
+                c.execute_values(&insert, &[Value::Int(n), Value::Int(i)])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let count = format!("SELECT count(*)::int8 FROM {table}");
+    assert_eq!(
+        col::<_, i64>(&pool.query_one(&count, &[]).await.unwrap(), 0),
+        100
+    );
+    // A schema change under statements that ran before.
+    let select = format!("SELECT * FROM {table} WHERE id = 1");
+    assert_eq!(pool.query(&select, &[]).await.unwrap().len(), 1);
+    pool.execute(&format!("ALTER TABLE {table} ADD COLUMN w int"), &[])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(pool.query(&select, &[]).await.unwrap().len(), 1);
+    }
+    pool.execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+
+    match mode {
+        PoolMode::Transaction => {
+            for sql in [
+                "SET search_path = nowhere",
+                "/* a comment */ set work_mem = '1MB'",
+                "SELECT \"pg_advisory_lock\"(42)",
+                "CREATE TEMP TABLE conformance_tmp (x int)",
+                "LISTEN conformance_channel",
+                "SELECT set_config('search_path', 'nowhere', false)",
+            ] {
+                let mut c = pool.get().await.unwrap();
+                let e = err(c.execute(sql, &[]).await);
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{sql}: {e}");
+                assert!(e.to_string().contains("transaction pooler"), "{e}");
+                let e = err(c.simple_query(sql).await);
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{sql}: {e}");
+            }
+            // What ends with the transaction is fine.
+            Box::pin(pool.transaction(&TxOptions::default(), |tx| async move {
+                tx.execute("SET LOCAL work_mem = '1MB'", &[]).await?;
+                tx.execute("SELECT pg_advisory_xact_lock(42)", &[]).await?;
+                tx.execute(
+                    "CREATE TEMP TABLE conformance_tmp (x int) ON COMMIT DROP",
+                    &[],
+                )
+                .await
+            }))
+            .await
+            .unwrap();
+        }
+        PoolMode::Session => {
+            let one = url("&pool_max_size=1");
+            let pool = Pool::new(driver, &one, &one.nodes()[0]);
+            let mut c = pool.get().await.unwrap();
+            c.execute("SET search_path = nowhere", &[]).await.unwrap();
+            drop(c);
+            let row = pool
+                .query_one("SELECT current_setting('search_path')", &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                col::<_, String>(&row, 0),
+                "\"$user\", public",
+                "reset on return"
+            );
+        }
+    }
 }

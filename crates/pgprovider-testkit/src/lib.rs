@@ -6,6 +6,8 @@
 //!   (SIGKILL), restarted, promoted, paused (SIGSTOP, a hung server) and resumed.
 //! - [`FaultProxy`]: an in-process TCP proxy in front of a node that adds latency, resets
 //!   every connection, blackholes traffic, refuses new connections, and heals.
+//! - [`PgBouncer`]: a real PgBouncer in session or transaction mode in front of a server
+//!   ([`shared_pgbouncer_url`] for one per test process in front of the shared server).
 //!
 //! When run as root, server processes run as an unprivileged user (`postgres`, or the one
 //! named by `PGPROVIDER_TEST_USER`), because `initdb` refuses root. Server binaries are
@@ -42,6 +44,7 @@ mod cluster;
 pub mod conformance;
 mod error;
 mod node;
+mod pgbouncer;
 mod proxy;
 mod shared;
 
@@ -49,6 +52,7 @@ pub use bin::ServerBinaries;
 pub use cluster::{ClusterBuilder, TestCluster};
 pub use error::KitError;
 pub use node::{Role, TestNode};
+pub use pgbouncer::{PgBouncer, PoolMode, shared_pgbouncer_url};
 pub use proxy::FaultProxy;
 pub use shared::{DEFAULT_SHARED_URL, shared_url};
 

@@ -5,9 +5,7 @@ use crate::error::map_error;
 use pgprovider_core::kit::sql::{
     RESET_RECIPE, may_change_session, opens_transaction, transaction_effect,
 };
-use pgprovider_core::{
-    CancelToken, ConnectParams, Connection, Error, ErrorKind, Result, SimpleRow,
-};
+use pgprovider_core::{CancelToken, ConnectParams, Connection, PoolerMode, Result, SimpleRow};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +63,12 @@ pub struct PgConnection {
     pub(crate) hooks: pgprovider_core::observe::Hooks,
     /// When the open transaction began (tracked only for hooks).
     pub(crate) tx_started: Option<std::time::Instant>,
-    cancel: Cancel,
+    /// What sits between the client and the server.
+    pub(crate) pooler: PoolerMode,
+    /// `BEGIN` with the settings' `SET LOCAL`s (transaction mode), or `BEGIN`.
+    pub(crate) begin: Arc<str>,
+    /// Built once: it cancels whatever the connection runs.
+    cancel: CancelToken,
     driver_task: tokio::task::JoinHandle<()>,
 }
 
@@ -93,6 +96,13 @@ impl PgConnection {
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let node = params.node_name();
+        let cancel = crate::cancel::token(
+            client.cancel_token(),
+            params.host.clone(),
+            params.port,
+            cancel,
+            node.clone(),
+        );
         let n = node.clone();
         let driver_task = tokio::spawn(async move {
             let Some(tx) = notifications else {
@@ -130,11 +140,28 @@ impl PgConnection {
             dirty: false,
             in_tx: false,
             read_only: false,
-            cache: StatementCache::new(params.statement_cache_capacity, params.statements.clone()),
+            // Behind a transaction pooler only unnamed statements: a named one would stay on
+            // a server session that the pooler hands to others.
+            cache: StatementCache::new(
+                match params.pooler {
+                    PoolerMode::Transaction => 0,
+                    _ => params.statement_cache_capacity,
+                },
+                params.statements.clone(),
+            ),
             timeout: params.query_timeout,
             default_timeout: params.query_timeout,
             hooks: params.hooks.clone(),
             tx_started: None,
+            pooler: params.pooler,
+            begin: match params.pooler {
+                PoolerMode::Transaction if !params.settings.is_empty() => format!(
+                    "BEGIN; {}",
+                    pgprovider_core::kit::pooler::settings_sql(&params.settings, true)
+                )
+                .into(),
+                _ => "BEGIN".into(),
+            },
             cancel,
             driver_task,
         }
@@ -171,9 +198,8 @@ impl PgConnection {
     ) -> Result<T> {
         self.in_flight = true;
         self.cancel_at = self.timeout.map(|t| std::time::Instant::now() + t);
-        let cancel = self.cancel_token_inner();
         let fut = f(&self.client);
-        let r = match pgprovider_core::kit::run_bounded(self.timeout, &cancel, fut, |e| {
+        let r = match pgprovider_core::kit::run_bounded(self.timeout, &self.cancel, fut, |e| {
             e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
         })
         .await
@@ -197,6 +223,36 @@ impl PgConnection {
             self.read_only |= e.is_read_only();
             e
         })
+    }
+
+    /// Behind a transaction pooler, refuses a statement that would leave state on the
+    /// server session (see [`pgprovider_core::kit::Session::before`]).
+    pub(crate) fn refuse_session_state(&self, sql: &str) -> Result<()> {
+        if self.pooler != PoolerMode::Transaction {
+            return Ok(());
+        }
+        match pgprovider_core::kit::pooler::session_effect(sql) {
+            None => Ok(()),
+            Some(what) => Err(pgprovider_core::kit::pooler::refusal(what, &self.node)),
+        }
+    }
+
+    /// The `SET LOCAL`s that every transaction needs behind a transaction pooler; `None`
+    /// when there are none.
+    pub(crate) fn local_settings(&self) -> Option<&str> {
+        self.begin.strip_prefix("BEGIN; ")
+    }
+
+    /// After a statement that may have opened a transaction (`was_in_tx` before it): behind
+    /// a transaction pooler, applies the settings to it.
+    pub(crate) async fn serve_transaction(&mut self, was_in_tx: bool) -> Result<()> {
+        if was_in_tx || !self.in_tx {
+            return Ok(());
+        }
+        let Some(local) = self.local_settings().map(str::to_owned) else {
+            return Ok(());
+        };
+        self.run(async |c| c.batch_execute(&local).await).await
     }
 
     /// Notes the effect of a transaction-control statement that ran successfully.
@@ -252,14 +308,21 @@ impl Connection for PgConnection {
     }
 
     fn needs_reset(&self) -> bool {
-        self.dirty || self.in_tx
+        match self.pooler {
+            // Session state is refused; what the client API left is on a server session
+            // the pooler has handed on.
+            PoolerMode::Transaction => self.in_tx,
+            _ => self.dirty || self.in_tx,
+        }
     }
 
     async fn reset(&mut self) -> Result<()> {
         let timeout = self.timeout.take();
-        let r = self
-            .run(async |c| c.batch_execute(RESET_RECIPE).await)
-            .await;
+        let recipe = match self.pooler {
+            PoolerMode::Transaction => "ROLLBACK",
+            _ => RESET_RECIPE,
+        };
+        let r = self.run(async |c| c.batch_execute(recipe).await).await;
         self.timeout = timeout;
         r?;
         self.dirty = false;
@@ -304,7 +367,9 @@ impl PgConnection {
         // Dirty while it runs (a dropped future leaves the session unknown); afterwards as
         // its statements say. A failure part-way may leave a transaction open (aborted):
         // the transaction state says so, and needs_reset covers both.
+        self.refuse_session_state(sql)?;
         let after = self.dirty || may_change_session(sql);
+        let was_in_tx = self.in_tx;
         self.dirty = true;
         let result = self.run(async |c| c.simple_query(sql).await).await;
         self.dirty = after;
@@ -314,6 +379,7 @@ impl PgConnection {
             self.in_tx = true;
         }
         let msgs = result?;
+        self.serve_transaction(was_in_tx).await?;
         let mut rows = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
         for m in msgs {
@@ -340,25 +406,7 @@ impl PgConnection {
     }
 
     fn cancel_token_inner(&self) -> CancelToken {
-        let token = self.client.cancel_token();
-        let node = self.node.clone();
-        let cancel = self.cancel.clone();
-        CancelToken::new(move || {
-            let (token, node, cancel) = (token.clone(), node.clone(), cancel.clone());
-            async move {
-                let sent = match cancel {
-                    Cancel::Plain => token.cancel_query(tokio_postgres::NoTls).await,
-                    Cancel::Tls(tls) => token.cancel_query(tls).await,
-                };
-                sent.map_err(|e| {
-                    Error::new(
-                        ErrorKind::Connect,
-                        format!("cannot send the cancel request: {e}"),
-                    )
-                    .with_node(node)
-                })
-            }
-        })
+        self.cancel.clone()
     }
 
     async fn close_inner(self) {

@@ -46,6 +46,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod cancel;
 mod conn;
 mod copy;
 mod error;
@@ -235,12 +236,21 @@ where
         })?,
         None => connecting.await,
     };
-    let (client, connection) = result.map_err(|e| error::connect_error(e, node))?;
-    Ok(PgConnection::new(
+    let (client, connection) = result
+        .map_err(|e| pgprovider_core::kit::pooler_startup_refusal(error::connect_error(e, node)))?;
+    let conn = PgConnection::new(
         client,
         connection,
         cancel,
         params,
         driver.notifications.clone(),
-    ))
+    );
+    // Behind a session pooler, the settings it refuses at startup.
+    if let Some(set) = pgprovider_core::kit::session_settings(params) {
+        conn.client
+            .batch_execute(&set)
+            .await
+            .map_err(|e| error::map_error(e).with_node(node))?;
+    }
+    Ok(conn)
 }

@@ -347,6 +347,13 @@ async fn connect_primary(nodes: &[ConnectParams]) -> Result<Session> {
     let mut errors = Vec::new();
     for params in nodes {
         let node = params.node_name();
+        if params.pooler == pgprovider_core::PoolerMode::Transaction {
+            // LISTEN belongs to a server session; a transaction pooler hands it on.
+            return Err(pgprovider_core::kit::pooler::refusal(
+                "LISTEN (a listener needs a session of its own: connect it to the node directly)",
+                &node,
+            ));
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let attempt = async {
             let mut conn = TokioPostgres::with_notifications(tx)

@@ -112,11 +112,26 @@ impl Multiplexed {
             )
             .with_node(params.node_name()));
         }
-        let read_only = "-c default_transaction_read_only=on";
-        params.options = Some(match params.options.take() {
-            Some(o) => format!("{o} {read_only}"),
-            None => read_only.to_owned(),
-        });
+        match params.pooler {
+            pgprovider_core::PoolerMode::Transaction => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "multiplexed mode cannot run behind a transaction pooler: its connections share named prepared statements",
+                )
+                .with_node(params.node_name())
+                .with_hint("connect it to the node directly, or through the pooler in session mode (pooler=session)"));
+            }
+            pgprovider_core::PoolerMode::Session => params
+                .settings
+                .push(("default_transaction_read_only".into(), "on".into())),
+            _ => {
+                let read_only = "-c default_transaction_read_only=on";
+                params.options = Some(match params.options.take() {
+                    Some(o) => format!("{o} {read_only}"),
+                    None => read_only.to_owned(),
+                });
+            }
+        }
         let mut conns = Vec::with_capacity(connections);
         for _ in 0..connections {
             conns.push(Shared {

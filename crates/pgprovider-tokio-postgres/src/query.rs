@@ -211,6 +211,7 @@ impl PgConnection {
             return Ok(Vec::new());
         }
         for (sql, _) in statements {
+            self.refuse_session_state(sql)?;
             if may_change_session(sql) {
                 self.dirty = true;
             }
@@ -228,12 +229,18 @@ impl PgConnection {
         loop {
             let prepared = self.prepare_all(statements).await?;
             let wrap = !self.in_tx;
+            let begin_sql = self.begin.clone();
+            let begin_sql = wrap.then_some(&*begin_sql);
             let (begin, results, commit) = self
                 .run(async |c| {
-                    Ok(
-                        run_pipelined(c, statements, prepared.as_deref(), typed.as_deref(), wrap)
-                            .await,
+                    Ok(run_pipelined(
+                        c,
+                        statements,
+                        prepared.as_deref(),
+                        typed.as_deref(),
+                        begin_sql,
                     )
+                    .await)
                 })
                 .await?;
             begin.map_err(|e| map_error(e).with_node(self.node.clone()))?;
@@ -319,6 +326,11 @@ impl PgConnection {
         params: &[&'p Param<'p>],
         op: Op,
     ) -> Result<Out> {
+        if self.pooler == pgprovider_core::PoolerMode::Transaction {
+            return self
+                .behind_transaction_pooler(default, sql, params, op)
+                .await;
+        }
         if self.hooks.is_empty() {
             return self.exec(sql, params, op, false).await;
         }
@@ -344,6 +356,50 @@ impl PgConnection {
             (false, _) => None,
         };
         r
+    }
+
+    /// A statement behind a transaction pooler: refused when it would leave session state;
+    /// outside a transaction, with the settings' `SET LOCAL`s in one of its own (pipelined,
+    /// one round trip); a transaction it opens gets them at once.
+    async fn behind_transaction_pooler<'p>(
+        &mut self,
+        default: OperationKind,
+        sql: &str,
+        params: &[&'p Param<'p>],
+        op: Op,
+    ) -> Result<Out> {
+        self.refuse_session_state(sql)?;
+        let control = pgprovider_core::kit::sql::transaction_effect(sql).is_some();
+        if let Some(local) = self.local_settings().filter(|_| !self.in_tx && !control) {
+            let local = local.to_owned();
+            let scope = Scope {
+                prologue: &local,
+                check: "",
+            };
+            if let Op::Stream = op {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "a row stream outside a transaction cannot carry the SET LOCAL settings behind a transaction pooler",
+                )
+                .with_node(self.node.clone())
+                .with_hint("open a transaction first (a stream inside one gets its settings)"));
+            }
+            return self.scoped(scope, sql, params, op).await;
+        }
+        let was_in_tx = self.in_tx;
+        let hooks = self.hooks.clone();
+        let out = if hooks.is_empty() {
+            self.exec(sql, params, op, false).await?
+        } else {
+            let node = self.node.clone();
+            let operation =
+                Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
+            hooks
+                .observe(&operation, Out::rows, self.exec(sql, params, op, true))
+                .await?
+        };
+        self.serve_transaction(was_in_tx).await?;
+        Ok(out)
     }
 
     /// A scoped statement (see [`Queries::query_scoped`]), through the hooks as one
@@ -634,17 +690,17 @@ async fn run_pipelined(
     statements: &[(&str, &[&Param<'_>])],
     prepared: Option<&[Statement]>,
     typed: Option<&[Vec<(&Param<'_>, Type)>]>,
-    wrap: bool,
+    begin: Option<&str>,
 ) -> (
     Result<(), tokio_postgres::Error>,
     Vec<Result<BatchResult, tokio_postgres::Error>>,
     Result<(), tokio_postgres::Error>,
 ) {
+    let wrap = begin.is_some();
     let begin = async {
-        if wrap {
-            c.batch_execute("BEGIN").await
-        } else {
-            Ok(())
+        match begin {
+            Some(b) => c.batch_execute(b).await,
+            None => Ok(()),
         }
     };
     let each = statements
@@ -779,13 +835,33 @@ const INFERRED: &[Type] = &[
     Type::JSONB_ARRAY,
 ];
 
-/// Pairs each parameter with the first type of [`INFERRED`] it can be sent as.
+/// A parameter type left for the server to infer (OID 0), for a NULL that accepts any
+/// type (a driver-neutral `Value::Null`): typed as the first of [`INFERRED`] it would be
+/// sent as `bool`, which the server refuses for a column of another type.
+fn unspecified() -> Type {
+    Type::new(
+        "unspecified".into(),
+        0,
+        tokio_postgres::types::Kind::Pseudo,
+        "pg_catalog".into(),
+    )
+}
+
+/// Pairs each parameter with the first type of [`INFERRED`] it can be sent as (a NULL that
+/// would take any type, with none: the server infers it).
 fn typed<'a>(params: &[&'a Param<'a>]) -> Result<Vec<(&'a Param<'a>, Type)>> {
     let mut scratch = bytes::BytesMut::new();
+    let any = unspecified();
     params
         .iter()
         .enumerate()
         .map(|(i, p)| {
+            if matches!(
+                p.to_sql_checked(&any, &mut scratch),
+                Ok(tokio_postgres::types::IsNull::Yes)
+            ) {
+                return Ok((*p, any.clone()));
+            }
             INFERRED
                 .iter()
                 .find(|t| {

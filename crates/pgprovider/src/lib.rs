@@ -92,7 +92,7 @@ pub use pgprovider_macros::embed_migrations;
 
 pub use pgprovider_core::{
     CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, FromRow, Host,
-    Notification, Queries, Result, Scope, Secret, SimpleRow, SqlState, SslMode,
+    Notification, PoolerMode, Queries, Result, Scope, Secret, SimpleRow, SqlState, SslMode,
     StatementCacheStats, Value, ValueQueries, ValueRow, check_notification,
 };
 

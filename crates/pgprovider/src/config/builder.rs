@@ -8,7 +8,7 @@ use super::{
     Config, ConfigError, LoadBalanceHosts, Node, PasswordSource, PoolConfig, TargetSessionAttrs,
     ValidationPolicy,
 };
-use pgprovider_core::{Host, Secret, SslMode, TlsParams};
+use pgprovider_core::{Host, PoolerMode, Secret, SslMode, TlsParams};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ pub struct ConfigBuilder {
     pub(super) statement_cache_capacity: Option<usize>,
     pub(super) query_timeout: Option<Option<Duration>>,
     pub(super) statement_timeout: Option<Option<Duration>>,
+    pub(super) pooler: Option<PoolerMode>,
     pub(super) problems: Vec<Problem>,
 }
 
@@ -235,6 +236,25 @@ impl ConfigBuilder {
     /// server's setting.
     pub fn with_statement_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.statement_timeout = Some(timeout);
+        self
+    }
+
+    /// What sits between the application and the server (default
+    /// [`PoolerMode::None`]): behind PgBouncer and other poolers, [`PoolerMode::Transaction`]
+    /// or [`PoolerMode::Session`] as the pooler runs. Startup options and
+    /// `statement_timeout` are then applied with `SET LOCAL` in every transaction (or `SET`
+    /// once per session), and in transaction mode statements are unnamed (the statement cache
+    /// is off) and session state (`SET`, advisory locks, temp tables, `LISTEN`) is refused.
+    ///
+    /// ```
+    /// use pgprovider::{Config, PoolerMode};
+    /// let config = Config::from_url("postgres://app@pgbouncer:6432/orders?pooler=transaction&statement_timeout=5s")?;
+    /// assert_eq!(config.pooler(), PoolerMode::Transaction);
+    /// assert_eq!(config.statement_cache_capacity(), 0);
+    /// # Ok::<(), pgprovider::ConfigError>(())
+    /// ```
+    pub fn with_pooler(mut self, mode: PoolerMode) -> Self {
+        self.pooler = Some(mode);
         self
     }
 
@@ -471,6 +491,28 @@ impl ConfigBuilder {
                 );
             }
         }
+        let pooler = self.pooler.unwrap_or_default();
+        if pooler != PoolerMode::None
+            && let Some(o) = &self.options
+            && let Err(e) = pgprovider_core::kit::pooler::startup_settings(o)
+        {
+            p(
+                "options",
+                Some(o.clone()),
+                &format!("behind a pooler options are applied with SET, and {e}"),
+                "give only -c name=value settings, or pooler=none to send them at startup",
+            );
+        }
+        if pooler == PoolerMode::Transaction
+            && let Some(n) = self.statement_cache_capacity.filter(|n| *n > 0)
+        {
+            p(
+                "statement_cache_capacity",
+                Some(n.to_string()),
+                "named prepared statements do not survive a transaction behind a transaction-mode pooler",
+                "leave statement_cache_capacity out (it is 0 with pooler=transaction), or use pooler=session",
+            );
+        }
         let max_waiters = self.max_waiters.unwrap_or(defaults.max_waiters);
         if max_waiters == Some(0) {
             p(
@@ -503,9 +545,14 @@ impl ConfigBuilder {
             application_name: self.application_name,
             connect_timeout: Some(connect_timeout),
             options: self.options,
-            statement_cache_capacity: self
-                .statement_cache_capacity
-                .unwrap_or(pgprovider_core::DEFAULT_STATEMENT_CACHE_CAPACITY),
+            statement_cache_capacity: self.statement_cache_capacity.unwrap_or(
+                if pooler == PoolerMode::Transaction {
+                    0
+                } else {
+                    pgprovider_core::DEFAULT_STATEMENT_CACHE_CAPACITY
+                },
+            ),
+            pooler,
             query_timeout,
             statement_timeout,
             tls: {

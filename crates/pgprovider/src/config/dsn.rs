@@ -4,6 +4,7 @@ use super::builder::{ConfigBuilder, host_from_str, parse_choice};
 use super::problem::did_you_mean;
 use super::{LoadBalanceHosts, TargetSessionAttrs, ValidationPolicy, parse_duration};
 use percent_encoding::percent_decode_str;
+use pgprovider_core::PoolerMode;
 use pgprovider_core::{Secret, SslMode};
 use std::path::PathBuf;
 
@@ -37,6 +38,7 @@ pub(super) const KEYS: &[&str] = &[
     "statement_cache_capacity",
     "query_timeout",
     "statement_timeout",
+    "pooler",
 ];
 
 /// Keys whose values are secret: masked in problems.
@@ -252,6 +254,9 @@ impl ConfigBuilder {
                     .or(self.load_balance_hosts)
             }
             "application_name" => self.application_name = Some(value.to_owned()),
+            "pooler" => {
+                self.pooler = parse_choice(self, key, value, &PoolerMode::ALL).or(self.pooler)
+            }
             "options" => self.options = Some(value.to_owned()),
             "connect_timeout" => {
                 if let Some(d) = self.duration(key, value) {

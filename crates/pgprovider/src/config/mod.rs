@@ -34,7 +34,8 @@
 //! | `pool_max_waiters` | callers that may wait for a connection at once; more fail at once with `Overloaded` (`off` for no bound) | `10000` |
 //! | `statement_cache_capacity` | prepared statements kept per connection; `0` for unnamed statements only (PgBouncer transaction mode) | `256` |
 //! | `query_timeout` | cancel a statement on the server after this long (a `COMMIT` never is) | `off` |
-//! | `statement_timeout` | the server's `statement_timeout`, sent at startup | server's |
+//! | `statement_timeout` | the server's `statement_timeout`, sent at startup (behind a pooler: `SET LOCAL` in every transaction, or `SET` per session) | server's |
+//! | `pooler` | `none`, `session` or `transaction`: what sits between the application and the server ([`PoolerMode`]); `transaction` for PgBouncer's (and pgcat's, RDS Proxy's, Supavisor's) transaction pooling | `none` |
 //!
 //! Durations are a whole number with an optional unit: `ms`, `s` (the default), `m`, `h`.
 
@@ -50,7 +51,7 @@ pub use builder::{
 };
 pub use problem::{ConfigError, Problem};
 
-use pgprovider_core::{ConnectParams, Error, Host, SslMode, TlsParams};
+use pgprovider_core::{ConnectParams, Error, Host, PoolerMode, SslMode, TlsParams};
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -285,6 +286,7 @@ pub struct Config {
     pub(crate) statement_cache_capacity: usize,
     pub(crate) query_timeout: Option<Duration>,
     pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) pooler: PoolerMode,
     pub(crate) tls: TlsParams,
     pub(crate) target_session_attrs: TargetSessionAttrs,
     pub(crate) load_balance_hosts: LoadBalanceHosts,
@@ -355,6 +357,11 @@ impl Config {
     pub fn query_timeout(&self) -> Option<Duration> {
         self.query_timeout
     }
+    /// What sits between the application and the server.
+    pub fn pooler(&self) -> PoolerMode {
+        self.pooler
+    }
+
     /// The server-side `statement_timeout` sent at startup.
     pub fn statement_timeout(&self) -> Option<Duration> {
         self.statement_timeout
@@ -413,11 +420,18 @@ impl Config {
         p.password = password;
         p.application_name = self.application_name.clone();
         p.connect_timeout = self.connect_timeout;
-        p.options = match (self.options.as_deref(), self.statement_timeout) {
+        let options = match (self.options.as_deref(), self.statement_timeout) {
             (o, None) => o.map(str::to_owned),
             (None, Some(t)) => Some(format!("-c statement_timeout={}", t.as_millis())),
             (Some(o), Some(t)) => Some(format!("{o} -c statement_timeout={}", t.as_millis())),
         };
+        p.pooler = self.pooler;
+        if self.pooler == PoolerMode::None {
+            p.options = options;
+        } else if let Some(o) = options {
+            // Validated when the configuration was built.
+            p.settings = pgprovider_core::kit::pooler::startup_settings(&o).unwrap_or_default();
+        }
         p.statement_cache_capacity = self.statement_cache_capacity;
         p.query_timeout = self.query_timeout;
         p.tls = self.tls.clone();
