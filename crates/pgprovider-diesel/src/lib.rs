@@ -55,6 +55,7 @@ use pgprovider_core::{
     CancelToken, Column, ConnectParams, Connection, Driver, Error, ErrorKind, PoolerMode, Queries,
     Result, SimpleRow, SqlState, Value, ValueQueries, ValueRow,
 };
+use pgprovider_tokio_postgres::LastError;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,7 +80,8 @@ impl Driver for DieselDriver {
 
     async fn connect(&self, params: &ConnectParams) -> Result<DieselConnection> {
         let node = params.node_name();
-        let (client, cancel) = pgprovider_tokio_postgres::connect_client(params).await?;
+        let (client, cancel, codes) =
+            pgprovider_tokio_postgres::connect_client_with_error_codes(params).await?;
         let mut conn = AsyncPgConnection::try_from(client).await.map_err(|e| {
             Error::new(
                 ErrorKind::Connect,
@@ -95,6 +97,7 @@ impl Driver for DieselDriver {
         Ok(DieselConnection {
             conn,
             s: Session::new(params, cancel),
+            errors: DieselErrors(codes),
         })
     }
 }
@@ -104,6 +107,7 @@ impl Driver for DieselDriver {
 pub struct DieselConnection {
     conn: AsyncPgConnection,
     s: Session,
+    errors: DieselErrors,
 }
 
 impl fmt::Debug for DieselConnection {
@@ -115,23 +119,39 @@ impl fmt::Debug for DieselConnection {
     }
 }
 
-/// How diesel's errors are judged ([`DriverErrors`]).
-struct DieselErrors;
+/// How diesel's errors are judged ([`DriverErrors`]): diesel-async keeps an error's
+/// message but not its SQLSTATE, so the code comes from the protocol stream
+/// ([`LastError`]): the `ErrorResponse` of a failed statement is read (and its code kept)
+/// before diesel-async hands the error over, and statements run one at a time.
+struct DieselErrors(LastError);
+
+impl DieselErrors {
+    /// The server's code for `e`, when the server sent it.
+    fn code(&self, e: &diesel::result::Error) -> Option<String> {
+        use diesel::result::{DatabaseErrorKind as K, Error as D};
+        match e {
+            D::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _) => None,
+            D::DatabaseError(..) => self.0.code(),
+            _ => None,
+        }
+    }
+}
 
 impl DriverErrors for DieselErrors {
     type Error = diesel::result::Error;
-    fn is_cancel_reply(e: &diesel::result::Error) -> bool {
-        sqlstate_of(e).as_deref() == Some("57014")
+    fn is_cancel_reply(&self, e: &diesel::result::Error) -> bool {
+        self.code(e).as_deref() == Some("57014")
     }
-    fn breaks_connection(e: &diesel::result::Error) -> bool {
+    fn breaks_connection(&self, e: &diesel::result::Error) -> bool {
         use diesel::result::{DatabaseErrorKind as K, Error as D};
         matches!(
             e,
             D::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, _)
         )
     }
-    fn convert(e: diesel::result::Error) -> Error {
-        map_error(e)
+    fn convert(&self, e: diesel::result::Error) -> Error {
+        let code = self.code(&e);
+        map_error_with(e, code)
     }
 }
 
@@ -158,14 +178,14 @@ impl DieselConnection {
         let was_in_tx = self.s.in_transaction();
         let r = self
             .s
-            .run::<DieselErrors, _>(self.conn.batch_execute(sql))
+            .run(&self.errors, self.conn.batch_execute(sql))
             .await;
         self.s.track(sql, r.is_ok());
         r?;
         if self.s.opened_transaction(was_in_tx) {
             let local = self.s.local_settings().unwrap_or_default().to_owned();
             self.s
-                .run::<DieselErrors, _>(self.conn.batch_execute(&local))
+                .run(&self.errors, self.conn.batch_execute(&local))
                 .await?;
         }
         Ok(())
@@ -202,7 +222,7 @@ impl DieselConnection {
         let r = if rows {
             let fut = self.conn.load(q);
             self.s
-                .run::<DieselErrors, _>(async move {
+                .run(&self.errors, async move {
                     let stream = fut.await?;
                     stream.try_collect::<Vec<_>>().await
                 })
@@ -211,7 +231,7 @@ impl DieselConnection {
         } else {
             let fut = self.conn.execute_returning_count(q);
             self.s
-                .run::<DieselErrors, _>(fut)
+                .run(&self.errors, fut)
                 .await
                 .map(|n| Out::Count(n as u64))
         };
@@ -266,7 +286,7 @@ impl DieselConnection {
         let fut = self.conn.load(q);
         let r = self
             .s
-            .run::<DieselErrors, _>(async move {
+            .run(&self.errors, async move {
                 let stream = fut.await?;
                 stream.try_collect::<Vec<_>>().await
             })
@@ -490,7 +510,7 @@ impl Connection for DieselConnection {
 
     async fn ping(&mut self) -> Result<()> {
         let fut = self.conn.batch_execute("");
-        self.s.run::<DieselErrors, _>(fut).await
+        self.s.run(&self.errors, fut).await
     }
 
     fn needs_reset(&self) -> bool {
@@ -500,7 +520,7 @@ impl Connection for DieselConnection {
     async fn reset(&mut self) -> Result<()> {
         let timeout = self.s.take_timeout();
         let fut = self.conn.batch_execute(self.s.reset_sql());
-        let r = self.s.run::<DieselErrors, _>(fut).await;
+        let r = self.s.run(&self.errors, fut).await;
         self.s.reset_done(timeout, r.is_ok());
         r
     }
@@ -532,86 +552,27 @@ impl Connection for DieselConnection {
     }
 }
 
-/// The SQLSTATE of a diesel error, when the server sent one.
-fn sqlstate_of(e: &diesel::result::Error) -> Option<String> {
-    let diesel::result::Error::DatabaseError(_, info) = e else {
-        return None;
-    };
-    // diesel-async keeps the tokio-postgres error as the info's source text; the code is
-    // not exposed directly, so classify by the kind and the message where needed.
-    sqlstate_from_info(info.as_ref())
-}
-
-fn sqlstate_from_info(
-    info: &(dyn diesel::result::DatabaseErrorInformation + Send + Sync),
-) -> Option<String> {
-    sqlstate_from_message(info.message()).map(str::to_owned)
-}
-
-/// The SQLSTATE of a server message, for the states the provider and its users act on
-/// (diesel-async keeps the message but not the code).
-fn sqlstate_from_message(msg: &str) -> Option<&'static str> {
-    let has = |n: &str| msg.contains(n);
-    Some(if has("canceling statement") {
-        "57014"
-    } else if has("read-only transaction") {
-        "25006"
-    } else if has("could not serialize access") {
-        "40001"
-    } else if has("deadlock detected") {
-        "40P01"
-    } else if has("already exists") {
-        if msg.starts_with("relation") {
-            "42P07"
-        } else {
-            "42710"
-        }
-    } else if has("does not exist") {
-        if msg.starts_with("relation") {
-            "42P01"
-        } else if msg.starts_with("column") {
-            "42703"
-        } else if msg.starts_with("function") {
-            "42883"
-        } else if msg.starts_with("database") {
-            "3D000"
-        } else {
-            "42704"
-        }
-    } else if has("permission denied") || has("row-level security policy") {
-        "42501"
-    } else if has("syntax error") {
-        "42601"
-    } else if has("cached plan must not change result type") {
-        "0A000"
-    } else if has("current transaction is aborted") {
-        "25P02"
-    } else if has("terminating connection") {
-        "57P01"
-    } else if has("division by zero") {
-        "22012"
-    } else if has("invalid input syntax") {
-        "22P02"
-    } else {
-        return None;
-    })
-}
-
-/// Converts a diesel error into pgprovider's.
+/// Converts a diesel error into pgprovider's. The SQLSTATE is the one diesel's error kind
+/// implies (unique, foreign-key, not-null and check violations, serialization failures,
+/// read-only refusals); pooled connections know every code (read off the protocol).
 pub fn map_error(e: diesel::result::Error) -> Error {
+    map_error_with(e, None)
+}
+
+/// [`map_error`] with the server's `code` for it, when known.
+fn map_error_with(e: diesel::result::Error, code: Option<String>) -> Error {
     use diesel::result::{DatabaseErrorKind as K, Error as D};
     match &e {
         D::DatabaseError(kind, info) => {
-            let code = match kind {
+            let code = code.or(match kind {
                 K::UniqueViolation => Some("23505".to_owned()),
                 K::ForeignKeyViolation => Some("23503".to_owned()),
                 K::NotNullViolation => Some("23502".to_owned()),
                 K::CheckViolation => Some("23514".to_owned()),
                 K::SerializationFailure => Some("40001".to_owned()),
                 K::ReadOnlyTransaction => Some("25006".to_owned()),
-                K::ClosedConnection => None,
-                _ => sqlstate_from_info(info.as_ref()),
-            };
+                _ => None,
+            });
             if matches!(kind, K::ClosedConnection | K::UnableToSendCommand) {
                 return Error::new(ErrorKind::ConnectionLost, "the connection is closed")
                     .with_hint("the server closed the connection or the network dropped it; retry on a new connection");
@@ -630,125 +591,42 @@ pub fn map_error(e: diesel::result::Error) -> Error {
 
 /// Parses a JSON object (as `row_to_json` writes it) into its fields, in order, as
 /// PostgreSQL text: strings unescaped, numbers as written, booleans as `t`/`f`, nested
-/// values as their JSON text, `null` as `None`.
+/// values as their JSON text, `null` as `None`. serde_json reads it; the fields keep their
+/// order and raw text ([`RawValue`](serde_json::value::RawValue)).
 fn json_object(s: &str) -> Result<Vec<(String, Option<String>)>> {
-    let bad = || {
-        Error::new(
-            ErrorKind::Decode,
-            format!("unexpected row_to_json output: {s}"),
-        )
-    };
-    let b = s.as_bytes();
-    let mut i = 0;
-    let ws = |i: &mut usize| {
-        while *i < b.len() && b[*i].is_ascii_whitespace() {
-            *i += 1;
+    use serde::de::{Deserializer as _, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+    struct Fields;
+    impl<'de> Visitor<'de> for Fields {
+        type Value = Vec<(String, Option<String>)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
         }
-    };
-    let string = |i: &mut usize| -> Option<String> {
-        if b.get(*i) != Some(&b'"') {
-            return None;
-        }
-        *i += 1;
-        let mut out = String::new();
-        let start = *i;
-        let mut chunk = start;
-        while *i < b.len() {
-            match b[*i] {
-                b'"' => {
-                    out.push_str(&s[chunk..*i]);
-                    *i += 1;
-                    return Some(out);
-                }
-                b'\\' => {
-                    out.push_str(&s[chunk..*i]);
-                    let c = *b.get(*i + 1)?;
-                    *i += 2;
-                    match c {
-                        b'n' => out.push('\n'),
-                        b't' => out.push('\t'),
-                        b'r' => out.push('\r'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'u' => {
-                            let hex = s.get(*i..*i + 4)?;
-                            let cp = u32::from_str_radix(hex, 16).ok()?;
-                            *i += 4;
-                            out.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
-                        }
-                        other => out.push(other as char),
-                    }
-                    chunk = *i;
-                }
-                _ => *i += 1,
-            }
-        }
-        None
-    };
-    ws(&mut i);
-    if b.get(i) != Some(&b'{') {
-        return Err(bad());
-    }
-    i += 1;
-    let mut fields = Vec::new();
-    loop {
-        ws(&mut i);
-        if b.get(i) == Some(&b'}') {
-            break;
-        }
-        let key = string(&mut i).ok_or_else(bad)?;
-        ws(&mut i);
-        if b.get(i) != Some(&b':') {
-            return Err(bad());
-        }
-        i += 1;
-        ws(&mut i);
-        let value = match b.get(i) {
-            Some(b'"') => Some(string(&mut i).ok_or_else(bad)?),
-            Some(b'{' | b'[') => {
-                let start = i;
-                let mut depth = 0i32;
-                let mut in_str = false;
-                while i < b.len() {
-                    match (b[i], in_str) {
-                        (b'"', _) => in_str = !in_str,
-                        (b'\\', true) => i += 1,
-                        (b'{' | b'[', false) => depth += 1,
-                        (b'}' | b']', false) => {
-                            depth -= 1;
-                            if depth == 0 {
-                                i += 1;
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    i += 1;
-                }
-                Some(s[start..i].to_owned())
-            }
-            _ => {
-                let start = i;
-                while i < b.len() && !matches!(b[i], b',' | b'}') && !b[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                match &s[start..i] {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((key, raw)) = map.next_entry::<String, &'de RawValue>()? {
+                let text = match raw.get() {
                     "null" => None,
                     "true" => Some("t".to_owned()),
                     "false" => Some("f".to_owned()),
-                    n => Some(n.to_owned()),
-                }
+                    r if r.starts_with('"') => {
+                        Some(serde_json::from_str::<String>(r).map_err(serde::de::Error::custom)?)
+                    }
+                    r => Some(r.to_owned()),
+                };
+                out.push((key, text));
             }
-        };
-        fields.push((key, value));
-        ws(&mut i);
-        match b.get(i) {
-            Some(b',') => i += 1,
-            Some(b'}') => break,
-            _ => return Err(bad()),
+            Ok(out)
         }
     }
-    Ok(fields)
+    let mut de = serde_json::Deserializer::from_str(s);
+    let fields = de.deserialize_map(Fields).and_then(|f| de.end().map(|()| f));
+    fields.map_err(|e| {
+        Error::new(
+            ErrorKind::Decode,
+            format!("unexpected row_to_json output ({e}): {s}"),
+        )
+    })
 }
 
 /// A driver-neutral [`Value`] as a diesel parameter (`int8`, `float8`, `bool`, `text`,
@@ -825,7 +703,7 @@ impl ValueQueries for DieselConnection {
 
 #[cfg(test)]
 mod tests {
-    use super::{json_object, map_error, sqlstate_from_message};
+    use super::{json_object, map_error};
     use diesel::result::{DatabaseErrorKind as K, Error as D};
     use pgprovider_core::ErrorKind;
 
@@ -863,10 +741,11 @@ mod tests {
                 ErrorKind::Database,
                 Some("25006"),
             ),
+            // Without the protocol's code, a message is never guessed from.
             (
                 db(K::Unknown, "relation \"t\" does not exist"),
                 ErrorKind::Database,
-                Some("42P01"),
+                None,
             ),
             (db(K::Unknown, "something new"), ErrorKind::Database, None),
             (
@@ -888,48 +767,6 @@ mod tests {
         }
         let decode = map_error(D::DeserializationError("bad bytes".into()));
         assert_eq!(decode.kind(), ErrorKind::Decode);
-    }
-
-    #[test]
-    fn messages_give_their_sqlstate() {
-        for (msg, code) in [
-            (
-                "canceling statement due to statement timeout",
-                Some("57014"),
-            ),
-            ("relation \"t\" does not exist", Some("42P01")),
-            ("relation \"t\" already exists", Some("42P07")),
-            ("column \"x\" does not exist", Some("42703")),
-            ("function f() does not exist", Some("42883")),
-            ("role \"r\" does not exist", Some("42704")),
-            ("type \"t\" already exists", Some("42710")),
-            ("database \"d\" does not exist", Some("3D000")),
-            ("permission denied for table t", Some("42501")),
-            ("syntax error at or near \"x\"", Some("42601")),
-            (
-                "cannot execute INSERT in a read-only transaction",
-                Some("25006"),
-            ),
-            (
-                "could not serialize access due to concurrent update",
-                Some("40001"),
-            ),
-            ("deadlock detected", Some("40P01")),
-            ("cached plan must not change result type", Some("0A000")),
-            (
-                "current transaction is aborted, commands ignored",
-                Some("25P02"),
-            ),
-            (
-                "terminating connection due to administrator command",
-                Some("57P01"),
-            ),
-            ("division by zero", Some("22012")),
-            ("invalid input syntax for type integer", Some("22P02")),
-            ("something else", None),
-        ] {
-            assert_eq!(sqlstate_from_message(msg), code, "{msg}");
-        }
     }
 
     #[test]

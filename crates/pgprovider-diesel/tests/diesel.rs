@@ -169,3 +169,34 @@ async fn errors_rows_simple_queries_and_broken_connections() {
     );
     pgprovider::Pooled::discard(c);
 }
+
+/// diesel-async drops an error's SQLSTATE; the driver reads it off the protocol, so codes
+/// that no message text could give (a function's own, a message in any language) arrive,
+/// over TLS-less TCP and unix sockets alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlstates_come_from_the_protocol_not_the_message() {
+    use pgprovider::{Client, Connection, Queries};
+    let pool = pool_for("").await;
+    let raise = |code: &str, msg: &str| {
+        format!("DO $$ BEGIN RAISE EXCEPTION '{msg}' USING ERRCODE = '{code}'; END $$")
+    };
+    let e = Client::execute(&pool, &raise("P0042", "eigener Fehler"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state().unwrap().code(), "P0042", "{e}");
+    let mut conn = pool.get().await.unwrap();
+    let e = Queries::execute(&mut *conn, &raise("40001", "sérialisation impossible"), &[])
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    let e = conn
+        .simple_query(&raise("22012", "durch null geteilt"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.sql_state().unwrap().code(), "22012", "{e}");
+    // The connection is still in step: the next statement succeeds.
+    assert_eq!(
+        Queries::execute(&mut *conn, "SELECT 1", &[]).await.unwrap(),
+        1
+    );
+}

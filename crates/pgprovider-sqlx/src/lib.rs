@@ -182,16 +182,16 @@ struct SqlxErrors;
 
 impl DriverErrors for SqlxErrors {
     type Error = sqlx::Error;
-    fn is_cancel_reply(e: &sqlx::Error) -> bool {
+    fn is_cancel_reply(&self, e: &sqlx::Error) -> bool {
         matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("57014"))
     }
-    fn breaks_connection(e: &sqlx::Error) -> bool {
+    fn breaks_connection(&self, e: &sqlx::Error) -> bool {
         matches!(
             e,
             sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
         )
     }
-    fn convert(e: sqlx::Error) -> Error {
+    fn convert(&self, e: sqlx::Error) -> Error {
         map_error(e)
     }
 }
@@ -219,7 +219,7 @@ impl SqlxConnection {
             (b, _) => b.to_owned(),
         };
         let r = backend_pid(&mut self.conn, &sql);
-        let pid = self.s.run::<SqlxErrors, _>(r).await?;
+        let pid = self.s.run(&SqlxErrors, r).await?;
         self.pid.store(pid, Relaxed);
         Ok(())
     }
@@ -232,7 +232,7 @@ impl SqlxConnection {
             // server session and run on another).
             let was_in_tx = self.s.in_transaction();
             let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(sql));
-            let r = self.s.run::<SqlxErrors, _>(fut).await;
+            let r = self.s.run(&SqlxErrors, fut).await;
             self.s.track(sql, r.is_ok());
             let n = r?.rows_affected();
             if !was_in_tx && self.s.in_transaction() {
@@ -262,10 +262,10 @@ impl SqlxConnection {
             let c = &mut self.conn;
             let r = if rows {
                 let fut = async move { q.fetch_all(c).await.map(Out::Rows) };
-                self.s.run::<SqlxErrors, _>(fut).await
+                self.s.run(&SqlxErrors, fut).await
             } else {
                 let fut = async move { q.execute(c).await.map(|d| Out::Count(d.rows_affected())) };
-                self.s.run::<SqlxErrors, _>(fut).await
+                self.s.run(&SqlxErrors, fut).await
             };
             match r {
                 Err(e)
@@ -277,7 +277,7 @@ impl SqlxConnection {
                     // sqlx keeps its statements by SQL text: forget them and prepare anew.
                     retried = true;
                     let fut = self.conn.clear_cached_statements();
-                    let _ = self.s.run::<SqlxErrors, _>(fut).await;
+                    let _ = self.s.run(&SqlxErrors, fut).await;
                 }
                 r => break r,
             }
@@ -286,7 +286,7 @@ impl SqlxConnection {
         if wrap {
             let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
             let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(end));
-            let done = self.s.run::<SqlxErrors, _>(fut).await;
+            let done = self.s.run(&SqlxErrors, fut).await;
             self.s.track(end, done.is_ok());
             done?;
         }
@@ -313,7 +313,7 @@ impl SqlxConnection {
         let fut = sqlx::raw_sql(sql)
             .fetch(&mut self.conn)
             .try_collect::<Vec<PgRow>>();
-        let r = self.s.run::<SqlxErrors, _>(fut).await;
+        let r = self.s.run(&SqlxErrors, fut).await;
         self.s.track(sql, r.is_ok());
         self.s.set_dirty(after);
         let rows = r?;
@@ -421,7 +421,7 @@ impl Connection for SqlxConnection {
     }
 
     async fn ping(&mut self) -> Result<()> {
-        self.s.run::<SqlxErrors, _>(self.conn.ping()).await
+        self.s.run(&SqlxErrors, self.conn.ping()).await
     }
 
     fn needs_reset(&self) -> bool {
@@ -433,7 +433,7 @@ impl Connection for SqlxConnection {
         // Through the `Executor` trait (a boxed future): `RawSql::execute`'s generic future
         // trips the compiler's `Send` check of this trait method (rust-lang/rust#96865).
         let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(self.s.reset_sql()));
-        let r = self.s.run::<SqlxErrors, _>(fut).await;
+        let r = self.s.run(&SqlxErrors, fut).await;
         self.s.reset_done(timeout, r.is_ok());
         r.map(|_| ())
     }

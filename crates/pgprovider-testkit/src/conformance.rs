@@ -19,7 +19,8 @@
 //! | `statement_cache` | a table altered under a cached statement: the next run succeeds |
 //! | `abandoned_statements` | statements whose callers gave up (plain, and in a transaction that changed settings) leave the next user a clean session; with `recover` the connection is drained and kept, without it closed |
 //! | `cancel_and_timeouts` | a query past `query_timeout` fails with `Timeout` and no longer runs on the server; with `cancel`, a cancel token stops a running statement (`57014`), without it the token reports `Unsupported` |
-//! | `tls` | with `tls`, `sslmode=require` gives an encrypted session; without, it is refused |
+//! | `tls` | against a cluster serving TLS: with `tls`, `sslmode=require` gives an encrypted session (checked in `pg_stat_ssl`); without, the connection fails |
+//! | `pgbouncer_transaction`, `pgbouncer_session` | a real PgBouncer in that mode: [`pooler`] (startup options refused without the `pooler` key, settings in every transaction, clients sharing server sessions, schema changes, session state refused or reset), then the suite's tests that need no server of their own ([`suite_via`]) through it |
 //! | `hooks` | operations reach hooks with their SQL; a rejecting hook keeps a statement from the server |
 //! | `metrics` | the Prometheus counters equal the operations run |
 //! | `tenancy` | a schema tenant's rows are invisible to another tenant |
@@ -427,51 +428,53 @@ where
     }
 }
 
-/// TLS sessions (or their refusal).
+/// TLS sessions (or their refusal), against a throwaway cluster that serves TLS with a
+/// self-signed certificate: with `tls`, `sslmode=require` must give an encrypted session (a
+/// plaintext one, or none, fails the test); without, the connection must fail.
 pub async fn tls<D: Subject>(driver: D, caps: Capabilities)
 where
     D::Connection: Queries,
     Row<D>: Column<bool>,
 {
-    let config = config(&driver, "&sslmode=require").await;
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate parameters");
+    let cert = params.self_signed(&key).expect("a certificate");
+    let cluster = TestCluster::builder()
+        .tls(cert.pem(), key.serialize_pem())
+        .start()
+        .await
+        .expect("a TLS cluster");
+    let config = Config::from_url(&format!(
+        "{}?sslmode=require&pool_acquire_timeout=5s",
+        cluster.primary().url()
+    ))
+    .unwrap();
     let pool = Pool::new(driver, &config, &config.nodes()[0]);
-    let server_has_tls = {
-        let url = shared_url().await.unwrap();
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .query_one("SHOW ssl", &[])
-            .await
-            .unwrap()
-            .get::<_, String>(0)
-            == "on"
-    };
-    match pool
+    let r = pool
         .query_one(
             "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
             &[],
         )
-        .await
-    {
-        Ok(row) => {
-            assert!(caps.tls && server_has_tls);
-            assert!(
-                col::<_, bool>(&row, 0),
-                "sslmode=require gave a plaintext session"
-            );
-        }
-        Err(e) => {
-            assert!(!caps.tls || !server_has_tls, "TLS failed: {e}");
-            assert!(
-                matches!(
-                    e.kind(),
-                    ErrorKind::Tls | ErrorKind::Connect | ErrorKind::PoolTimeout
-                ),
-                "{e}"
-            );
-        }
+        .await;
+    if caps.tls {
+        let row = r.expect("sslmode=require against a server with TLS");
+        assert!(
+            col::<_, bool>(&row, 0),
+            "sslmode=require gave a plaintext session"
+        );
+        // Errors keep their SQLSTATE over TLS too.
+        let e = err(pool.query("SELECT * FROM no_such_conformance_table", &[]).await);
+        assert_eq!(e.sql_state().unwrap().code(), "42P01", "{e}");
+    } else {
+        let e = err(r);
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::Tls | ErrorKind::Connect | ErrorKind::PoolTimeout
+            ),
+            "{e}"
+        );
     }
 }
 

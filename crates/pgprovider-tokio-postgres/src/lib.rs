@@ -55,6 +55,8 @@ mod mux;
 #[cfg(feature = "provider")]
 mod provider;
 mod query;
+mod raw;
+mod sniff;
 mod tls;
 mod value;
 
@@ -68,6 +70,7 @@ pub use pgprovider_core::kit::sql::RESET_RECIPE;
 #[cfg(feature = "provider")]
 pub use provider::ProviderExt;
 pub use query::{BatchResult, Param, PgRow, PgRowStream};
+pub use sniff::LastError;
 pub use tls::SYSTEM_ROOTS;
 pub use tokio_postgres::types;
 
@@ -82,6 +85,8 @@ pub struct TokioPostgres {
     /// Where the connections' notifications go (the listener's connection); `None` drops
     /// them, as pooled connections do.
     notifications: Option<tokio::sync::mpsc::UnboundedSender<pgprovider_core::Notification>>,
+    /// Follows the stream for the SQLSTATE of each error (see [`LastError`]).
+    error_codes: Option<LastError>,
 }
 
 impl TokioPostgres {
@@ -100,6 +105,7 @@ impl TokioPostgres {
     ) -> Self {
         TokioPostgres {
             notifications: Some(tx),
+            error_codes: None,
         }
     }
 }
@@ -117,6 +123,26 @@ pub async fn connect_client(
     let conn = TokioPostgres::new().connect(params).await?;
     let cancel = pgprovider_core::Connection::cancel_token(&conn);
     Ok((conn.into_client(), cancel))
+}
+
+/// As [`connect_client`], with the SQLSTATE of every error the server sends kept in a
+/// [`LastError`], read off the protocol stream: for libraries that keep only an error's
+/// message (diesel-async), so codes do not have to be guessed from text in the server's
+/// language.
+///
+/// # Errors
+/// As [`Driver::connect`].
+pub async fn connect_client_with_error_codes(
+    params: &ConnectParams,
+) -> Result<(tokio_postgres::Client, pgprovider_core::CancelToken, LastError)> {
+    let last = LastError::default();
+    let driver = TokioPostgres {
+        notifications: None,
+        error_codes: Some(last.clone()),
+    };
+    let conn = driver.connect(params).await?;
+    let cancel = pgprovider_core::Connection::cancel_token(&conn);
+    Ok((conn.into_client(), cancel, last))
 }
 
 impl Driver for TokioPostgres {
@@ -215,15 +241,33 @@ async fn open<T>(
     driver: &TokioPostgres,
 ) -> Result<PgConnection>
 where
-    T: MakeTlsConnect<Socket> + Send,
-    T::Stream: Send + 'static,
-    T::TlsConnect: Send,
-    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    T: MakeTlsConnect<Socket> + MakeTlsConnect<sniff::Sniff<raw::RawSocket>> + Send,
+    <T as MakeTlsConnect<Socket>>::Stream: Send + 'static,
+    <T as MakeTlsConnect<Socket>>::TlsConnect: Send,
+    <<T as MakeTlsConnect<Socket>>::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    <T as MakeTlsConnect<sniff::Sniff<raw::RawSocket>>>::Stream: Send + 'static,
+    <T as MakeTlsConnect<sniff::Sniff<raw::RawSocket>>>::TlsConnect: Send,
+    <<T as MakeTlsConnect<sniff::Sniff<raw::RawSocket>>>::TlsConnect as TlsConnect<
+        sniff::Sniff<raw::RawSocket>,
+    >>::Future: Send + 'static,
 {
+    if let Some(last) = &driver.error_codes {
+        return raw::open(cfg, tls, cancel, params, node, driver, last.clone()).await;
+    }
     // tokio-postgres's connect_timeout covers the TCP connect only; a hung server
     // accepts the socket and never answers the startup, so bound the whole handshake.
     let connecting = cfg.connect(tls);
-    let result = match params.connect_timeout {
+    let result = bounded(params, node, connecting).await?;
+    finish(result, cancel, params, node, driver).await
+}
+
+/// `connecting` bounded by the connect timeout.
+pub(crate) async fn bounded<R>(
+    params: &ConnectParams,
+    node: &str,
+    connecting: impl std::future::Future<Output = R>,
+) -> Result<R> {
+    Ok(match params.connect_timeout {
         Some(t) => tokio::time::timeout(t, connecting).await.map_err(|_| {
             Error::new(
                 ErrorKind::Connect,
@@ -235,7 +279,22 @@ where
             )
         })?,
         None => connecting.await,
-    };
+    })
+}
+
+/// The connection of a finished handshake, with the settings a session pooler refuses at
+/// startup applied.
+pub(crate) async fn finish<S, U>(
+    result: std::result::Result<(tokio_postgres::Client, tokio_postgres::Connection<S, U>), tokio_postgres::Error>,
+    cancel: Cancel,
+    params: &ConnectParams,
+    node: &str,
+    driver: &TokioPostgres,
+) -> Result<PgConnection>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (client, connection) = result
         .map_err(|e| pgprovider_core::kit::pooler_startup_refusal(error::connect_error(e, node)))?;
     let conn = PgConnection::new(

@@ -9,17 +9,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How a driver's own errors are judged and converted: implemented by a zero-sized type in
-/// each driver crate (`struct SqlxErrors;`), so [`Session::run`] stays generic.
+/// How a driver's own errors are judged and converted: implemented by a type in each driver
+/// crate (a unit struct, or one holding what the library does not put in its errors), so
+/// [`Session::run`] stays generic.
 pub trait DriverErrors {
     /// The driver library's error type.
     type Error;
     /// Whether `e` is the server's reply to a cancel request (SQLSTATE `57014`).
-    fn is_cancel_reply(e: &Self::Error) -> bool;
+    fn is_cancel_reply(&self, e: &Self::Error) -> bool;
     /// Whether `e` leaves the connection unusable (I/O, protocol or TLS failure).
-    fn breaks_connection(e: &Self::Error) -> bool;
+    fn breaks_connection(&self, e: &Self::Error) -> bool;
     /// The error as pgprovider's (the node is added by [`Session::run`]).
-    fn convert(e: Self::Error) -> Error;
+    fn convert(&self, e: Self::Error) -> Error;
 }
 
 /// What the kit keeps of one connection's server session: the node, the cancel token, the
@@ -173,11 +174,13 @@ impl Session {
     /// The statement's error, or [`ErrorKind::Timeout`].
     pub async fn run<E: DriverErrors, T>(
         &mut self,
+        errors: &E,
         fut: impl Future<Output = std::result::Result<T, E::Error>>,
     ) -> Result<T> {
         self.in_flight = true;
         self.cancel_at = self.timeout.map(|t| Instant::now() + t);
-        let r = match run_bounded(self.timeout, &self.cancel, fut, E::is_cancel_reply).await {
+        let is_cancel = |e: &E::Error| errors.is_cancel_reply(e);
+        let r = match run_bounded(self.timeout, &self.cancel, fut, is_cancel).await {
             Bounded::Finished(r) => r,
             Bounded::TimedOut { clean } => {
                 // Not clean: the cancel may still hit the next statement.
@@ -191,8 +194,8 @@ impl Session {
         self.cancel_at = None;
         self.harmless = false;
         r.map_err(|e| {
-            self.broken |= E::breaks_connection(&e);
-            let e = E::convert(e).with_node(&*self.node);
+            self.broken |= errors.breaks_connection(&e);
+            let e = errors.convert(e).with_node(&*self.node);
             self.read_only |= e.is_read_only();
             e
         })
