@@ -176,10 +176,7 @@ impl DieselConnection {
     /// transaction pooler, applies the settings to a transaction it opened.
     async fn batch(&mut self, sql: &str) -> Result<()> {
         let was_in_tx = self.s.in_transaction();
-        let r = self
-            .s
-            .run(&self.errors, self.conn.batch_execute(sql))
-            .await;
+        let r = self.s.run(&self.errors, self.conn.batch_execute(sql)).await;
         self.s.track(sql, r.is_ok());
         r?;
         if self.s.opened_transaction(was_in_tx) {
@@ -602,7 +599,10 @@ fn json_object(s: &str) -> Result<Vec<(String, Option<String>)>> {
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
             let mut out = Vec::new();
             while let Some((key, raw)) = map.next_entry::<String, &'de RawValue>()? {
                 let text = match raw.get() {
@@ -620,7 +620,9 @@ fn json_object(s: &str) -> Result<Vec<(String, Option<String>)>> {
         }
     }
     let mut de = serde_json::Deserializer::from_str(s);
-    let fields = de.deserialize_map(Fields).and_then(|f| de.end().map(|()| f));
+    let fields = de
+        .deserialize_map(Fields)
+        .and_then(|f| de.end().map(|()| f));
     fields.map_err(|e| {
         Error::new(
             ErrorKind::Decode,

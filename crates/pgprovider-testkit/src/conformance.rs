@@ -464,7 +464,9 @@ where
             "sslmode=require gave a plaintext session"
         );
         // Errors keep their SQLSTATE over TLS too.
-        let e = err(pool.query("SELECT * FROM no_such_conformance_table", &[]).await);
+        let e = err(pool
+            .query("SELECT * FROM no_such_conformance_table", &[])
+            .await);
         assert_eq!(e.sql_state().unwrap().code(), "42P01", "{e}");
     } else {
         let e = err(r);

@@ -2,13 +2,11 @@
 
 use crate::cache::StatementCache;
 use crate::error::map_error;
-use pgprovider_core::kit::sql::{
-    RESET_RECIPE, may_change_session, opens_transaction, transaction_effect,
-};
-use pgprovider_core::{CancelToken, ConnectParams, Connection, PoolerMode, Result, SimpleRow};
+use pgprovider_core::kit::sql::may_change_session;
+use pgprovider_core::kit::{DriverErrors, Session};
+use pgprovider_core::{CancelToken, ConnectParams, Connection, Error, Result, SimpleRow};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// How cancel requests reach the server: the same way the connection did.
@@ -16,6 +14,23 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 pub(crate) enum Cancel {
     Plain,
     Tls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+/// How tokio-postgres's errors are judged ([`DriverErrors`]): a closed client is noticed
+/// by [`Connection::is_broken`] itself.
+pub(crate) struct PgErrors;
+
+impl DriverErrors for PgErrors {
+    type Error = tokio_postgres::Error;
+    fn is_cancel_reply(&self, e: &tokio_postgres::Error) -> bool {
+        e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    }
+    fn breaks_connection(&self, _: &tokio_postgres::Error) -> bool {
+        false
+    }
+    fn convert(&self, e: tokio_postgres::Error) -> Error {
+        map_error(e)
+    }
 }
 
 /// A tokio-postgres connection, with a prepared-statement cache, typed queries (the
@@ -40,44 +55,25 @@ pub(crate) enum Cancel {
 /// Session state: a statement that may change the session (anything but a plain `SELECT`,
 /// `INSERT`, `UPDATE`, `DELETE`, `WITH`, `VALUES`, `TABLE`, `SHOW`, `EXPLAIN` or `MERGE`, and
 /// any call of `set_config` or an advisory-lock function) marks the connection for
-/// [`RESET_RECIPE`] when it is returned to the pool; so does [`client`](Self::client).
+/// [`RESET_RECIPE`](pgprovider_core::kit::sql::RESET_RECIPE) when it is returned to the pool; so does [`client`](Self::client). The
+/// bookkeeping is the driver kit's ([`Session`]).
 pub struct PgConnection {
     pub(crate) client: Client,
-    pub(crate) node: String,
-    pub(crate) in_flight: bool,
-    /// The protocol is out of step (a refused `COPY`): only closing helps.
-    pub(crate) desynced: bool,
-    /// When the running statement's query timeout sends a cancel request: abandoned after
-    /// that, a cancel may be on its way to the next statement, so it is not recovered.
-    pub(crate) cancel_at: Option<std::time::Instant>,
-    /// The statement in flight can change neither the session nor the transaction state:
-    /// abandoned, it leaves nothing but its replies (see `release_in_place`).
-    pub(crate) harmless: bool,
-    pub(crate) dirty: bool,
-    pub(crate) in_tx: bool,
-    /// A statement met SQLSTATE 25006 since the last recycle.
-    pub(crate) read_only: bool,
+    /// The kit's bookkeeping: node, cancel token, hooks, timeout, flags, session state,
+    /// pooler mode.
+    pub(crate) s: Session,
     pub(crate) cache: StatementCache,
-    pub(crate) timeout: Option<Duration>,
-    default_timeout: Option<Duration>,
-    pub(crate) hooks: pgprovider_core::observe::Hooks,
     /// When the open transaction began (tracked only for hooks).
     pub(crate) tx_started: Option<std::time::Instant>,
-    /// What sits between the client and the server.
-    pub(crate) pooler: PoolerMode,
-    /// `BEGIN` with the settings' `SET LOCAL`s (transaction mode), or `BEGIN`.
-    pub(crate) begin: Arc<str>,
-    /// Built once: it cancels whatever the connection runs.
-    cancel: CancelToken,
     driver_task: tokio::task::JoinHandle<()>,
 }
 
 impl fmt::Debug for PgConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgConnection")
-            .field("node", &self.node)
+            .field("node", &self.s.node())
             .field("closed", &self.client.is_closed())
-            .field("in_transaction", &self.in_tx)
+            .field("in_transaction", &self.s.in_transaction())
             .field("cached_statements", &self.cache.len())
             .finish()
     }
@@ -103,7 +99,7 @@ impl PgConnection {
             cancel,
             node.clone(),
         );
-        let n = node.clone();
+        let n = node;
         let driver_task = tokio::spawn(async move {
             let Some(tx) = notifications else {
                 if let Err(e) = connection.await {
@@ -132,37 +128,17 @@ impl PgConnection {
         });
         PgConnection {
             client,
-            node,
-            in_flight: false,
-            desynced: false,
-            cancel_at: None,
-            harmless: false,
-            dirty: false,
-            in_tx: false,
-            read_only: false,
+            s: Session::new(params, cancel),
             // Behind a transaction pooler only unnamed statements: a named one would stay on
             // a server session that the pooler hands to others.
             cache: StatementCache::new(
                 match params.pooler {
-                    PoolerMode::Transaction => 0,
+                    pgprovider_core::PoolerMode::Transaction => 0,
                     _ => params.statement_cache_capacity,
                 },
                 params.statements.clone(),
             ),
-            timeout: params.query_timeout,
-            default_timeout: params.query_timeout,
-            hooks: params.hooks.clone(),
             tx_started: None,
-            pooler: params.pooler,
-            begin: match params.pooler {
-                PoolerMode::Transaction if !params.settings.is_empty() => format!(
-                    "BEGIN; {}",
-                    pgprovider_core::kit::pooler::settings_sql(&params.settings, true)
-                )
-                .into(),
-                _ => "BEGIN".into(),
-            },
-            cancel,
             driver_task,
         }
     }
@@ -174,7 +150,7 @@ impl PgConnection {
     /// future mid-query, discard the connection (`pgprovider::Pooled::discard`) rather than
     /// returning it.
     pub fn client(&mut self) -> &Client {
-        self.dirty = true;
+        self.s.untracked();
         &self.client
     }
 
@@ -186,105 +162,43 @@ impl PgConnection {
 
     /// `host:port` of the node.
     pub fn node(&self) -> &str {
-        &self.node
+        self.s.node()
     }
 
-    /// Runs `f` on the client, tracking it for cancel safety and bounding it by the query
-    /// timeout: on expiry the server is sent a cancel request and the reply awaited, so the
-    /// connection stays usable; if no reply comes, it is left marked broken.
+    /// Runs `f` on the client through the kit ([`Session::run`]): bounded by the query
+    /// timeout (a cancel request on expiry, then the reply awaited, so the connection stays
+    /// usable; broken when no reply comes) and tracked for cancel safety.
     pub(crate) async fn run<T>(
         &mut self,
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
-        self.in_flight = true;
-        self.cancel_at = self.timeout.map(|t| std::time::Instant::now() + t);
-        let fut = f(&self.client);
-        let r = match pgprovider_core::kit::run_bounded(self.timeout, &self.cancel, fut, |e| {
-            e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-        })
-        .await
-        {
-            pgprovider_core::kit::Bounded::Finished(r) => r,
-            pgprovider_core::kit::Bounded::TimedOut { clean } => {
-                // Not clean: the cancel may still hit the next statement, discard then.
-                self.in_flight = !clean;
-                self.desynced |= !clean;
-                let t = self.timeout.unwrap_or_default();
-                return Err(pgprovider_core::kit::query_timeout_error(
-                    t, clean, &self.node,
-                ));
-            }
-        };
-        self.in_flight = false;
-        self.cancel_at = None;
-        self.harmless = false;
-        r.map_err(|e| {
-            let e = map_error(e).with_node(self.node.clone());
-            self.read_only |= e.is_read_only();
-            e
-        })
-    }
-
-    /// Behind a transaction pooler, refuses a statement that would leave state on the
-    /// server session (see [`pgprovider_core::kit::Session::before`]).
-    pub(crate) fn refuse_session_state(&self, sql: &str) -> Result<()> {
-        if self.pooler != PoolerMode::Transaction {
-            return Ok(());
-        }
-        match pgprovider_core::kit::pooler::session_effect(sql) {
-            None => Ok(()),
-            Some(what) => Err(pgprovider_core::kit::pooler::refusal(what, &self.node)),
-        }
-    }
-
-    /// The `SET LOCAL`s that every transaction needs behind a transaction pooler; `None`
-    /// when there are none.
-    pub(crate) fn local_settings(&self) -> Option<&str> {
-        self.begin.strip_prefix("BEGIN; ")
+        self.s.run(&PgErrors, f(&self.client)).await
     }
 
     /// After a statement that may have opened a transaction (`was_in_tx` before it): behind
     /// a transaction pooler, applies the settings to it.
     pub(crate) async fn serve_transaction(&mut self, was_in_tx: bool) -> Result<()> {
-        if was_in_tx || !self.in_tx {
+        if !self.s.opened_transaction(was_in_tx) {
             return Ok(());
         }
-        let Some(local) = self.local_settings().map(str::to_owned) else {
-            return Ok(());
-        };
+        let local = self.s.local_settings().unwrap_or_default().to_owned();
         self.run(async |c| c.batch_execute(&local).await).await
-    }
-
-    /// Notes the effect of a transaction-control statement that ran successfully.
-    pub(crate) fn track_transaction(&mut self, sql: &str) {
-        if let Some(open) = transaction_effect(sql) {
-            self.in_tx = open;
-        }
     }
 }
 
 impl Connection for PgConnection {
     fn is_broken(&self) -> bool {
-        self.in_flight || self.desynced || self.client.is_closed()
+        self.s.is_broken() || self.client.is_closed()
     }
 
     fn interrupted(&self) -> bool {
-        self.in_flight
-            && !self.desynced
-            && !self.client.is_closed()
-            && self.cancel_at.is_none_or(|t| std::time::Instant::now() < t)
+        self.s.interrupted() && !self.client.is_closed()
     }
 
     fn release_in_place(&mut self) -> bool {
         // tokio-postgres reads and drops the replies of an abandoned request and pairs the
         // next request's replies with it: a harmless statement needs nothing more.
-        if self.harmless && !self.in_tx && !self.dirty {
-            self.in_flight = false;
-            self.harmless = false;
-            self.cancel_at = None;
-            return true;
-        }
-        false
+        self.s.release_in_place()
     }
 
     async fn recover(&mut self) -> Result<()> {
@@ -294,12 +208,11 @@ impl Connection for PgConnection {
         // (the pool bounds this) and no hooks (the application did not ask for it).
         match self.client.batch_execute("ROLLBACK").await {
             Ok(()) => {
-                self.in_flight = false;
-                self.in_tx = false;
+                self.s.recovered();
                 self.tx_started = None;
                 Ok(())
             }
-            Err(e) => Err(map_error(e).with_node(self.node.clone())),
+            Err(e) => Err(map_error(e).with_node(self.s.node())),
         }
     }
 
@@ -308,57 +221,52 @@ impl Connection for PgConnection {
     }
 
     fn needs_reset(&self) -> bool {
-        match self.pooler {
-            // Session state is refused; what the client API left is on a server session
-            // the pooler has handed on.
-            PoolerMode::Transaction => self.in_tx,
-            _ => self.dirty || self.in_tx,
-        }
+        self.s.needs_reset()
     }
 
     async fn reset(&mut self) -> Result<()> {
-        let timeout = self.timeout.take();
-        let recipe = match self.pooler {
-            PoolerMode::Transaction => "ROLLBACK",
-            _ => RESET_RECIPE,
-        };
+        let timeout = self.s.take_timeout();
+        let recipe = self.s.reset_sql();
         let r = self.run(async |c| c.batch_execute(recipe).await).await;
-        self.timeout = timeout;
-        r?;
-        self.dirty = false;
-        self.in_tx = false;
-        Ok(())
+        self.s.reset_done(timeout, r.is_ok());
+        r
     }
 
     fn recycled(&mut self) {
-        self.timeout = self.default_timeout;
-        self.read_only = false;
+        self.s.recycled();
     }
 
     fn refused_read_only(&self) -> bool {
-        self.read_only
+        self.s.refused_read_only()
     }
 
     async fn simple_query(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
-        if self.hooks.is_empty() {
-            return self.simple_query_inner(sql).await;
-        }
-        let (hooks, node) = (self.hooks.clone(), self.node.clone());
-        let kind = pgprovider_core::observe::OperationKind::of_sql(
-            sql,
-            pgprovider_core::observe::OperationKind::Execute,
-        );
-        let op = pgprovider_core::observe::Operation::new(kind, &node).with_sql(sql);
+        let observer = self.s.observer();
         let rows = |r: &Vec<SimpleRow>| Some(r.len() as u64);
-        hooks.observe(&op, rows, self.simple_query_inner(sql)).await
+        let kind = pgprovider_core::observe::OperationKind::Execute;
+        observer
+            .run(kind, sql, rows, self.simple_query_inner(sql))
+            .await
     }
 
     fn cancel_token(&self) -> CancelToken {
-        self.cancel_token_inner()
+        self.s.cancel_token()
     }
 
     async fn close(self) {
-        self.close_inner().await
+        // A statement still running would go on until it next writes to the socket
+        // (pg_sleep, a long scan): cancel it first.
+        if !self.client.is_closed() {
+            self.s.cancel_before_close().await;
+        }
+        // Dropping the client sends Terminate and lets the connection task finish.
+        let PgConnection {
+            client,
+            driver_task,
+            ..
+        } = self;
+        drop(client);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), driver_task).await;
     }
 }
 
@@ -367,17 +275,13 @@ impl PgConnection {
         // Dirty while it runs (a dropped future leaves the session unknown); afterwards as
         // its statements say. A failure part-way may leave a transaction open (aborted):
         // the transaction state says so, and needs_reset covers both.
-        self.refuse_session_state(sql)?;
-        let after = self.dirty || may_change_session(sql);
-        let was_in_tx = self.in_tx;
-        self.dirty = true;
+        self.s.refuse(sql)?;
+        let after = self.s.dirty() || may_change_session(sql);
+        let was_in_tx = self.s.in_transaction();
+        self.s.untracked();
         let result = self.run(async |c| c.simple_query(sql).await).await;
-        self.dirty = after;
-        if result.is_ok() {
-            self.track_transaction(sql);
-        } else if opens_transaction(sql) {
-            self.in_tx = true;
-        }
+        self.s.track(sql, result.is_ok());
+        self.s.set_dirty(after);
         let msgs = result?;
         self.serve_transaction(was_in_tx).await?;
         let mut rows = Vec::new();
@@ -403,29 +307,5 @@ impl PgConnection {
             }
         }
         Ok(rows)
-    }
-
-    fn cancel_token_inner(&self) -> CancelToken {
-        self.cancel.clone()
-    }
-
-    async fn close_inner(self) {
-        // A statement still running would go on until it next writes to the socket
-        // (pg_sleep, a long scan): cancel it first.
-        if self.in_flight && !self.client.is_closed() {
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                self.cancel_token_inner().cancel(),
-            )
-            .await;
-        }
-        // Dropping the client sends Terminate and lets the connection task finish.
-        let PgConnection {
-            client,
-            driver_task,
-            ..
-        } = self;
-        drop(client);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), driver_task).await;
     }
 }

@@ -93,10 +93,10 @@ impl PgConnection {
         R: CopyRow + Send,
         S: Stream<Item = Result<R>> + Send,
     {
-        if self.hooks.is_empty() {
+        if self.s.hooks().is_empty() {
             return self.copy_in_inner(sql, types, rows).await;
         }
-        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
         let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
         hooks
             .observe(&op, |n| Some(*n), self.copy_in_inner(sql, types, rows))
@@ -108,18 +108,18 @@ impl PgConnection {
         R: CopyRow + Send,
         S: Stream<Item = Result<R>> + Send,
     {
-        self.dirty = true;
-        self.in_flight = true;
-        let node = self.node.clone();
+        self.s.untracked();
+        self.s.set_in_flight(true);
+        let node = self.s.node().to_owned();
         let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
         // A COPY the server refuses (no such table, say) leaves tokio-postgres's connection
         // out of step (its next reply is "unexpected message"), so the connection stays
         // marked broken and the pool replaces it.
         // Out of step until the server accepts the COPY: refused (or dropped while it may
         // be refused), the replies no longer pair with requests.
-        self.desynced = true;
+        self.s.set_broken(true);
         let sink = self.client.copy_in(sql).await.map_err(db)?;
-        self.desynced = false;
+        self.s.set_broken(false);
         // Boxed, so that dropping it really drops the sink (which aborts the COPY).
         let mut writer = Box::pin(BinaryCopyInWriter::new(sink, types));
         pin_mut!(rows);
@@ -154,13 +154,13 @@ impl PgConnection {
             }
         }
         let n = writer.as_mut().finish().await;
-        self.in_flight = false;
+        self.s.set_in_flight(false);
         n.map_err(db)
     }
 
     /// Sends a `COPY … TO STDOUT`, marking the connection busy until its end.
     async fn start_copy_out(&mut self, sql: &str) -> Result<tokio_postgres::CopyOutStream> {
-        self.in_flight = true;
+        self.s.set_in_flight(true);
         match self.client.copy_out(sql).await {
             Ok(stream) => Ok(stream),
             Err(e) => Err(self.ended(e)),
@@ -181,8 +181,8 @@ impl PgConnection {
     /// The server ended the COPY with an error: nothing is in flight any more (a lost
     /// connection shows as closed anyway).
     fn ended(&mut self, e: tokio_postgres::Error) -> Error {
-        self.in_flight = false;
-        map_error(e).with_node(self.node.clone())
+        self.s.set_in_flight(false);
+        map_error(e).with_node(self.s.node().to_owned())
     }
 
     /// After an aborted COPY, waits for the server to confirm the abort so the connection
@@ -194,7 +194,7 @@ impl PgConnection {
         )
         .await;
         if matches!(confirmed, Ok(Ok(()))) {
-            self.in_flight = false;
+            self.s.set_in_flight(false);
         }
     }
 
@@ -207,10 +207,10 @@ impl PgConnection {
     where
         F: FnMut(BinaryCopyOutRow) -> Result<()> + Send,
     {
-        if self.hooks.is_empty() {
+        if self.s.hooks().is_empty() {
             return self.copy_out_inner(sql, types, each).await;
         }
-        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
         let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
         hooks
             .observe(&op, |n| Some(*n), self.copy_out_inner(sql, types, each))
@@ -232,7 +232,7 @@ impl PgConnection {
                 return Err(e.context(format!("the export stopped at row {n}")));
             }
         }
-        self.in_flight = false;
+        self.s.set_in_flight(false);
         Ok(n)
     }
 
@@ -245,10 +245,10 @@ impl PgConnection {
     where
         W: AsyncWrite + Unpin + Send,
     {
-        if self.hooks.is_empty() {
+        if self.s.hooks().is_empty() {
             return self.copy_out_raw_inner(sql, out).await;
         }
-        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
         let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
         // The count is of bytes, not rows: not reported as rows.
         hooks
@@ -268,7 +268,7 @@ impl PgConnection {
             bytes += chunk.len() as u64;
         }
         out.flush().await.map_err(write_error)?;
-        self.in_flight = false;
+        self.s.set_in_flight(false);
         Ok(bytes)
     }
 }

@@ -134,7 +134,11 @@ pub async fn connect_client(
 /// As [`Driver::connect`].
 pub async fn connect_client_with_error_codes(
     params: &ConnectParams,
-) -> Result<(tokio_postgres::Client, pgprovider_core::CancelToken, LastError)> {
+) -> Result<(
+    tokio_postgres::Client,
+    pgprovider_core::CancelToken,
+    LastError,
+)> {
     let last = LastError::default();
     let driver = TokioPostgres {
         notifications: None,
@@ -188,18 +192,18 @@ impl Driver for TokioPostgres {
                 match self.plain(&cfg, params, &node).await {
                     Err(e) if refuses_plaintext(&e) => {
                         cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                        open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
+                        Box::pin(open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self)).await
                     }
                     other => other,
                 }
             }
             SslMode::Prefer => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
+                Box::pin(open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self)).await
             }
             _ => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self).await
+                Box::pin(open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self)).await
             }
         }
     }
@@ -213,14 +217,16 @@ impl TokioPostgres {
         params: &ConnectParams,
         node: &str,
     ) -> Result<PgConnection> {
-        open(
+        // Boxed, as every `open`: connecting holds large futures (TLS, the sniffing path)
+        // that would otherwise sit in every checkout's future and debug stack frame.
+        Box::pin(open(
             cfg,
             tokio_postgres::NoTls,
             Cancel::Plain,
             params,
             node,
             self,
-        )
+        ))
         .await
     }
 }
@@ -252,7 +258,7 @@ where
     >>::Future: Send + 'static,
 {
     if let Some(last) = &driver.error_codes {
-        return raw::open(cfg, tls, cancel, params, node, driver, last.clone()).await;
+        return Box::pin(raw::open(cfg, tls, cancel, params, node, driver, last.clone())).await;
     }
     // tokio-postgres's connect_timeout covers the TCP connect only; a hung server
     // accepts the socket and never answers the startup, so bound the whole handshake.
@@ -285,7 +291,10 @@ pub(crate) async fn bounded<R>(
 /// The connection of a finished handshake, with the settings a session pooler refuses at
 /// startup applied.
 pub(crate) async fn finish<S, U>(
-    result: std::result::Result<(tokio_postgres::Client, tokio_postgres::Connection<S, U>), tokio_postgres::Error>,
+    result: std::result::Result<
+        (tokio_postgres::Client, tokio_postgres::Connection<S, U>),
+        tokio_postgres::Error,
+    >,
     cancel: Cancel,
     params: &ConnectParams,
     node: &str,

@@ -128,15 +128,15 @@ impl Queries for PgConnection {
     }
 
     fn query_timeout(&self) -> Option<Duration> {
-        self.timeout
+        self.s.query_timeout()
     }
 
     fn set_query_timeout(&mut self, timeout: Option<Duration>) {
-        self.timeout = timeout;
+        self.s.set_query_timeout(timeout);
     }
 
     fn in_transaction(&self) -> bool {
-        self.in_tx
+        self.s.in_transaction()
     }
 }
 
@@ -161,7 +161,7 @@ impl PgConnection {
         else {
             unreachable!("a stream query returns a stream")
         };
-        self.in_flight = true;
+        self.s.set_in_flight(true);
         Ok(PgRowStream {
             inner: Box::pin(stream),
             conn: self,
@@ -193,10 +193,10 @@ impl PgConnection {
         &mut self,
         statements: &[(&str, &[&Param<'_>])],
     ) -> Result<Vec<BatchResult>> {
-        if self.hooks.is_empty() {
+        if self.s.hooks().is_empty() {
             return self.batch_inner(statements).await;
         }
-        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
         let op = Operation::new(OperationKind::Batch, &node).with_statements(statements.len());
         let rows = |r: &Vec<BatchResult>| Some(r.iter().map(BatchResult::rows_affected).sum());
         hooks.observe(&op, rows, self.batch_inner(statements)).await
@@ -211,9 +211,9 @@ impl PgConnection {
             return Ok(Vec::new());
         }
         for (sql, _) in statements {
-            self.refuse_session_state(sql)?;
+            self.s.refuse(sql)?;
             if may_change_session(sql) {
-                self.dirty = true;
+                self.s.untracked();
             }
         }
         let typed = match self.cache.enabled() {
@@ -228,9 +228,9 @@ impl PgConnection {
         let mut retried = false;
         loop {
             let prepared = self.prepare_all(statements).await?;
-            let wrap = !self.in_tx;
-            let begin_sql = self.begin.clone();
-            let begin_sql = wrap.then_some(&*begin_sql);
+            let wrap = !self.s.in_transaction();
+            let begin_sql = self.s.wrap_begin().to_owned();
+            let begin_sql = wrap.then_some(begin_sql.as_str());
             let (begin, results, commit) = self
                 .run(async |c| {
                     Ok(run_pipelined(
@@ -243,12 +243,12 @@ impl PgConnection {
                     .await)
                 })
                 .await?;
-            begin.map_err(|e| map_error(e).with_node(self.node.clone()))?;
+            begin.map_err(|e| map_error(e).with_node(self.s.node().to_owned()))?;
             let failed = results.iter().position(Result::is_err);
             let Some(i) = failed else {
                 commit.map_err(|e| {
                     map_error(e)
-                        .with_node(self.node.clone())
+                        .with_node(self.s.node().to_owned())
                         .context("the batch's COMMIT failed")
                 })?;
                 return Ok(results.into_iter().map(|r| r.expect("checked")).collect());
@@ -257,7 +257,7 @@ impl PgConnection {
                 .into_iter()
                 .nth(i)
                 .and_then(Result::err)
-                .map(|e| map_error(e).with_node(self.node.clone()))
+                .map(|e| map_error(e).with_node(self.s.node().to_owned()))
                 .expect("checked");
             if err.is_stale_statement() && self.cache.enabled() {
                 self.cache.invalidate(statements[i].0);
@@ -301,11 +301,13 @@ impl PgConnection {
                 .await?;
             for (i, r) in missing.iter().zip(prepared) {
                 let stmt = r.map_err(|e| {
-                    map_error(e).with_node(self.node.clone()).context(format!(
-                        "batch statement {} of {} failed to prepare (nothing was run)",
-                        i + 1,
-                        statements.len()
-                    ))
+                    map_error(e)
+                        .with_node(self.s.node().to_owned())
+                        .context(format!(
+                            "batch statement {} of {} failed to prepare (nothing was run)",
+                            i + 1,
+                            statements.len()
+                        ))
                 })?;
                 let sql = statements[*i].0;
                 self.cache.put(sql, stmt.clone(), SqlTraits::of(sql));
@@ -326,15 +328,15 @@ impl PgConnection {
         params: &[&'p Param<'p>],
         op: Op,
     ) -> Result<Out> {
-        if self.pooler == pgprovider_core::PoolerMode::Transaction {
-            return self
-                .behind_transaction_pooler(default, sql, params, op)
-                .await;
+        if self.s.pooler() == pgprovider_core::PoolerMode::Transaction {
+            // Boxed: it holds the scoped and the plain paths, which would double the size of
+            // every statement's future (and debug builds' stack frames).
+            return Box::pin(self.behind_transaction_pooler(default, sql, params, op)).await;
         }
-        if self.hooks.is_empty() {
+        if self.s.hooks().is_empty() {
             return self.exec(sql, params, op, false).await;
         }
-        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
         let operation = Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
         // A commented statement is unique to its correlation id: run it unprepared rather
         // than fill the statement cache with one-off statements.
@@ -350,7 +352,7 @@ impl PgConnection {
             )
             .await;
         // Hooks see how long transactions stay open: note when one begins.
-        self.tx_started = match (self.in_tx, tx_started) {
+        self.tx_started = match (self.s.in_transaction(), tx_started) {
             (true, None) => Some(std::time::Instant::now()),
             (true, t) => t,
             (false, _) => None,
@@ -368,9 +370,13 @@ impl PgConnection {
         params: &[&'p Param<'p>],
         op: Op,
     ) -> Result<Out> {
-        self.refuse_session_state(sql)?;
+        self.s.refuse(sql)?;
         let control = pgprovider_core::kit::sql::transaction_effect(sql).is_some();
-        if let Some(local) = self.local_settings().filter(|_| !self.in_tx && !control) {
+        if let Some(local) = self
+            .s
+            .local_settings()
+            .filter(|_| !self.s.in_transaction() && !control)
+        {
             let local = local.to_owned();
             let scope = Scope {
                 prologue: &local,
@@ -381,17 +387,17 @@ impl PgConnection {
                     ErrorKind::Unsupported,
                     "a row stream outside a transaction cannot carry the SET LOCAL settings behind a transaction pooler",
                 )
-                .with_node(self.node.clone())
+                .with_node(self.s.node().to_owned())
                 .with_hint("open a transaction first (a stream inside one gets its settings)"));
             }
             return self.scoped(scope, sql, params, op).await;
         }
-        let was_in_tx = self.in_tx;
-        let hooks = self.hooks.clone();
+        let was_in_tx = self.s.in_transaction();
+        let hooks = self.s.hooks().clone();
         let out = if hooks.is_empty() {
             self.exec(sql, params, op, false).await?
         } else {
-            let node = self.node.clone();
+            let node = self.s.node().to_owned();
             let operation =
                 Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
             hooks
@@ -411,19 +417,19 @@ impl PgConnection {
         params: &[&'p Param<'p>],
         op: Op,
     ) -> Result<Out> {
-        if self.in_tx {
+        if self.s.in_transaction() {
             return Err(Error::new(
                 ErrorKind::Other,
                 "a scoped statement cannot run inside an open transaction",
             )
-            .with_node(self.node.clone()));
+            .with_node(self.s.node().to_owned()));
         }
-        if self.hooks.is_empty() {
+        if self.s.hooks().is_empty() {
             // Boxed: three pipelined requests make a large future, which debug builds
             // would otherwise copy along the stack of every caller.
             return Box::pin(self.scoped_inner(scope, sql, params, op)).await;
         }
-        let (hooks, node) = (self.hooks.clone(), self.node.clone());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
         let kind = match op {
             Op::Execute => OperationKind::Execute,
             _ => OperationKind::Query,
@@ -469,17 +475,17 @@ impl PgConnection {
         let checked_ok = || Ok(Out::Count(0));
         let mut retried = false;
         loop {
-            let node = self.node.clone();
+            let node = self.s.node().to_owned();
             let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
             // What the statement may leave on the session beyond the transaction is reset
             // on return, as for any other statement.
             let cached = match &typed {
                 Some(_) => {
-                    self.dirty |= SqlTraits::of(sql).changes_session;
+                    self.s.dirty_if(SqlTraits::of(sql).changes_session);
                     None
                 }
                 None => self.cache.get(sql).map(|(s, traits)| {
-                    self.dirty |= traits.changes_session;
+                    self.s.dirty_if(traits.changes_session);
                     s
                 }),
             };
@@ -505,7 +511,7 @@ impl PgConnection {
                         }
                     };
                     let traits = SqlTraits::of(sql);
-                    self.dirty |= traits.changes_session;
+                    self.s.dirty_if(traits.changes_session);
                     self.cache.put(sql, s.clone(), traits);
                     let (body, checked, commit) = self
                         .run(async |c| {
@@ -549,23 +555,23 @@ impl PgConnection {
                     };
                     if checked.map_err(db).is_err_and(|e| breached(&e)) {
                         // Aborted by the check; COMMIT only rolled it back. Never reuse.
-                        self.desynced = true;
-                        return Err(pgprovider_core::scope_changed_error(&self.node));
+                        self.s.set_broken(true);
+                        return Err(pgprovider_core::scope_changed_error(self.s.node()));
                     }
                     return match commit.map_err(db) {
                         Ok(_) => Ok(out),
                         Err(e) if breached(&e) => {
                             // The scope was changed under us: the transaction is aborted and
                             // open; closing the connection rolls it back.
-                            self.desynced = true;
-                            Err(pgprovider_core::scope_changed_error(&self.node))
+                            self.s.set_broken(true);
+                            Err(pgprovider_core::scope_changed_error(self.s.node()))
                         }
                         // The statement ran; whether its COMMIT did is unknown.
                         Err(e) if e.is_connection_lost() => Err(Error::new(
                             ErrorKind::OutcomeUnknown,
                             "the connection was lost while committing a scoped statement: it may or may not have taken effect",
                         )
-                        .with_node(self.node.clone())),
+                        .with_node(self.s.node().to_owned())),
                         Err(e) => Err(e.context("the scoped statement's COMMIT failed")),
                     };
                 }
@@ -585,9 +591,9 @@ impl PgConnection {
     ) -> Result<Out> {
         if unnamed || !self.cache.enabled() {
             let traits = SqlTraits::of(sql);
-            self.dirty |= traits.changes_session;
+            self.s.dirty_if(traits.changes_session);
             let typed = typed(params)?;
-            self.harmless = traits.harmless();
+            self.s.set_harmless(traits.harmless());
             let r = self
                 .run(async |c| call(c, op, sql, None, params, &typed).await)
                 .await;
@@ -604,15 +610,15 @@ impl PgConnection {
                     (s, traits)
                 }
             };
-            self.dirty |= traits.changes_session;
-            self.harmless = traits.harmless();
+            self.s.dirty_if(traits.changes_session);
+            self.s.set_harmless(traits.harmless());
             match self
                 .run(async |c| call(c, op, sql, Some(&stmt), params, &[]).await)
                 .await
             {
                 Err(e) if e.is_stale_statement() => {
                     self.cache.invalidate(sql);
-                    if self.in_tx {
+                    if self.s.in_transaction() {
                         return Err(e.with_hint(
                             "a table changed under this prepared statement inside a transaction, \
                              which is now aborted; the statement was dropped from every cache, so \
@@ -632,7 +638,7 @@ impl PgConnection {
     /// Notes a successful statement's effect on the transaction state.
     fn track<T>(&mut self, traits: SqlTraits, r: Result<T>) -> Result<T> {
         if let (Ok(_), Some(open)) = (&r, traits.tx_effect) {
-            self.in_tx = open;
+            self.s.set_in_transaction(open);
         }
         r
     }
@@ -775,7 +781,7 @@ impl PgRowStream<'_> {
 impl fmt::Debug for PgRowStream<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgRowStream")
-            .field("node", &self.conn.node)
+            .field("node", &self.conn.s.node())
             .finish()
     }
 }
@@ -789,11 +795,13 @@ impl Stream for PgRowStream<'_> {
             Poll::Ready(Some(Ok(row))) => Poll::Ready(Some(Ok(PgRow(row)))),
             Poll::Ready(Some(Err(e))) => {
                 // The statement is over: the server sent its error.
-                this.conn.in_flight = false;
-                Poll::Ready(Some(Err(map_error(e).with_node(this.conn.node.clone()))))
+                this.conn.s.set_in_flight(false);
+                Poll::Ready(Some(Err(
+                    map_error(e).with_node(this.conn.s.node().to_owned())
+                )))
             }
             Poll::Ready(None) => {
-                this.conn.in_flight = false;
+                this.conn.s.set_in_flight(false);
                 Poll::Ready(None)
             }
         }

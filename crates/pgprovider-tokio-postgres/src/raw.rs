@@ -71,9 +71,13 @@ where
 {
     let (socket, host) = match &params.host {
         Host::Tcp(h) => {
-            let s = bounded(params, node, tokio::net::TcpStream::connect((h.as_str(), params.port)))
-                .await?
-                .map_err(|e| socket_error(e, node))?;
+            let s = bounded(
+                params,
+                node,
+                tokio::net::TcpStream::connect((h.as_str(), params.port)),
+            )
+            .await?
+            .map_err(|e| socket_error(e, node))?;
             let _ = s.set_nodelay(true);
             (RawSocket::Tcp(s), h.clone())
         }

@@ -80,10 +80,7 @@ impl<S> Sniff<S> {
     pub(crate) fn socket(inner: S, last: LastError) -> Self {
         Sniff {
             inner,
-            read: Read::Header {
-                buf: [0; 5],
-                n: 0,
-            },
+            read: Read::Header { buf: [0; 5], n: 0 },
             last,
             socket_level: true,
             written: 0,
@@ -103,10 +100,7 @@ impl<S> Sniff<S> {
                         return;
                     }
                     data = &data[1..];
-                    self.read = Read::Header {
-                        buf: [0; 5],
-                        n: 0,
-                    };
+                    self.read = Read::Header { buf: [0; 5], n: 0 };
                 }
                 Read::Header { buf, n } => {
                     let take = (5 - *n).min(data.len());
@@ -152,10 +146,7 @@ impl<S> Sniff<S> {
             }
             _ => return,
         }
-        self.read = Read::Header {
-            buf: [0; 5],
-            n: 0,
-        };
+        self.read = Read::Header { buf: [0; 5], n: 0 };
     }
 }
 
@@ -248,10 +239,7 @@ where
             let s = fut.await?;
             Ok(Sniff {
                 inner: s,
-                read: Read::Header {
-                    buf: [0; 5],
-                    n: 0,
-                },
+                read: Read::Header { buf: [0; 5], n: 0 },
                 last,
                 socket_level: false,
                 written: 0,

@@ -233,3 +233,104 @@ pub fn settings_sql(settings: &[(String, String)], local: bool) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_comments_and_dollar_bodies_are_blanked() {
+        let sql = "SELECT 'a; SET x = 1', E'it\\'s; LISTEN c' -- SET y = 2\n/* LISTEN /* nested */ z */ $$ SET $$, $tag$ LISTEN $tag$, $1, \"Pg_Advisory_Lock\"(1)";
+        let code = code_only(sql);
+        assert_eq!(code.len(), sql.len(), "positions are kept");
+        assert!(!code.contains("set") && !code.contains("listen"), "{code}");
+        assert!(code.contains("$1"), "{code}");
+        assert!(code.contains(" pg_advisory_lock (1)"), "{code}");
+        // Unterminated pieces blank to the end.
+        assert_eq!(code_only("SELECT 'open").trim(), "select");
+        assert_eq!(code_only("SELECT $$ open").trim(), "select");
+    }
+
+    #[test]
+    fn what_would_outlive_a_transaction_is_named() {
+        for (sql, what) in [
+            ("SET search_path = x", "SET"),
+            ("/* c */ set work_mem = '1MB'", "SET"),
+            ("SET SESSION AUTHORIZATION bob", "SET"),
+            ("SELECT 1; SET ROLE bob", "SET"),
+            ("LISTEN ch", "LISTEN"),
+            ("PREPARE p AS SELECT 1", "PREPARE"),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", "HOLD"),
+            ("LOAD 'auto_explain'", "LOAD"),
+            ("CREATE TEMP TABLE t (x int)", "temporary"),
+            ("create local temporary view v as select 1", "temporary"),
+            ("SELECT 1 AS x INTO TEMP t", "temporary"),
+            ("SELECT pg_advisory_lock(1)", "advisory"),
+            (
+                "SELECT pg_catalog.pg_try_advisory_lock_shared(1, 2)",
+                "advisory",
+            ),
+            ("SELECT \"pg_advisory_lock\"(1)", "advisory"),
+            ("SELECT set_config('a.b', 'c', false)", "set_config"),
+            ("SELECT set_config('a.b', 'c', $1)", "set_config"),
+        ] {
+            let effect = session_effect(sql).unwrap_or_else(|| panic!("{sql} passed"));
+            assert!(effect.contains(what), "{sql}: {effect}");
+        }
+        for sql in [
+            "SELECT 1",
+            "SET LOCAL work_mem = '1MB'",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET CONSTRAINTS ALL DEFERRED",
+            "SELECT 'SET x = 1; LISTEN y'",
+            "-- LISTEN x\nSELECT 1",
+            "SELECT pg_advisory_xact_lock(1)",
+            "CREATE TEMP TABLE t (x int) ON COMMIT DROP",
+            "SELECT set_config('a.b', 'c', true)",
+            "UPDATE t SET x = 1",
+            "INSERT INTO t SELECT * FROM temp_source",
+            "RESET ALL",
+            "PREPARE TRANSACTION 'x'",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "UNLISTEN *",
+            "SELECT my_set_config_wrapper(1)",
+        ] {
+            assert_eq!(session_effect(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn startup_options_become_settings() {
+        assert_eq!(
+            startup_settings("-c statement_timeout=5000 --search-path=a,b -cwork_mem=4MB").unwrap(),
+            vec![
+                ("statement_timeout".into(), "5000".into()),
+                ("search_path".into(), "a,b".into()),
+                ("work_mem".into(), "4MB".into()),
+            ]
+        );
+        assert!(startup_settings("").unwrap().is_empty());
+        for bad in ["-f s", "-c novalue", "-c bad;name=1", "--=x"] {
+            assert!(startup_settings(bad).is_err(), "{bad}");
+        }
+        let settings = vec![
+            ("a.b".to_owned(), "it's".to_owned()),
+            ("work_mem".to_owned(), "4MB".to_owned()),
+        ];
+        assert_eq!(
+            settings_sql(&settings, true),
+            "SET LOCAL a.b = 'it''s'; SET LOCAL work_mem = '4MB'"
+        );
+        assert_eq!(settings_sql(&settings[1..], false), "SET work_mem = '4MB'");
+        assert_eq!(settings_sql(&[], true), "");
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        let e = refusal("LISTEN", "db:6432");
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert_eq!(e.node(), Some("db:6432"));
+        assert!(e.to_string().contains("transaction pooler"), "{e}");
+        assert!(e.hint().unwrap().contains("pooler=session"), "{e:?}");
+    }
+}

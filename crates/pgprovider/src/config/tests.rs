@@ -257,6 +257,13 @@ fn every_url_parameter() {
             "statement_timeout=2s&options=-c%20work_mem%3D4MB".into(),
             Box::new(|c| c.statement_timeout() == Some(Duration::from_secs(2))),
         ),
+        (
+            "pooler=transaction".into(),
+            Box::new(|c| {
+                c.pooler() == pgprovider_core::PoolerMode::Transaction
+                    && c.statement_cache_capacity() == 0
+            }),
+        ),
     ];
     let mut covered: Vec<&str> = Vec::new();
     for (query, check) in &cases {
@@ -734,4 +741,66 @@ async fn query_settings_reach_the_connect_parameters() {
     )
     .unwrap_err();
     assert_eq!(e.problems().len(), 3, "{e}");
+}
+
+#[tokio::test]
+async fn behind_a_pooler_settings_leave_the_startup_packet() {
+    use pgprovider_core::PoolerMode;
+    for (mode, name) in [
+        (PoolerMode::Session, "session"),
+        (PoolerMode::Transaction, "transaction"),
+    ] {
+        let c = ok(&format!(
+            "postgres://h/db?pooler={name}&statement_timeout=1500ms&options=-c%20work_mem%3D4MB%20--search_path%3Da"
+        ));
+        assert_eq!(c.pooler(), mode);
+        let p = c.connect_params(&c.nodes()[0]).await.unwrap();
+        assert_eq!(p.options, None, "{name}: poolers refuse startup options");
+        assert_eq!(p.pooler, mode);
+        assert_eq!(
+            p.settings,
+            vec![
+                ("work_mem".to_owned(), "4MB".to_owned()),
+                ("search_path".to_owned(), "a".to_owned()),
+                ("statement_timeout".to_owned(), "1500".to_owned()),
+            ]
+        );
+    }
+    // Session mode keeps the statement cache; none sends the options at startup.
+    let c = ok("postgres://h/db?pooler=session");
+    assert_eq!(c.statement_cache_capacity(), 256);
+    let c = ok("postgres://h/db?statement_timeout=2s");
+    let p = c.connect_params(&c.nodes()[0]).await.unwrap();
+    assert_eq!(p.options.as_deref(), Some("-c statement_timeout=2000"));
+    assert!(p.settings.is_empty());
+    // The builder sets it too.
+    let c = Config::builder()
+        .with_pooler(PoolerMode::Transaction)
+        .build()
+        .unwrap();
+    assert_eq!(c.pooler(), PoolerMode::Transaction);
+}
+
+#[test]
+fn pooler_problems_are_reported_with_the_rest() {
+    let e = Config::from_url(
+        "postgres://h/db?pooler=transaction&statement_cache_capacity=64&options=-f%20s&pooler_mode=x",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("statement_cache_capacity") && e.contains("named prepared statements"),
+        "{e}"
+    );
+    assert!(e.contains("options") && e.contains("-c name=value"), "{e}");
+    let e = Config::from_url("postgres://h/db?pooler=statement")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pooler") && e.contains("transaction"), "{e}");
+    // Unnamed statements asked for explicitly are fine.
+    assert_eq!(
+        ok("postgres://h/db?pooler=transaction&statement_cache_capacity=0")
+            .statement_cache_capacity(),
+        0
+    );
 }
