@@ -28,7 +28,8 @@
 //!
 //! | what | how |
 //! | --- | --- |
-//! | statements | `diesel::sql_query` with binds: diesel-async does not cache them (each is parsed by the server), so nothing goes stale |
+//! | statements | `diesel::sql_query` with binds: diesel-async does not cache them (each is parsed by the server), so nothing goes stale; behind a transaction pooler each one outside a transaction runs in one of its own (diesel-async prepares and executes in two exchanges), and diesel's own statement cache is off |
+//! | SQLSTATE | read off the protocol stream ([`connect_client_with_error_codes`](pgprovider_tokio_postgres::connect_client_with_error_codes)): diesel-async keeps only the message, and a message is never guessed from |
 //! | parameters | `&dyn DieselParam`: `i16`, `i32`, `i64`, `f32`, `f64`, `bool`, `String`, `&str`, `Vec<u8>`, and `Option`s of them |
 //! | rows | [`DieselRow`], read through pgprovider's `Column` for the same types |
 //! | simple queries | row-returning single statements (`SELECT`, `WITH`, `VALUES`, `TABLE`) run wrapped in `row_to_json` and come back as text (booleans as `t`/`f`); other statements run as a batch and return no rows |
@@ -82,14 +83,31 @@ impl Driver for DieselDriver {
         let node = params.node_name();
         let (client, cancel, codes) =
             pgprovider_tokio_postgres::connect_client_with_error_codes(params).await?;
-        let mut conn = AsyncPgConnection::try_from(client).await.map_err(|e| {
+        let behind_transaction_pooler = params.pooler == PoolerMode::Transaction;
+        let failed = |e: &dyn fmt::Display| {
             Error::new(
                 ErrorKind::Connect,
                 format!("diesel-async could not set up the connection: {e}"),
             )
             .with_node(node.clone())
-        })?;
-        if params.pooler == PoolerMode::Transaction {
+        };
+        if behind_transaction_pooler {
+            // diesel-async's setup sets the time zone and encoding for the session with
+            // prepared (named) statements: behind a transaction pooler they would land on
+            // server sessions other clients use. In a transaction that is rolled back, the
+            // settings are undone and the statements closed on the session that made them.
+            client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| failed(&e))?;
+        }
+        let mut conn = AsyncPgConnection::try_from(client)
+            .await
+            .map_err(|e| failed(&e))?;
+        if behind_transaction_pooler {
+            conn.batch_execute("ROLLBACK")
+                .await
+                .map_err(|e| failed(&e))?;
             // diesel's cached statements are named: they would outlive the transaction on
             // a server session the pooler hands to others.
             conn.set_prepared_statement_cache_size(CacheSize::Disabled);
@@ -224,7 +242,8 @@ impl DieselConnection {
                     stream.try_collect::<Vec<_>>().await
                 })
                 .await
-                .map(|rows| Out::Rows(rows.into_iter().map(DieselRow).collect()))
+                // Copied before the statement's transaction ends (see `DieselRow`).
+                .map(|rows| Out::Rows(DieselRow::all(&rows)))
         } else {
             let fut = self.conn.execute_returning_count(q);
             self.s
@@ -291,7 +310,8 @@ impl DieselConnection {
             .and_then(|rows| {
                 rows.iter()
                     .map(|row| {
-                        let json: String = DieselRow::decode::<String, Text>(row, 0, TEXT_OIDS)?;
+                        let json: String = DieselRow::owned(row, &mut None)
+                            .decode::<String, Text>(0, TEXT_OIDS)?;
                         json_object(&json)
                     })
                     .collect::<Result<Vec<_>>>()
@@ -334,49 +354,88 @@ type PgRow = <AsyncPgConnection as AsyncConnectionCore>::Row<'static, 'static>;
 
 /// A result row, readable through pgprovider's [`Column`] for the types of
 /// [`DieselParam`].
-pub struct DieselRow(PgRow);
+///
+/// It owns its values: diesel-async's rows keep their prepared statement alive, and behind a
+/// transaction pooler a statement must be closed before its transaction ends (later, the
+/// pooler may have handed its server session to another client).
+pub struct DieselRow {
+    names: Arc<[String]>,
+    /// Each column's value (`None` for NULL) and type OID.
+    values: Vec<(Option<Vec<u8>>, std::num::NonZeroU32)>,
+}
 
 impl fmt::Debug for DieselRow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DieselRow")
-            .field("columns", &self.0.field_count())
+            .field("columns", &self.values.len())
             .finish()
     }
 }
 
 impl DieselRow {
-    fn decode<T, ST>(row: &PgRow, idx: usize, oids: &[u32]) -> Result<T>
+    /// Copies diesel-async's row `row`, whose column names are `names` (read once per
+    /// result, from its first row).
+    fn owned(row: &PgRow, names: &mut Option<Arc<[String]>>) -> DieselRow {
+        let names = names
+            .get_or_insert_with(|| {
+                (0..row.field_count())
+                    .map(|i| {
+                        row.get(i)
+                            .and_then(|f| f.field_name().map(str::to_owned))
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .clone();
+        let values = (0..row.field_count())
+            .map(|i| {
+                let field = row.get(i);
+                let value = field.as_ref().and_then(|f| f.value());
+                let oid = value
+                    .as_ref()
+                    .map_or(std::num::NonZeroU32::MIN, |v| v.get_oid());
+                (value.map(|v| v.as_bytes().to_vec()), oid)
+            })
+            .collect();
+        DieselRow { names, values }
+    }
+
+    /// Copies every row of a result.
+    fn all(rows: &[PgRow]) -> Vec<DieselRow> {
+        let mut names = None;
+        rows.iter()
+            .map(|r| DieselRow::owned(r, &mut names))
+            .collect()
+    }
+
+    fn decode<T, ST>(&self, idx: usize, oids: &[u32]) -> Result<T>
     where
         T: diesel::deserialize::FromSql<ST, Pg>,
     {
-        let field = row
+        let (bytes, oid) = self
+            .values
             .get(idx)
             .ok_or_else(|| Error::new(ErrorKind::Decode, format!("there is no column {idx}")))?;
-        let value = field.value();
-        if let Some(v) = &value {
-            let oid = v.get_oid().get();
-            if !oids.contains(&oid) {
-                return Err(Error::new(
-                    ErrorKind::Decode,
-                    format!(
-                        "cannot read column {idx} as {}: its type has OID {oid}",
-                        std::any::type_name::<T>()
-                    ),
-                ));
-            }
+        if bytes.is_some() && !oids.contains(&oid.get()) {
+            return Err(Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "cannot read column {idx} as {}: its type has OID {oid}",
+                    std::any::type_name::<T>()
+                ),
+            ));
         }
+        let value = bytes
+            .as_deref()
+            .map(|b| diesel::pg::PgValue::new(b, oid as &dyn diesel::pg::TypeOidLookup));
         T::from_nullable_sql(value)
             .map_err(|e| Error::new(ErrorKind::Decode, format!("cannot read column {idx}: {e}")))
     }
 
     fn index_of(&self, name: &str) -> Result<usize> {
-        (0..self.0.field_count())
-            .find(|i| {
-                self.0
-                    .get(*i)
-                    .and_then(|f| f.field_name().map(|n| n == name))
-                    .unwrap_or(false)
-            })
+        self.names
+            .iter()
+            .position(|n| n == name)
             .ok_or_else(|| Error::new(ErrorKind::Decode, format!("there is no column {name}")))
     }
 }
@@ -428,10 +487,10 @@ where
     T: DieselType + diesel::deserialize::FromSql<T::Sql, Pg>,
 {
     fn column(&self, idx: usize) -> Result<T> {
-        Self::decode::<T, T::Sql>(&self.0, idx, T::OIDS)
+        self.decode::<T, T::Sql>(idx, T::OIDS)
     }
     fn column_named(&self, name: &str) -> Result<T> {
-        Self::decode::<T, T::Sql>(&self.0, self.index_of(name)?, T::OIDS)
+        self.decode::<T, T::Sql>(self.index_of(name)?, T::OIDS)
     }
 }
 
@@ -671,14 +730,7 @@ impl DieselParam for DieselValue<'_> {
 
 impl DieselRow {
     fn names(&self) -> Arc<[String]> {
-        (0..self.0.field_count())
-            .map(|i| {
-                self.0
-                    .get(i)
-                    .and_then(|f| f.field_name().map(str::to_owned))
-                    .unwrap_or_default()
-            })
-            .collect()
+        self.names.clone()
     }
 }
 

@@ -933,6 +933,10 @@ where
         .unwrap();
 }
 
+/// Session settings a leak would change and PgBouncer does not reset by itself.
+const SETTINGS: &str = "SELECT current_setting('search_path') || ' / ' || current_setting('work_mem') \
+     || ' / ' || current_setting('DateStyle') || ' / ' || current_setting('lock_timeout')";
+
 /// Behind a real PgBouncer in `mode`: startup options without the `pooler` key are refused
 /// with an error naming it; with it, `statement_timeout` holds in every transaction (or
 /// session); clients sharing few server sessions get their own results; a schema change
@@ -1035,6 +1039,57 @@ where
 
     match mode {
         PoolMode::Transaction => {
+            // Nothing was left on any server session: six open transactions hold all six
+            // of PgBouncer's, and each has no prepared statement and the server's settings.
+            // Settings PgBouncer does not track itself (it sets TimeZone and the like to
+            // each client's own), as a direct session has them.
+            let direct = {
+                let url = shared_url().await.unwrap();
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                let rows = client.simple_query(SETTINGS).await.unwrap();
+                match &rows[1] {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_owned(),
+                    _ => panic!("no settings"),
+                }
+            };
+            let six = url("&pool_max_size=6");
+            let held = Pool::new(driver.clone(), &six, &six.nodes()[0]);
+            let mut conns = Vec::new();
+            let mut pids = std::collections::HashSet::new();
+            // Statements other than this check itself (which drivers may prepare).
+            let left = "statement NOT LIKE '%pg_prepared_statements%'";
+            for _ in 0..6 {
+                let mut c = held.get().await.unwrap();
+                c.simple_query("BEGIN").await.unwrap();
+                let rows = c
+                    .simple_query(
+                        "SELECT (SELECT count(*) FROM pg_prepared_statements WHERE {LEFT}), \
+                         ({SETTINGS}), pg_backend_pid(), \
+                         (SELECT string_agg(name || ': ' || statement, ' | ') \
+                          FROM pg_prepared_statements WHERE {LEFT})"
+                            .replace("{LEFT}", left)
+                            .replace("{SETTINGS}", SETTINGS)
+                            .as_str(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    rows[0].get(0),
+                    Some("0"),
+                    "prepared statements were left: {:?}",
+                    rows[0].get(3)
+                );
+                assert_eq!(rows[0].get(1), Some(direct.as_str()), "a setting was left");
+                pids.insert(rows[0].get(2).unwrap().to_owned());
+                conns.push(c);
+            }
+            assert_eq!(pids.len(), 6, "every server session was looked at");
+            for mut c in conns {
+                c.simple_query("ROLLBACK").await.unwrap();
+            }
             for sql in [
                 "SET search_path = nowhere",
                 "/* a comment */ set work_mem = '1MB'",

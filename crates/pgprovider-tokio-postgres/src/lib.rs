@@ -192,18 +192,42 @@ impl Driver for TokioPostgres {
                 match self.plain(&cfg, params, &node).await {
                     Err(e) if refuses_plaintext(&e) => {
                         cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                        Box::pin(open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self)).await
+                        Box::pin(open(
+                            &cfg,
+                            tls.clone(),
+                            Cancel::Tls(tls),
+                            params,
+                            &node,
+                            self,
+                        ))
+                        .await
                     }
                     other => other,
                 }
             }
             SslMode::Prefer => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-                Box::pin(open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self)).await
+                Box::pin(open(
+                    &cfg,
+                    tls.clone(),
+                    Cancel::Tls(tls),
+                    params,
+                    &node,
+                    self,
+                ))
+                .await
             }
             _ => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Box::pin(open(&cfg, tls.clone(), Cancel::Tls(tls), params, &node, self)).await
+                Box::pin(open(
+                    &cfg,
+                    tls.clone(),
+                    Cancel::Tls(tls),
+                    params,
+                    &node,
+                    self,
+                ))
+                .await
             }
         }
     }
@@ -258,7 +282,16 @@ where
     >>::Future: Send + 'static,
 {
     if let Some(last) = &driver.error_codes {
-        return Box::pin(raw::open(cfg, tls, cancel, params, node, driver, last.clone())).await;
+        return Box::pin(raw::open(
+            cfg,
+            tls,
+            cancel,
+            params,
+            node,
+            driver,
+            last.clone(),
+        ))
+        .await;
     }
     // tokio-postgres's connect_timeout covers the TCP connect only; a hung server
     // accepts the socket and never answers the startup, so bound the whole handshake.

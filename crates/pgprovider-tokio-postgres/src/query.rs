@@ -7,8 +7,9 @@
 //! nothing. Inside a transaction the transaction is already aborted by the error, so the
 //! error is returned, saying so (the provider's transaction closure re-runs it).
 //!
-//! With a statement-cache capacity of `0` only unnamed statements are used (one round trip,
-//! nothing left on the server session), as PgBouncer's transaction mode needs. The
+//! With a statement-cache capacity of `0`, and always behind a transaction pooler
+//! (`pooler=transaction`), only unnamed statements are used (one round trip, nothing left on
+//! the server session). The
 //! parameter types are then taken from the Rust values (`i32` is `int4`, `String` is
 //! `text`, …), not asked of the server: cast in SQL where the column's type differs.
 

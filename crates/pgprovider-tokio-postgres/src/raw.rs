@@ -69,38 +69,35 @@ where
     T::Stream: Send + 'static,
     <T::TlsConnect as TlsConnect<Sniff<RawSocket>>>::Future: Send + 'static,
 {
-    let (socket, host) = match &params.host {
-        Host::Tcp(h) => {
-            let s = bounded(
-                params,
-                node,
-                tokio::net::TcpStream::connect((h.as_str(), params.port)),
-            )
-            .await?
-            .map_err(|e| socket_error(e, node))?;
-            let _ = s.set_nodelay(true);
-            (RawSocket::Tcp(s), h.clone())
-        }
-        Host::Unix(dir) => {
-            let path = dir.join(format!(".s.PGSQL.{}", params.port));
-            let s = bounded(params, node, tokio::net::UnixStream::connect(path))
-                .await?
-                .map_err(|e| socket_error(e, node))?;
-            (RawSocket::Unix(s), "localhost".to_owned())
-        }
-    };
-    let connector = tls.make_tls_connect(&host).map_err(|e| {
-        Error::new(ErrorKind::Tls, format!("cannot set up TLS: {}", e.into())).with_node(node)
-    })?;
-    let stream = Sniff::socket(socket, last.clone());
-    let connecting = cfg.connect_raw(
-        stream,
-        SniffTls {
+    // One bound for the socket and the handshake, as tokio-postgres's own connect path.
+    let attempt = async {
+        let (socket, host) = match &params.host {
+            Host::Tcp(h) => {
+                let s = tokio::net::TcpStream::connect((h.as_str(), params.port))
+                    .await
+                    .map_err(|e| socket_error(e, node))?;
+                let _ = s.set_nodelay(true);
+                (RawSocket::Tcp(s), h.clone())
+            }
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{}", params.port));
+                let s = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| socket_error(e, node))?;
+                (RawSocket::Unix(s), "localhost".to_owned())
+            }
+        };
+        let connector = tls.make_tls_connect(&host).map_err(|e| {
+            Error::new(ErrorKind::Tls, format!("cannot set up TLS: {}", e.into())).with_node(node)
+        })?;
+        let stream = Sniff::socket(socket, last.clone());
+        let tls = SniffTls {
             inner: connector,
             last,
-        },
-    );
-    let result = bounded(params, node, connecting).await?;
+        };
+        Ok::<_, Error>(cfg.connect_raw(stream, tls).await)
+    };
+    let result = bounded(params, node, attempt).await??;
     finish(result, cancel, params, node, driver).await
 }
 
