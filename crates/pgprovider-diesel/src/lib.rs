@@ -49,6 +49,7 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
 };
 use futures_util::TryStreamExt;
+use pgprovider_core::kit::pooler::outside_transaction_only;
 use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
 use pgprovider_core::kit::{DriverErrors, Session};
 use pgprovider_core::observe::OperationKind;
@@ -197,7 +198,8 @@ impl DieselConnection {
         let r = self.s.run(&self.errors, self.conn.batch_execute(sql)).await;
         self.s.track(sql, r.is_ok());
         r?;
-        if self.s.opened_transaction(was_in_tx) {
+        // The wrapping BEGIN carries the settings already.
+        if self.s.opened_transaction(was_in_tx) && sql != self.s.wrap_begin() {
             let local = self.s.local_settings().unwrap_or_default().to_owned();
             self.s
                 .run(&self.errors, self.conn.batch_execute(&local))
@@ -214,8 +216,9 @@ impl DieselConnection {
     ) -> Result<Out> {
         self.s.before(sql)?;
         let control = transaction_effect(sql).is_some();
-        if self.s.pooler() == PoolerMode::Transaction && params.is_empty() && control {
-            // Transaction control in one exchange.
+        let alone = params.is_empty() && (control || outside_transaction_only(sql));
+        if self.s.pooler() == PoolerMode::Transaction && alone {
+            // Transaction control (and what may not run in a transaction) in one exchange.
             Box::pin(self.batch(sql)).await?;
             return Ok(if rows {
                 Out::Rows(Vec::new())
@@ -575,7 +578,8 @@ impl Connection for DieselConnection {
 
     async fn reset(&mut self) -> Result<()> {
         let timeout = self.s.take_timeout();
-        let fut = self.conn.batch_execute(self.s.reset_sql());
+        let sql = self.s.reset_sql();
+        let fut = self.conn.batch_execute(&sql);
         let r = self.s.run(&self.errors, fut).await;
         self.s.reset_done(timeout, r.is_ok());
         r

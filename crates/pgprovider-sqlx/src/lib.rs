@@ -31,6 +31,7 @@
 #![deny(missing_docs)]
 
 use futures_util::TryStreamExt;
+use pgprovider_core::kit::pooler::outside_transaction_only;
 use pgprovider_core::kit::pooler::startup_settings;
 use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
 use pgprovider_core::kit::{DriverErrors, Session, pooler_startup_refusal, session_settings};
@@ -96,7 +97,26 @@ fn options(p: &ConnectParams) -> PgConnectOptions {
         o = o.ssl_client_key(key);
     }
     if let Some(opts) = &p.options {
-        o = o.options(startup_settings(opts).unwrap_or_default());
+        // Word by word: one that is not a setting is skipped, not the whole string.
+        let pairs = opts
+            .split_whitespace()
+            .scan(None::<&str>, |flag, w| {
+                Some(match (flag.take(), w) {
+                    (None, "-c") => {
+                        *flag = Some(w);
+                        None
+                    }
+                    (Some(f), w) => startup_settings(&format!("{f} {w}")).ok(),
+                    (None, w) => startup_settings(w).ok(),
+                })
+            })
+            .flatten()
+            .flatten();
+        o = o.options(pairs);
+    }
+    if p.pooler != PoolerMode::None {
+        // Poolers refuse startup parameters they do not know (PgBouncer by default).
+        o = o.extra_float_digits(None);
     }
     o
 }
@@ -130,7 +150,7 @@ impl Driver for SqlxDriver {
         let attempt = async {
             let mut conn = sqlx::PgConnection::connect_with(&opts)
                 .await
-                .map_err(|e| pooler_startup_refusal(connect_error(e, &node)))?;
+                .map_err(|e| pooler_startup_refusal(connect_error(e, &node), params.pooler))?;
             let pid = backend_pid(&mut conn, &setup)
                 .await
                 .map_err(|e| map_error(e).with_node(node.clone()))?;
@@ -200,6 +220,11 @@ impl DriverErrors for SqlxErrors {
 impl SqlxConnection {
     /// sqlx's connection, for `sqlx::query!` and the rest of sqlx. What runs through it is
     /// not tracked, so the session is reset when the connection goes back to the pool.
+    ///
+    /// Behind a transaction pooler (`pooler=transaction`), run sqlx code inside a
+    /// transaction: sqlx prepares and executes in two exchanges, which the pooler may hand
+    /// to two server sessions. The named statements it keeps are closed before the
+    /// transaction ends (when it ends through this driver).
     pub fn raw(&mut self) -> &mut sqlx::PgConnection {
         self.s.untracked();
         &mut self.conn
@@ -225,16 +250,41 @@ impl SqlxConnection {
         Ok(())
     }
 
+    /// Behind a transaction pooler, before a statement ends the transaction: closes the
+    /// named statements sqlx may hold (its type lookups, code run through [`raw`](Self::raw)),
+    /// on the server session that has them.
+    async fn close_named(&mut self) -> Result<()> {
+        if self.s.pooler() != PoolerMode::Transaction || self.conn.cached_statements_size() == 0 {
+            return Ok(());
+        }
+        let fut = self.conn.clear_cached_statements();
+        self.s.run(&SqlxErrors, fut).await
+    }
+
+    /// Behind a transaction pooler, once no transaction is open: the backend that served
+    /// the last one may serve another client now, so the cancel token forgets it.
+    fn transaction_over(&self) {
+        if self.s.pooler() == PoolerMode::Transaction && !self.s.in_transaction() {
+            self.pid.store(0, Relaxed);
+        }
+    }
+
     async fn statement(&mut self, sql: &str, params: &[&dyn SqlxParam], rows: bool) -> Result<Out> {
         self.s.before(sql)?;
-        let control = transaction_effect(sql).is_some();
-        if self.s.pooler() == PoolerMode::Transaction && params.is_empty() && control {
-            // Transaction control in one exchange (a prepared BEGIN could be parsed on one
-            // server session and run on another).
+        let effect = transaction_effect(sql);
+        let control = effect.is_some();
+        let alone = params.is_empty() && (control || outside_transaction_only(sql));
+        if self.s.pooler() == PoolerMode::Transaction && alone {
+            // Transaction control (and what may not run in a transaction) in one exchange:
+            // a prepared BEGIN could be parsed on one server session and run on another.
+            if effect == Some(false) {
+                self.close_named().await?;
+            }
             let was_in_tx = self.s.in_transaction();
             let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(sql));
             let r = self.s.run(&SqlxErrors, fut).await;
             self.s.track(sql, r.is_ok());
+            self.transaction_over();
             let n = r?.rows_affected();
             if !was_in_tx && self.s.in_transaction() {
                 self.serve_transaction("").await?;
@@ -250,8 +300,10 @@ impl SqlxConnection {
         let wrap = self.s.needs_wrap(false) && !control;
         if wrap {
             let begin = self.s.wrap_begin().to_owned();
-            self.serve_transaction(&begin).await?;
-            self.s.track("BEGIN", true);
+            let begun = self.serve_transaction(&begin).await;
+            // Failed part-way, the transaction may be open (aborted): reset on return.
+            self.s.track(&begin, begun.is_ok());
+            begun?;
         }
         let unnamed = self.unnamed;
         let mut retried = false;
@@ -285,10 +337,17 @@ impl SqlxConnection {
         };
         self.s.track(sql, r.is_ok());
         if wrap {
-            let end = if r.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let closed = self.close_named().await;
+            let end = if r.is_ok() && closed.is_ok() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
             let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(end));
             let done = self.s.run(&SqlxErrors, fut).await;
             self.s.track(end, done.is_ok());
+            self.transaction_over();
+            closed?;
             done?;
         }
         r
@@ -309,6 +368,9 @@ impl SqlxConnection {
 
     async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
         self.s.before(sql)?;
+        if transaction_effect(sql) == Some(false) {
+            self.close_named().await?;
+        }
         let after = self.s.dirty() || may_change_session(sql);
         let was_in_tx = self.s.in_transaction();
         let fut = sqlx::raw_sql(sql)
@@ -317,6 +379,7 @@ impl SqlxConnection {
         let r = self.s.run(&SqlxErrors, fut).await;
         self.s.track(sql, r.is_ok());
         self.s.set_dirty(after);
+        self.transaction_over();
         let rows = r?;
         if self.s.pooler() == PoolerMode::Transaction && !was_in_tx && self.s.in_transaction() {
             self.serve_transaction("").await?;
@@ -370,8 +433,12 @@ fn cancel_token(opts: PgConnectOptions, pid: Arc<AtomicI32>) -> CancelToken {
     })
 }
 
-/// Asks the server to cancel what backend `pid` runs, from a side connection.
+/// Asks the server to cancel what backend `pid` runs, from a side connection (`0`: no
+/// backend is known to run anything of this connection's).
 async fn cancel(opts: &PgConnectOptions, pid: i32) -> Result<()> {
+    if pid == 0 {
+        return Ok(());
+    }
     let attempt = async {
         let mut side = sqlx::PgConnection::connect_with(opts).await?;
         let sql = format!("SELECT pg_cancel_backend({pid})");
@@ -415,6 +482,7 @@ impl Connection for SqlxConnection {
         match fut.await {
             Ok(_) => {
                 self.s.recovered();
+                self.transaction_over();
                 Ok(())
             }
             Err(e) => Err(map_error(e).with_node(self.s.node())),
@@ -433,9 +501,11 @@ impl Connection for SqlxConnection {
         let timeout = self.s.take_timeout();
         // Through the `Executor` trait (a boxed future): `RawSql::execute`'s generic future
         // trips the compiler's `Send` check of this trait method (rust-lang/rust#96865).
-        let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(self.s.reset_sql()));
+        let sql = self.s.reset_sql();
+        let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql(&sql));
         let r = self.s.run(&SqlxErrors, fut).await;
         self.s.reset_done(timeout, r.is_ok());
+        self.transaction_over();
         r.map(|_| ())
     }
 

@@ -1033,6 +1033,8 @@ where
     for _ in 0..3 {
         assert_eq!(pool.query(&select, &[]).await.unwrap().len(), 1);
     }
+    // What may not run in a transaction block runs on its own.
+    pool.execute(&format!("VACUUM {table}"), &[]).await.unwrap();
     pool.execute(&format!("DROP TABLE {table}"), &[])
         .await
         .unwrap();
@@ -1133,6 +1135,9 @@ where
                 "\"$user\", public",
                 "reset on return"
             );
+            // The reset kept the settings applied after connecting.
+            let row = pool.query_one(setting, &[]).await.unwrap();
+            assert_eq!(col::<_, String>(&row, 0), "1500ms", "after a reset");
         }
     }
 }

@@ -26,9 +26,8 @@ impl PoolMode {
 }
 
 /// A PgBouncer process in front of one server, with trust authentication, every database
-/// passed through (`* = host=… port=…`) and `ignore_startup_parameters =
-/// extra_float_digits` (what its documentation asks of sqlx and JDBC users); startup
-/// `options` are refused, as PgBouncer does by default.
+/// passed through (`* = host=… port=…`) and PgBouncer's defaults otherwise: startup
+/// parameters it does not know (`options`, `extra_float_digits`) are refused.
 ///
 /// It runs as the unprivileged user that runs test servers (PgBouncer refuses root), and
 /// stops when dropped; a watchdog stops it if the test process dies without unwinding.
@@ -94,7 +93,6 @@ impl PgBouncer {
                  listen_addr = 127.0.0.1\nlisten_port = {listen}\nunix_socket_dir =\n\
                  auth_type = trust\nauth_file = {users}\npool_mode = {mode}\n\
                  max_client_conn = 2000\ndefault_pool_size = {pool_size}\n\
-                 ignore_startup_parameters = extra_float_digits\n\
                  logfile = {log}\npidfile = {pid}\nadmin_users = postgres\n",
                 users = path.join("users.txt").display(),
                 mode = mode.as_str(),

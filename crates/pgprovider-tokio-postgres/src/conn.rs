@@ -227,7 +227,7 @@ impl Connection for PgConnection {
     async fn reset(&mut self) -> Result<()> {
         let timeout = self.s.take_timeout();
         let recipe = self.s.reset_sql();
-        let r = self.run(async |c| c.batch_execute(recipe).await).await;
+        let r = self.run(async |c| c.batch_execute(&recipe).await).await;
         self.s.reset_done(timeout, r.is_ok());
         r
     }

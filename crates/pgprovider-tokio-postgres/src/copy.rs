@@ -108,6 +108,7 @@ impl PgConnection {
         R: CopyRow + Send,
         S: Stream<Item = Result<R>> + Send,
     {
+        self.copy_here()?;
         self.s.untracked();
         self.s.set_in_flight(true);
         let node = self.s.node().to_owned();
@@ -160,6 +161,7 @@ impl PgConnection {
 
     /// Sends a `COPY … TO STDOUT`, marking the connection busy until its end.
     async fn start_copy_out(&mut self, sql: &str) -> Result<tokio_postgres::CopyOutStream> {
+        self.copy_here()?;
         self.s.set_in_flight(true);
         match self.client.copy_out(sql).await {
             Ok(stream) => Ok(stream),
@@ -275,4 +277,21 @@ impl PgConnection {
 
 fn write_error(e: std::io::Error) -> Error {
     Error::new(ErrorKind::Other, format!("cannot write the export: {e}")).with_source(e)
+}
+
+impl PgConnection {
+    /// Behind a transaction pooler, COPY runs inside a transaction: tokio-postgres prepares
+    /// it in one exchange and runs it in another, which the pooler may hand to two server
+    /// sessions.
+    fn copy_here(&self) -> Result<()> {
+        if self.s.pooler() == pgprovider_core::PoolerMode::Transaction && !self.s.in_transaction() {
+            return Err(pgprovider_core::Error::new(
+                pgprovider_core::ErrorKind::Unsupported,
+                "COPY outside a transaction is refused behind a transaction pooler: it is prepared in one exchange and run in another",
+            )
+            .with_node(self.s.node())
+            .with_hint("run the COPY inside a transaction (it then stays on one server session)"));
+        }
+        Ok(())
+    }
 }

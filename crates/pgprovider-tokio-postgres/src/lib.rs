@@ -337,8 +337,9 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (client, connection) = result
-        .map_err(|e| pgprovider_core::kit::pooler_startup_refusal(error::connect_error(e, node)))?;
+    let (client, connection) = result.map_err(|e| {
+        pgprovider_core::kit::pooler_startup_refusal(error::connect_error(e, node), params.pooler)
+    })?;
     let conn = PgConnection::new(
         client,
         connection,

@@ -334,6 +334,17 @@ impl PgConnection {
             // every statement's future (and debug builds' stack frames).
             return Box::pin(self.behind_transaction_pooler(default, sql, params, op)).await;
         }
+        self.observed_plain(default, sql, params, op).await
+    }
+
+    /// [`observed`](Self::observed) without the pooler's rules.
+    async fn observed_plain<'p>(
+        &mut self,
+        default: OperationKind,
+        sql: &str,
+        params: &[&'p Param<'p>],
+        op: Op,
+    ) -> Result<Out> {
         if self.s.hooks().is_empty() {
             return self.exec(sql, params, op, false).await;
         }
@@ -363,7 +374,9 @@ impl PgConnection {
 
     /// A statement behind a transaction pooler: refused when it would leave session state;
     /// outside a transaction, with the settings' `SET LOCAL`s in one of its own (pipelined,
-    /// one round trip); a transaction it opens gets them at once.
+    /// one round trip); a transaction it opens gets them at once. Before a transaction ends,
+    /// the types tokio-postgres looked up (with named statements, for columns of types it
+    /// does not know) are forgotten, which closes those statements on their server session.
     async fn behind_transaction_pooler<'p>(
         &mut self,
         default: OperationKind,
@@ -372,11 +385,15 @@ impl PgConnection {
         op: Op,
     ) -> Result<Out> {
         self.s.refuse(sql)?;
-        let control = pgprovider_core::kit::sql::transaction_effect(sql).is_some();
+        let effect = pgprovider_core::kit::sql::transaction_effect(sql);
+        if effect == Some(false) {
+            self.client.clear_type_cache();
+        }
+        let alone = effect.is_some() || pgprovider_core::kit::pooler::outside_transaction_only(sql);
         if let Some(local) = self
             .s
             .local_settings()
-            .filter(|_| !self.s.in_transaction() && !control)
+            .filter(|_| !self.s.in_transaction() && !alone)
         {
             let local = local.to_owned();
             let scope = Scope {
@@ -394,17 +411,7 @@ impl PgConnection {
             return self.scoped(scope, sql, params, op).await;
         }
         let was_in_tx = self.s.in_transaction();
-        let hooks = self.s.hooks().clone();
-        let out = if hooks.is_empty() {
-            self.exec(sql, params, op, false).await?
-        } else {
-            let node = self.s.node().to_owned();
-            let operation =
-                Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
-            hooks
-                .observe(&operation, Out::rows, self.exec(sql, params, op, true))
-                .await?
-        };
+        let out = Box::pin(self.observed_plain(default, sql, params, op)).await?;
         self.serve_transaction(was_in_tx).await?;
         Ok(out)
     }
@@ -425,6 +432,7 @@ impl PgConnection {
             )
             .with_node(self.s.node().to_owned()));
         }
+        self.s.refuse(sql)?;
         if self.s.hooks().is_empty() {
             // Boxed: three pipelined requests make a large future, which debug builds
             // would otherwise copy along the stack of every caller.
@@ -447,7 +455,14 @@ impl PgConnection {
         params: &[&'p Param<'p>],
         op: Op,
     ) -> Result<Out> {
-        let begin = format!("BEGIN; {}", scope.prologue);
+        // Behind a transaction pooler the settings come first, so the scope's own (a
+        // tenant's statement_timeout) win.
+        let begin = match self.s.local_settings() {
+            Some(local) if local != scope.prologue => {
+                format!("BEGIN; {local}; {}", scope.prologue)
+            }
+            _ => format!("BEGIN; {}", scope.prologue),
+        };
         let typed = match self.cache.enabled() {
             true => None,
             false => Some(typed(params)?),

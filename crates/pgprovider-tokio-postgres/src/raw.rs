@@ -8,6 +8,7 @@ use pgprovider_core::{ConnectParams, Error, ErrorKind, Host, Result};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
@@ -77,6 +78,9 @@ where
                     .await
                     .map_err(|e| socket_error(e, node))?;
                 let _ = s.set_nodelay(true);
+                // As tokio-postgres's own connections: keepalives after 2 hours idle.
+                let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(7200));
+                let _ = socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive);
                 (RawSocket::Tcp(s), h.clone())
             }
             Host::Unix(dir) => {

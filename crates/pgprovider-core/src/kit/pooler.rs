@@ -43,6 +43,9 @@ pub fn code_only(sql: &str) -> String {
                 out[i] = b' ';
                 i += 1;
                 while i < b.len() && b[i] != b'"' {
+                    if b[i] == b';' {
+                        out[i] = b' ';
+                    }
                     i += 1;
                 }
                 if i < b.len() {
@@ -102,17 +105,63 @@ pub fn code_only(sql: &str) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// `EXPLAIN`'s options, skipped to classify the statement it runs.
+const EXPLAIN_OPTIONS: &[&str] = &[
+    "explain",
+    "analyze",
+    "analyse",
+    "verbose",
+    "costs",
+    "settings",
+    "generic_plan",
+    "buffers",
+    "serialize",
+    "wal",
+    "timing",
+    "summary",
+    "memory",
+    "format",
+    "text",
+    "xml",
+    "json",
+    "yaml",
+    "true",
+    "false",
+    "on",
+    "off",
+    "none",
+];
+
+/// The words of one statement of [`code_only`] text, `EXPLAIN` and its options skipped.
+fn words(stmt: &str) -> Vec<&str> {
+    let all: Vec<&str> = stmt
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let skip = match all.first() {
+        Some(&"explain") => all
+            .iter()
+            .position(|w| !EXPLAIN_OPTIONS.contains(w))
+            .unwrap_or(all.len()),
+        _ => 0,
+    };
+    all[skip..].to_vec()
+}
+
+/// Whether `seq` occurs in `words`, in order and adjacent.
+fn has_seq(words: &[&str], seq: &[&str]) -> bool {
+    words.windows(seq.len()).any(|w| w == seq)
+}
+
 /// The session state that `sql` would leave on the server session, described for an error
 /// message; `None` when it leaves none. See the [module docs](self).
 pub fn session_effect(sql: &str) -> Option<&'static str> {
     let code = code_only(sql);
     for stmt in code.split(';') {
-        let words: Vec<&str> = stmt
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .filter(|w| !w.is_empty())
-            .collect();
+        let words = words(stmt);
         let w = |i: usize| words.get(i).copied().unwrap_or("");
         let has = |x: &str| words.contains(&x);
+        let temp = |x: &str| matches!(x, "temp" | "temporary");
         let effect = match w(0) {
             "set" => match w(1) {
                 "local" | "transaction" | "constraints" => None,
@@ -124,18 +173,29 @@ pub fn session_effect(sql: &str) -> Option<&'static str> {
             "prepare" if w(1) != "transaction" => {
                 Some("a named prepared statement (PREPARE; use parameters instead)")
             }
-            "declare" if stmt.contains("with hold") => {
+            "declare" if has_seq(&words, &["with", "hold"]) => {
                 Some("a cursor WITH HOLD (declare it without HOLD inside a transaction)")
             }
             "load" => Some("LOAD of a library into the session"),
-            "create" if (has("temp") || has("temporary")) && !stmt.contains("on commit drop") => {
+            "create"
+                if (temp(w(1))
+                    || (matches!(w(1), "global" | "local") && temp(w(2)))
+                    || has("pg_temp"))
+                    && !has_seq(&words, &["on", "commit", "drop"]) =>
+            {
                 Some(
                     "a temporary object that outlives its transaction (CREATE TEMP TABLE … ON COMMIT DROP inside a transaction)",
                 )
             }
-            "select" | "with" if has("into") && (has("temp") || has("temporary")) => Some(
-                "a temporary table (SELECT … INTO TEMP; use CREATE TEMP TABLE … ON COMMIT DROP inside a transaction)",
-            ),
+            "select" | "with"
+                if words.windows(2).any(|p| {
+                    p[0] == "into" && (temp(p[1]) || p[1] == "pg_temp" || p[1] == "unlogged")
+                }) =>
+            {
+                Some(
+                    "a temporary table (SELECT … INTO TEMP; use CREATE TEMP TABLE … ON COMMIT DROP inside a transaction)",
+                )
+            }
             _ => None,
         };
         if effect.is_some() {
@@ -153,18 +213,58 @@ pub fn session_effect(sql: &str) -> Option<&'static str> {
                 );
             }
         }
-        if let Some(at) = find_word(stmt, "set_config") {
-            // Local only when the third argument is the literal `true`.
-            let args = &stmt[at..];
-            let close = args.find(')').unwrap_or(args.len());
-            if !args[..close].trim_end().ends_with("true") {
+        // Local only when the third argument of every call is the literal `true`.
+        let mut rest = stmt;
+        while let Some(at) = find_word(rest, "set_config") {
+            let call = &rest[at + "set_config".len()..];
+            let args = balanced_args(call);
+            if args.rsplit(',').next().map(str::trim) != Some("true") {
                 return Some(
                     "set_config(…, false), a session-level setting (pass true for a local one)",
                 );
             }
+            rest = call;
         }
     }
     None
+}
+
+/// The text inside the parentheses that open `call` (up to the matching one).
+fn balanced_args(call: &str) -> &str {
+    let Some(open) = call.find('(') else {
+        return "";
+    };
+    let mut depth = 0;
+    for (i, c) in call[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &call[open + 1..open + i];
+                }
+            }
+            _ => {}
+        }
+    }
+    &call[open + 1..]
+}
+
+/// Whether `sql` is a statement PostgreSQL refuses inside a transaction block (`VACUUM`,
+/// `CREATE INDEX CONCURRENTLY`, `CREATE DATABASE`, …): behind a transaction pooler it is sent
+/// on its own, in one exchange, never wrapped in a transaction.
+pub fn outside_transaction_only(sql: &str) -> bool {
+    let code = code_only(sql);
+    let words = words(&code);
+    let w = |i: usize| words.get(i).copied().unwrap_or("");
+    match w(0) {
+        "vacuum" => true,
+        "create" | "drop" | "alter" if matches!(w(1), "database" | "tablespace") => true,
+        "alter" if w(1) == "system" => true,
+        "create" | "drop" | "reindex" if words.contains(&"concurrently") => true,
+        "reindex" if matches!(w(1), "database" | "system") => true,
+        _ => false,
+    }
 }
 
 /// The error for a statement refused behind a transaction pooler: `what` it would leave on
@@ -178,7 +278,7 @@ pub fn refusal(what: &str, node: &str) -> Error {
     )
     .with_node(node)
     .with_hint(
-        "keep session state inside a transaction, or connect without the pooler (pooler=session or a direct node) for this work",
+        "do what the message suggests, or run this work on a direct connection (pooler=none) or through the pooler in session mode (pooler=session)",
     )
 }
 
@@ -211,7 +311,7 @@ pub fn startup_settings(options: &str) -> std::result::Result<Vec<(String, Strin
         let Some((k, v)) = pair.and_then(|p| p.split_once('=')) else {
             return Err(format!("{w:?} is not a -c name=value setting"));
         };
-        let k = k.replace('-', "_");
+        let k = k.replace('-', "_").to_ascii_lowercase();
         if k.is_empty()
             || !k
                 .chars()
@@ -224,14 +324,33 @@ pub fn startup_settings(options: &str) -> std::result::Result<Vec<(String, Strin
     Ok(out)
 }
 
-/// `SET name = 'value'; …` (or `SET LOCAL` when `local`) for `settings`; empty for none.
+/// The statement that applies `settings` (empty for none) with `set_config`, which parses a
+/// value as a startup option does (`search_path=a,b` is two schemas; `SET search_path =
+/// 'a,b'` would be one). `local`: for the current transaction only, and only to settings
+/// the transaction has not changed already (a tenant's own `statement_timeout`, set just
+/// before, stays); otherwise for the session.
 pub fn settings_sql(settings: &[(String, String)], local: bool) -> String {
-    let set = if local { "SET LOCAL" } else { "SET" };
-    settings
+    if settings.is_empty() {
+        return String::new();
+    }
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    if !local {
+        let calls: Vec<String> = settings
+            .iter()
+            .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", quote(k), quote(v)))
+            .collect();
+        return format!("SELECT {}", calls.join(", "));
+    }
+    let values: Vec<String> = settings
         .iter()
-        .map(|(k, v)| format!("{set} {k} = '{}'", v.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join("; ")
+        .map(|(k, v)| format!("({}, {})", quote(k), quote(v)))
+        .collect();
+    format!(
+        "SELECT pg_catalog.set_config(v.name, v.value, true) FROM (VALUES {}) AS v(name, value) \
+         LEFT JOIN pg_catalog.pg_settings s ON s.name = v.name \
+         WHERE s.name IS NULL OR s.setting IS NOT DISTINCT FROM s.reset_val",
+        values.join(", ")
+    )
 }
 
 #[cfg(test)]
@@ -273,6 +392,22 @@ mod tests {
             ("SELECT \"pg_advisory_lock\"(1)", "advisory"),
             ("SELECT set_config('a.b', 'c', false)", "set_config"),
             ("SELECT set_config('a.b', 'c', $1)", "set_config"),
+            (
+                "SELECT set_config('a','1',true), set_config('search_path','x',false)",
+                "set_config",
+            ),
+            ("SELECT set_config('a', '1', NOT true)", "set_config"),
+            ("DECLARE c CURSOR WITH\n  HOLD FOR SELECT 1", "HOLD"),
+            ("CREATE TABLE pg_temp.t (x int)", "temporary"),
+            ("SELECT 1 AS x INTO pg_temp.t", "temporary"),
+            (
+                "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+                "temporary",
+            ),
+            (
+                "explain (analyze, verbose) select pg_advisory_lock(1)",
+                "advisory",
+            ),
         ] {
             let effect = session_effect(sql).unwrap_or_else(|| panic!("{sql} passed"));
             assert!(effect.contains(what), "{sql}: {effect}");
@@ -294,6 +429,11 @@ mod tests {
             "DECLARE c CURSOR FOR SELECT 1",
             "UNLISTEN *",
             "SELECT my_set_config_wrapper(1)",
+            "CREATE TABLE readings (temp numeric)",
+            "WITH r AS (SELECT 1) INSERT INTO readings (temp) SELECT * FROM r",
+            "CREATE TEMP TABLE t (x int) ON COMMIT\nDROP",
+            "SELECT 1 AS \"a;SET x = 1\"",
+            "SELECT set_config('a', (SELECT 'b'), true)",
         ] {
             assert_eq!(session_effect(sql), None, "{sql}");
         }
@@ -317,12 +457,43 @@ mod tests {
             ("a.b".to_owned(), "it's".to_owned()),
             ("work_mem".to_owned(), "4MB".to_owned()),
         ];
-        assert_eq!(
-            settings_sql(&settings, true),
-            "SET LOCAL a.b = 'it''s'; SET LOCAL work_mem = '4MB'"
+        let local = settings_sql(&settings, true);
+        assert!(
+            local.contains("VALUES ('a.b', 'it''s'), ('work_mem', '4MB')")
+                && local.contains("set_config(v.name, v.value, true)")
+                && local.contains("s.setting IS NOT DISTINCT FROM s.reset_val"),
+            "{local}"
         );
-        assert_eq!(settings_sql(&settings[1..], false), "SET work_mem = '4MB'");
+        assert_eq!(
+            settings_sql(&settings[1..], false),
+            "SELECT pg_catalog.set_config('work_mem', '4MB', false)"
+        );
         assert_eq!(settings_sql(&[], true), "");
+    }
+
+    #[test]
+    fn statements_that_refuse_a_transaction_block_are_known() {
+        for sql in [
+            "VACUUM ANALYZE t",
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "drop index concurrently i",
+            "REINDEX INDEX CONCURRENTLY i",
+            "REINDEX DATABASE app",
+            "CREATE DATABASE other",
+            "DROP DATABASE other",
+            "ALTER SYSTEM SET work_mem = '8MB'",
+            "CREATE TABLESPACE ts LOCATION '/x'",
+        ] {
+            assert!(outside_transaction_only(sql), "{sql}");
+        }
+        for sql in [
+            "CREATE INDEX i ON t (x)",
+            "SELECT 'VACUUM'",
+            "ANALYZE t",
+            "REINDEX TABLE t",
+        ] {
+            assert!(!outside_transaction_only(sql), "{sql}");
+        }
     }
 
     #[test]

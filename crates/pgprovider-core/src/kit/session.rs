@@ -41,6 +41,8 @@ pub struct Session {
     local: Arc<str>,
     /// `BEGIN; SET LOCAL …`, to wrap a statement outside a transaction.
     wrap: Arc<str>,
+    /// What resets the session (see [`reset_sql`](Self::reset_sql)).
+    reset: Arc<str>,
     state: SessionState,
     in_flight: bool,
     cancel_at: Option<Instant>,
@@ -65,8 +67,17 @@ impl Session {
         } else {
             format!("BEGIN; {local}")
         };
+        let reset = match params.pooler {
+            PoolerMode::Transaction => "ROLLBACK".to_owned(),
+            // `RESET ALL` undoes the settings applied after connecting: again.
+            PoolerMode::Session if !params.settings.is_empty() => {
+                format!("{RESET_RECIPE}; {}", settings_sql(&params.settings, false))
+            }
+            _ => RESET_RECIPE.to_owned(),
+        };
         Session {
             node: params.node_name().into(),
+            reset: reset.into(),
             cancel,
             hooks: params.hooks.clone(),
             pooler: params.pooler,
@@ -290,12 +301,10 @@ impl Session {
         }
     }
 
-    /// What resets the session: [`RESET_RECIPE`], or `ROLLBACK` in transaction mode.
-    pub fn reset_sql(&self) -> &'static str {
-        match self.pooler {
-            PoolerMode::Transaction => "ROLLBACK",
-            _ => RESET_RECIPE,
-        }
+    /// What resets the session: [`RESET_RECIPE`] (in session mode followed by the settings,
+    /// which its `RESET ALL` undoes), or `ROLLBACK` in transaction mode.
+    pub fn reset_sql(&self) -> Arc<str> {
+        self.reset.clone()
     }
 
     /// Takes the query timeout off for a reset (the pool bounds it); give it back with
@@ -376,29 +385,39 @@ impl Observer {
 }
 
 /// Turns the server's refusal of a startup parameter (what PgBouncer and other poolers
-/// answer to `options`) into an error that names the setting to use. Other errors pass.
-pub fn pooler_startup_refusal(e: Error) -> Error {
+/// answer to `options`) into an error that names the setting to use, given the `pooler`
+/// mode the connection was made in. Other errors pass.
+pub fn pooler_startup_refusal(e: Error, pooler: PoolerMode) -> Error {
     let m = e.message();
-    if !(m.contains("unsupported startup parameter") || m.contains("unsupported pkt type")) {
+    if !m.contains("unsupported startup parameter") {
         return e;
     }
     let node = e.node().map(str::to_owned);
-    let err = Error::new(
-        ErrorKind::Connect,
-        format!(
-            "a connection pooler refused the startup parameters ({m}): set pooler=transaction or pooler=session in the URL"
+    let err = match pooler {
+        PoolerMode::None => Error::new(
+            ErrorKind::Connect,
+            format!(
+                "a connection pooler refused the startup parameters ({m}): set pooler=transaction or pooler=session in the URL"
+            ),
+        )
+        .with_hint(
+            "the server is a pooler (PgBouncer, pgcat, …) that refuses startup options such as statement_timeout or options: with pooler=transaction (or pooler=session) they are applied with SET LOCAL (or SET) instead",
         ),
-    )
-    .with_hint(
-        "the server is a pooler (PgBouncer, pgcat, …) that refuses startup options such as statement_timeout or options: set pooler=transaction (or pooler=session) in the URL so they are applied with SET LOCAL (or SET) instead, or list the parameter in the pooler's ignore_startup_parameters",
-    );
+        _ => Error::new(
+            ErrorKind::Connect,
+            format!("the connection pooler refused a startup parameter even with pooler={pooler} ({m})"),
+        )
+        .with_hint(
+            "add the parameter to the pooler's ignore_startup_parameters (PgBouncer), or report which one the driver sent",
+        ),
+    };
     match node {
         Some(n) => err.with_node(n),
         None => err,
     }
 }
 
-/// `SET …` for `params`'s settings, to run once after connecting in
+/// What applies `params`'s settings for the session, to run once after connecting in
 /// [`PoolerMode::Session`]; `None` otherwise.
 pub fn session_settings(params: &ConnectParams) -> Option<String> {
     (params.pooler == PoolerMode::Session && !params.settings.is_empty())

@@ -36,18 +36,20 @@ impl DriverErrors for Plain {
 fn the_pooler_mode_decides_wrapping_settings_and_reset() {
     let direct = Session::new(&params(PoolerMode::None, &[]), token());
     assert!(!direct.needs_wrap(false) && direct.local_settings().is_none());
-    assert_eq!(direct.reset_sql(), RESET_RECIPE);
+    assert_eq!(&*direct.reset_sql(), RESET_RECIPE);
     let mut tx = Session::new(
         &params(PoolerMode::Transaction, &[("statement_timeout", "5000")]),
         token(),
     );
     assert_eq!(tx.node(), "db:6432");
     assert!(tx.needs_wrap(true), "settings need a transaction");
-    assert_eq!(
-        tx.wrap_begin(),
-        "BEGIN; SET LOCAL statement_timeout = '5000'"
+    assert!(
+        tx.wrap_begin()
+            .starts_with("BEGIN; SELECT pg_catalog.set_config"),
+        "{}",
+        tx.wrap_begin()
     );
-    assert_eq!(tx.reset_sql(), "ROLLBACK");
+    assert_eq!(&*tx.reset_sql(), "ROLLBACK");
     tx.untracked();
     assert!(!tx.needs_reset(), "session state is refused, not reset");
     let e = tx.before("SET work_mem = '1MB'").unwrap_err();
@@ -63,7 +65,16 @@ fn the_pooler_mode_decides_wrapping_settings_and_reset() {
     assert!(!session.needs_wrap(false));
     assert_eq!(
         super::session_settings(&params(PoolerMode::Session, &[("work_mem", "4MB")])).as_deref(),
-        Some("SET work_mem = '4MB'")
+        Some("SELECT pg_catalog.set_config('work_mem', '4MB', false)")
+    );
+    let kept = Session::new(
+        &params(PoolerMode::Session, &[("work_mem", "4MB")]),
+        token(),
+    );
+    assert!(
+        kept.reset_sql().starts_with(RESET_RECIPE) && kept.reset_sql().ends_with("false)"),
+        "{}",
+        kept.reset_sql()
     );
     assert_eq!(
         super::session_settings(&params(PoolerMode::Transaction, &[("a", "b")])),
@@ -150,16 +161,29 @@ async fn observers_run_through_hooks_only_when_there_are_some() {
 
 #[test]
 fn pooler_startup_refusals_name_the_setting() {
-    let e = super::pooler_startup_refusal(
+    let refused = || {
         Error::new(
             ErrorKind::Database,
             "unsupported startup parameter: options",
         )
-        .with_node("db:6432"),
-    );
+        .with_node("db:6432")
+    };
+    let e = super::pooler_startup_refusal(refused(), PoolerMode::None);
     assert_eq!(e.kind(), ErrorKind::Connect);
     assert!(e.to_string().contains("pooler=transaction"), "{e}");
     assert_eq!(e.node(), Some("db:6432"));
-    let other = super::pooler_startup_refusal(Error::new(ErrorKind::Auth, "bad password"));
+    let already = super::pooler_startup_refusal(refused(), PoolerMode::Transaction);
+    assert!(
+        already.to_string().contains("even with pooler=transaction")
+            && already
+                .hint()
+                .unwrap()
+                .contains("ignore_startup_parameters"),
+        "{already}"
+    );
+    let other = super::pooler_startup_refusal(
+        Error::new(ErrorKind::Auth, "bad password"),
+        PoolerMode::None,
+    );
     assert_eq!(other.kind(), ErrorKind::Auth);
 }

@@ -276,7 +276,16 @@ impl Migrator {
     ) -> Result<T> {
         conn.simple_query(&format!("SELECT pg_advisory_lock({})", self.lock_key()))
             .await
-            .map_err(|e| e.context("cannot take the migration lock"))?;
+            .map_err(|e| {
+                let hint = (e.kind() == pgprovider_core::ErrorKind::Unsupported).then_some(
+                    "migrations hold a session advisory lock: run them on a direct connection to the primary (pooler=none) or through the pooler in session mode",
+                );
+                let e = e.context("cannot take the migration lock");
+                match hint {
+                    Some(h) => e.with_hint(h),
+                    None => e,
+                }
+            })?;
         let r = async {
             let mut ddl = String::new();
             if let Some(s) = &self.schema {
