@@ -446,7 +446,7 @@ where
         .await
         .expect("a TLS cluster");
     let config = Config::from_url(&format!(
-        "{}?sslmode=require&pool_acquire_timeout=5s",
+        "{}?sslmode=require&pool_acquire_timeout=5s&query_timeout=300ms",
         cluster.primary().url()
     ))
     .unwrap();
@@ -468,6 +468,15 @@ where
             .query("SELECT * FROM no_such_conformance_table", &[])
             .await);
         assert_eq!(e.sql_state().unwrap().code(), "42P01", "{e}");
+        // A query timeout's cancel reaches the server over TLS too.
+        let started = std::time::Instant::now();
+        let e = err(pool.query("SELECT pg_sleep(5)", &[]).await);
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     } else {
         let e = err(r);
         assert!(

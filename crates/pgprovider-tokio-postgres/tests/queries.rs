@@ -1547,3 +1547,57 @@ async fn a_primary_read_only_by_default_refuses_writes_at_once_without_retries()
         .await
         .unwrap();
 }
+
+/// Behind a transaction pooler, COPY (prepared in one exchange, run in another) is refused
+/// outside a transaction and runs inside one; a row stream outside one cannot carry the
+/// settings; the multiplexed mode and listeners refuse the pooler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_streams_listeners_and_mux_behind_a_transaction_pooler() {
+    use pgprovider_testkit::{PoolMode, shared_pgbouncer_url};
+    let base = shared_pgbouncer_url(PoolMode::Transaction).await.unwrap();
+    let config =
+        Config::from_url(&format!("{base}?pooler=transaction&statement_timeout=5s")).unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
+    let mut c = pool.get().await.unwrap();
+    c.execute("DROP TABLE IF EXISTS q_pooler_copy", &[])
+        .await
+        .unwrap();
+    c.execute("CREATE TABLE q_pooler_copy (id int4)", &[])
+        .await
+        .unwrap();
+    let copy = "COPY q_pooler_copy (id) FROM STDIN (FORMAT binary)";
+    let e = c
+        .copy_in(copy, &[Type::INT4], (0..3).map(|i: i32| (i,)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.hint().unwrap().contains("inside a transaction"), "{e:?}");
+    c.execute("BEGIN", &[]).await.unwrap();
+    let n = c
+        .copy_in(copy, &[Type::INT4], (0..3).map(|i: i32| (i,)))
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    let mut out = Vec::new();
+    c.copy_out_raw("COPY q_pooler_copy TO STDOUT", &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, b"0\n1\n2\n");
+    c.execute("COMMIT", &[]).await.unwrap();
+    let e = c
+        .query_stream("SELECT * FROM q_pooler_copy", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    c.execute("DROP TABLE q_pooler_copy", &[]).await.unwrap();
+    drop(c);
+    let params = config.connect_params(&config.nodes()[0]).await.unwrap();
+    let e = pgprovider_tokio_postgres::Multiplexed::connect(params.clone(), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    let e = pgprovider_tokio_postgres::Listener::connect(vec![params])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("LISTEN"), "{e}");
+}
