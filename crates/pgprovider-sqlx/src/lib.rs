@@ -20,7 +20,7 @@
 //! | --- | --- |
 //! | statements | sqlx's persistent prepared statements (`statement_cache_capacity`), or unnamed ones when it is 0; a statement made stale by a schema change is re-prepared and run once more outside a transaction |
 //! | cancel and query timeouts | sqlx has no cancel request: the driver remembers the backend's pid and asks the server with `pg_cancel_backend` on a short-lived side connection; the timed-out statement's reply is then awaited, so the connection stays usable |
-//! | bookkeeping | the driver kit's [`Session`](pgprovider_core::kit::Session): timeouts, flags, session state tracked from the SQL text, hooks, reset with [`RESET_RECIPE`](pgprovider_core::kit::sql::RESET_RECIPE) on return |
+//! | bookkeeping | the driver kit's [`Session`]: timeouts, flags, session state tracked from the SQL text, hooks, reset with [`RESET_RECIPE`](pgprovider_core::kit::sql::RESET_RECIPE) on return |
 //! | behind a transaction pooler (`pooler=transaction`) | sqlx prepares and executes in two exchanges, which the pooler may hand to two server sessions: a statement outside a transaction runs in one of its own (`BEGIN` with the settings' `SET LOCAL`s, the statement, `COMMIT`); transaction control goes in one simple-protocol exchange; the backend pid is read again as each transaction begins, so a cancel reaches the statement's own backend |
 //! | TLS | rustls (ring, webpki roots plus `sslrootcert`) for every `sslmode` |
 //! | hooks | query, execute, simple queries and transaction control through [`ConnectParams::hooks`] |
