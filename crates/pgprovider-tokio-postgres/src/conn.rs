@@ -65,6 +65,9 @@ pub struct PgConnection {
     pub(crate) cache: StatementCache,
     /// When the open transaction began (tracked only for hooks).
     pub(crate) tx_started: Option<std::time::Instant>,
+    /// Behind a transaction pooler: a result had a column of a type tokio-postgres does not
+    /// know, so it looked the type up with named statements it keeps for good.
+    pub(crate) looked_up_types: bool,
     driver_task: tokio::task::JoinHandle<()>,
 }
 
@@ -139,6 +142,7 @@ impl PgConnection {
                 params.statements.clone(),
             ),
             tx_started: None,
+            looked_up_types: false,
             driver_task,
         }
     }
@@ -173,6 +177,40 @@ impl PgConnection {
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
         self.s.run(&PgErrors, f(&self.client)).await
+    }
+
+    /// Behind a transaction pooler, before a statement that ends a transaction: when
+    /// tokio-postgres looked types up (with named statements it keeps for the client's
+    /// life, for columns of types it does not know), those statements are deallocated on
+    /// the server session that has them, and the connection is closed on return (its
+    /// client would use them again).
+    pub(crate) async fn before_transaction_end(&mut self, sql: &str) -> Result<()> {
+        if self.s.pooler() != pgprovider_core::PoolerMode::Transaction
+            || pgprovider_core::kit::sql::transaction_effect(sql) != Some(false)
+        {
+            return Ok(());
+        }
+        self.client.clear_type_cache();
+        if self.looked_up_types && self.s.in_transaction() {
+            self.run(async |c| c.batch_execute("DEALLOCATE ALL").await)
+                .await?;
+            self.s.set_broken(true);
+        }
+        Ok(())
+    }
+
+    /// Notes a result whose columns have types tokio-postgres had to look up (see
+    /// [`before_transaction_end`](Self::before_transaction_end)).
+    pub(crate) fn note_types(&mut self, rows: &[tokio_postgres::Row]) {
+        if self.s.pooler() == pgprovider_core::PoolerMode::Transaction
+            && rows.first().is_some_and(|r| {
+                r.columns()
+                    .iter()
+                    .any(|c| tokio_postgres::types::Type::from_oid(c.type_().oid()).is_none())
+            })
+        {
+            self.looked_up_types = true;
+        }
     }
 
     /// After a statement that may have opened a transaction (`was_in_tx` before it): behind
@@ -276,6 +314,7 @@ impl PgConnection {
         // its statements say. A failure part-way may leave a transaction open (aborted):
         // the transaction state says so, and needs_reset covers both.
         self.s.refuse(sql)?;
+        self.before_transaction_end(sql).await?;
         let after = self.s.dirty() || may_change_session(sql);
         let was_in_tx = self.s.in_transaction();
         self.s.untracked();

@@ -386,9 +386,7 @@ impl PgConnection {
     ) -> Result<Out> {
         self.s.refuse(sql)?;
         let effect = pgprovider_core::kit::sql::transaction_effect(sql);
-        if effect == Some(false) {
-            self.client.clear_type_cache();
-        }
+        self.before_transaction_end(sql).await?;
         let alone = effect.is_some() || pgprovider_core::kit::pooler::outside_transaction_only(sql);
         if let Some(local) = self
             .s
@@ -488,6 +486,11 @@ impl PgConnection {
             (None, false) => format!("{}; COMMIT", scope.check),
             _ => "COMMIT".to_owned(),
         };
+        // Behind a transaction pooler, types looked up in an earlier transaction are
+        // forgotten: their statements are on a server session this one may not get.
+        if self.s.pooler() == pgprovider_core::PoolerMode::Transaction {
+            self.client.clear_type_cache();
+        }
         let checked_ok = || Ok(Out::Count(0));
         let mut retried = false;
         loop {
@@ -613,6 +616,9 @@ impl PgConnection {
             let r = self
                 .run(async |c| call(c, op, sql, None, params, &typed).await)
                 .await;
+            if let Ok(Out::Rows(rows)) = &r {
+                self.note_types(rows);
+            }
             return self.track(traits, r);
         }
         let mut retried = false;

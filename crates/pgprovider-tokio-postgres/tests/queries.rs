@@ -1601,3 +1601,63 @@ async fn copy_streams_listeners_and_mux_behind_a_transaction_pooler() {
         .unwrap_err();
     assert!(e.to_string().contains("LISTEN"), "{e}");
 }
+
+/// Behind a transaction pooler, a column of a type tokio-postgres does not know (an enum)
+/// is looked up inside the transaction that reads it, and the lookup's named statements
+/// are gone from every server session once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_types_inside_transactions_behind_a_transaction_pooler() {
+    use pgprovider_testkit::{PoolMode, shared_pgbouncer_url};
+    let base = shared_pgbouncer_url(PoolMode::Transaction).await.unwrap();
+    let config = Config::from_url(&format!("{base}?pooler=transaction&pool_max_size=2")).unwrap();
+    let pool = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
+    pool.execute(
+        "DO $$ BEGIN CREATE TYPE q_pooler_mood AS ENUM ('ok', 'sad'); \
+         EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+        &[],
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let n = pool
+            .transaction(&TxOptions::default(), |tx| async move {
+                let rows = tx
+                    .query("SELECT 'sad'::q_pooler_mood AS m, 1 AS n", &[])
+                    .await?;
+                Ok::<_, pgprovider::Error>(rows.len())
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    // No server session keeps a statement: six open transactions hold all six of
+    // PgBouncer's sessions, and each is looked at.
+    let six = Config::from_url(&format!("{base}?pooler=transaction&pool_max_size=6")).unwrap();
+    let held = Pool::new(TokioPostgres::new(), &six, &six.nodes()[0]);
+    let mut conns = Vec::new();
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let mut c = held.get().await.unwrap();
+        c.execute("BEGIN", &[]).await.unwrap();
+        let row = c
+            .query_one(
+                "SELECT count(*), string_agg(name || ': ' || left(statement, 60), ' | '), \
+                 pg_backend_pid() FROM pg_prepared_statements \
+                 WHERE statement NOT LIKE '%pg_prepared%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (left, names, pid): (i64, Option<String>, i32) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            left, 0,
+            "lookup statements were left on a server session: {names:?}"
+        );
+        pids.insert(pid);
+        conns.push(c);
+    }
+    assert_eq!(pids.len(), 6, "every server session was looked at");
+    for mut c in conns {
+        c.execute("ROLLBACK", &[]).await.unwrap();
+    }
+}
