@@ -195,11 +195,16 @@ impl DieselConnection {
     /// transaction pooler, applies the settings to a transaction it opened.
     async fn batch(&mut self, sql: &str) -> Result<()> {
         let was_in_tx = self.s.in_transaction();
-        let r = self.s.run(&self.errors, self.conn.batch_execute(sql)).await;
+        // Behind a transaction pooler, the settings right after BEGIN, before the caller's.
+        let with_settings = self.s.begin_with_settings(sql);
+        let text = with_settings.as_deref().unwrap_or(sql);
+        let r = self
+            .s
+            .run(&self.errors, self.conn.batch_execute(text))
+            .await;
         self.s.track(sql, r.is_ok());
         r?;
-        // The wrapping BEGIN carries the settings already.
-        if self.s.opened_transaction(was_in_tx) && sql != self.s.wrap_begin() {
+        if with_settings.is_none() && self.s.opened_transaction(was_in_tx) {
             let local = self.s.local_settings().unwrap_or_default().to_owned();
             self.s
                 .run(&self.errors, self.conn.batch_execute(&local))
@@ -230,8 +235,7 @@ impl DieselConnection {
         // in one transaction.
         let wrap = self.s.needs_wrap(false) && !control;
         if wrap {
-            let begin = self.s.wrap_begin().to_owned();
-            Box::pin(self.batch(&begin)).await?;
+            Box::pin(self.batch("BEGIN")).await?;
         }
         let mut q: BoxedSqlQuery<'_, Pg, SqlQuery> = diesel::sql_query(sql).into_boxed();
         for p in params {
@@ -298,8 +302,7 @@ impl DieselConnection {
         );
         let wrap = self.s.needs_wrap(false);
         if wrap {
-            let begin = self.s.wrap_begin().to_owned();
-            Box::pin(self.batch(&begin)).await?;
+            Box::pin(self.batch("BEGIN")).await?;
         }
         let q = diesel::sql_query(wrapped).into_boxed::<Pg>();
         let fut = self.conn.load(q);

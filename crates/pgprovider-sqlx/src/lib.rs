@@ -31,8 +31,8 @@
 #![deny(missing_docs)]
 
 use futures_util::TryStreamExt;
-use pgprovider_core::kit::pooler::outside_transaction_only;
 use pgprovider_core::kit::pooler::startup_settings;
+use pgprovider_core::kit::pooler::{SETTING_COLUMN, outside_transaction_only};
 use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
 use pgprovider_core::kit::{DriverErrors, Session, pooler_startup_refusal, session_settings};
 use pgprovider_core::observe::OperationKind;
@@ -236,12 +236,12 @@ impl SqlxConnection {
     }
 
     /// Behind a transaction pooler, once a transaction began (`begin` opens it, or `""`
-    /// when it is already open): applies the settings and learns which server backend
-    /// serves it, for the cancel token.
-    async fn serve_transaction(&mut self, begin: &str) -> Result<()> {
+    /// when it is already open, then with the settings unless `settings_applied`): learns
+    /// which server backend serves it, for the cancel token.
+    async fn serve_transaction(&mut self, begin: &str, settings_applied: bool) -> Result<()> {
         let sql = match (begin, self.s.local_settings()) {
-            ("", None) => String::new(),
-            ("", Some(l)) => l.to_owned(),
+            ("", Some(l)) if !settings_applied => l.to_owned(),
+            ("", _) => String::new(),
             (b, _) => b.to_owned(),
         };
         let r = backend_pid(&mut self.conn, &sql);
@@ -287,7 +287,7 @@ impl SqlxConnection {
             self.transaction_over();
             let n = r?.rows_affected();
             if !was_in_tx && self.s.in_transaction() {
-                self.serve_transaction("").await?;
+                self.serve_transaction("", false).await?;
             }
             return Ok(if rows {
                 Out::Rows(Vec::new())
@@ -300,7 +300,7 @@ impl SqlxConnection {
         let wrap = self.s.needs_wrap(false) && !control;
         if wrap {
             let begin = self.s.wrap_begin().to_owned();
-            let begun = self.serve_transaction(&begin).await;
+            let begun = self.serve_transaction(&begin, true).await;
             // Failed part-way, the transaction may be open (aborted): reset on return.
             self.s.track(&begin, begun.is_ok());
             begun?;
@@ -373,7 +373,10 @@ impl SqlxConnection {
         }
         let after = self.s.dirty() || may_change_session(sql);
         let was_in_tx = self.s.in_transaction();
-        let fut = sqlx::raw_sql(sql)
+        // Behind a transaction pooler, the settings right after BEGIN, before the caller's.
+        let with_settings = self.s.begin_with_settings(sql);
+        let text = with_settings.as_deref().unwrap_or(sql);
+        let fut = sqlx::raw_sql(text)
             .fetch(&mut self.conn)
             .try_collect::<Vec<PgRow>>();
         let r = self.s.run(&SqlxErrors, fut).await;
@@ -382,11 +385,18 @@ impl SqlxConnection {
         self.transaction_over();
         let rows = r?;
         if self.s.pooler() == PoolerMode::Transaction && !was_in_tx && self.s.in_transaction() {
-            self.serve_transaction("").await?;
+            self.serve_transaction("", with_settings.is_some()).await?;
         }
         let mut out = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
         for row in rows {
+            let is_settings = row
+                .columns()
+                .iter()
+                .all(|c| sqlx::Column::name(c) == SETTING_COLUMN);
+            if with_settings.is_some() && is_settings && !row.columns().is_empty() {
+                continue;
+            }
             let names: Arc<[String]> = match &columns {
                 Some(c)
                     if c.len() == row.len()
@@ -437,7 +447,11 @@ fn cancel_token(opts: PgConnectOptions, pid: Arc<AtomicI32>) -> CancelToken {
 /// backend is known to run anything of this connection's).
 async fn cancel(opts: &PgConnectOptions, pid: i32) -> Result<()> {
     if pid == 0 {
-        return Ok(());
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "no backend to cancel: behind a transaction pooler, a statement is cancelled only inside a transaction",
+        )
+        .with_hint("run long statements inside a transaction, or set statement_timeout in the URL"));
     }
     let attempt = async {
         let mut side = sqlx::PgConnection::connect_with(opts).await?;
@@ -478,6 +492,8 @@ impl Connection for SqlxConnection {
     /// counts the `ReadyForQuery` messages it still owes); `ROLLBACK` queued behind them
     /// also ends a transaction the abandoned statement may have begun.
     async fn recover(&mut self) -> Result<()> {
+        // Behind a transaction pooler, sqlx's named statements go before the transaction.
+        self.close_named().await?;
         let fut = sqlx::Executor::execute(&mut self.conn, sqlx::raw_sql("ROLLBACK"));
         match fut.await {
             Ok(_) => {
@@ -498,6 +514,7 @@ impl Connection for SqlxConnection {
     }
 
     async fn reset(&mut self) -> Result<()> {
+        self.close_named().await?;
         let timeout = self.s.take_timeout();
         // Through the `Executor` trait (a boxed future): `RawSql::execute`'s generic future
         // trips the compiler's `Send` check of this trait method (rust-lang/rust#96865).

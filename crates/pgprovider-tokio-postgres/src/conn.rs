@@ -179,24 +179,22 @@ impl PgConnection {
         self.s.run(&PgErrors, f(&self.client)).await
     }
 
-    /// Behind a transaction pooler, before a statement that ends a transaction: when
+    /// Behind a transaction pooler, the text that ends a transaction (`sql` ends one): when
     /// tokio-postgres looked types up (with named statements it keeps for the client's
-    /// life, for columns of types it does not know), those statements are deallocated on
-    /// the server session that has them, and the connection is closed on return (its
-    /// client would use them again).
-    pub(crate) async fn before_transaction_end(&mut self, sql: &str) -> Result<()> {
+    /// life, for columns of types it does not know), `sql` followed by `DEALLOCATE ALL` in
+    /// the same message, so they go from the server session that has them whatever state
+    /// the transaction is in; the connection is then closed on return (its client would use
+    /// them again). `None` when `sql` is to be sent as it is.
+    pub(crate) fn ending(&mut self, sql: &str) -> Option<String> {
+        let ends = pgprovider_core::kit::sql::transaction_effect(sql) == Some(false);
         if self.s.pooler() != pgprovider_core::PoolerMode::Transaction
-            || pgprovider_core::kit::sql::transaction_effect(sql) != Some(false)
+            || !self.looked_up_types
+            || !ends
         {
-            return Ok(());
+            return None;
         }
-        self.client.clear_type_cache();
-        if self.looked_up_types && self.s.in_transaction() {
-            self.run(async |c| c.batch_execute("DEALLOCATE ALL").await)
-                .await?;
-            self.s.set_broken(true);
-        }
-        Ok(())
+        self.s.set_broken(true);
+        Some(format!("{sql}; DEALLOCATE ALL"))
     }
 
     /// Notes a result whose columns have types tokio-postgres had to look up (see
@@ -244,7 +242,10 @@ impl Connection for PgConnection {
         // and drops; ROLLBACK (a warning only when no transaction is open) also ends one
         // the abandoned statement may have begun. Not through `run`: no query timeout
         // (the pool bounds this) and no hooks (the application did not ask for it).
-        match self.client.batch_execute("ROLLBACK").await {
+        let rollback = self
+            .ending("ROLLBACK")
+            .unwrap_or_else(|| "ROLLBACK".to_owned());
+        match self.client.batch_execute(&rollback).await {
             Ok(()) => {
                 self.s.recovered();
                 self.tx_started = None;
@@ -265,6 +266,7 @@ impl Connection for PgConnection {
     async fn reset(&mut self) -> Result<()> {
         let timeout = self.s.take_timeout();
         let recipe = self.s.reset_sql();
+        let recipe = self.ending(&recipe).unwrap_or_else(|| recipe.to_string());
         let r = self.run(async |c| c.batch_execute(&recipe).await).await;
         self.s.reset_done(timeout, r.is_ok());
         r
@@ -314,15 +316,21 @@ impl PgConnection {
         // its statements say. A failure part-way may leave a transaction open (aborted):
         // the transaction state says so, and needs_reset covers both.
         self.s.refuse(sql)?;
-        self.before_transaction_end(sql).await?;
         let after = self.s.dirty() || may_change_session(sql);
         let was_in_tx = self.s.in_transaction();
+        // Behind a transaction pooler: the settings right after BEGIN (before the caller's
+        // own), and lookup statements deallocated as a transaction ends.
+        let with_settings = self.s.begin_with_settings(sql);
+        let text = with_settings.clone().or_else(|| self.ending(sql));
+        let text = text.as_deref().unwrap_or(sql);
         self.s.untracked();
-        let result = self.run(async |c| c.simple_query(sql).await).await;
+        let result = self.run(async |c| c.simple_query(text).await).await;
         self.s.track(sql, result.is_ok());
         self.s.set_dirty(after);
         let msgs = result?;
-        self.serve_transaction(was_in_tx).await?;
+        if with_settings.is_none() {
+            self.serve_transaction(was_in_tx).await?;
+        }
         let mut rows = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
         for m in msgs {
@@ -330,6 +338,12 @@ impl PgConnection {
                 SimpleQueryMessage::RowDescription(cols) => {
                     columns = Some(cols.iter().map(|c| c.name().to_owned()).collect());
                 }
+                SimpleQueryMessage::Row(row)
+                    if with_settings.is_some()
+                        && row
+                            .columns()
+                            .iter()
+                            .all(|c| c.name() == pgprovider_core::kit::pooler::SETTING_COLUMN) => {}
                 SimpleQueryMessage::Row(row) => {
                     let cols = columns
                         .get_or_insert_with(|| {

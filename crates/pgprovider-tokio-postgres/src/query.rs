@@ -386,7 +386,16 @@ impl PgConnection {
     ) -> Result<Out> {
         self.s.refuse(sql)?;
         let effect = pgprovider_core::kit::sql::transaction_effect(sql);
-        self.before_transaction_end(sql).await?;
+        if let Some(ending) = self.ending(sql) {
+            // In one message with the DEALLOCATE, through the simple protocol.
+            let r = self.run(async |c| c.batch_execute(&ending).await).await;
+            self.s.track(sql, r.is_ok());
+            r?;
+            return Ok(match op {
+                Op::Execute => Out::Count(0),
+                _ => Out::Rows(Vec::new()),
+            });
+        }
         let alone = effect.is_some() || pgprovider_core::kit::pooler::outside_transaction_only(sql);
         if let Some(local) = self
             .s
@@ -486,11 +495,6 @@ impl PgConnection {
             (None, false) => format!("{}; COMMIT", scope.check),
             _ => "COMMIT".to_owned(),
         };
-        // Behind a transaction pooler, types looked up in an earlier transaction are
-        // forgotten: their statements are on a server session this one may not get.
-        if self.s.pooler() == pgprovider_core::PoolerMode::Transaction {
-            self.client.clear_type_cache();
-        }
         let checked_ok = || Ok(Out::Count(0));
         let mut retried = false;
         loop {

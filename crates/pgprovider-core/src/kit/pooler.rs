@@ -178,18 +178,33 @@ pub fn session_effect(sql: &str) -> Option<&'static str> {
             }
             "load" => Some("LOAD of a library into the session"),
             "create"
-                if (temp(w(1))
-                    || (matches!(w(1), "global" | "local") && temp(w(2)))
-                    || has("pg_temp"))
-                    && !has_seq(&words, &["on", "commit", "drop"]) =>
+                if {
+                    // `CREATE [OR REPLACE] [GLOBAL | LOCAL] TEMP …`, or an object named in pg_temp.
+                    let rest = if w(1) == "or" && w(2) == "replace" {
+                        &words[3..]
+                    } else {
+                        &words[1..]
+                    };
+                    let r = |i: usize| rest.get(i).copied().unwrap_or("");
+                    let temporary =
+                        temp(r(0)) || (matches!(r(0), "global" | "local") && temp(r(1)));
+                    let in_pg_temp = words.windows(2).any(|p| {
+                        matches!(p[0], "table" | "view" | "sequence" | "exists")
+                            && p[1] == "pg_temp"
+                    });
+                    (temporary || in_pg_temp) && !has_seq(&words, &["on", "commit", "drop"])
+                } =>
             {
                 Some(
                     "a temporary object that outlives its transaction (CREATE TEMP TABLE … ON COMMIT DROP inside a transaction)",
                 )
             }
             "select" | "with"
-                if words.windows(2).any(|p| {
-                    p[0] == "into" && (temp(p[1]) || p[1] == "pg_temp" || p[1] == "unlogged")
+                if words.windows(3).any(|p| {
+                    p[0] == "into"
+                        && (temp(p[1])
+                            || p[1] == "pg_temp"
+                            || (matches!(p[1], "global" | "local") && temp(p[2])))
                 }) =>
             {
                 Some(
@@ -220,7 +235,7 @@ pub fn session_effect(sql: &str) -> Option<&'static str> {
             let args = balanced_args(call);
             if args.rsplit(',').next().map(str::trim) != Some("true") {
                 return Some(
-                    "set_config(…, false), a session-level setting (pass true for a local one)",
+                    "set_config(…) without true as its third argument, a session-level setting (pass true for a local one)",
                 );
             }
             rest = call;
@@ -259,10 +274,17 @@ pub fn outside_transaction_only(sql: &str) -> bool {
     let w = |i: usize| words.get(i).copied().unwrap_or("");
     match w(0) {
         "vacuum" => true,
-        "create" | "drop" | "alter" if matches!(w(1), "database" | "tablespace") => true,
+        "create" | "drop" | "alter"
+            if matches!(w(1), "database" | "tablespace" | "subscription") =>
+        {
+            true
+        }
         "alter" if w(1) == "system" => true,
-        "create" | "drop" | "reindex" if words.contains(&"concurrently") => true,
-        "reindex" if matches!(w(1), "database" | "system") => true,
+        "create" | "drop" | "alter" | "reindex" if words.contains(&"concurrently") => true,
+        "reindex" if matches!(w(1), "database" | "system" | "schema") => true,
+        // CLUSTER without a table re-clusters every table, one transaction each.
+        "cluster" => words.iter().skip(1).all(|w| *w == "verbose"),
+        "discard" => w(1) == "all",
         _ => false,
     }
 }
@@ -324,33 +346,52 @@ pub fn startup_settings(options: &str) -> std::result::Result<Vec<(String, Strin
     Ok(out)
 }
 
+/// The column name of the row [`settings_sql`] returns: drivers drop such rows from the
+/// results of a caller's simple query they added the settings to.
+pub const SETTING_COLUMN: &str = "pgprovider setting";
+
+/// Whether a simple query's row is the one [`settings_sql`] returns.
+pub fn is_settings_row(columns: &[String]) -> bool {
+    !columns.is_empty() && columns.iter().all(|c| c == SETTING_COLUMN)
+}
+
 /// The statement that applies `settings` (empty for none) with `set_config`, which parses a
 /// value as a startup option does (`search_path=a,b` is two schemas; `SET search_path =
-/// 'a,b'` would be one). `local`: for the current transaction only, and only to settings
-/// the transaction has not changed already (a tenant's own `statement_timeout`, set just
-/// before, stays); otherwise for the session.
+/// 'a,b'` would be one); `local`: for the current transaction only. Values are quoted as
+/// escape strings, right whatever `standard_conforming_strings` says.
 pub fn settings_sql(settings: &[(String, String)], local: bool) -> String {
     if settings.is_empty() {
         return String::new();
     }
-    let quote = |v: &str| format!("'{}'", v.replace('\'', "''"));
-    if !local {
-        let calls: Vec<String> = settings
-            .iter()
-            .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", quote(k), quote(v)))
-            .collect();
-        return format!("SELECT {}", calls.join(", "));
-    }
-    let values: Vec<String> = settings
+    let quote = |v: &str| format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    let calls: Vec<String> = settings
         .iter()
-        .map(|(k, v)| format!("({}, {})", quote(k), quote(v)))
+        .map(|(k, v)| {
+            format!(
+                "pg_catalog.set_config({}, {}, {local}) AS \"{SETTING_COLUMN}\"",
+                quote(k),
+                quote(v)
+            )
+        })
         .collect();
-    format!(
-        "SELECT pg_catalog.set_config(v.name, v.value, true) FROM (VALUES {}) AS v(name, value) \
-         LEFT JOIN pg_catalog.pg_settings s ON s.name = v.name \
-         WHERE s.name IS NULL OR s.setting IS NOT DISTINCT FROM s.reset_val",
-        values.join(", ")
-    )
+    format!("SELECT {}", calls.join(", "))
+}
+
+/// `sql` with `settings` (what [`settings_sql`] made) placed right after its first
+/// statement, when that statement opens a transaction (`BEGIN …; <a tenant's SET LOCALs>`):
+/// the statements after it, set by the caller, then win over the settings.
+pub fn after_begin(sql: &str, settings: &str) -> Option<String> {
+    let code = code_only(sql);
+    let first = code.split(';').next().unwrap_or("");
+    if !matches!(words(first).first(), Some(&"begin" | &"start")) {
+        return None;
+    }
+    let end = first.len();
+    Some(if end >= sql.len() {
+        format!("{sql}; {settings}")
+    } else {
+        format!("{}; {settings};{}", &sql[..end], &sql[end + 1..])
+    })
 }
 
 #[cfg(test)]
@@ -434,6 +475,8 @@ mod tests {
             "CREATE TEMP TABLE t (x int) ON COMMIT\nDROP",
             "SELECT 1 AS \"a;SET x = 1\"",
             "SELECT set_config('a', (SELECT 'b'), true)",
+            "SELECT 1 AS x INTO UNLOGGED t",
+            "CREATE FUNCTION f() RETURNS int SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS 'SELECT 1' LANGUAGE sql",
         ] {
             assert_eq!(session_effect(sql), None, "{sql}");
         }
@@ -457,17 +500,30 @@ mod tests {
             ("a.b".to_owned(), "it's".to_owned()),
             ("work_mem".to_owned(), "4MB".to_owned()),
         ];
-        let local = settings_sql(&settings, true);
-        assert!(
-            local.contains("VALUES ('a.b', 'it''s'), ('work_mem', '4MB')")
-                && local.contains("set_config(v.name, v.value, true)")
-                && local.contains("s.setting IS NOT DISTINCT FROM s.reset_val"),
-            "{local}"
+        assert_eq!(
+            settings_sql(&settings, true),
+            "SELECT pg_catalog.set_config(E'a.b', E'it\\'s', true) AS \"pgprovider setting\", pg_catalog.set_config(E'work_mem', E'4MB', true) AS \"pgprovider setting\""
         );
         assert_eq!(
-            settings_sql(&settings[1..], false),
-            "SELECT pg_catalog.set_config('work_mem', '4MB', false)"
+            settings_sql(&[("a".into(), "x\\".into())], false),
+            "SELECT pg_catalog.set_config(E'a', E'x\\\\', false) AS \"pgprovider setting\""
         );
+        let local = "SELECT 1";
+        assert_eq!(
+            after_begin(
+                "BEGIN ISOLATION LEVEL SERIALIZABLE; SET LOCAL ROLE t",
+                local
+            )
+            .unwrap(),
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT 1; SET LOCAL ROLE t"
+        );
+        assert_eq!(after_begin("BEGIN", local).unwrap(), "BEGIN; SELECT 1");
+        assert_eq!(after_begin("SELECT 1; BEGIN", local), None);
+        assert!(is_settings_row(&[
+            SETTING_COLUMN.to_owned(),
+            SETTING_COLUMN.to_owned()
+        ]));
+        assert!(!is_settings_row(&["x".to_owned()]) && !is_settings_row(&[]));
         assert_eq!(settings_sql(&[], true), "");
     }
 
@@ -483,6 +539,11 @@ mod tests {
             "DROP DATABASE other",
             "ALTER SYSTEM SET work_mem = '8MB'",
             "CREATE TABLESPACE ts LOCATION '/x'",
+            "ALTER TABLE p DETACH PARTITION c CONCURRENTLY",
+            "REINDEX SCHEMA app",
+            "CLUSTER",
+            "DISCARD ALL",
+            "CREATE SUBSCRIPTION s CONNECTION 'x' PUBLICATION p",
         ] {
             assert!(outside_transaction_only(sql), "{sql}");
         }

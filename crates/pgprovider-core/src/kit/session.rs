@@ -179,6 +179,17 @@ impl Session {
         (!self.local.is_empty()).then_some(&*self.local)
     }
 
+    /// `sql` (a simple query that opens a transaction, perhaps followed by a caller's own
+    /// `SET LOCAL`s) with the settings right after its `BEGIN`, so the caller's win; `None`
+    /// when there is nothing to add (then [`opened_transaction`](Self::opened_transaction)
+    /// tells whether to apply them after it ran).
+    pub fn begin_with_settings(&self, sql: &str) -> Option<String> {
+        if self.state.in_tx {
+            return None;
+        }
+        super::pooler::after_begin(sql, self.local_settings()?)
+    }
+
     /// Whether a statement that just ran opened a transaction that needs the settings
     /// ([`local_settings`](Self::local_settings)) applied now.
     pub fn opened_transaction(&self, was_in_tx: bool) -> bool {

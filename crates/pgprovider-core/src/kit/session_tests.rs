@@ -54,6 +54,10 @@ fn the_pooler_mode_decides_wrapping_settings_and_reset() {
     assert!(!tx.needs_reset(), "session state is refused, not reset");
     let e = tx.before("SET work_mem = '1MB'").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert_eq!(
+        tx.begin_with_settings("BEGIN; SET LOCAL ROLE t").unwrap(),
+        format!("BEGIN; {}; SET LOCAL ROLE t", tx.local_settings().unwrap())
+    );
     tx.before("BEGIN").unwrap();
     tx.track("BEGIN", true);
     assert!(tx.opened_transaction(false) && tx.needs_reset() && !tx.needs_wrap(false));
@@ -65,14 +69,14 @@ fn the_pooler_mode_decides_wrapping_settings_and_reset() {
     assert!(!session.needs_wrap(false));
     assert_eq!(
         super::session_settings(&params(PoolerMode::Session, &[("work_mem", "4MB")])).as_deref(),
-        Some("SELECT pg_catalog.set_config('work_mem', '4MB', false)")
+        Some("SELECT pg_catalog.set_config(E'work_mem', E'4MB', false) AS \"pgprovider setting\"")
     );
     let kept = Session::new(
         &params(PoolerMode::Session, &[("work_mem", "4MB")]),
         token(),
     );
     assert!(
-        kept.reset_sql().starts_with(RESET_RECIPE) && kept.reset_sql().ends_with("false)"),
+        kept.reset_sql().starts_with(RESET_RECIPE) && kept.reset_sql().contains("E'4MB', false)"),
         "{}",
         kept.reset_sql()
     );
