@@ -192,48 +192,35 @@ impl Driver for TokioPostgres {
                 match self.plain(&cfg, params, &node).await {
                     Err(e) if refuses_plaintext(&e) => {
                         cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                        Box::pin(open(
-                            &cfg,
-                            tls.clone(),
-                            Cancel::Tls(tls),
-                            params,
-                            &node,
-                            self,
-                        ))
-                        .await
+                        self.tls(&cfg, tls, params, &node).await
                     }
                     other => other,
                 }
             }
             SslMode::Prefer => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Prefer);
-                Box::pin(open(
-                    &cfg,
-                    tls.clone(),
-                    Cancel::Tls(tls),
-                    params,
-                    &node,
-                    self,
-                ))
-                .await
+                self.tls(&cfg, tls, params, &node).await
             }
             _ => {
                 cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
-                Box::pin(open(
-                    &cfg,
-                    tls.clone(),
-                    Cancel::Tls(tls),
-                    params,
-                    &node,
-                    self,
-                ))
-                .await
+                self.tls(&cfg, tls, params, &node).await
             }
         }
     }
 }
 
 impl TokioPostgres {
+    /// Opens a connection with TLS as `cfg`'s `sslmode` says.
+    async fn tls(
+        &self,
+        cfg: &tokio_postgres::Config,
+        tls: tokio_postgres_rustls::MakeRustlsConnect,
+        params: &ConnectParams,
+        node: &str,
+    ) -> Result<PgConnection> {
+        Box::pin(open(cfg, tls.clone(), Cancel::Tls(tls), params, node, self)).await
+    }
+
     /// Opens a plaintext connection.
     async fn plain(
         &self,
