@@ -772,7 +772,10 @@ impl<D: Driver> Inner<D> {
                 let mut params = self.config.connect_params(&node).await?;
                 params.statements = self.statements.clone();
                 params.hooks = self.observe.clone();
-                self.driver.connect(&params).await
+                // Boxed: a driver's connect future (TLS, handshakes, a library's own setup)
+                // is large, and would otherwise sit inside every checkout's future (and, in
+                // debug builds, in the stack frames that move it).
+                Box::pin(self.driver.connect(&params)).await
             }
         };
         let attempt = async {
