@@ -24,7 +24,8 @@
 //! back read-write on the old timeline: two nodes then claim to be primary. The monitor reads
 //! each primary's timeline (the timeline of its current WAL file) and trusts only the one on
 //! the newest timeline; the other is *fenced*: no writes and no reads go to it. It raises an
-//! alarm once per episode: an `error` log, [`HealthMonitor::split_brains`] counts it, and
+//! alarm once per episode (the same primaries seen disagreeing again within 30 s are the same
+//! episode): an `error` log, [`HealthMonitor::split_brains`] counts it, and
 //! [`HealthMonitor::split_brain`] describes it (health reports show it as degraded). When two
 //! primaries share a timeline nothing tells them apart: neither is trusted.
 //!
@@ -253,6 +254,9 @@ struct Shared {
     wakes: Vec<Arc<Notify>>,
     changed: watch::Sender<u64>,
     split_brains: AtomicU64,
+    /// The primaries of the last split brain seen, and when: the same split seen again soon
+    /// after (a probe of one of them failed in between) is the same episode.
+    last_split: Mutex<Option<(Vec<String>, std::time::Instant)>>,
 }
 
 impl Drop for Shared {
@@ -288,6 +292,7 @@ impl HealthMonitor {
             wakes: nodes.iter().map(|_| Arc::new(Notify::new())).collect(),
             changed: watch::channel(0).0,
             split_brains: AtomicU64::new(0),
+            last_split: Mutex::new(None),
             nodes,
         });
         for i in 0..shared.nodes.len() {

@@ -13,6 +13,10 @@ use tokio::time::Instant;
 /// The shortest time between two probes of a node, however often rechecks are asked for.
 const MIN_PROBE_GAP: Duration = Duration::from_millis(10);
 
+/// How long after a split brain was last seen the same primaries disagreeing again count
+/// as the same episode (one alarm).
+const SPLIT_EPISODE: Duration = Duration::from_secs(30);
+
 /// One node's probing task: keeps a connection, probes every interval or when woken, and
 /// publishes what it found. Ends when the monitor is dropped.
 pub(super) async fn probe_loop<D: Driver>(
@@ -96,7 +100,15 @@ pub(super) async fn probe_loop<D: Driver>(
             }
             let (primary, split) = decide(&mut view.statuses);
             if let Some(split) = &split {
-                if view.split_brain.is_none() {
+                let names: Vec<String> = split.primaries.iter().map(|(n, _)| n.clone()).collect();
+                let mut last = shared.last_split.lock().unwrap_or_else(|e| e.into_inner());
+                // Seen again within the flap window (one probe of a primary failed in
+                // between): the same episode, not a new alarm.
+                let same_episode =
+                    matches!(&*last, Some((n, at)) if *n == names && at.elapsed() < SPLIT_EPISODE);
+                *last = Some((names, std::time::Instant::now()));
+                drop(last);
+                if view.split_brain.is_none() && !same_episode {
                     shared.split_brains.fetch_add(1, Relaxed);
                     tracing::error!(
                         primaries = ?split.primaries,
