@@ -49,7 +49,6 @@ use diesel_async::{
     AsyncConnection, AsyncConnectionCore, AsyncPgConnection, SimpleAsyncConnection,
 };
 use futures_util::TryStreamExt;
-use pgprovider_core::kit::pooler::outside_transaction_only;
 use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
 use pgprovider_core::kit::{DriverErrors, Session};
 use pgprovider_core::observe::OperationKind;
@@ -220,9 +219,7 @@ impl DieselConnection {
         rows: bool,
     ) -> Result<Out> {
         self.s.before(sql)?;
-        let control = transaction_effect(sql).is_some();
-        let alone = params.is_empty() && (control || outside_transaction_only(sql));
-        if self.s.pooler() == PoolerMode::Transaction && alone {
+        if params.is_empty() && self.s.alone(sql) {
             // Transaction control (and what may not run in a transaction) in one exchange.
             Box::pin(self.batch(sql)).await?;
             return Ok(if rows {
@@ -233,7 +230,7 @@ impl DieselConnection {
         }
         // diesel prepares and executes in two exchanges: behind a transaction pooler, both
         // in one transaction.
-        let wrap = self.s.needs_wrap(false) && !control;
+        let wrap = self.s.needs_wrap(false) && transaction_effect(sql).is_none();
         if wrap {
             Box::pin(self.batch("BEGIN")).await?;
         }

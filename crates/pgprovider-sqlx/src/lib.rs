@@ -31,8 +31,8 @@
 #![deny(missing_docs)]
 
 use futures_util::TryStreamExt;
+use pgprovider_core::kit::pooler::is_settings_row;
 use pgprovider_core::kit::pooler::startup_settings;
-use pgprovider_core::kit::pooler::{SETTING_COLUMN, outside_transaction_only};
 use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
 use pgprovider_core::kit::{DriverErrors, Session, pooler_startup_refusal, session_settings};
 use pgprovider_core::observe::OperationKind;
@@ -271,13 +271,10 @@ impl SqlxConnection {
 
     async fn statement(&mut self, sql: &str, params: &[&dyn SqlxParam], rows: bool) -> Result<Out> {
         self.s.before(sql)?;
-        let effect = transaction_effect(sql);
-        let control = effect.is_some();
-        let alone = params.is_empty() && (control || outside_transaction_only(sql));
-        if self.s.pooler() == PoolerMode::Transaction && alone {
+        if params.is_empty() && self.s.alone(sql) {
             // Transaction control (and what may not run in a transaction) in one exchange:
             // a prepared BEGIN could be parsed on one server session and run on another.
-            if effect == Some(false) {
+            if transaction_effect(sql) == Some(false) {
                 self.close_named().await?;
             }
             let was_in_tx = self.s.in_transaction();
@@ -297,7 +294,7 @@ impl SqlxConnection {
         }
         // sqlx prepares and executes in two exchanges: behind a transaction pooler, both
         // in one transaction.
-        let wrap = self.s.needs_wrap(false) && !control;
+        let wrap = self.s.needs_wrap(false) && transaction_effect(sql).is_none();
         if wrap {
             let begin = self.s.wrap_begin().to_owned();
             let begun = self.serve_transaction(&begin, true).await;
@@ -368,7 +365,7 @@ impl SqlxConnection {
 
     async fn simple(&mut self, sql: &str) -> Result<Vec<SimpleRow>> {
         self.s.before(sql)?;
-        if transaction_effect(sql) == Some(false) {
+        if self.s.pooler() == PoolerMode::Transaction && transaction_effect(sql) == Some(false) {
             self.close_named().await?;
         }
         let after = self.s.dirty() || may_change_session(sql);
@@ -390,11 +387,9 @@ impl SqlxConnection {
         let mut out = Vec::new();
         let mut columns: Option<Arc<[String]>> = None;
         for row in rows {
-            let is_settings = row
-                .columns()
-                .iter()
-                .all(|c| sqlx::Column::name(c) == SETTING_COLUMN);
-            if with_settings.is_some() && is_settings && !row.columns().is_empty() {
+            if with_settings.is_some()
+                && is_settings_row(row.columns().iter().map(sqlx::Column::name))
+            {
                 continue;
             }
             let names: Arc<[String]> = match &columns {

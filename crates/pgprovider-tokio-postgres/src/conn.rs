@@ -186,10 +186,9 @@ impl PgConnection {
     /// the transaction is in; the connection is then closed on return (its client would use
     /// them again). `None` when `sql` is to be sent as it is.
     pub(crate) fn ending(&mut self, sql: &str) -> Option<String> {
-        let ends = pgprovider_core::kit::sql::transaction_effect(sql) == Some(false);
-        if self.s.pooler() != pgprovider_core::PoolerMode::Transaction
-            || !self.looked_up_types
-            || !ends
+        // Cheapest test first: this runs before every simple query.
+        if !self.looked_up_types
+            || pgprovider_core::kit::sql::transaction_effect(sql) != Some(false)
         {
             return None;
         }
@@ -340,10 +339,9 @@ impl PgConnection {
                 }
                 SimpleQueryMessage::Row(row)
                     if with_settings.is_some()
-                        && row
-                            .columns()
-                            .iter()
-                            .all(|c| c.name() == pgprovider_core::kit::pooler::SETTING_COLUMN) => {}
+                        && pgprovider_core::kit::pooler::is_settings_row(
+                            row.columns().iter().map(|c| c.name()),
+                        ) => {}
                 SimpleQueryMessage::Row(row) => {
                     let cols = columns
                         .get_or_insert_with(|| {

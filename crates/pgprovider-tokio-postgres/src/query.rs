@@ -385,7 +385,6 @@ impl PgConnection {
         op: Op,
     ) -> Result<Out> {
         self.s.refuse(sql)?;
-        let effect = pgprovider_core::kit::sql::transaction_effect(sql);
         if let Some(ending) = self.ending(sql) {
             // In one message with the DEALLOCATE, through the simple protocol.
             let r = self.run(async |c| c.batch_execute(&ending).await).await;
@@ -396,7 +395,7 @@ impl PgConnection {
                 _ => Out::Rows(Vec::new()),
             });
         }
-        let alone = effect.is_some() || pgprovider_core::kit::pooler::outside_transaction_only(sql);
+        let alone = self.s.alone(sql);
         if let Some(local) = self
             .s
             .local_settings()

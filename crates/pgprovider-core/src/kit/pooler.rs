@@ -350,9 +350,17 @@ pub fn startup_settings(options: &str) -> std::result::Result<Vec<(String, Strin
 /// results of a caller's simple query they added the settings to.
 pub const SETTING_COLUMN: &str = "pgprovider setting";
 
-/// Whether a simple query's row is the one [`settings_sql`] returns.
-pub fn is_settings_row(columns: &[String]) -> bool {
-    !columns.is_empty() && columns.iter().all(|c| c == SETTING_COLUMN)
+/// Whether a simple query's row, with these column names, is the one [`settings_sql`]
+/// returns.
+pub fn is_settings_row<'a>(columns: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut any = false;
+    for c in columns {
+        if c != SETTING_COLUMN {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// The statement that applies `settings` (empty for none) with `set_config`, which parses a
@@ -519,11 +527,8 @@ mod tests {
         );
         assert_eq!(after_begin("BEGIN", local).unwrap(), "BEGIN; SELECT 1");
         assert_eq!(after_begin("SELECT 1; BEGIN", local), None);
-        assert!(is_settings_row(&[
-            SETTING_COLUMN.to_owned(),
-            SETTING_COLUMN.to_owned()
-        ]));
-        assert!(!is_settings_row(&["x".to_owned()]) && !is_settings_row(&[]));
+        assert!(is_settings_row([SETTING_COLUMN, SETTING_COLUMN]));
+        assert!(!is_settings_row(["x"]) && !is_settings_row([]));
         assert_eq!(settings_sql(&[], true), "");
     }
 

@@ -168,6 +168,16 @@ impl Session {
             && (!one_exchange || !self.local.is_empty())
     }
 
+    /// Behind a transaction pooler, whether `sql` is sent on its own in one exchange, never
+    /// wrapped: transaction control, and what PostgreSQL refuses in a transaction block
+    /// ([`outside_transaction_only`](super::pooler::outside_transaction_only)). Always
+    /// `false` in other modes (and then costs nothing).
+    pub fn alone(&self, sql: &str) -> bool {
+        self.pooler == PoolerMode::Transaction
+            && (super::sql::transaction_effect(sql).is_some()
+                || super::pooler::outside_transaction_only(sql))
+    }
+
     /// `BEGIN` and the `SET LOCAL`s of the settings: what opens a wrapping transaction.
     pub fn wrap_begin(&self) -> &str {
         &self.wrap

@@ -61,7 +61,10 @@ fn the_pooler_mode_decides_wrapping_settings_and_reset() {
     tx.before("BEGIN").unwrap();
     tx.track("BEGIN", true);
     assert!(tx.opened_transaction(false) && tx.needs_reset() && !tx.needs_wrap(false));
+    assert!(!direct.alone("BEGIN") && !direct.alone("VACUUM"));
     let bare = Session::new(&params(PoolerMode::Transaction, &[]), token());
+    assert!(bare.alone("BEGIN") && bare.alone("COMMIT") && bare.alone("VACUUM t"));
+    assert!(!bare.alone("SELECT 1"));
     assert!(!bare.needs_wrap(true) && bare.needs_wrap(false));
     assert_eq!(bare.wrap_begin(), "BEGIN");
     let session = Session::new(&params(PoolerMode::Session, &[]), token());
