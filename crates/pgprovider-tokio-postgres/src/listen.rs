@@ -403,12 +403,10 @@ async fn run(
                 note = notes.recv() => {
                     let Some(note) = note else { break };
                     let Some(shared) = shared.upgrade() else { return };
+                    shared.notifications.fetch_add(1, Relaxed);
                     if let Some(tx) = lock(&shared.channels).get(&note.channel) {
                         let _ = tx.send(Event::Notification(note));
                     }
-                    // Counted once handed to the subscriptions, so that a reader who sees
-                    // the count finds the notification in its buffer.
-                    shared.notifications.fetch_add(1, Relaxed);
                 }
                 command = commands.recv() => match command {
                     // Listener and subscriptions gone: dropping the session closes it.

@@ -190,12 +190,16 @@ async fn a_stalled_subscriber_does_not_delay_another() {
         .await
         .unwrap();
     let mut slow = strict.subscribe("busy2").await.unwrap();
+    let _marker = strict.subscribe("busy2-marker").await.unwrap();
     for i in 0..10 {
         conn.notify("busy2", &i.to_string()).await.unwrap();
     }
-    // Wait until the listener has received all ten (and so overflowed the buffer).
+    // Wait until the listener has handed all ten over (and so overflowed the buffer): a
+    // notification is counted just before it is handed over, so wait for one sent after
+    // them (on a channel of its own), which is counted only once the tenth was handed over.
+    conn.notify("busy2-marker", "after").await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while strict.stats().notifications < 10 {
+    while strict.stats().notifications < 11 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "notifications did not arrive"
