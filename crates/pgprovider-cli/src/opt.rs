@@ -177,6 +177,10 @@ pub struct BenchArgs {
     /// Contenders to run, comma-separated (default: all compiled in).
     #[arg(long, value_delimiter = ',')]
     pub contenders: Vec<String>,
+    /// `pool_pipeline` of the `pgprovider_pipelined` contender: pipelined reads per
+    /// connection.
+    #[arg(long, default_value_t = pgprovider::config::DEFAULT_PIPELINE_DEPTH)]
+    pub pipeline_depth: usize,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,

@@ -27,6 +27,7 @@ pub mod kit;
 mod notify;
 pub mod observe;
 mod params;
+pub mod pipeline;
 mod query;
 mod secret;
 mod sqlstate;
@@ -39,6 +40,7 @@ pub use notify::{MAX_CHANNEL, MAX_PAYLOAD, Notification, check_channel, check_no
 pub use params::{
     ConnectParams, DEFAULT_STATEMENT_CACHE_CAPACITY, Host, PoolerMode, SslMode, TlsParams,
 };
+pub use pipeline::{NoPipeline, Pipeline};
 pub use query::{Column, FromRow, Queries, Scope, row_count_error, scope_changed_error};
 pub use secret::Secret;
 pub use sqlstate::SqlState;

@@ -20,6 +20,16 @@ pub trait Queries: Connection {
     type Row: Send + 'static;
     /// A parameter value that borrows for `'a`, such as `dyn ToSql + Sync + 'a`.
     type Param<'a>: ?Sized + Sync + 'a;
+    /// What runs plain reads on this connection while another task holds it (adaptive
+    /// pipelining, see [`pipeline`](crate::pipeline)); [`NoPipeline`](crate::NoPipeline)
+    /// for a driver that cannot.
+    type Pipeline: crate::pipeline::Pipeline<Self>;
+
+    /// This connection's pipeline, or `None` (the default) when statements cannot be
+    /// pipelined on it (the driver cannot, or a transaction pooler is in front).
+    fn pipeline(&self) -> Option<Self::Pipeline> {
+        None
+    }
 
     /// Runs `sql` and collects every row.
     ///

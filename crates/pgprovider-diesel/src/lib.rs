@@ -520,6 +520,7 @@ where
 impl Queries for DieselConnection {
     type Row = DieselRow;
     type Param<'a> = dyn DieselParam + 'a;
+    type Pipeline = pgprovider_core::NoPipeline;
 
     async fn query<'p>(
         &mut self,

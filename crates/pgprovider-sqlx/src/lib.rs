@@ -627,6 +627,7 @@ fn decode_error(e: sqlx::Error) -> Error {
 impl Queries for SqlxConnection {
     type Row = SqlxRow;
     type Param<'a> = dyn SqlxParam + 'a;
+    type Pipeline = pgprovider_core::NoPipeline;
 
     async fn query<'p>(
         &mut self,

@@ -58,7 +58,10 @@ impl DriverErrors for PgErrors {
 /// [`RESET_RECIPE`](pgprovider_core::kit::sql::RESET_RECIPE) when it is returned to the pool; so does [`client`](Self::client). The
 /// bookkeeping is the driver kit's ([`Session`]).
 pub struct PgConnection {
-    pub(crate) client: Client,
+    /// Shared with the connection's [`PgPipeline`](crate::PgPipeline), if one was asked for.
+    pub(crate) client: Arc<Client>,
+    /// Made the first time the pool asks ([`Queries::pipeline`](pgprovider_core::Queries::pipeline)).
+    pub(crate) pipe: std::sync::OnceLock<crate::PgPipeline>,
     /// The kit's bookkeeping: node, cancel token, hooks, timeout, flags, session state,
     /// pooler mode.
     pub(crate) s: Session,
@@ -130,7 +133,8 @@ impl PgConnection {
             }
         });
         PgConnection {
-            client,
+            client: Arc::new(client),
+            pipe: std::sync::OnceLock::new(),
             s: Session::new(params, cancel),
             // Behind a transaction pooler only unnamed statements: a named one would stay on
             // a server session that the pooler hands to others.
@@ -161,7 +165,13 @@ impl PgConnection {
     /// Gives up the pooled wrapper and keeps the bare client (for multiplexed mode, where
     /// many tasks share it).
     pub(crate) fn into_client(self) -> Client {
-        self.client
+        // Only the connection's pipeline shares the client, and only a pooled connection
+        // has one: the callers here never made one.
+        let PgConnection { client, pipe, .. } = self;
+        drop(pipe);
+        Arc::try_unwrap(client).unwrap_or_else(|_| {
+            unreachable!("a connection given up for its client has no pipeline")
+        })
     }
 
     /// `host:port` of the node.

@@ -52,6 +52,7 @@ mod copy;
 mod error;
 mod listen;
 mod mux;
+mod pipe;
 #[cfg(feature = "provider")]
 mod provider;
 mod query;
@@ -67,6 +68,7 @@ pub use listen::{Event, Listener, ListenerBuilder, ListenerStats, SlowSubscriber
 pub use mux::{Multiplexed, MuxStats};
 pub use pgprovider_core::Notification;
 pub use pgprovider_core::kit::sql::RESET_RECIPE;
+pub use pipe::PgPipeline;
 #[cfg(feature = "provider")]
 pub use provider::ProviderExt;
 pub use query::{BatchResult, Param, PgRow, PgRowStream};

@@ -70,7 +70,7 @@ struct Shared {
 }
 
 struct Session {
-    client: Client,
+    client: Arc<Client>,
     statements: Mutex<HashMap<String, Statement>>,
 }
 
@@ -307,7 +307,7 @@ impl Drop for InFlight<'_> {
 async fn open(params: &ConnectParams) -> Result<Arc<Session>> {
     let conn = crate::TokioPostgres::new().connect(params).await?;
     Ok(Arc::new(Session {
-        client: conn.into_client(),
+        client: Arc::new(conn.into_client()),
         statements: Mutex::new(HashMap::new()),
     }))
 }

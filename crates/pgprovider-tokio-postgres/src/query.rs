@@ -81,6 +81,19 @@ fn decode_error(e: tokio_postgres::Error) -> Error {
 impl Queries for PgConnection {
     type Row = PgRow;
     type Param<'a> = Param<'a>;
+    type Pipeline = crate::PgPipeline;
+
+    /// `None` behind a transaction pooler: its statements must not outlive a transaction.
+    fn pipeline(&self) -> Option<crate::PgPipeline> {
+        if self.s.pooler() == pgprovider_core::PoolerMode::Transaction {
+            return None;
+        }
+        Some(
+            self.pipe
+                .get_or_init(|| crate::PgPipeline::new(self.client.clone(), self.s.node().into()))
+                .clone(),
+        )
+    }
 
     async fn query<'p>(&mut self, sql: &str, params: &[&'p Param<'p>]) -> Result<Vec<PgRow>> {
         match self

@@ -1661,3 +1661,196 @@ async fn unknown_types_inside_transactions_behind_a_transaction_pooler() {
         c.execute("ROLLBACK", &[]).await.unwrap();
     }
 }
+
+/// Adaptive pipelining (`pool_pipeline`): with more readers than connections, reads go onto
+/// busy connections; each gets its own reply, and none ever runs inside another holder's
+/// transaction or after another holder's `SET`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_pipelining_shares_only_clean_sessions_and_keeps_replies_apart() {
+    use std::sync::atomic::AtomicBool;
+    let pool = pool("&pool_max_size=3&pool_pipeline=8").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Holders that leave state on their session while they hold it: a transaction with a
+    // SET LOCAL, and a session SET (reset on return).
+    let mut dirty = Vec::new();
+    for kind in ["tx", "session"] {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        dirty.push(tokio::spawn(async move {
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut c = pool.get().await.unwrap();
+                let (set, end) = match kind {
+                    "tx" => ("BEGIN; SET LOCAL app.mark = 'tx'", "COMMIT"),
+                    _ => ("SET app.mark = 'session'", "SELECT 1"),
+                };
+                c.simple_query(set).await.unwrap();
+                c.query("SELECT pg_sleep(0.002)", &[]).await.unwrap();
+                c.simple_query(end).await.unwrap();
+                rounds += 1;
+            }
+            rounds
+        }));
+    }
+    let mut readers = Vec::new();
+    for t in 0..64_i32 {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut i = 0_i32;
+            while !stop.load(Ordering::Relaxed) {
+                let n = t * 1_000_000 + i;
+                let rows = pool
+                    .query(
+                        "SELECT $1::int AS n, current_setting('app.mark', true) AS mark",
+                        &[&n],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(rows.len(), 1);
+                assert_eq!(
+                    rows[0].get::<_, i32>("n"),
+                    n,
+                    "a reply went to another read"
+                );
+                let mark: Option<String> = rows[0].get("mark");
+                assert!(
+                    mark.as_deref().unwrap_or("").is_empty(),
+                    "a read saw another holder's state: {mark:?}"
+                );
+                i += 1;
+            }
+            i
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    for d in dirty {
+        assert!(
+            d.await.unwrap() > 0,
+            "a dirty holder never got a connection"
+        );
+    }
+    let s = pool.stats();
+    assert!(s.pipelined > 0, "nothing was pipelined: {s:?}");
+    assert!(s.size <= 3, "{s:?}");
+    assert!(reads > 1000, "only {reads} reads");
+    // The pool is whole afterwards: every connection idle and clean.
+    let mut c = pool.get().await.unwrap();
+    let mark: Option<String> = c
+        .query_one("SELECT current_setting('app.mark', true)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(mark.unwrap_or_default().is_empty());
+    drop(c);
+    pool.close().await;
+}
+
+/// Pipelining is a setting: off by default, refused with a reason where it cannot work, and
+/// a statement that is not a plain read, or that runs long, is never pipelined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_pipelining_is_off_by_default_and_skips_writes_and_slow_reads() {
+    // Off by default: the same load pipelines nothing.
+    let plain = pool("&pool_max_size=2").await;
+    assert_eq!(plain.config().pool().pipeline(), None);
+    saturate(&plain, "SELECT 1", 32, 300).await;
+    assert_eq!(plain.stats().pipelined, 0);
+    plain.close().await;
+
+    let err = pgprovider::Config::from_url("postgres://h/db?pooler=transaction&pool_pipeline=8")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pool_pipeline"), "{err}");
+    let err = pgprovider::Config::from_url("postgres://h/db?pool_pipeline=0")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pool_pipeline=off"), "{err}");
+    assert_eq!(
+        pgprovider::Config::from_url("postgres://h/db?pool_pipeline=on")
+            .unwrap()
+            .pool()
+            .pipeline(),
+        Some(pgprovider::config::DEFAULT_PIPELINE_DEPTH)
+    );
+
+    // Writes through `query` (not plain reads) take a connection of their own.
+    let pool = pool("&pool_max_size=2&pool_pipeline=8").await;
+    table(&pool, "pipeline_writes", "n int").await;
+    saturate(
+        &pool,
+        "INSERT INTO pipeline_writes VALUES (1) RETURNING n",
+        32,
+        300,
+    )
+    .await;
+    assert_eq!(pool.stats().pipelined, 0, "a write was pipelined");
+    // A read that runs long is learnt (per connection) and then no longer pipelined nor
+    // shared: after a few rounds, nothing more is pipelined for it.
+    saturate(&pool, "SELECT pg_sleep(0.01)", 16, 400).await;
+    let before = pool.stats().pipelined;
+    saturate(&pool, "SELECT pg_sleep(0.01)", 16, 400).await;
+    let after = pool.stats().pipelined;
+    assert!(
+        after - before <= 4,
+        "slow reads kept being pipelined: {before} then {after}"
+    );
+    pool.close().await;
+}
+
+/// Runs `sql` from `tasks` tasks for `ms` milliseconds.
+async fn saturate(pool: &Pool<TokioPostgres>, sql: &'static str, tasks: usize, ms: u64) {
+    let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..tasks {
+        let pool = pool.clone();
+        set.spawn(async move {
+            while tokio::time::Instant::now() < until {
+                pool.query(sql, &[]).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// The provider's read route pipelines too: reads through `provider.read()` and the
+/// provider's own `query` find the node's pool saturated and go onto busy connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_reads_are_pipelined_when_its_pool_is_saturated() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    let c = config("&pool_max_size=2&pool_pipeline=8").await;
+    let provider = Provider::new(TokioPostgres::new(), &c, TopologyOptions::default());
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(500);
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..32_i32 {
+        let p = provider.clone();
+        set.spawn(async move {
+            let mut i = 0;
+            while tokio::time::Instant::now() < until {
+                let n = t * 1_000_000 + i;
+                let rows = if i % 2 == 0 {
+                    p.read().query("SELECT $1::int", &[&n]).await.unwrap()
+                } else {
+                    p.query("SELECT $1::int", &[&n]).await.unwrap()
+                };
+                assert_eq!(rows[0].get::<_, i32>(0), n);
+                i += 1;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let stats = provider.stats();
+    assert!(stats[0].1.pipelined > 0, "{stats:?}");
+    provider.close().await;
+}

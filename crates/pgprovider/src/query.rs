@@ -13,7 +13,7 @@
 //! ```
 
 use crate::pool::Pool;
-use pgprovider_core::{Driver, FromRow, Queries, Result};
+use pgprovider_core::{Driver, FromRow, Queries, Result, row_count_error};
 
 type Param<'p, D> = <<D as Driver>::Connection as Queries>::Param<'p>;
 type Row<D> = <<D as Driver>::Connection as Queries>::Row;
@@ -26,8 +26,15 @@ where
     ///
     /// # Errors
     /// Checkout errors (see [`get`](Pool::get)) or the statement's (see [`Queries::query`]).
+    ///
+    /// With [adaptive pipelining](crate::pool#adaptive-pipelining) on (`pool_pipeline`), a
+    /// plain read that finds every connection busy runs pipelined on one of them instead
+    /// of waiting for a checkout.
     pub async fn query<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<Vec<Row<D>>> {
-        self.get().await?.query(sql, params).await
+        if !self.pipelines() {
+            return self.get().await?.query(sql, params).await;
+        }
+        self.query_adaptive(sql, params).await
     }
 
     /// Runs a statement that returns exactly one row.
@@ -35,7 +42,11 @@ where
     /// # Errors
     /// As [`query`](Pool::query), or [`ErrorKind::RowCount`](crate::ErrorKind::RowCount).
     pub async fn query_one<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<Row<D>> {
-        self.get().await?.query_one(sql, params).await
+        let mut rows = self.query(sql, params).await?;
+        match rows.len() {
+            1 => Ok(rows.pop().expect("one row")),
+            n => Err(row_count_error(n, "exactly one")),
+        }
     }
 
     /// Runs a statement that returns at most one row.
@@ -47,7 +58,11 @@ where
         sql: &str,
         params: &[&'p Param<'p, D>],
     ) -> Result<Option<Row<D>>> {
-        self.get().await?.query_opt(sql, params).await
+        let mut rows = self.query(sql, params).await?;
+        match rows.len() {
+            0 | 1 => Ok(rows.pop()),
+            n => Err(row_count_error(n, "at most one")),
+        }
     }
 
     /// Runs a statement and reads every row as a `T` (a tuple, or a struct deriving
@@ -68,7 +83,11 @@ where
     /// # Errors
     /// As [`query`](Pool::query).
     pub async fn execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
-        self.get().await?.execute(sql, params).await
+        let mut conn = self.get().await?;
+        // Reads may be pipelined behind an autocommit write that leaves nothing on the
+        // session.
+        let _sharing = crate::Pooled::share(&mut conn, sql);
+        conn.execute(sql, params).await
     }
 }
 

@@ -234,6 +234,7 @@ impl ValueQueries for AnyConnection {
 impl Queries for AnyConnection {
     type Row = ValueRow;
     type Param<'a> = Value;
+    type Pipeline = pgprovider_core::NoPipeline;
 
     async fn query(&mut self, sql: &str, params: &[&Value]) -> Result<Vec<ValueRow>> {
         let owned: Vec<Value> = params.iter().map(|v| (*v).clone()).collect();

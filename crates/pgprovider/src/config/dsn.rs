@@ -35,6 +35,7 @@ pub(super) const KEYS: &[&str] = &[
     "pool_validation",
     "pool_leak_detection_threshold",
     "pool_max_waiters",
+    "pool_pipeline",
     "statement_cache_capacity",
     "query_timeout",
     "statement_timeout",
@@ -289,6 +290,24 @@ impl ConfigBuilder {
                 self.max_waiters = match value {
                     "off" => Some(None),
                     _ => self.count(key, value).map(Some).or(self.max_waiters),
+                }
+            }
+            "pool_pipeline" => {
+                self.pipeline = match value {
+                    "off" => Some(None),
+                    "on" => Some(Some(super::DEFAULT_PIPELINE_DEPTH)),
+                    _ => match value.parse::<usize>() {
+                        Ok(n) => Some(Some(n)),
+                        Err(_) => {
+                            self.problem(
+                                key,
+                                Some(value),
+                                "not a depth",
+                                "write on, off, or the statements to pipeline per connection, such as 32",
+                            );
+                            self.pipeline
+                        }
+                    },
                 }
             }
             "statement_cache_capacity" => {

@@ -32,6 +32,7 @@
 //! | `pool_validation` | `always`, `never`, or a duration: ping at checkout when idle longer than it | `30s` |
 //! | `pool_leak_detection_threshold` | report a connection held longer than this (`off` to disable) | `off` |
 //! | `pool_max_waiters` | callers that may wait for a connection at once; more fail at once with `Overloaded` (`off` for no bound) | `10000` |
+//! | `pool_pipeline` | adaptive pipelining: when every connection is busy, up to this many plain reads per connection are pipelined onto connections running harmless statements (`off`, `on` for a depth of 32, or a depth from 1 to 256; see [the pool](crate::pool#adaptive-pipelining)) | `off` |
 //! | `statement_cache_capacity` | prepared statements kept per connection; `0` for unnamed statements only (PgBouncer transaction mode) | `256` |
 //! | `query_timeout` | cancel a statement on the server after this long (a `COMMIT` never is) | `off` |
 //! | `statement_timeout` | the server's `statement_timeout`, sent at startup (behind a pooler: `SET LOCAL` in every transaction, or `SET` per session) | server's |
@@ -46,8 +47,8 @@ mod password;
 mod problem;
 
 pub use builder::{
-    ConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_MAX_WAITERS, DEFAULT_PORT,
-    DEFAULT_USER, MAX_POOL_SIZE,
+    ConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HOST, DEFAULT_MAX_WAITERS,
+    DEFAULT_PIPELINE_DEPTH, DEFAULT_PORT, DEFAULT_USER, MAX_PIPELINE_DEPTH, MAX_POOL_SIZE,
 };
 pub use problem::{ConfigError, Problem};
 
@@ -149,6 +150,7 @@ pub struct PoolConfig {
     pub(crate) validation: ValidationPolicy,
     pub(crate) leak_detection_threshold: Option<Duration>,
     pub(crate) max_waiters: Option<usize>,
+    pub(crate) pipeline: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -162,6 +164,7 @@ impl Default for PoolConfig {
             validation: ValidationPolicy::default(),
             leak_detection_threshold: None,
             max_waiters: Some(DEFAULT_MAX_WAITERS),
+            pipeline: None,
         }
     }
 }
@@ -198,6 +201,10 @@ impl PoolConfig {
     /// Most callers waiting for a connection at once; `None` for no bound.
     pub fn max_waiters(&self) -> Option<usize> {
         self.max_waiters
+    }
+    /// Adaptive pipelining's depth per connection; `None` when it is off.
+    pub fn pipeline(&self) -> Option<usize> {
+        self.pipeline
     }
 }
 

@@ -67,6 +67,7 @@ fn builder_sets_everything() {
         .with_validation(ValidationPolicy::Always)
         .with_leak_detection_threshold(Some(Duration::from_secs(5)))
         .with_max_waiters(Some(50))
+        .with_pipeline(Some(12))
         .with_passfile(&f)
         .build()
         .unwrap();
@@ -87,6 +88,7 @@ fn builder_sets_everything() {
     assert_eq!(p.validation(), ValidationPolicy::Always);
     assert_eq!(p.leak_detection_threshold(), Some(Duration::from_secs(5)));
     assert_eq!(p.max_waiters(), Some(50));
+    assert_eq!(p.pipeline(), Some(12));
     assert_eq!(c.passfile(), Some(f.as_path()));
     assert_eq!(
         c.redacted_url(),
@@ -244,6 +246,10 @@ fn every_url_parameter() {
         (
             "pool_max_waiters=7".into(),
             Box::new(|c| c.pool().max_waiters() == Some(7)),
+        ),
+        (
+            "pool_pipeline=16".into(),
+            Box::new(|c| c.pool().pipeline() == Some(16)),
         ),
         (
             "statement_cache_capacity=0".into(),
@@ -408,6 +414,21 @@ fn every_validation_message() {
             "postgres://h/db?pool_max_waiters=lots",
             "pool_max_waiters",
             "not a whole number",
+        ),
+        (
+            "postgres://h/db?pool_pipeline=deep",
+            "pool_pipeline",
+            "not a depth",
+        ),
+        (
+            "postgres://h/db?pool_pipeline=100000",
+            "pool_pipeline",
+            "deeper than 256",
+        ),
+        (
+            "postgres://h/db?pool_pipeline=4&pooler=transaction",
+            "pool_pipeline",
+            "transaction-mode pooler",
         ),
         (
             "postgres://h/db?pool_validation=sometimes",

@@ -15,11 +15,11 @@ use tokio::time::Instant;
 /// or shrinking). Helpers are associated functions ([`Pooled::detach`],
 /// [`Pooled::discard`]) so they never shadow the connection's own methods.
 pub struct Pooled<D: Driver> {
-    slot: Option<Box<Slot<D::Connection>>>,
+    pub(super) slot: Option<Box<Slot<D::Connection>>>,
     /// Whether this guard still owes the semaphore its permit.
     permit: bool,
     lease: Option<u64>,
-    pool: Arc<Inner<D>>,
+    pub(super) pool: Arc<Inner<D>>,
 }
 
 /// How long a reset on return may take before the connection is closed instead.
@@ -151,7 +151,7 @@ impl<D: Driver> Drop for Pooled<D> {
         }
         // The permit goes back after the connection is idle, so the next waiter finds it.
         if self.permit {
-            self.pool.semaphore.add_permits(1);
+            self.pool.release(1);
         }
         self.pool.signal_if_closing();
     }
@@ -216,7 +216,7 @@ async fn settle_and_return<D: Driver>(
     } else {
         pool.return_idle(slot, Instant::now());
     }
-    pool.semaphore.add_permits(1);
+    pool.release(1);
     pool.resetting.fetch_sub(1, Relaxed);
     pool.settled.notify_waiters();
 }

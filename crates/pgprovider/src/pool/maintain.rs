@@ -158,6 +158,7 @@ impl<D: Driver> Inner<D> {
                             expires,
                             idle_since: now,
                             generation: self.generation.load(Relaxed),
+                            pipe: None,
                         }),
                         now,
                     );

@@ -66,6 +66,11 @@ pub struct PoolStats {
     pub adopted: u64,
     /// The prepared-statement caches of this pool's connections.
     pub statement_cache: pgprovider_core::StatementCacheStats,
+    /// Reads run pipelined on a busy connection (adaptive pipelining, `pool_pipeline`).
+    pub pipelined: u64,
+    /// Reads that tried to pipeline and went to a checkout after all (a stale statement,
+    /// a lost connection, or the connection's holder moved on before it was sent).
+    pub pipeline_fallbacks: u64,
 }
 
 impl PoolStats {
@@ -186,6 +191,8 @@ impl Counters {
             recovered: self.recovered.load(Relaxed),
             adopted: self.adopted.load(Relaxed),
             statement_cache: Default::default(),
+            pipelined: 0,
+            pipeline_fallbacks: 0,
         }
     }
 }

@@ -89,8 +89,14 @@ macro_rules! surface {
                 params: &[&'p Param<'p, D>],
             ) -> Result<Vec<Row<D>>> {
                 let (target, idempotent) = self.route();
+                if let Some(r) = self.provider().pipelined_read(target, sql, params).await {
+                    return r;
+                }
                 self.provider()
-                    .run(target, idempotent, |mut c| async move { c.query(sql, params).await })
+                    .run(target, idempotent, |mut c| async move {
+                        let _sharing = Pooled::share(&mut c, sql);
+                        c.query(sql, params).await
+                    })
                     .await
             }
 
@@ -101,7 +107,10 @@ macro_rules! surface {
             pub async fn execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
                 let (target, idempotent) = self.route();
                 self.provider()
-                    .run(target, idempotent, |mut c| async move { c.execute(sql, params).await })
+                    .run(target, idempotent, |mut c| async move {
+                        let _sharing = Pooled::share(&mut c, sql);
+                        c.execute(sql, params).await
+                    })
                     .await
             }
 

@@ -386,6 +386,32 @@ impl<D: Driver> Provider<D> {
         }
     }
 
+    /// A read pipelined on a busy connection of the first candidate for `target`, when
+    /// that node's pool pipelines and has every connection busy (adaptive pipelining);
+    /// `None` to take the usual path (which also covers every failure of the node).
+    pub(crate) async fn pipelined_read<'p>(
+        &self,
+        target: Target,
+        sql: &str,
+        params: &[&'p <D::Connection as crate::Queries>::Param<'p>],
+    ) -> Option<Result<Vec<<D::Connection as crate::Queries>::Row>>>
+    where
+        D::Connection: crate::Queries,
+    {
+        if !target.is_read() || matches!(target, Target::After(..)) {
+            return None;
+        }
+        let i = *self.candidates(target).first()?;
+        let pool = &self.inner.pools[i];
+        if !pool.pipelines() || !pool.saturated() {
+            return None;
+        }
+        let permit = self.inner.breakers[i].try_acquire().ok()?;
+        let r = pool.try_pipelined(sql, params).await?;
+        permit.record(&r);
+        Some(r)
+    }
+
     /// A checkout from node `i`'s pool: an idle connection at once (one poll: no watch, no
     /// timer); a checkout that has to wait races `gone` (the node seen unreachable).
     async fn get_racing<G, Fut>(&self, i: usize, gone: G) -> Result<Pooled<D>>

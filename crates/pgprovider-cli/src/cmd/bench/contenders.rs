@@ -10,6 +10,7 @@
 //! | `pgprovider_sqlx` | the classic pool over the sqlx driver (feature `sqlx`, on by default) |
 //! | `pgprovider_diesel` | the classic pool over the diesel-async driver (feature `diesel`, on by default) |
 //! | `pgprovider_provider` | the provider, the front door (`provider.query`, `provider.transaction`, `provider.conn`), over the same pool: what routing, retries and the monitor's snapshot cost |
+//! | `pgprovider_pipelined` | the classic pool with adaptive pipelining (`pool_pipeline`, from `--pipeline-depth`): reads that find every connection busy are pipelined onto busy ones |
 //! | `pgprovider_mux` | multiplexed mode: tasks share the connections, pipelined (reads only) |
 //! | `raw` | one raw tokio-postgres client per connection, one task driving each (no pool) |
 //! | `raw_pipelined` | the raw clients shared by every task (the ceiling for multiplexing; reads only) |
@@ -41,15 +42,33 @@ pub(crate) enum Workload {
     Checkout,
     /// `SELECT 1` from 1,000 tasks over the same connections.
     Tasks1000,
+    /// Head-of-line blocking: `SELECT 1` while [`SLOW_TASKS`] tasks run a 20 ms statement
+    /// in a loop; only the fast statements are measured.
+    SlowMix,
+}
+
+/// Tasks of [`Workload::SlowMix`] that run the slow statement (not measured).
+pub(crate) const SLOW_TASKS: usize = 4;
+pub(crate) const SLOW: &str = "SELECT pg_sleep(0.02)";
+
+/// The read of task `task` in workload `w`: the slow statement for the slow tasks of
+/// [`Workload::SlowMix`], `SELECT 1` otherwise.
+pub(crate) fn read_sql(w: Workload, task: usize) -> &'static str {
+    if w == Workload::SlowMix && task < SLOW_TASKS {
+        SLOW
+    } else {
+        SELECT1
+    }
 }
 
 impl Workload {
-    pub(crate) const ALL: [Workload; 5] = [
+    pub(crate) const ALL: [Workload; 6] = [
         Workload::Select1,
         Workload::PointSelect,
         Workload::WriteTx,
         Workload::Checkout,
         Workload::Tasks1000,
+        Workload::SlowMix,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -59,6 +78,7 @@ impl Workload {
             Workload::WriteTx => "write_tx",
             Workload::Checkout => "checkout",
             Workload::Tasks1000 => "tasks_1000",
+            Workload::SlowMix => "slow_mix",
         }
     }
 
@@ -74,8 +94,16 @@ impl Workload {
     fn reads(self) -> bool {
         matches!(
             self,
-            Workload::Select1 | Workload::PointSelect | Workload::Tasks1000
+            Workload::Select1 | Workload::PointSelect | Workload::Tasks1000 | Workload::SlowMix
         )
+    }
+
+    /// Tasks whose operations are not measured (they make the load).
+    pub(crate) fn unmeasured_tasks(self) -> usize {
+        match self {
+            Workload::SlowMix => SLOW_TASKS,
+            _ => 0,
+        }
     }
 }
 
@@ -90,7 +118,7 @@ pub(crate) fn aid(task: usize, i: u64) -> i32 {
 
 /// The contenders compiled into this binary, in report order.
 pub(crate) fn names() -> Vec<&'static str> {
-    let mut v = vec!["pgprovider", "pgprovider_provider"];
+    let mut v = vec!["pgprovider", "pgprovider_pipelined", "pgprovider_provider"];
     if cfg!(feature = "sqlx") {
         v.push("pgprovider_sqlx");
     }
@@ -141,10 +169,19 @@ impl Contender {
         name: &str,
         url: &str,
         connections: usize,
+        pipeline_depth: usize,
         raw: &Option<Arc<Vec<RawClient>>>,
     ) -> anyhow::Result<Contender> {
         Ok(match name {
             "pgprovider" => Contender::Ours(warm(TokioPostgres::new(), url, connections).await?),
+            "pgprovider_pipelined" => Contender::Ours(
+                warm(
+                    TokioPostgres::new(),
+                    &format!("{url}&pool_pipeline={pipeline_depth}"),
+                    connections,
+                )
+                .await?,
+            ),
             "pgprovider_provider" => Contender::Provider(provider(url, connections).await?),
             #[cfg(feature = "sqlx")]
             "pgprovider_sqlx" => Contender::OursSqlx(
@@ -238,8 +275,8 @@ impl Op for Runner {
             Contender::Ours(pool) => ours(pool, w, task, i).await,
             Contender::Provider(p) => {
                 match w {
-                    Workload::Select1 | Workload::Tasks1000 => {
-                        p.query(SELECT1, &[]).await?;
+                    Workload::Select1 | Workload::Tasks1000 | Workload::SlowMix => {
+                        p.query(read_sql(w, task), &[]).await?;
                     }
                     Workload::PointSelect => {
                         p.query(POINT, &[&aid(task, i)]).await?;
@@ -263,7 +300,7 @@ impl Op for Runner {
             Contender::Mux(mux) => {
                 match w {
                     Workload::PointSelect => mux.query(POINT, &[&aid(task, i)]).await?,
-                    _ => mux.query(SELECT1, &[]).await?,
+                    _ => mux.query(read_sql(w, task), &[]).await?,
                 };
                 Ok(())
             }
@@ -281,6 +318,9 @@ impl Op for Runner {
                         c.client.execute(&c.update, &[&1_i32, &a]).await?;
                         c.client.query(&c.point, &[&a]).await?;
                         c.client.batch_execute("COMMIT").await?;
+                    }
+                    Workload::SlowMix if task < SLOW_TASKS => {
+                        c.client.query(SLOW, &[]).await?;
                     }
                     _ => {
                         c.client.query(&c.select1, &[]).await?;
@@ -305,8 +345,8 @@ macro_rules! ours_for {
             i: u64,
         ) -> anyhow::Result<()> {
             match w {
-                Workload::Select1 | Workload::Tasks1000 => {
-                    pool.query(SELECT1, &[]).await?;
+                Workload::Select1 | Workload::Tasks1000 | Workload::SlowMix => {
+                    pool.query(read_sql(w, task), &[]).await?;
                 }
                 Workload::PointSelect => {
                     pool.query(POINT, &[&aid(task, i)]).await?;

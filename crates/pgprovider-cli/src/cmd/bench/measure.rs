@@ -23,10 +23,12 @@ pub(crate) struct Sample {
     pub(crate) cpu_us_per_op: f64,
 }
 
-/// Runs `op` on `tasks` tasks: `warmup` unmeasured, then `measure` measured.
+/// Runs `op` on `tasks` tasks: `warmup` unmeasured, then `measure` measured (except the
+/// operations of the first `unmeasured` tasks, which only make load).
 pub(crate) async fn drive<O: Op>(
     op: Arc<O>,
     tasks: usize,
+    unmeasured: usize,
     warmup: Duration,
     measure: Duration,
 ) -> anyhow::Result<Sample> {
@@ -43,7 +45,7 @@ pub(crate) async fn drive<O: Op>(
                 let start = Instant::now();
                 op.call(task, i).await?;
                 i += 1;
-                if measuring.load(Relaxed) {
+                if task >= unmeasured && measuring.load(Relaxed) {
                     let _ = hist.record(start.elapsed().as_nanos().max(1) as u64);
                     ops += 1;
                 }
@@ -148,6 +150,7 @@ mod tests {
         let s = drive(
             op.clone(),
             4,
+            0,
             Duration::from_millis(50),
             Duration::from_millis(200),
         )
@@ -177,6 +180,17 @@ mod tests {
             "no CPU time counted after 60 ms of work"
         );
         assert_ne!(mix(0, 1), mix(1, 0));
+        // Tasks below `unmeasured` make load only: with 3 of 4 left out, about a quarter.
+        let op = Arc::new(Sleepy(AtomicU64::new(0)));
+        let some = drive(op, 4, 3, Duration::ZERO, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(
+            some.ops_per_sec < s.ops_per_sec * 0.5,
+            "{} measured of 4 tasks' {}",
+            some.ops_per_sec,
+            s.ops_per_sec
+        );
     }
 
     struct Failing;
@@ -191,6 +205,7 @@ mod tests {
         let e = drive(
             Arc::new(Failing),
             2,
+            0,
             Duration::ZERO,
             Duration::from_millis(10),
         )

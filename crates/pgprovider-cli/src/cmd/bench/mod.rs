@@ -78,7 +78,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut raw = None;
     for name in &names {
         let before = measure::rss_kib();
-        let c = Contender::connect(name, &url, args.connections, &raw)
+        let c = Contender::connect(name, &url, args.connections, args.pipeline_depth, &raw)
             .await
             .with_context(|| format!("cannot connect {name}"))?;
         let mem = measure::rss_kib().saturating_sub(before) / args.connections as u64;
@@ -110,9 +110,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     w.tasks(args.tasks)
                 };
-                let sample = measure::drive(Arc::new(c.op(*w)), tasks, args.warmup, args.duration)
-                    .await
-                    .with_context(|| format!("{name} failed in {}", w.name()))?;
+                let sample = measure::drive(
+                    Arc::new(c.op(*w)),
+                    tasks,
+                    w.unmeasured_tasks(),
+                    args.warmup,
+                    args.duration,
+                )
+                .await
+                .with_context(|| format!("{name} failed in {}", w.name()))?;
                 match outcomes
                     .iter_mut()
                     .find(|o| o.workload == *w && o.contender == *name)

@@ -1,7 +1,7 @@
 //! The peer libraries (feature `peers`): deadpool-postgres, bb8-postgres and sqlx.
 
 use super::contenders::Workload;
-use super::contenders::{POINT, SELECT1, UPDATE, aid};
+use super::contenders::{POINT, UPDATE, aid, read_sql};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
@@ -107,7 +107,7 @@ impl Peer {
                         tx.commit().await?;
                     }
                     _ => {
-                        let st = c.prepare_cached(SELECT1).await?;
+                        let st = c.prepare_cached(read_sql(w, task)).await?;
                         c.query(&st, &[]).await?;
                     }
                 }
@@ -127,7 +127,7 @@ impl Peer {
                         tx.commit().await?;
                     }
                     _ => {
-                        c.query(SELECT1, &[]).await?;
+                        c.query(read_sql(w, task), &[]).await?;
                     }
                 }
             }
@@ -148,7 +148,7 @@ impl Peer {
                     tx.commit().await?;
                 }
                 _ => {
-                    sqlx::query(SELECT1).fetch_all(p).await?;
+                    sqlx::query(read_sql(w, task)).fetch_all(p).await?;
                 }
             },
         }

@@ -1,0 +1,99 @@
+//! Adaptive pipelining, as a driver offers it to the pool: plain reads sent on a
+//! connection's session while another task holds the connection.
+//!
+//! A driver whose library pipelines concurrent requests on one connection (tokio-postgres)
+//! hands the pool a [`Pipeline`] per connection ([`Queries::pipeline`]). When every
+//! connection of a pool is busy, the pool sends a plain read on the least-loaded connection
+//! whose holder runs a statement that leaves nothing on the session (see the `pool` module
+//! of `pgprovider`), instead of making the read wait for a whole checkout.
+//!
+//! The pool decides *when* a request may be sent (the holder's session is clean and outside
+//! a transaction, checked under a per-connection lock); the driver decides *what* may be
+//! sent ([`accepts`](Pipeline::accepts)) and sends it. For the pool's lock to mean anything,
+//! every future a pipeline returns must put its request on the connection in its **first
+//! poll** (or complete in it): requests sent later could land behind a `BEGIN` of the
+//! holder's.
+//!
+//! Drivers that cannot pipeline use [`NoPipeline`].
+
+use crate::{Error, ErrorKind, Queries, Result};
+use std::future::Future;
+
+/// What a driver may run on a busy connection ([`Queries::pipeline`]). Cheap to clone.
+pub trait Pipeline<Q: Queries + ?Sized>: Clone + Send + Sync + 'static {
+    /// A statement prepared on this connection's session.
+    type Statement: Clone + Send + Sync + 'static;
+
+    /// Whether `sql` may be pipelined: a single plain read that leaves nothing on the
+    /// session. Cheap when asked again for the same text.
+    fn accepts(&self, sql: &str) -> bool;
+
+    /// Whether a holder running `sql` may share the connection meanwhile: `sql` changes
+    /// neither the session nor the transaction state. Cheap when asked again.
+    fn shares(&self, sql: &str) -> bool;
+
+    /// The statement for `sql` already prepared by this pipeline, if any.
+    fn statement(&self, sql: &str) -> Option<Self::Statement>;
+
+    /// Prepares `sql` on the session and keeps it. The request is sent in the first poll.
+    fn prepare<'a>(
+        &'a self,
+        sql: &'a str,
+    ) -> impl Future<Output = Result<Self::Statement>> + Send + 'a;
+
+    /// Runs `stmt` and collects its rows. The request is sent in the first poll.
+    fn query<'a, 'p>(
+        &'a self,
+        stmt: &'a Self::Statement,
+        params: &'a [&'p Q::Param<'p>],
+    ) -> impl Future<Output = Result<Vec<Q::Row>>> + Send + 'a;
+
+    /// Drops the statement for `sql` (the server said it went stale).
+    fn forget(&self, sql: &str);
+
+    /// Notes how long `sql` took on the server (as the pool estimates it: from the reply
+    /// before it, or from its sending, to its own reply). A statement that runs long is
+    /// neither [accepted](Self::accepts) nor [shared](Self::shares) while it keeps doing
+    /// so: reads queued behind it would wait for it.
+    fn note(&self, sql: &str, took: std::time::Duration);
+}
+
+/// The pipeline of a driver that cannot pipeline: [`Queries::pipeline`] returns `None`, so
+/// none of its methods is ever called.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoPipeline;
+
+impl<Q: Queries + ?Sized> Pipeline<Q> for NoPipeline {
+    type Statement = ();
+
+    fn accepts(&self, _: &str) -> bool {
+        false
+    }
+
+    fn shares(&self, _: &str) -> bool {
+        false
+    }
+
+    fn statement(&self, _: &str) -> Option<()> {
+        None
+    }
+
+    async fn prepare<'a>(&'a self, _: &'a str) -> Result<()> {
+        Err(unsupported())
+    }
+
+    async fn query<'a, 'p>(&'a self, _: &'a (), _: &'a [&'p Q::Param<'p>]) -> Result<Vec<Q::Row>> {
+        Err(unsupported())
+    }
+
+    fn forget(&self, _: &str) {}
+
+    fn note(&self, _: &str, _: std::time::Duration) {}
+}
+
+fn unsupported() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "this driver does not pipeline statements",
+    )
+}

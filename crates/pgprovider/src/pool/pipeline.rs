@@ -1,0 +1,398 @@
+//! Adaptive pipelining: plain reads sent on busy connections when none is free (see
+//! [the pool docs](super#adaptive-pipelining)).
+//!
+//! Each connection that has run a statement through [`Pool::query`](super::Pool::query)
+//! (or `execute`, …) has an [`Entry`]: its driver's [`Pipeline`], whether requests may be
+//! sent on it now (`open`), and how many pipelined statements it carries (`depth`). The
+//! holder opens the entry while it runs a statement that leaves nothing on the session,
+//! on a connection outside a transaction with nothing to reset, and closes it under the
+//! entry's lock before it does anything else. A pipelined read is sent in the first poll of
+//! the driver's future, under that lock, only while the entry is open; so everything
+//! pipelined is queued on the connection before anything the holder (or the next holder)
+//! sends afterwards, and nothing pipelined ever runs inside a transaction or after a `SET`.
+//!
+//! No global lock on the path: the entries are read under a read lock (written only when a
+//! connection first shares), the choice is a scan of atomics from a rotating start, and the
+//! only lock taken is the chosen connection's own, for one poll.
+
+use super::{Inner, Pool, Pooled, lock};
+use pgprovider_core::{Connection, Driver, Error, ErrorKind, Pipeline, Queries, Result, SqlState};
+use std::any::Any;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
+use tokio::sync::Semaphore;
+
+type Pipe<D> = <<D as Driver>::Connection as Queries>::Pipeline;
+type Param<'p, D> = <<D as Driver>::Connection as Queries>::Param<'p>;
+type Row<D> = <<D as Driver>::Connection as Queries>::Row;
+
+/// A connection with work outstanding that has finished nothing for this long is running
+/// something slow: reads are not queued behind it (head-of-line blocking).
+pub(crate) const STALL: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Connections looked at per pick, from a rotating start: enough to find a light one,
+/// bounded so a pool of a thousand connections does not scan them all.
+const SCAN: usize = 8;
+
+/// One connection's pipelining state.
+pub(crate) struct Entry {
+    /// Requests may be sent: the holder runs a statement that leaves nothing on the
+    /// session. Set freely, cleared under `lock`; read without it to pick.
+    open: AtomicBool,
+    lock: Mutex<()>,
+    /// Pipelined statements in flight on the connection.
+    depth: AtomicUsize,
+    /// When the connection last made progress (nanoseconds since the pool's epoch): its
+    /// holder opened it, or a pipelined statement on it finished.
+    progress: AtomicU64,
+    /// The connection is gone.
+    dead: AtomicBool,
+    /// The driver's [`Pipeline`], as `Pipe<D>`.
+    pipe: Box<dyn Any + Send + Sync>,
+}
+
+/// A connection's entry, held by its slot: marks it dead when the connection goes.
+pub(crate) struct Registered(Arc<Entry>);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.dead.store(true, Relaxed);
+        self.0.open.store(false, Relaxed);
+    }
+}
+
+/// A pool's pipelining state (present when `pool_pipeline` is set).
+pub(crate) struct Pipes {
+    depth: usize,
+    /// What [`Entry::progress`] counts from.
+    epoch: std::time::Instant,
+    entries: RwLock<Vec<Arc<Entry>>>,
+    next: AtomicUsize,
+    /// The driver returned no pipeline: nothing is ever pipelined.
+    unsupported: AtomicBool,
+    /// Room for pipelined statements over every connection, taken in arrival order.
+    room: Semaphore,
+    /// Statements run pipelined.
+    pub(crate) sent: AtomicU64,
+    /// Attempts that went to a checkout after all (no room, or a stale statement, a lost
+    /// connection or a cancel on the shared session).
+    pub(crate) fell_back: AtomicU64,
+}
+
+impl Pipes {
+    pub(crate) fn new(depth: usize, size: usize) -> Self {
+        Pipes {
+            depth,
+            epoch: std::time::Instant::now(),
+            entries: RwLock::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            unsupported: AtomicBool::new(false),
+            room: Semaphore::new(depth.saturating_mul(size).min(Semaphore::MAX_PERMITS)),
+            sent: AtomicU64::new(0),
+            fell_back: AtomicU64::new(0),
+        }
+    }
+
+    /// The least-loaded open entry with room, among up to [`SCAN`] from a rotating start,
+    /// counted in (its depth raised) before it is returned.
+    fn pick(&self) -> Option<InFlight<'_>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let n = entries.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Relaxed);
+        let now = self.now();
+        let stall = STALL.as_nanos() as u64;
+        let mut best: Option<(&Arc<Entry>, usize)> = None;
+        for k in 0..n.min(SCAN) {
+            let e = &entries[(start + k) % n];
+            if !e.open.load(Relaxed) || now.saturating_sub(e.progress.load(Relaxed)) > stall {
+                continue;
+            }
+            let d = e.depth.load(Relaxed);
+            if d < self.depth && best.is_none_or(|(_, b)| d < b) {
+                best = Some((e, d));
+                if d == 0 {
+                    break;
+                }
+            }
+        }
+        let (e, _) = best?;
+        e.depth
+            .fetch_update(Relaxed, Relaxed, |d| (d < self.depth).then_some(d + 1))
+            .ok()?;
+        Some(InFlight(e.clone(), self))
+    }
+
+    /// Nanoseconds since the epoch.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Adds a connection's entry, dropping those of connections gone.
+    fn register(&self, pipe: Box<dyn Any + Send + Sync>) -> Registered {
+        let entry = Arc::new(Entry {
+            open: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            depth: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
+            dead: AtomicBool::new(false),
+            pipe,
+        });
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| !e.dead.load(Relaxed));
+        entries.push(entry.clone());
+        Registered(entry)
+    }
+}
+
+/// A pipelined statement counted in its connection's depth until dropped (finished, or
+/// given up on).
+struct InFlight<'a>(Arc<Entry>, &'a Pipes);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.progress.store(self.1.now(), Relaxed);
+        self.0.depth.fetch_sub(1, Relaxed);
+    }
+}
+
+/// While alive, the holder's connection takes pipelined statements; dropping it closes the
+/// connection to them (waiting for one being sent).
+pub(crate) struct Sharing(Arc<Entry>);
+
+impl Drop for Sharing {
+    fn drop(&mut self) {
+        let _sending = lock(&self.0.lock);
+        self.0.open.store(false, Relaxed);
+    }
+}
+
+impl<D: Driver> Pool<D> {
+    /// Whether adaptive pipelining is on.
+    pub(crate) fn pipelines(&self) -> bool {
+        self.inner.pipes.is_some()
+    }
+
+    /// Whether every connection is checked out (or being opened).
+    pub(crate) fn saturated(&self) -> bool {
+        self.inner.semaphore.available_permits() == 0
+    }
+}
+
+impl<D: Driver> Pool<D>
+where
+    D::Connection: Queries,
+{
+    /// A read pipelined on a busy connection when every connection is busy, else on a
+    /// connection of its own that others may pipeline onto meanwhile.
+    pub(crate) async fn query_adaptive<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p Param<'p, D>],
+    ) -> Result<Vec<Row<D>>> {
+        let inner = &self.inner;
+        let Some(pipes) = &inner.pipes else {
+            return self.get().await?.query(sql, params).await;
+        };
+        if self.saturated() {
+            // Room on busy connections is handed out in arrival order (a FIFO semaphore of
+            // depth × size permits), so no read starves while later ones pipeline.
+            let start = tokio::time::Instant::now();
+            let room = match pipes.room.try_acquire() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    let deadline = start + inner.config.pool().acquire_timeout();
+                    let acquire = std::pin::pin!(pipes.room.acquire());
+                    let got = match &inner.deadlines {
+                        Some(d) => d.register(deadline).bound(acquire).await,
+                        None => tokio::time::timeout_at(deadline, acquire).await.ok(),
+                    };
+                    match got {
+                        None => return Err(inner.timeout_error(start)),
+                        Some(p) => p.ok(),
+                    }
+                }
+            };
+            if room.is_some() && self.saturated() {
+                if let Some(r) = send(inner, pipes, sql, params).await {
+                    return r;
+                }
+            }
+        }
+        let mut conn = self.get().await?;
+        let sharing = Pooled::share(&mut conn, sql);
+        let sent = pipes.now();
+        let r = conn.query(sql, params).await;
+        drop(sharing);
+        Pooled::note(&conn, pipes, sql, sent);
+        r
+    }
+
+    /// `sql` pipelined on a busy connection, when pipelining is on, every connection is
+    /// busy, and one has room; `None` otherwise (check out instead).
+    pub(crate) async fn try_pipelined<'p>(
+        &self,
+        sql: &str,
+        params: &[&'p Param<'p, D>],
+    ) -> Option<Result<Vec<Row<D>>>> {
+        let pipes = self.inner.pipes.as_ref()?;
+        if !self.saturated() {
+            return None;
+        }
+        send(&self.inner, pipes, sql, params).await
+    }
+}
+
+impl<D: Driver> Pooled<D>
+where
+    D::Connection: Queries,
+{
+    /// Opens the connection to pipelined reads while its holder runs `sql`, when
+    /// pipelining is on and `sql` leaves nothing on the session; closed when the returned
+    /// guard drops.
+    pub(crate) fn share(this: &mut Self, sql: &str) -> Option<Sharing> {
+        let pool = this.pool.clone();
+        share(pool.pipes.as_ref()?, this, sql)
+    }
+
+    /// Tells the connection's pipeline how long `sql`, sent at `sent`, took.
+    fn note(this: &Self, pipes: &Pipes, sql: &str, sent: u64) {
+        let Some(entry) = this.slot.as_ref().and_then(|s| s.pipe.as_ref()) else {
+            return;
+        };
+        if let Some(pipe) = entry.0.pipe.downcast_ref::<Pipe<D>>() {
+            pipe.note(sql, entry.0.took(pipes, sent));
+        }
+    }
+}
+
+impl Entry {
+    /// How long the statement sent at `sent` whose reply just came took on the server:
+    /// from the later of its sending and the previous reply on the connection.
+    fn took(&self, pipes: &Pipes, sent: u64) -> std::time::Duration {
+        let from = sent.max(self.progress.load(Relaxed));
+        std::time::Duration::from_nanos(pipes.now().saturating_sub(from))
+    }
+}
+
+/// Opens `conn` to pipelined statements while its holder runs `sql`, when `sql` leaves
+/// nothing on the session and the connection is outside a transaction with nothing to
+/// reset. Registers the connection the first time.
+fn share<D: Driver>(pipes: &Pipes, conn: &mut Pooled<D>, sql: &str) -> Option<Sharing>
+where
+    D::Connection: Queries,
+{
+    if pipes.unsupported.load(Relaxed) {
+        return None;
+    }
+    let slot = conn.slot.as_mut()?;
+    if slot.pipe.is_none() {
+        let Some(pipe) = slot.conn.pipeline() else {
+            pipes.unsupported.store(true, Relaxed);
+            return None;
+        };
+        slot.pipe = Some(pipes.register(Box::new(pipe)));
+    }
+    let entry = &slot.pipe.as_ref()?.0;
+    let pipe = entry.pipe.downcast_ref::<Pipe<D>>()?;
+    if slot.conn.in_transaction() || slot.conn.needs_reset() || !pipe.shares(sql) {
+        return None;
+    }
+    entry.progress.store(pipes.now(), Relaxed);
+    entry.open.store(true, Relaxed);
+    Some(Sharing(entry.clone()))
+}
+
+/// Runs `sql` pipelined on a busy connection; `None` when it cannot (no open connection
+/// with room, not a plain read, or the shared session said no: a stale statement, a lost
+/// connection, a cancel meant for another statement), and the caller checks out instead.
+///
+/// A pipelined statement honours the query timeout by giving up on the reply (discarded by
+/// the driver); it is not cancelled on the server, where a cancel would hit whatever the
+/// shared session runs at that moment.
+async fn send<'p, D: Driver>(
+    inner: &Inner<D>,
+    pipes: &Pipes,
+    sql: &str,
+    params: &[&'p Param<'p, D>],
+) -> Option<Result<Vec<Row<D>>>>
+where
+    D::Connection: Queries,
+{
+    let flight = pipes.pick()?;
+    let entry = &flight.0;
+    let pipe = entry.pipe.downcast_ref::<Pipe<D>>()?;
+    if !pipe.accepts(sql) {
+        return None;
+    }
+    let fall_back = || {
+        pipes.fell_back.fetch_add(1, Relaxed);
+        None
+    };
+    let stmt = match pipe.statement(sql) {
+        Some(s) => s,
+        None => match while_open(entry, pipe.prepare(sql)).await {
+            Some(Ok(s)) => s,
+            _ => return fall_back(),
+        },
+    };
+    let sent = pipes.now();
+    let run = async {
+        let r = while_open(entry, pipe.query(&stmt, params)).await;
+        if let Some(Ok(_)) = &r {
+            pipe.note(sql, entry.took(pipes, sent));
+        }
+        r
+    };
+    let r = match inner.config.query_timeout() {
+        None => run.await,
+        Some(t) => match tokio::time::timeout(t, run).await {
+            Ok(r) => r,
+            Err(_) => Some(Err(Error::new(
+                ErrorKind::Timeout,
+                format!("a pipelined read took longer than the query timeout ({t:?}); its reply is discarded"),
+            )
+            .with_node(&*inner.node_name)
+            .with_hint("raise query_timeout, or look for a slow statement ahead of it on the connection"))),
+        },
+    };
+    match r {
+        None => fall_back(),
+        Some(Ok(rows)) => {
+            pipes.sent.fetch_add(1, Relaxed);
+            Some(Ok(rows))
+        }
+        Some(Err(e)) if e.is_stale_statement() => {
+            pipe.forget(sql);
+            fall_back()
+        }
+        Some(Err(e))
+            if e.is_connection_lost() || e.sql_state() == Some(SqlState::QUERY_CANCELED) =>
+        {
+            fall_back()
+        }
+        Some(Err(e)) => Some(Err(e)),
+    }
+}
+
+/// Polls `fut` once under `entry`'s lock while it is open (sending its request), then to
+/// the end; `None` when the entry was closed.
+async fn while_open<F: Future>(entry: &Entry, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        let _sending = lock(&entry.lock);
+        if !entry.open.load(Relaxed) || entry.dead.load(Relaxed) {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(fut.as_mut().poll(cx)))
+    })
+    .await?;
+    Some(match first {
+        Poll::Ready(v) => v,
+        Poll::Pending => fut.await,
+    })
+}
