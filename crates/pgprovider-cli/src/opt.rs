@@ -184,6 +184,12 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Runs the many-connections workload instead of the throughput ones: one pool of this
+    /// many server connections (and as many raw clients), on a throwaway cluster started
+    /// with enough `max_connections` unless the --url server has them: time to open them
+    /// all, memory per connection, throughput and checkout latency.
+    #[arg(long)]
+    pub many: Option<usize>,
     /// Runs the deadline workload instead of the throughput ones: callers that give up
     /// after each of these deadlines (`1ms,2ms,5ms,20ms`), warm and cold pools, for the
     /// contenders pgprovider, deadpool, bb8 and sqlx (or those of --contenders). --warmup

@@ -9,6 +9,7 @@
 
 mod contenders;
 mod deadline;
+mod many;
 mod measure;
 #[cfg(feature = "peers")]
 mod peers;
@@ -35,6 +36,16 @@ pub(crate) struct Outcome {
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (workloads, names) = choose(&args)?;
+    if let Some(n) = args.many {
+        let url = args.url.as_deref().map(plaintext);
+        let value = many::run(&args, url.as_deref(), n).await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::json!({ "many": value }).to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::say!("wrote {}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (url, cluster) = match &args.url {
         Some(url) => (url.clone(), None),
         None => {
@@ -164,6 +175,23 @@ fn choose(args: &BenchArgs) -> anyhow::Result<(Vec<Workload>, Vec<&'static str>)
             2,
             "--deadlines runs its own workload (SELECT 1 under each deadline); leave out --workloads"
                 .into(),
+        )
+        .into());
+    }
+    if args.many.is_some_and(|n| n == 0 || n > pgprovider::config::MAX_POOL_SIZE) {
+        return Err(Exit(
+            2,
+            format!(
+                "--many must be between 1 and {}",
+                pgprovider::config::MAX_POOL_SIZE
+            ),
+        )
+        .into());
+    }
+    if args.many.is_some() && !(args.deadlines.is_empty() && args.workloads.is_empty()) {
+        return Err(Exit(
+            2,
+            "--many runs its own workload (SELECT 1 on every connection); leave out --workloads and --deadlines".into(),
         )
         .into());
     }
