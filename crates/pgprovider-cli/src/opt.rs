@@ -190,6 +190,11 @@ pub struct BenchArgs {
     /// all, memory per connection, throughput and checkout latency.
     #[arg(long)]
     pub many: Option<usize>,
+    /// Runs the auto-scaling workload instead of the throughput ones: a step in load, a
+    /// drop, and an oscillating load on a pool with `pool_autoscale=on` (from 2 to
+    /// --connections × 4 connections): how fast the size follows, and whether it thrashes.
+    #[arg(long)]
+    pub autoscale: bool,
     /// Runs the deadline workload instead of the throughput ones: callers that give up
     /// after each of these deadlines (`1ms,2ms,5ms,20ms`), warm and cold pools, for the
     /// contenders pgprovider, deadpool, bb8 and sqlx (or those of --contenders). --warmup

@@ -1854,3 +1854,64 @@ async fn the_providers_reads_are_pipelined_when_its_pool_is_saturated() {
     assert!(stats[0].1.pipelined > 0, "{stats:?}");
     provider.close().await;
 }
+
+/// Auto-scaling (`pool_autoscale`): a light load leaves the pool at its floor; callers
+/// that wait grow it in steps of `pool_autoscale_step`, no faster than
+/// `pool_autoscale_cooldown`, up to `pool_max_size`; an idle window shrinks it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_scaling_grows_in_steps_under_waits_and_shrinks_after_an_idle_window() {
+    let pool = pool(
+        "&pool_autoscale=on&pool_min_idle=1&pool_max_size=9&pool_autoscale_step=2\
+         &pool_autoscale_cooldown=150ms&pool_autoscale_wait=2ms&pool_autoscale_idle=500ms",
+    )
+    .await;
+    let size = || pool.stats().max_size;
+    assert_eq!(size(), 1);
+    // One task never waits: no growth.
+    saturate(&pool, "SELECT pg_sleep(0.001)", 1, 300).await;
+    assert_eq!((size(), pool.stats().autoscale_grows), (1, 0));
+
+    // Sixteen tasks wait: growth in steps, cooldowns apart, up to the maximum.
+    let load = {
+        let pool = pool.clone();
+        tokio::spawn(async move { saturate(&pool, "SELECT pg_sleep(0.002)", 16, 2500).await })
+    };
+    let mut seen = vec![(tokio::time::Instant::now(), size())];
+    while !load.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let s = size();
+        if s != seen.last().unwrap().1 {
+            seen.push((tokio::time::Instant::now(), s));
+        }
+    }
+    load.await.unwrap();
+    let sizes: Vec<u64> = seen.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        *sizes.last().unwrap(),
+        9,
+        "did not reach the maximum: {sizes:?}"
+    );
+    for w in seen.windows(2) {
+        assert!(w[1].1 > w[0].1, "shrank under load: {sizes:?}");
+        assert!(w[1].1 - w[0].1 <= 2, "grew by more than a step: {sizes:?}");
+    }
+    for w in seen[1..].windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(
+            gap >= Duration::from_millis(140),
+            "grew again {gap:?} after the last growth: {sizes:?}"
+        );
+    }
+    assert!(pool.stats().size <= 9);
+
+    // Idle: shrinks back to the floor, a step per idle window.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while size() > 1 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = pool.stats();
+    assert_eq!(s.max_size, 1, "{s:?}");
+    assert!(s.autoscale_shrinks >= 4, "{s:?}");
+    assert!(s.size <= 1, "{s:?}");
+    pool.close().await;
+}

@@ -58,7 +58,7 @@ pub mod topology;
 pub mod tx;
 
 pub use client::Client;
-pub use config::{Config, ConfigBuilder, ConfigError};
+pub use config::{Autoscale, Config, ConfigBuilder, ConfigError};
 pub use policy::{breaker, retry};
 pub use pool::{LeakReport, Pool, PoolBuilder, PoolStats, Pooled};
 pub use registry::{AnyConnection, AnyDriver, DriverRegistry};

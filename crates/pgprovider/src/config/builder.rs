@@ -45,6 +45,9 @@ pub struct ConfigBuilder {
     pub(super) leak_detection_threshold: Option<Option<Duration>>,
     pub(super) max_waiters: Option<Option<usize>>,
     pub(super) pipeline: Option<Option<usize>>,
+    pub(super) autoscale: Option<Option<super::Autoscale>>,
+    /// `pool_autoscale_*` keys of the URL, applied to `autoscale` at build.
+    pub(super) autoscale_keys: Vec<(&'static str, AutoscaleKey)>,
     pub(super) statement_cache_capacity: Option<usize>,
     pub(super) query_timeout: Option<Option<Duration>>,
     pub(super) statement_timeout: Option<Option<Duration>>,
@@ -58,6 +61,15 @@ pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 5432;
 /// The default user when none is given.
 pub const DEFAULT_USER: &str = "postgres";
+/// A `pool_autoscale_*` URL key's value.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum AutoscaleKey {
+    Wait(Duration),
+    Step(usize),
+    Cooldown(Duration),
+    Idle(Duration),
+}
+
 /// The depth of `pool_pipeline=on`: in `pgprovider bench`, 32 reached 2.1–2.3× the
 /// classic pool at 1,000 tasks over 8 connections with its p99 below the classic pool's,
 /// where 8 reached 1.2× and 128 pushed the p99.9 to 4× the classic pool's.
@@ -286,6 +298,13 @@ impl ConfigBuilder {
     /// (see the [pool docs](crate::pool#adaptive-pipelining)). `None` turns it off.
     pub fn with_pipeline(mut self, depth: Option<usize>) -> Self {
         self.pipeline = Some(depth);
+        self
+    }
+
+    /// Auto-scaling (default off): the pool's size moves between `pool_min_idle` (at least
+    /// 1) and `pool_max_size` as [`Autoscale`](super::Autoscale) says. `None` turns it off.
+    pub fn with_autoscale(mut self, autoscale: Option<super::Autoscale>) -> Self {
+        self.autoscale = Some(autoscale);
         self
     }
 
@@ -560,6 +579,41 @@ impl ConfigBuilder {
             ),
             _ => {}
         }
+        let mut autoscale = self.autoscale.unwrap_or(defaults.autoscale);
+        for (key, value) in &self.autoscale_keys {
+            match autoscale.as_mut() {
+                None => p(
+                    key,
+                    None,
+                    "auto-scaling is off, so this key would do nothing",
+                    "add pool_autoscale=on, or leave the key out",
+                ),
+                Some(a) => match *value {
+                    AutoscaleKey::Wait(d) => a.wait = d,
+                    AutoscaleKey::Step(n) => a.step = n,
+                    AutoscaleKey::Cooldown(d) => a.cooldown = d,
+                    AutoscaleKey::Idle(d) => a.idle = d,
+                },
+            }
+        }
+        if let Some(a) = autoscale {
+            if a.step == 0 {
+                p(
+                    "pool_autoscale_step",
+                    Some("0".into()),
+                    "a step of zero never changes the size",
+                    "give a step such as 4",
+                );
+            }
+            if a.wait.is_zero() || a.idle.is_zero() {
+                p(
+                    "pool_autoscale_wait",
+                    Some(format!("{:?} / idle {:?}", a.wait, a.idle)),
+                    "a zero wait threshold or idle window would resize on every round",
+                    "give durations above zero, such as 5ms and 30s",
+                );
+            }
+        }
         let validation = self.validation.unwrap_or(defaults.validation);
         if validation == ValidationPolicy::WhenIdleFor(Duration::ZERO) {
             p(
@@ -613,6 +667,7 @@ impl ConfigBuilder {
                 leak_detection_threshold: leak,
                 max_waiters,
                 pipeline,
+                autoscale,
             },
         })
     }

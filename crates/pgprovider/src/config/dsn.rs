@@ -1,6 +1,6 @@
 //! Connection URLs with libpq semantics. See the key table in the [module docs](super).
 
-use super::builder::{ConfigBuilder, host_from_str, parse_choice};
+use super::builder::{AutoscaleKey, ConfigBuilder, host_from_str, parse_choice};
 use super::problem::did_you_mean;
 use super::{LoadBalanceHosts, TargetSessionAttrs, ValidationPolicy, parse_duration};
 use percent_encoding::percent_decode_str;
@@ -36,6 +36,11 @@ pub(super) const KEYS: &[&str] = &[
     "pool_leak_detection_threshold",
     "pool_max_waiters",
     "pool_pipeline",
+    "pool_autoscale",
+    "pool_autoscale_wait",
+    "pool_autoscale_step",
+    "pool_autoscale_cooldown",
+    "pool_autoscale_idle",
     "statement_cache_capacity",
     "query_timeout",
     "statement_timeout",
@@ -308,6 +313,29 @@ impl ConfigBuilder {
                             self.pipeline
                         }
                     },
+                }
+            }
+            "pool_autoscale" => match value {
+                "on" => self.autoscale = Some(Some(super::Autoscale::default())),
+                "off" => self.autoscale = Some(None),
+                _ => self.problem(key, Some(value), "unknown value", "write on or off"),
+            },
+            "pool_autoscale_wait" | "pool_autoscale_cooldown" | "pool_autoscale_idle" => {
+                if let Some(d) = self.duration(key, value) {
+                    let (k, v) = match key {
+                        "pool_autoscale_wait" => ("pool_autoscale_wait", AutoscaleKey::Wait(d)),
+                        "pool_autoscale_cooldown" => {
+                            ("pool_autoscale_cooldown", AutoscaleKey::Cooldown(d))
+                        }
+                        _ => ("pool_autoscale_idle", AutoscaleKey::Idle(d)),
+                    };
+                    self.autoscale_keys.push((k, v));
+                }
+            }
+            "pool_autoscale_step" => {
+                if let Some(n) = self.count(key, value) {
+                    self.autoscale_keys
+                        .push(("pool_autoscale_step", AutoscaleKey::Step(n)));
                 }
             }
             "statement_cache_capacity" => {

@@ -33,6 +33,11 @@
 //! | `pool_leak_detection_threshold` | report a connection held longer than this (`off` to disable) | `off` |
 //! | `pool_max_waiters` | callers that may wait for a connection at once; more fail at once with `Overloaded` (`off` for no bound) | `10000` |
 //! | `pool_pipeline` | adaptive pipelining: when every connection is busy, up to this many plain reads per connection are pipelined onto connections running harmless statements (`off`, `on` for a depth of 32, or a depth from 1 to 256; see [the pool](crate::pool#adaptive-pipelining)) | `off` |
+//! | `pool_autoscale` | `on`: the pool's size moves between `pool_min_idle` (at least 1) and `pool_max_size`, growing when checkouts wait and shrinking when connections sit idle ([`Autoscale`]) | `off` |
+//! | `pool_autoscale_wait` | the mean checkout wait over a round (10 ms) that grows the pool | `5ms` |
+//! | `pool_autoscale_step` | most connections added or removed at once | `4` |
+//! | `pool_autoscale_cooldown` | least time between two growths | `50ms` |
+//! | `pool_autoscale_idle` | connections idle for this whole window shrink the pool (and no growth in it) | `30s` |
 //! | `statement_cache_capacity` | prepared statements kept per connection; `0` for unnamed statements only (PgBouncer transaction mode) | `256` |
 //! | `query_timeout` | cancel a statement on the server after this long (a `COMMIT` never is) | `off` |
 //! | `statement_timeout` | the server's `statement_timeout`, sent at startup (behind a pooler: `SET LOCAL` in every transaction, or `SET` per session) | server's |
@@ -151,6 +156,71 @@ pub struct PoolConfig {
     pub(crate) leak_detection_threshold: Option<Duration>,
     pub(crate) max_waiters: Option<usize>,
     pub(crate) pipeline: Option<usize>,
+    pub(crate) autoscale: Option<Autoscale>,
+}
+
+/// Auto-scaling of a pool (`pool_autoscale=on`): its size moves between `pool_min_idle`
+/// (at least 1) and `pool_max_size`. See the [pool docs](crate::pool#auto-scaling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Autoscale {
+    pub(crate) wait: Duration,
+    pub(crate) step: usize,
+    pub(crate) cooldown: Duration,
+    pub(crate) idle: Duration,
+}
+
+impl Default for Autoscale {
+    fn default() -> Self {
+        Autoscale {
+            wait: Duration::from_millis(5),
+            step: 4,
+            cooldown: Duration::from_millis(50),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Autoscale {
+    /// The defaults (see the key table in the [module docs](self)).
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The mean checkout wait over a round that grows the pool.
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+    /// Most connections added or removed at once.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+    /// Least time between two growths.
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
+    }
+    /// Connections idle for this whole window (with no growth in it) shrink the pool.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+    /// With `wait` as the growth threshold.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+    /// With `step` connections at most per change.
+    pub fn with_step(mut self, step: usize) -> Self {
+        self.step = step;
+        self
+    }
+    /// With `cooldown` between growths.
+    pub fn with_cooldown(mut self, cooldown: Duration) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+    /// With `idle` as the shrinking window.
+    pub fn with_idle(mut self, idle: Duration) -> Self {
+        self.idle = idle;
+        self
+    }
 }
 
 impl Default for PoolConfig {
@@ -165,6 +235,7 @@ impl Default for PoolConfig {
             leak_detection_threshold: None,
             max_waiters: Some(DEFAULT_MAX_WAITERS),
             pipeline: None,
+            autoscale: None,
         }
     }
 }
@@ -205,6 +276,10 @@ impl PoolConfig {
     /// Adaptive pipelining's depth per connection; `None` when it is off.
     pub fn pipeline(&self) -> Option<usize> {
         self.pipeline
+    }
+    /// Auto-scaling; `None` when it is off.
+    pub fn autoscale(&self) -> Option<Autoscale> {
+        self.autoscale
     }
 }
 

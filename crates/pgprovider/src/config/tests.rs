@@ -252,6 +252,23 @@ fn every_url_parameter() {
             Box::new(|c| c.pool().pipeline() == Some(16)),
         ),
         (
+            "pool_autoscale=on".into(),
+            Box::new(|c| c.pool().autoscale() == Some(crate::Autoscale::default())),
+        ),
+        (
+            "pool_autoscale=on&pool_autoscale_wait=7ms&pool_autoscale_step=3&pool_autoscale_cooldown=1s&pool_autoscale_idle=9s".into(),
+            Box::new(|c| {
+                c.pool().autoscale()
+                    == Some(
+                        crate::Autoscale::new()
+                            .with_wait(Duration::from_millis(7))
+                            .with_step(3)
+                            .with_cooldown(Duration::from_secs(1))
+                            .with_idle(Duration::from_secs(9)),
+                    )
+            }),
+        ),
+        (
             "statement_cache_capacity=0".into(),
             Box::new(|c| c.statement_cache_capacity() == 0),
         ),
@@ -414,6 +431,21 @@ fn every_validation_message() {
             "postgres://h/db?pool_max_waiters=lots",
             "pool_max_waiters",
             "not a whole number",
+        ),
+        (
+            "postgres://h/db?pool_autoscale_step=3",
+            "pool_autoscale_step",
+            "auto-scaling is off",
+        ),
+        (
+            "postgres://h/db?pool_autoscale=on&pool_autoscale_step=0",
+            "pool_autoscale_step",
+            "a step of zero",
+        ),
+        (
+            "postgres://h/db?pool_autoscale=sometimes",
+            "pool_autoscale",
+            "write on or off",
         ),
         (
             "postgres://h/db?pool_pipeline=deep",

@@ -25,6 +25,7 @@ pub(super) fn start<D: Driver>(inner: &Arc<Inner<D>>) {
         Some(TICK),
         pool.leak_detection_threshold().map(|t| t / 4),
         pool.idle_timeout().map(|t| t / 2),
+        pool.autoscale().map(|_| super::scale::ROUND),
     ]
     .into_iter()
     .flatten()
@@ -42,6 +43,7 @@ async fn run<D: Driver>(pool: Weak<Inner<D>>, wake: Arc<tokio::sync::Notify>, ti
             if inner.closed.load(Relaxed) {
                 return;
             }
+            inner.scale();
             inner.absorb_debt();
             inner.trim_to_max();
             inner.reap_idle();

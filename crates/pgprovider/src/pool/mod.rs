@@ -99,6 +99,20 @@
 //! pipelined reads on the server; a service whose reads dominate and whose pool is often
 //! saturated should turn it on.
 //!
+//! # Auto-scaling
+//!
+//! With `pool_autoscale=on` the pool starts at `pool_min_idle` connections (at least one)
+//! and its size ([`PoolStats::max_size`]) follows the load up to `pool_max_size`: it
+//! grows by `pool_autoscale_step` when the mean checkout wait of a 10 ms round reaches
+//! `pool_autoscale_wait` (or callers wait through a round served by nobody), at most once
+//! per `pool_autoscale_cooldown`, and shrinks by at most a step once connections stayed
+//! idle through a whole `pool_autoscale_idle` window without growth. Without it the pool
+//! opens connections whenever a checkout finds none idle, up to `pool_max_size` at once:
+//! auto-scaling keeps the server from a burst of connections that a short wait would have
+//! served. `PoolStats::autoscale_grows` and `autoscale_shrinks` count the changes;
+//! `pgprovider bench --autoscale` measures how fast the size follows a step in load and
+//! that an oscillating load does not make it thrash.
+//!
 //! (This file is long by choice: checkout, return and their counters are one state machine
 //! whose invariants — permits, `size`, the idle queue, shrink debt — are read together; the
 //! parts that stand alone are in `deadline`, `guard`, `hooks`, `hosts`, `maintain`, `open`
@@ -111,6 +125,7 @@ mod hosts;
 mod maintain;
 mod open;
 pub(crate) mod pipeline;
+mod scale;
 mod stats;
 
 pub use guard::Pooled;
@@ -207,6 +222,8 @@ pub(crate) struct Inner<D: Driver> {
     pub(crate) node_name: Arc<str>,
     /// Adaptive pipelining, when `pool_pipeline` is set.
     pub(crate) pipes: Option<pipeline::Pipes>,
+    /// Auto-scaling, when `pool_autoscale` is on.
+    scale: Option<scale::Scaler>,
 }
 
 /// A connection and its timestamps, boxed once for its whole life so that checkouts and
@@ -352,7 +369,12 @@ impl<D: Driver> PoolBuilder<D> {
 
     /// Makes the pool. Inside a tokio runtime this also starts its maintenance task.
     pub fn build(self) -> Pool<D> {
-        let max = self.config.pool().max_size();
+        let ceiling = self.config.pool().max_size();
+        // Auto-scaling starts at its floor and grows under load.
+        let max = match self.config.pool().autoscale() {
+            Some(_) => scale::floor(&self.config),
+            None => ceiling,
+        };
         let leases = self
             .config
             .pool()
@@ -378,7 +400,7 @@ impl<D: Driver> PoolBuilder<D> {
             .pool()
             .pipeline()
             .filter(|_| self.config.pooler() != pgprovider_core::PoolerMode::Transaction)
-            .map(|depth| pipeline::Pipes::new(depth, max));
+            .map(|depth| pipeline::Pipes::new(depth, ceiling));
         if pipes.is_some() && !self.observe.is_empty() {
             // Hooks see each statement on the connection that runs it; a pipelined read
             // has none of its own yet.
@@ -388,6 +410,7 @@ impl<D: Driver> PoolBuilder<D> {
             );
             pipes = None;
         }
+        let scale = self.config.pool().autoscale().map(scale::Scaler::new);
         let inner = Arc::new(Inner {
             driver: self.driver,
             config: self.config,
@@ -399,7 +422,7 @@ impl<D: Driver> PoolBuilder<D> {
             max: AtomicUsize::new(max),
             debt: Mutex::new(0),
             shrinking: AtomicBool::new(false),
-            idle: Mutex::new(VecDeque::with_capacity(max)),
+            idle: Mutex::new(VecDeque::with_capacity(ceiling)),
             counters: Counters::default(),
             statements: StatementCaches::new(),
             last_error: Mutex::new(None),
@@ -411,6 +434,7 @@ impl<D: Driver> PoolBuilder<D> {
             leases,
             deadlines: deadline::Deadlines::start(),
             generation: AtomicU64::new(0),
+            scale,
             pipes,
             observe,
             node_name,
@@ -672,7 +696,9 @@ impl<D: Driver> Pool<D> {
     }
 
     /// Changes the maximum size at run time. Growing takes effect at once; shrinking closes
-    /// surplus idle connections at once and surplus busy ones as they are returned.
+    /// surplus idle connections at once and surplus busy ones as they are returned. With
+    /// [auto-scaling](crate::pool#auto-scaling) on, it sets the ceiling the pool grows to
+    /// (above `pool_max_size` too), shrinking at once only a pool above it.
     ///
     /// # Errors
     /// [`ErrorKind::Config`] for a size of zero.
@@ -688,23 +714,15 @@ impl<D: Driver> Pool<D> {
             .with_node(self.inner.node.to_string())
             .with_hint("give a size the server's max_connections can hold"));
         }
-        let inner = &self.inner;
-        {
-            let mut debt = lock(&inner.debt);
-            let old = inner.max.swap(max_size, Relaxed);
-            if max_size >= old {
-                let grow = max_size - old;
-                let cancelled = grow.min(*debt);
-                *debt -= cancelled;
-                inner.release(grow - cancelled);
-            } else {
-                *debt += old - max_size;
-                *debt -= inner.semaphore.forget_permits(*debt);
+        if let Some(sc) = &self.inner.scale {
+            // Auto-scaling: the new ceiling; the size follows the load below it.
+            sc.ceiling.store(max_size, Relaxed);
+            if self.inner.max.load(Relaxed) > max_size {
+                self.inner.resize_to(max_size);
             }
-            inner.shrinking.store(*debt > 0, Relaxed);
+            return Ok(());
         }
-        inner.trim_to_max();
-        inner.wake.notify_one();
+        self.inner.resize_to(max_size);
         Ok(())
     }
 
@@ -782,6 +800,26 @@ impl<D: Driver> Pool<D> {
 }
 
 impl<D: Driver> Inner<D> {
+    /// Sets the maximum size (see [`Pool::resize`]).
+    pub(crate) fn resize_to(&self, max_size: usize) {
+        {
+            let mut debt = lock(&self.debt);
+            let old = self.max.swap(max_size, Relaxed);
+            if max_size >= old {
+                let grow = max_size - old;
+                let cancelled = grow.min(*debt);
+                *debt -= cancelled;
+                self.release(grow - cancelled);
+            } else {
+                *debt += old - max_size;
+                *debt -= self.semaphore.forget_permits(*debt);
+            }
+            self.shrinking.store(*debt > 0, Relaxed);
+        }
+        self.trim_to_max();
+        self.wake.notify_one();
+    }
+
     /// Gives `n` permits back.
     pub(crate) fn release(&self, n: usize) {
         self.semaphore.add_permits(n);
@@ -804,6 +842,9 @@ impl<D: Driver> Inner<D> {
         if let Some(p) = &self.pipes {
             s.pipelined = p.sent.load(Relaxed);
             s.pipeline_fallbacks = p.fell_back.load(Relaxed);
+        }
+        if let Some(a) = &self.scale {
+            (s.autoscale_grows, s.autoscale_shrinks) = a.changes();
         }
         s
     }

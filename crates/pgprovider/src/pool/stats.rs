@@ -71,6 +71,10 @@ pub struct PoolStats {
     /// Reads that tried to pipeline and went to a checkout after all (a stale statement,
     /// a lost connection, or the connection's holder moved on before it was sent).
     pub pipeline_fallbacks: u64,
+    /// Times auto-scaling grew the pool (`pool_autoscale`).
+    pub autoscale_grows: u64,
+    /// Times auto-scaling shrank the pool.
+    pub autoscale_shrinks: u64,
 }
 
 impl PoolStats {
@@ -193,6 +197,8 @@ impl Counters {
             statement_cache: Default::default(),
             pipelined: 0,
             pipeline_fallbacks: 0,
+            autoscale_grows: 0,
+            autoscale_shrinks: 0,
         }
     }
 }

@@ -109,14 +109,7 @@ pub(crate) async fn run(args: &BenchArgs, url: Option<&str>, n: usize) -> anyhow
     )
     .await?;
     let stats = pool.stats();
-    let raw = drive(
-        Arc::new(RawOp(clients)),
-        n,
-        0,
-        args.warmup,
-        args.duration,
-    )
-    .await?;
+    let raw = drive(Arc::new(RawOp(clients)), n, 0, args.warmup, args.duration).await?;
     pool.close().await;
     drop(cluster);
 

@@ -14,6 +14,7 @@ mod measure;
 #[cfg(feature = "peers")]
 mod peers;
 mod report;
+mod scale;
 
 use crate::Exit;
 use crate::opt::BenchArgs;
@@ -69,6 +70,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.duration,
         args.warmup
     );
+    if args.autoscale {
+        let value = scale::run(&args, &url).await?;
+        drop(cluster);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::json!({ "autoscale": value }).to_string())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            crate::say!("wrote {}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if !args.deadlines.is_empty() {
         let value = deadline::run(&args, &url).await?;
         drop(cluster);
@@ -178,7 +189,10 @@ fn choose(args: &BenchArgs) -> anyhow::Result<(Vec<Workload>, Vec<&'static str>)
         )
         .into());
     }
-    if args.many.is_some_and(|n| n == 0 || n > pgprovider::config::MAX_POOL_SIZE) {
+    if args
+        .many
+        .is_some_and(|n| n == 0 || n > pgprovider::config::MAX_POOL_SIZE)
+    {
         return Err(Exit(
             2,
             format!(
@@ -188,10 +202,22 @@ fn choose(args: &BenchArgs) -> anyhow::Result<(Vec<Workload>, Vec<&'static str>)
         )
         .into());
     }
-    if args.many.is_some() && !(args.deadlines.is_empty() && args.workloads.is_empty()) {
+    let special = [
+        args.many.is_some(),
+        args.autoscale,
+        !args.deadlines.is_empty(),
+    ];
+    if special.iter().filter(|s| **s).count() > 1 {
         return Err(Exit(
             2,
-            "--many runs its own workload (SELECT 1 on every connection); leave out --workloads and --deadlines".into(),
+            "--many, --autoscale and --deadlines each run a workload of their own: give one".into(),
+        )
+        .into());
+    }
+    if (args.many.is_some() || args.autoscale) && !args.workloads.is_empty() {
+        return Err(Exit(
+            2,
+            "--many and --autoscale run workloads of their own; leave out --workloads".into(),
         )
         .into());
     }
