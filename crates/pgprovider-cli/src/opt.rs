@@ -33,8 +33,9 @@ pub enum Command {
     /// Send one notification.
     Notify(NotifyArgs),
     /// Serve `/healthz` (liveness), `/readyz` (readiness: the health report as JSON, 503
-    /// when no primary) and `/metrics` (Prometheus) until interrupted. Uses --url, else
-    /// starts a throwaway PostgreSQL cluster.
+    /// when no primary), `/metrics` (Prometheus, with process and runtime figures) and
+    /// `/debug/pprof/profile?seconds=N` (a CPU profile as folded stacks) until interrupted.
+    /// Uses --url, else starts a throwaway PostgreSQL cluster.
     Serve(ServeArgs),
     /// Failure drills on an embedded cluster.
     #[command(subcommand)]

@@ -641,6 +641,39 @@ fn serve_answers_health_readiness_and_metrics() {
     let (code, metrics) = http_get(&addr, "/metrics");
     assert_eq!(code, 200);
     assert!(metrics.contains("pgprovider_pool_max_size{"), "{metrics}");
+    for gauge in [
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_threads ",
+        "tokio_workers ",
+        "tokio_alive_tasks ",
+    ] {
+        assert!(metrics.contains(gauge), "no {gauge}in {metrics}");
+    }
+    // A CPU profile, taken while requests keep the process busy; a second one at the same
+    // time is refused, and so is a length out of bounds.
+    assert_eq!(http_get(&addr, "/debug/pprof/profile?seconds=0").0, 400);
+    let profiling = {
+        let addr = addr.clone();
+        std::thread::spawn(move || http_get(&addr, "/debug/pprof/profile?seconds=2"))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(http_get(&addr, "/debug/pprof/profile?seconds=1").0, 409);
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        http_get(&addr, "/metrics");
+    }
+    let (code, folded) = profiling.join().unwrap();
+    assert_eq!(code, 200, "{folded}");
+    let first = folded.lines().next().unwrap_or_default();
+    let (stack, count) = first.rsplit_once(' ').unwrap_or_else(|| panic!("{folded}"));
+    assert!(count.parse::<u64>().unwrap() > 0, "{first}");
+    assert!(stack.contains(';'), "{first}");
+    assert!(
+        folded.contains("pgprovider") || folded.contains("tokio"),
+        "no frame of this program in {folded}"
+    );
     let _ = child.kill();
     let _ = child.wait();
     let o = pgprovider(&["serve", "--url", &url, "--listen", "nowhere"], None);

@@ -3,7 +3,14 @@
 //! - `GET /healthz`: liveness: `200 ok` while the process serves requests.
 //! - `GET /readyz`: readiness: the [`HealthReport`](crate::health::HealthReport) as JSON,
 //!   `200` when ready (a primary is trusted), `503` when down.
-//! - `GET /metrics`: the Prometheus text of every metric (pool figures refreshed first).
+//! - `GET /metrics`: the Prometheus text of every metric, pool figures and this process's
+//!   own refreshed first: `process_resident_memory_bytes`, `process_cpu_seconds_total`,
+//!   `process_open_fds`, `process_threads` (from `/proc/self` on Linux), and the tokio
+//!   runtime's `tokio_workers`, `tokio_alive_tasks` and `tokio_global_queue_depth`.
+//! - `GET /debug/pprof/profile?seconds=N` (feature `profiling`): a CPU profile of this
+//!   process sampled at 99 Hz for N seconds (default 10, at most 60), as folded stacks
+//!   (`thread;outer;…;inner count` per line), which `inferno-flamegraph`, `flamegraph.pl`
+//!   and speedscope turn into a flame graph. One profile at a time (`409` while one runs).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,10 +61,185 @@ where
             "/metrics",
             get(move || {
                 provider.record_metrics();
+                record_process_metrics();
                 let text = metrics.render();
                 async move {
                     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
                 }
             }),
         )
+        .merge(profiling())
+}
+
+/// Sets the process and runtime gauges (see the [module docs](self)).
+pub fn record_process_metrics() {
+    let p = process_figures();
+    let set = |name: &'static str, v: Option<f64>| {
+        if let Some(v) = v {
+            metrics::gauge!(name).set(v);
+        }
+    };
+    set("process_resident_memory_bytes", p.resident_bytes);
+    set("process_cpu_seconds_total", p.cpu_seconds);
+    set("process_open_fds", p.open_fds);
+    set("process_threads", p.threads);
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        let m = rt.metrics();
+        metrics::gauge!("tokio_workers").set(m.num_workers() as f64);
+        metrics::gauge!("tokio_alive_tasks").set(m.num_alive_tasks() as f64);
+        metrics::gauge!("tokio_global_queue_depth").set(m.global_queue_depth() as f64);
+    }
+}
+
+/// This process's figures from `/proc/self` (`None` where it is missing).
+#[derive(Debug, Default)]
+struct Process {
+    resident_bytes: Option<f64>,
+    cpu_seconds: Option<f64>,
+    open_fds: Option<f64>,
+    threads: Option<f64>,
+}
+
+fn process_figures() -> Process {
+    // Linux's USER_HZ and page size as glibc reports them on every platform it supports.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    const PAGE: f64 = 4096.0;
+    let mut p = Process::default();
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
+        p.resident_bytes = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|pages| pages * PAGE);
+    }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // The fields after the command name (which may hold spaces and parentheses).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+        // utime, stime and num_threads are fields 14, 15 and 20: 12, 13 and 18 here.
+        p.cpu_seconds = num(11)
+            .zip(num(12))
+            .map(|(u, s)| (u + s) / TICKS_PER_SECOND);
+        p.threads = num(17);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        p.open_fds = Some(fds.count() as f64);
+    }
+    p
+}
+
+#[cfg(not(feature = "profiling"))]
+fn profiling() -> Router {
+    Router::new()
+}
+
+#[cfg(feature = "profiling")]
+fn profiling() -> Router {
+    use axum::extract::RawQuery;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    Router::new().route(
+        "/debug/pprof/profile",
+        get(|RawQuery(query): RawQuery| async move {
+            let seconds = match profile_seconds(query.as_deref()) {
+                Ok(s) => s,
+                Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
+            };
+            if RUNNING.swap(true, Ordering::AcqRel) {
+                return (
+                    StatusCode::CONFLICT,
+                    "a profile is being taken already: try again when it ends\n".to_owned(),
+                )
+                    .into_response();
+            }
+            // The profiler's guard stays on one thread: sampled on a blocking thread.
+            let folded = tokio::task::spawn_blocking(move || {
+                let r = folded_profile(seconds);
+                RUNNING.store(false, Ordering::Release);
+                r
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the profiling thread failed: {e}")));
+            match folded {
+                Ok(text) => ([(header::CONTENT_TYPE, "text/plain")], text).into_response(),
+                Err(why) => (StatusCode::INTERNAL_SERVER_ERROR, why).into_response(),
+            }
+        }),
+    )
+}
+
+/// `seconds=N` of the query string: 1 to 60, 10 when absent.
+#[cfg(feature = "profiling")]
+fn profile_seconds(query: Option<&str>) -> Result<u64, String> {
+    let Some(v) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("seconds="))
+    else {
+        return Ok(10);
+    };
+    match v.parse::<u64>() {
+        Ok(n @ 1..=60) => Ok(n),
+        _ => Err(format!(
+            "seconds={v}: give a whole number of seconds from 1 to 60\n"
+        )),
+    }
+}
+
+/// Samples this process for `seconds` and returns the folded stacks, hottest first.
+#[cfg(feature = "profiling")]
+fn folded_profile(seconds: u64) -> Result<String, String> {
+    let guard = pprof::ProfilerGuardBuilder::default()
+        .frequency(99)
+        .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+        .build()
+        .map_err(|e| format!("cannot start the profiler: {e}\n"))?;
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    let report = guard
+        .report()
+        .build()
+        .map_err(|e| format!("cannot build the profile: {e}\n"))?;
+    let mut lines: Vec<(isize, String)> = report
+        .data
+        .iter()
+        .map(|(frames, count)| {
+            let mut stack = vec![frames.thread_name.clone()];
+            // Innermost first in the report; folded stacks go outermost first.
+            for frame in frames.frames.iter().rev() {
+                for symbol in frame.iter().rev() {
+                    stack.push(symbol.name().replace(';', ":"));
+                }
+            }
+            (*count, stack.join(";"))
+        })
+        .collect();
+    lines.sort_by_key(|l| std::cmp::Reverse(l.0));
+    Ok(lines
+        .into_iter()
+        .map(|(count, stack)| format!("{stack} {count}\n"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn process_figures_come_from_proc() {
+        let p = super::process_figures();
+        assert!(p.resident_bytes.unwrap() > 1_000_000.0, "{p:?}");
+        assert!(p.cpu_seconds.unwrap() >= 0.0, "{p:?}");
+        assert!(p.open_fds.unwrap() >= 3.0, "{p:?}");
+        assert!(p.threads.unwrap() >= 1.0, "{p:?}");
+    }
+
+    #[cfg(feature = "profiling")]
+    #[test]
+    fn profile_seconds_are_bounded() {
+        assert_eq!(super::profile_seconds(None), Ok(10));
+        assert_eq!(super::profile_seconds(Some("seconds=3")), Ok(3));
+        assert_eq!(super::profile_seconds(Some("x=1&seconds=60")), Ok(60));
+        for bad in ["seconds=0", "seconds=61", "seconds=ten"] {
+            assert!(super::profile_seconds(Some(bad)).is_err(), "{bad}");
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! `pgprovider serve`: `/healthz`, `/readyz` and `/metrics` for a provider over the nodes of
-//! a URL (or of an embedded throwaway cluster when there is none).
+//! `pgprovider serve`: `/healthz`, `/readyz` and `/metrics` (with this process's own
+//! figures) for a provider over the nodes of a URL (or of an embedded throwaway cluster when
+//! there is none), and `/debug/pprof/profile?seconds=N` (feature `profiling`, on by
+//! default): a CPU profile of the process as folded stacks.
 
 use crate::Exit;
 use pgprovider::Config;
@@ -31,8 +33,13 @@ pub(crate) async fn run(args: crate::opt::ServeArgs) -> anyhow::Result<ExitCode>
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Exit(2, format!("cannot listen on {addr}: {e}")))?;
+    let profile = if cfg!(feature = "profiling") {
+        ", /debug/pprof/profile"
+    } else {
+        ""
+    };
     crate::say!(
-        "pgprovider serve: http://{}/healthz, /readyz, /metrics for {}",
+        "pgprovider serve: http://{}/healthz, /readyz, /metrics{profile} for {}",
         listener.local_addr()?,
         config.redacted_url()
     );
