@@ -67,6 +67,13 @@ pub trait Connection: Send + 'static {
     /// and without I/O; the default does nothing.
     fn recycled(&mut self) {}
 
+    /// Told at checkout when requests of others (reads the pool pipelined onto this
+    /// connection) may still be queued ahead of the new holder's first statement. Until a
+    /// reply arrives, a query timeout must not send a cancel request (it could stop one of
+    /// them): the driver gives up on the statement and marks the connection broken instead.
+    /// The default does nothing (drivers that do not pipeline are never told).
+    fn queued_ahead(&mut self) {}
+
     /// Whether a statement on this connection was refused because the server is read-only
     /// (SQLSTATE `25006`) since it was last [`recycled`](Connection::recycled). The pool
     /// reports it when the connection comes back, so the topology rechecks the node's role

@@ -10,9 +10,9 @@
 //! The pool decides *when* a request may be sent (the holder's session is clean and outside
 //! a transaction, checked under a per-connection lock); the driver decides *what* may be
 //! sent ([`accepts`](Pipeline::accepts)) and sends it. For the pool's lock to mean anything,
-//! every future a pipeline returns must put its request on the connection in its **first
-//! poll** (or complete in it): requests sent later could land behind a `BEGIN` of the
-//! holder's.
+//! every future a pipeline returns must put its whole request on the connection in its
+//! **first poll** (or complete in it): requests sent later could land behind a `BEGIN` of
+//! the holder's. So a pipeline runs only statements its connection's holders prepared.
 //!
 //! Drivers that cannot pipeline use [`NoPipeline`].
 
@@ -32,14 +32,10 @@ pub trait Pipeline<Q: Queries + ?Sized>: Clone + Send + Sync + 'static {
     /// neither the session nor the transaction state. Cheap when asked again.
     fn shares(&self, sql: &str) -> bool;
 
-    /// The statement for `sql` already prepared by this pipeline, if any.
+    /// The statement for `sql` prepared on this session, if the connection's holder has
+    /// prepared it. A pipeline never prepares statements itself: preparing may take several
+    /// exchanges (type lookups), and only the first is sent under the pool's lock.
     fn statement(&self, sql: &str) -> Option<Self::Statement>;
-
-    /// Prepares `sql` on the session and keeps it. The request is sent in the first poll.
-    fn prepare<'a>(
-        &'a self,
-        sql: &'a str,
-    ) -> impl Future<Output = Result<Self::Statement>> + Send + 'a;
 
     /// Runs `stmt` and collects its rows. The request is sent in the first poll.
     fn query<'a, 'p>(
@@ -76,10 +72,6 @@ impl<Q: Queries + ?Sized> Pipeline<Q> for NoPipeline {
 
     fn statement(&self, _: &str) -> Option<()> {
         None
-    }
-
-    async fn prepare<'a>(&'a self, _: &'a str) -> Result<()> {
-        Err(unsupported())
     }
 
     async fn query<'a, 'p>(&'a self, _: &'a (), _: &'a [&'p Q::Param<'p>]) -> Result<Vec<Q::Row>> {

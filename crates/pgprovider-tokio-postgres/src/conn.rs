@@ -285,6 +285,10 @@ impl Connection for PgConnection {
         self.s.recycled();
     }
 
+    fn queued_ahead(&mut self) {
+        self.s.set_queued_ahead();
+    }
+
     fn refused_read_only(&self) -> bool {
         self.s.refused_read_only()
     }

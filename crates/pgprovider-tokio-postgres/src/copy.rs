@@ -96,7 +96,7 @@ impl PgConnection {
         if self.s.hooks().is_empty() {
             return self.copy_in_inner(sql, types, rows).await;
         }
-        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node_shared());
         let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
         hooks
             .observe(&op, |n| Some(*n), self.copy_in_inner(sql, types, rows))
@@ -212,7 +212,7 @@ impl PgConnection {
         if self.s.hooks().is_empty() {
             return self.copy_out_inner(sql, types, each).await;
         }
-        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node_shared());
         let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
         hooks
             .observe(&op, |n| Some(*n), self.copy_out_inner(sql, types, each))
@@ -250,7 +250,7 @@ impl PgConnection {
         if self.s.hooks().is_empty() {
             return self.copy_out_raw_inner(sql, out).await;
         }
-        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node_shared());
         let op = Operation::new(OperationKind::Copy, &node).with_sql(sql);
         // The count is of bytes, not rows: not reported as rows.
         hooks

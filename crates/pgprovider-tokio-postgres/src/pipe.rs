@@ -7,10 +7,14 @@
 //! `Sync`, so a pipelined read is a transaction of its own: an error in it touches neither
 //! the holder's statement nor the other reads.
 //!
-//! The pipeline keeps its own prepared statements (the connection's cache belongs to its
-//! holder, who has it mutably), and remembers per statement text whether it is a plain
-//! read ([`accepts`](Pipeline::accepts)) and whether a holder running it may share the
-//! connection ([`shares`](Pipeline::shares)), so each text is classified once.
+//! The pipeline runs the statements the connection's holders prepared (each statement the
+//! connection runs from its cache is offered to it), never preparing one itself: a prepare
+//! may look types up in further exchanges, which would be sent outside the pool's lock. It
+//! remembers per statement text whether it is a plain read ([`accepts`](Pipeline::accepts))
+//! and whether a holder running it may share the connection
+//! ([`shares`](Pipeline::shares)), so each text is classified once. It holds the client
+//! weakly: closing the connection ends the session even while its pool still lists the
+//! pipeline.
 
 use crate::PgConnection;
 use crate::cache::SqlTraits;
@@ -20,7 +24,7 @@ use crate::query::{Param, PgRow};
 use pgprovider_core::{Pipeline, Result};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use tokio_postgres::{Client, Statement};
 
 /// Statement texts a pipeline remembers; past this, texts are classified per use and not
@@ -33,7 +37,7 @@ const KNOWN: usize = 256;
 pub struct PgPipeline(Arc<Inner>);
 
 struct Inner {
-    client: Arc<Client>,
+    client: Weak<Client>,
     node: Arc<str>,
     known: Mutex<HashMap<Box<str>, Known>>,
 }
@@ -51,10 +55,29 @@ struct Known {
     avg_us: u32,
 }
 
+/// Words that make a statement more than a read for pipelining (wherever they appear, in
+/// literals too: a false alarm only means the statement waits for a connection of its own).
+/// A data-modifying `WITH`, `EXPLAIN ANALYZE` of a write, `SELECT … INTO`, row locks
+/// (`FOR UPDATE`, `FOR SHARE`) and sequence functions that would run twice if the read were
+/// sent again after a lost connection.
+const NOT_READ_WORDS: [&str; 12] = [
+    "insert", "update", "delete", "merge", "into", "create", "analyze", "share", "nextval",
+    "setval", "setseed", "lock",
+];
+
+/// Whether `sql` is a plain read that may be pipelined: multiplexed mode's check plus
+/// [`NOT_READ_WORDS`] (pipelined statements have no read-only session to catch a write).
+pub(crate) fn pipelinable(sql: &str) -> bool {
+    check_read_only(sql).is_ok()
+        && !sql
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| NOT_READ_WORDS.iter().any(|n| w.eq_ignore_ascii_case(n)))
+}
+
 impl Known {
     fn of(sql: &str) -> Self {
         Known {
-            read: check_read_only(sql).is_ok(),
+            read: pipelinable(sql),
             shares: SqlTraits::of(sql).harmless(),
             stmt: None,
             avg_us: 0,
@@ -75,9 +98,9 @@ impl fmt::Debug for PgPipeline {
 }
 
 impl PgPipeline {
-    pub(crate) fn new(client: Arc<Client>, node: Arc<str>) -> Self {
+    pub(crate) fn new(client: &Arc<Client>, node: Arc<str>) -> Self {
         PgPipeline(Arc::new(Inner {
-            client,
+            client: Arc::downgrade(client),
             node,
             known: Mutex::new(HashMap::new()),
         }))
@@ -85,6 +108,16 @@ impl PgPipeline {
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Known>> {
         self.0.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Offers the statement the connection's holder runs for `sql`.
+    pub(crate) fn adopt(&self, sql: &str, stmt: &Statement) {
+        let mut known = self.known();
+        if let Some(k) = known.get_mut(sql) {
+            if k.stmt.is_none() {
+                k.stmt = Some(stmt.clone());
+            }
+        }
     }
 
     /// Whether `sql` may be pipelined and shared, classifying it the first time.
@@ -117,26 +150,19 @@ impl Pipeline<PgConnection> for PgPipeline {
         self.known().get(sql).and_then(|k| k.stmt.clone())
     }
 
-    async fn prepare<'a>(&'a self, sql: &'a str) -> Result<Statement> {
-        let stmt = self
-            .0
-            .client
-            .prepare(sql)
-            .await
-            .map_err(|e| map_error(e).with_node(&*self.0.node))?;
-        let mut known = self.known();
-        if let Some(k) = known.get_mut(sql) {
-            k.stmt = Some(stmt.clone());
-        }
-        Ok(stmt)
-    }
-
     async fn query<'a, 'p>(
         &'a self,
         stmt: &'a Statement,
         params: &'a [&'p Param<'p>],
     ) -> Result<Vec<PgRow>> {
-        match self.0.client.query(stmt, params).await {
+        let Some(client) = self.0.client.upgrade() else {
+            return Err(pgprovider_core::Error::new(
+                pgprovider_core::ErrorKind::ConnectionLost,
+                "the connection was closed",
+            )
+            .with_node(&*self.0.node));
+        };
+        match client.query(stmt, params).await {
             Ok(rows) => Ok(rows.into_iter().map(PgRow).collect()),
             Err(e) => Err(map_error(e).with_node(&*self.0.node)),
         }
@@ -152,6 +178,39 @@ impl Pipeline<PgConnection> for PgPipeline {
         let us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
         if let Some(k) = self.known().get_mut(sql) {
             k.avg_us = ((u64::from(k.avg_us) * 3 + u64::from(us)) / 4) as u32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pipelinable;
+
+    #[test]
+    fn only_plain_reads_are_pipelined() {
+        for ok in [
+            "SELECT 1",
+            "SELECT abalance FROM accounts WHERE aid = $1",
+            "WITH a AS (SELECT 1) SELECT * FROM a",
+            "SELECT updated_at, inserted_by FROM t",
+            "EXPLAIN SELECT 1",
+        ] {
+            assert!(pipelinable(ok), "{ok}");
+        }
+        for bad in [
+            "WITH i AS (INSERT INTO t VALUES (1) RETURNING id) SELECT id FROM i",
+            "EXPLAIN ANALYZE DELETE FROM t",
+            "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1",
+            "SELECT * INTO TEMP t FROM u",
+            "SELECT * FROM t FOR UPDATE",
+            "SELECT * FROM t FOR SHARE",
+            "SELECT nextval('s')",
+            "SELECT set_config('a.b', 'c', false)",
+            "SELECT 1; SELECT 2",
+            "UPDATE t SET a = 1",
+            "SELECT 'insert'",
+        ] {
+            assert!(!pipelinable(bad), "{bad}");
         }
     }
 }

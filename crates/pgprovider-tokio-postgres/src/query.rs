@@ -90,7 +90,7 @@ impl Queries for PgConnection {
         }
         Some(
             self.pipe
-                .get_or_init(|| crate::PgPipeline::new(self.client.clone(), self.s.node().into()))
+                .get_or_init(|| crate::PgPipeline::new(&self.client, self.s.node_shared()))
                 .clone(),
         )
     }
@@ -210,7 +210,7 @@ impl PgConnection {
         if self.s.hooks().is_empty() {
             return self.batch_inner(statements).await;
         }
-        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node_shared());
         let op = Operation::new(OperationKind::Batch, &node).with_statements(statements.len());
         let rows = |r: &Vec<BatchResult>| Some(r.iter().map(BatchResult::rows_affected).sum());
         hooks.observe(&op, rows, self.batch_inner(statements)).await
@@ -361,7 +361,7 @@ impl PgConnection {
         if self.s.hooks().is_empty() {
             return self.exec(sql, params, op, false).await;
         }
-        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node_shared());
         let operation = Operation::new(OperationKind::of_sql(sql, default), &node).with_sql(sql);
         // A commented statement is unique to its correlation id: run it unprepared rather
         // than fill the statement cache with one-off statements.
@@ -457,7 +457,7 @@ impl PgConnection {
             // would otherwise copy along the stack of every caller.
             return Box::pin(self.scoped_inner(scope, sql, params, op)).await;
         }
-        let (hooks, node) = (self.s.hooks().clone(), self.s.node().to_owned());
+        let (hooks, node) = (self.s.hooks().clone(), self.s.node_shared());
         let kind = match op {
             Op::Execute => OperationKind::Execute,
             _ => OperationKind::Query,
@@ -510,8 +510,8 @@ impl PgConnection {
         let checked_ok = || Ok(Out::Count(0));
         let mut retried = false;
         loop {
-            let node = self.s.node().to_owned();
-            let db = |e: tokio_postgres::Error| map_error(e).with_node(node.clone());
+            let node = self.s.node_shared();
+            let db = |e: tokio_postgres::Error| map_error(e).with_node(&*node);
             // What the statement may leave on the session beyond the transaction is reset
             // on return, as for any other statement.
             let cached = match &typed {
@@ -650,6 +650,9 @@ impl PgConnection {
             };
             self.s.dirty_if(traits.changes_session);
             self.s.set_harmless(traits.harmless());
+            if let Some(pipe) = self.pipe.get() {
+                pipe.adopt(sql, &stmt);
+            }
             match self
                 .run(async |c| call(c, op, sql, Some(&stmt), params, &[]).await)
                 .await

@@ -1737,6 +1737,31 @@ async fn adaptive_pipelining_shares_only_clean_sessions_and_keeps_replies_apart(
     assert!(s.pipelined > 0, "nothing was pipelined: {s:?}");
     assert!(s.size <= 3, "{s:?}");
     assert!(reads > 1000, "only {reads} reads");
+    // No session outlives the pool: a pipeline does not keep its connection open.
+    let app = "pgprovider-pipeline-close";
+    let closing = pool_with_app(app, "&pool_max_size=2&pool_pipeline=8").await;
+    saturate(&closing, "SELECT 1", 16, 300).await;
+    assert!(closing.stats().pipelined > 0, "{:?}", closing.stats());
+    closing.close().await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = pool
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{left} sessions left after close"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The pool is whole afterwards: every connection idle and clean.
     let mut c = pool.get().await.unwrap();
     let mark: Option<String> = c
@@ -1786,6 +1811,20 @@ async fn adaptive_pipelining_is_off_by_default_and_skips_writes_and_slow_reads()
         300,
     )
     .await;
+    saturate(
+        &pool,
+        "WITH i AS (INSERT INTO pipeline_writes VALUES (2) RETURNING n) SELECT n FROM i",
+        32,
+        300,
+    )
+    .await;
+    saturate(
+        &pool,
+        "SELECT n FROM pipeline_writes LIMIT 1 FOR UPDATE",
+        32,
+        300,
+    )
+    .await;
     assert_eq!(pool.stats().pipelined, 0, "a write was pipelined");
     // A read that runs long is learnt (per connection) and then no longer pipelined nor
     // shared: after a few rounds, nothing more is pipelined for it.
@@ -1798,6 +1837,12 @@ async fn adaptive_pipelining_is_off_by_default_and_skips_writes_and_slow_reads()
         "slow reads kept being pipelined: {before} then {after}"
     );
     pool.close().await;
+}
+
+/// A pool on the shared server whose sessions carry `app` as their application name.
+async fn pool_with_app(app: &str, extra: &str) -> Pool<TokioPostgres> {
+    let c = config(&format!("&application_name={app}{extra}")).await;
+    Pool::new(TokioPostgres::new(), &c, &c.nodes()[0])
 }
 
 /// Runs `sql` from `tasks` tasks for `ms` milliseconds.
@@ -1817,8 +1862,8 @@ async fn saturate(pool: &Pool<TokioPostgres>, sql: &'static str, tasks: usize, m
     }
 }
 
-/// The provider's read route pipelines too: reads through `provider.read()` and the
-/// provider's own `query` find the node's pool saturated and go onto busy connections.
+/// The provider's read route pipelines too: reads through `provider.read()` find the
+/// node's pool saturated and go onto busy connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_providers_reads_are_pipelined_when_its_pool_is_saturated() {
     use pgprovider::provider::{Provider, TopologyOptions};
@@ -1837,11 +1882,7 @@ async fn the_providers_reads_are_pipelined_when_its_pool_is_saturated() {
             let mut i = 0;
             while tokio::time::Instant::now() < until {
                 let n = t * 1_000_000 + i;
-                let rows = if i % 2 == 0 {
-                    p.read().query("SELECT $1::int", &[&n]).await.unwrap()
-                } else {
-                    p.query("SELECT $1::int", &[&n]).await.unwrap()
-                };
+                let rows = p.read().query("SELECT $1::int", &[&n]).await.unwrap();
                 assert_eq!(rows[0].get::<_, i32>(0), n);
                 i += 1;
             }

@@ -83,11 +83,10 @@ where
     /// # Errors
     /// As [`query`](Pool::query).
     pub async fn execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
-        let mut conn = self.get().await?;
         // Reads may be pipelined behind an autocommit write that leaves nothing on the
         // session.
-        let _sharing = crate::Pooled::share(&mut conn, sql);
-        conn.execute(sql, params).await
+        let conn = self.get().await?;
+        crate::Pooled::shared(conn, sql, async |c| c.execute(sql, params).await).await
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Session {
     default_timeout: Option<Duration>,
     /// The statement in flight can change neither the session nor the transaction.
     harmless: bool,
+    /// Others' requests may be queued ahead of the next statement: no cancel until a reply.
+    ahead: bool,
 }
 
 impl Session {
@@ -91,12 +93,19 @@ impl Session {
             timeout: params.query_timeout,
             default_timeout: params.query_timeout,
             harmless: false,
+            ahead: false,
         }
     }
 
     /// `host:port` of the node.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The node, shared (a clone costs no allocation: for what outlives a borrow of the
+    /// session, such as an operation observed while the statement borrows the connection).
+    pub fn node_shared(&self) -> Arc<str> {
+        self.node.clone()
     }
 
     /// The hooks statements run through.
@@ -222,7 +231,16 @@ impl Session {
         self.in_flight = true;
         self.cancel_at = self.timeout.map(|t| Instant::now() + t);
         let is_cancel = |e: &E::Error| errors.is_cancel_reply(e);
-        let r = match run_bounded(self.timeout, &self.cancel, fut, is_cancel).await {
+        let bounded = match (self.ahead, self.timeout) {
+            // Others' requests may be ahead: a cancel could stop one of them. Given up on
+            // instead, and the connection closed.
+            (true, Some(t)) => match tokio::time::timeout(t, fut).await {
+                Ok(r) => Bounded::Finished(r),
+                Err(_) => Bounded::TimedOut { clean: false },
+            },
+            _ => run_bounded(self.timeout, &self.cancel, fut, is_cancel).await,
+        };
+        let r = match bounded {
             Bounded::Finished(r) => r,
             Bounded::TimedOut { clean } => {
                 // Not clean: the cancel may still hit the next statement.
@@ -235,6 +253,8 @@ impl Session {
         self.in_flight = false;
         self.cancel_at = None;
         self.harmless = false;
+        // A reply: whatever was queued ahead has been answered.
+        self.ahead = false;
         r.map_err(|e| {
             self.broken |= errors.breaks_connection(&e);
             let e = errors.convert(e).with_node(&*self.node);
@@ -255,6 +275,12 @@ impl Session {
         if self.in_flight {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.cancel.cancel()).await;
         }
+    }
+
+    /// Notes that others' requests may be queued ahead of the next statement (see
+    /// [`Connection::queued_ahead`](crate::Connection::queued_ahead)).
+    pub fn set_queued_ahead(&mut self) {
+        self.ahead = true;
     }
 
     /// Marks the connection unusable (or usable again: a protocol step that completed).

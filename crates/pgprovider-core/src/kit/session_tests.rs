@@ -194,3 +194,51 @@ fn pooler_startup_refusals_name_the_setting() {
     );
     assert_eq!(other.kind(), ErrorKind::Auth);
 }
+
+/// Others' requests queued ahead (reads the pool pipelined): a timeout sends no cancel
+/// (it could stop one of them) and gives up on the connection; a reply ends the state.
+#[tokio::test]
+async fn with_requests_queued_ahead_a_timeout_sends_no_cancel() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let sent = std::sync::Arc::new(AtomicU32::new(0));
+    let counting = {
+        let sent = sent.clone();
+        CancelToken::new(move || {
+            let sent = sent.clone();
+            async move {
+                sent.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    };
+    let mut p = params(PoolerMode::None, &[]);
+    p.query_timeout = Some(Duration::from_millis(20));
+    let mut s = Session::new(&p, counting);
+    s.set_queued_ahead();
+    let e = s
+        .run(&Plain, std::future::pending::<Result<()>>())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    assert!(s.is_broken(), "closed instead of cancelled");
+    assert_eq!(sent.load(Ordering::SeqCst), 0, "a cancel was sent");
+    // After a reply, timeouts cancel again.
+    let mut s = Session::new(&p, {
+        let sent = sent.clone();
+        CancelToken::new(move || {
+            let sent = sent.clone();
+            async move {
+                sent.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    });
+    s.set_queued_ahead();
+    s.run(&Plain, async { Ok::<_, Error>(()) }).await.unwrap();
+    let slow = async {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        Ok::<_, Error>(())
+    };
+    let _ = s.run(&Plain, slow).await;
+    assert_eq!(sent.load(Ordering::SeqCst), 1, "no cancel after the reply");
+}

@@ -34,6 +34,16 @@ pub fn may_change_session(sql: &str) -> bool {
             // `SELECT … INTO [TEMP] t` creates a table (perhaps a temporary one, which
             // outlives the transaction).
             "SELECT" | "WITH" | "TABLE" | "VALUES" if selects_into(stmt) => return true,
+            // `EXPLAIN ANALYZE` runs what it explains: `CREATE TEMP TABLE … AS`, `SELECT …
+            // INTO TEMP t`.
+            "EXPLAIN"
+                if selects_into(stmt)
+                    || stmt
+                        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                        .any(|w| w.eq_ignore_ascii_case("create")) =>
+            {
+                return true;
+            }
             w if SAFE_LEADING_WORDS.contains(&w) => {}
             _ => return true,
         }
@@ -168,6 +178,11 @@ mod tests {
         assert!(!may_change_session(
             "WITH i AS (INSERT INTO w VALUES (1) RETURNING x) SELECT * FROM i"
         ));
+        assert!(may_change_session(
+            "EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1"
+        ));
+        assert!(may_change_session("EXPLAIN ANALYZE SELECT 1 INTO TEMP t"));
+        assert!(!may_change_session("EXPLAIN SELECT created_at FROM t"));
     }
 
     use super::*;

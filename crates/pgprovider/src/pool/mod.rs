@@ -665,6 +665,10 @@ impl<D: Driver> Pool<D> {
         now: Instant,
         at: &'static Location<'static>,
     ) -> Pooled<D> {
+        let mut slot = slot;
+        if slot.pipe.as_ref().is_some_and(|p| p.queued()) {
+            slot.conn.queued_ahead();
+        }
         let c = &self.inner.counters;
         c.acquired.fetch_add(1, Relaxed);
         c.in_use.fetch_add(1, Relaxed);

@@ -2,20 +2,26 @@
 //! [the pool docs](super#adaptive-pipelining)).
 //!
 //! Each connection that has run a statement through [`Pool::query`](super::Pool::query)
-//! (or `execute`, …) has an [`Entry`]: its driver's [`Pipeline`], whether requests may be
-//! sent on it now (`open`), and how many pipelined statements it carries (`depth`). The
-//! holder opens the entry while it runs a statement that leaves nothing on the session,
-//! on a connection outside a transaction with nothing to reset, and closes it under the
-//! entry's lock before it does anything else. A pipelined read is sent in the first poll of
-//! the driver's future, under that lock, only while the entry is open; so everything
-//! pipelined is queued on the connection before anything the holder (or the next holder)
-//! sends afterwards, and nothing pipelined ever runs inside a transaction or after a `SET`.
+//! (or `execute`, the provider's statements) has an [`Entry`]: its driver's [`Pipeline`],
+//! whether requests may be sent on it now (`open`), and how many pipelined statements it
+//! carries (`depth`). The holder opens the entry while it runs a statement that leaves
+//! nothing on the session, on a connection outside a transaction with nothing to reset, and
+//! closes it under the entry's lock before it does anything else. A pipelined read is sent
+//! in the first poll of the driver's future, under that lock, only while the entry is open;
+//! so everything pipelined is queued on the connection before anything the holder sends
+//! afterwards, and nothing pipelined ever runs inside a transaction or after a `SET`.
+//!
+//! The holder gives the connection back at once ([`release`]); reads still in flight on it
+//! are queued ahead of the next holder's first statement, so the checkout tells the
+//! connection ([`Connection::queued_ahead`]): until its first reply, a query timeout closes
+//! it rather than sending a cancel that would hit someone else's read. A read whose caller
+//! gave up before its reply counts the same way.
 //!
 //! No global lock on the path: the entries are read under a read lock (written only when a
 //! connection first shares), the choice is a scan of atomics from a rotating start, and the
 //! only lock taken is the chosen connection's own, for one poll.
 
-use super::{Inner, Pool, Pooled, lock};
+use super::{CountGuard, Inner, Pool, Pooled, lock};
 use pgprovider_core::{Connection, Driver, Error, ErrorKind, Pipeline, Queries, Result, SqlState};
 use std::any::Any;
 use std::future::Future;
@@ -30,7 +36,7 @@ type Row<D> = <<D as Driver>::Connection as Queries>::Row;
 
 /// A connection with work outstanding that has finished nothing for this long is running
 /// something slow: reads are not queued behind it (head-of-line blocking).
-pub(crate) const STALL: std::time::Duration = std::time::Duration::from_micros(500);
+pub(crate) const STALL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Connections looked at per pick, from a rotating start: enough to find a light one,
 /// bounded so a pool of a thousand connections does not scan them all.
@@ -44,17 +50,29 @@ pub(crate) struct Entry {
     lock: Mutex<()>,
     /// Pipelined statements in flight on the connection.
     depth: AtomicUsize,
+    /// A pipelined read's caller gave up before its reply: the session runs something
+    /// nobody waits for.
+    abandoned: AtomicBool,
     /// When the connection last made progress (nanoseconds since the pool's epoch): its
-    /// holder opened it, or a pipelined statement on it finished.
+    /// holder opened it, or a pipelined statement on it got its reply.
     progress: AtomicU64,
     /// The connection is gone.
     dead: AtomicBool,
+    /// The pool generation the connection belongs to ([`Pool::retire`](super::Pool::retire)).
+    generation: u64,
     /// The driver's [`Pipeline`], as `Pipe<D>`.
     pipe: Box<dyn Any + Send + Sync>,
 }
 
 /// A connection's entry, held by its slot: marks it dead when the connection goes.
 pub(crate) struct Registered(Arc<Entry>);
+
+impl Registered {
+    /// See [`Entry::queued`].
+    pub(crate) fn queued(&self) -> bool {
+        self.0.queued()
+    }
+}
 
 impl Drop for Registered {
     fn drop(&mut self) {
@@ -95,9 +113,9 @@ impl Pipes {
         }
     }
 
-    /// The least-loaded open entry with room, among up to [`SCAN`] from a rotating start,
-    /// counted in (its depth raised) before it is returned.
-    fn pick(&self) -> Option<InFlight<'_>> {
+    /// The least-loaded open entry of `generation` with room, among up to [`SCAN`] from a
+    /// rotating start, counted in (its depth raised) before it is returned.
+    fn pick(&self, generation: u64) -> Option<InFlight<'_>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         let n = entries.len();
         if n == 0 {
@@ -109,7 +127,10 @@ impl Pipes {
         let mut best: Option<(&Arc<Entry>, usize)> = None;
         for k in 0..n.min(SCAN) {
             let e = &entries[(start + k) % n];
-            if !e.open.load(Relaxed) || now.saturating_sub(e.progress.load(Relaxed)) > stall {
+            if !e.open.load(Relaxed)
+                || e.generation != generation
+                || now.saturating_sub(e.progress.load(Relaxed)) > stall
+            {
                 continue;
             }
             let d = e.depth.load(Relaxed);
@@ -124,22 +145,37 @@ impl Pipes {
         e.depth
             .fetch_update(Relaxed, Relaxed, |d| (d < self.depth).then_some(d + 1))
             .ok()?;
-        Some(InFlight(e.clone(), self))
+        Some(InFlight {
+            entry: e.clone(),
+            pipes: self,
+            replied: false,
+        })
     }
 
-    /// Nanoseconds since the epoch.
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+    /// Whether `sql` may be pipelined at all, as the pipeline of a live connection says
+    /// (each caches its answer); false while no connection has shared yet.
+    fn accepts<D: Driver>(&self, sql: &str) -> bool
+    where
+        D::Connection: Queries,
+    {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .find(|e| !e.dead.load(Relaxed))
+            .and_then(|e| e.pipe.downcast_ref::<Pipe<D>>())
+            .is_some_and(|p| p.accepts(sql))
     }
 
     /// Adds a connection's entry, dropping those of connections gone.
-    fn register(&self, pipe: Box<dyn Any + Send + Sync>) -> Registered {
+    fn register(&self, pipe: Box<dyn Any + Send + Sync>, generation: u64) -> Registered {
         let entry = Arc::new(Entry {
             open: AtomicBool::new(false),
             lock: Mutex::new(()),
             depth: AtomicUsize::new(0),
+            abandoned: AtomicBool::new(false),
             progress: AtomicU64::new(0),
             dead: AtomicBool::new(false),
+            generation,
             pipe,
         });
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
@@ -147,27 +183,56 @@ impl Pipes {
         entries.push(entry.clone());
         Registered(entry)
     }
+
+    /// Nanoseconds since the epoch.
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
 }
 
-/// A pipelined statement counted in its connection's depth until dropped (finished, or
-/// given up on).
-struct InFlight<'a>(Arc<Entry>, &'a Pipes);
+/// A pipelined statement counted in its connection's depth until dropped; dropped before
+/// its reply came, it marks the connection abandoned.
+struct InFlight<'a> {
+    entry: Arc<Entry>,
+    pipes: &'a Pipes,
+    replied: bool,
+}
+
+impl InFlight<'_> {
+    /// The reply came: the connection made progress.
+    fn replied(&mut self) {
+        self.replied = true;
+        self.entry.progress.store(self.pipes.now(), Relaxed);
+    }
+}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.progress.store(self.1.now(), Relaxed);
-        self.0.depth.fetch_sub(1, Relaxed);
+        if !self.replied {
+            self.entry.abandoned.store(true, Relaxed);
+        }
+        self.entry.depth.fetch_sub(1, Relaxed);
     }
 }
 
 /// While alive, the holder's connection takes pipelined statements; dropping it closes the
-/// connection to them (waiting for one being sent).
-pub(crate) struct Sharing(Arc<Entry>);
+/// connection to them (waiting for one being sent). Give the connection back with
+/// [`release`].
+pub(crate) struct Sharing(Option<Arc<Entry>>);
 
 impl Drop for Sharing {
     fn drop(&mut self) {
-        let _sending = lock(&self.0.lock);
-        self.0.open.store(false, Relaxed);
+        if let Some(e) = &self.0 {
+            e.close();
+        }
+    }
+}
+
+impl Entry {
+    /// No more requests: waits for one being sent.
+    fn close(&self) {
+        let _sending = lock(&self.lock);
+        self.open.store(false, Relaxed);
     }
 }
 
@@ -198,18 +263,27 @@ where
         let Some(pipes) = &inner.pipes else {
             return self.get().await?.query(sql, params).await;
         };
-        if self.saturated() {
+        let mut deadline = None;
+        if self.saturated() && pipes.accepts::<D>(sql) {
             // Room on busy connections is handed out in arrival order (a FIFO semaphore of
-            // depth × size permits), so no read starves while later ones pipeline.
+            // depth × size permits), so no read starves while later ones pipeline. Those
+            // waiting count as waiters of the pool, bounded by `pool_max_waiters`.
             let start = tokio::time::Instant::now();
+            let until = start + inner.config.pool().acquire_timeout();
+            deadline = Some((start, until));
             let room = match pipes.room.try_acquire() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    let deadline = start + inner.config.pool().acquire_timeout();
+                    if let Some(max) = inner.config.pool().max_waiters() {
+                        if inner.counters.waiters.load(Relaxed) >= max as u64 {
+                            return Err(inner.overloaded_error(max));
+                        }
+                    }
+                    let _waiting = CountGuard::new(&inner.counters.waiters);
                     let acquire = std::pin::pin!(pipes.room.acquire());
                     let got = match &inner.deadlines {
-                        Some(d) => d.register(deadline).bound(acquire).await,
-                        None => tokio::time::timeout_at(deadline, acquire).await.ok(),
+                        Some(d) => d.register(until).bound(acquire).await,
+                        None => tokio::time::timeout_at(until, acquire).await.ok(),
                     };
                     match got {
                         None => return Err(inner.timeout_error(start)),
@@ -223,17 +297,25 @@ where
                 }
             }
         }
-        let mut conn = self.get().await?;
-        let sharing = Pooled::share(&mut conn, sql);
+        // One acquire timeout for the whole call: what waiting for room used is gone.
+        let conn = match deadline {
+            None => self.get().await?,
+            Some((start, until)) => match tokio::time::timeout_at(until, self.get()).await {
+                Ok(c) => c?,
+                Err(_) => return Err(inner.timeout_error(start)),
+            },
+        };
         let sent = pipes.now();
-        let r = conn.query(sql, params).await;
-        drop(sharing);
-        Pooled::note(&conn, pipes, sql, sent);
-        r
+        Pooled::shared(conn, sql, async |c| {
+            let r = c.query(sql, params).await;
+            Pooled::note(c, pipes, sql, sent);
+            r
+        })
+        .await
     }
 
     /// `sql` pipelined on a busy connection, when pipelining is on, every connection is
-    /// busy, and one has room; `None` otherwise (check out instead).
+    /// busy, and one has room at once; `None` otherwise (check out instead).
     pub(crate) async fn try_pipelined<'p>(
         &self,
         sql: &str,
@@ -243,6 +325,8 @@ where
         if !self.saturated() {
             return None;
         }
+        // Only room free now: waiting for it is the pool's own `query`'s business.
+        let _room = pipes.room.try_acquire().ok()?;
         send(&self.inner, pipes, sql, params).await
     }
 }
@@ -251,12 +335,24 @@ impl<D: Driver> Pooled<D>
 where
     D::Connection: Queries,
 {
-    /// Opens the connection to pipelined reads while its holder runs `sql`, when
-    /// pipelining is on and `sql` leaves nothing on the session; closed when the returned
-    /// guard drops.
-    pub(crate) fn share(this: &mut Self, sql: &str) -> Option<Sharing> {
-        let pool = this.pool.clone();
-        share(pool.pipes.as_ref()?, this, sql)
+    /// Runs `f` on `conn`, whose holder runs `sql`, with the connection open to pipelined
+    /// reads meanwhile when pipelining is on and `sql` leaves nothing on the session; then
+    /// gives the connection back once those reads have their replies ([`release`]).
+    pub(crate) async fn shared<T>(
+        mut conn: Self,
+        sql: &str,
+        f: impl AsyncFnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        let pool = conn.pool.clone();
+        let Some(pipes) = &pool.pipes else {
+            return f(&mut conn).await;
+        };
+        let sharing = share(pipes, &mut conn, sql);
+        let r = f(&mut conn).await;
+        if let Some(sharing) = sharing {
+            release(sharing, conn);
+        }
+        r
     }
 
     /// Tells the connection's pipeline how long `sql`, sent at `sent`, took.
@@ -267,6 +363,26 @@ where
         if let Some(pipe) = entry.0.pipe.downcast_ref::<Pipe<D>>() {
             pipe.note(sql, entry.0.took(pipes, sent));
         }
+    }
+}
+
+/// Closes the holder's connection to pipelined reads and gives it back. Reads still in
+/// flight on it stay queued ahead of whatever the next holder sends: the checkout tells
+/// the next holder's connection so ([`Connection::queued_ahead`]), and a timeout there
+/// closes the connection instead of sending a cancel that could hit one of them.
+fn release<D: Driver>(mut sharing: Sharing, conn: Pooled<D>) {
+    if let Some(entry) = sharing.0.take() {
+        entry.close();
+    }
+    drop(conn);
+}
+
+impl Entry {
+    /// Whether requests of others may still be queued on the connection (in flight, or
+    /// abandoned by their callers before the reply), which its next holder must know;
+    /// forgets the abandoned ones (the next holder's first reply comes after theirs).
+    pub(crate) fn queued(&self) -> bool {
+        self.abandoned.swap(false, Relaxed) | (self.depth.load(Relaxed) > 0)
     }
 }
 
@@ -295,7 +411,7 @@ where
             pipes.unsupported.store(true, Relaxed);
             return None;
         };
-        slot.pipe = Some(pipes.register(Box::new(pipe)));
+        slot.pipe = Some(pipes.register(Box::new(pipe), slot.generation));
     }
     let entry = &slot.pipe.as_ref()?.0;
     let pipe = entry.pipe.downcast_ref::<Pipe<D>>()?;
@@ -304,16 +420,17 @@ where
     }
     entry.progress.store(pipes.now(), Relaxed);
     entry.open.store(true, Relaxed);
-    Some(Sharing(entry.clone()))
+    Some(Sharing(Some(entry.clone())))
 }
 
 /// Runs `sql` pipelined on a busy connection; `None` when it cannot (no open connection
-/// with room, not a plain read, or the shared session said no: a stale statement, a lost
-/// connection, a cancel meant for another statement), and the caller checks out instead.
+/// with room, not a plain read, not prepared there yet, or the shared session said no: a
+/// stale statement, a lost connection, a cancel meant for another statement), and the
+/// caller checks out instead.
 ///
 /// A pipelined statement honours the query timeout by giving up on the reply (discarded by
-/// the driver); it is not cancelled on the server, where a cancel would hit whatever the
-/// shared session runs at that moment.
+/// the driver; the connection is then closed when its holder gives it back); it is not
+/// cancelled on the server, where a cancel would hit whatever the shared session runs.
 async fn send<'p, D: Driver>(
     inner: &Inner<D>,
     pipes: &Pipes,
@@ -323,28 +440,33 @@ async fn send<'p, D: Driver>(
 where
     D::Connection: Queries,
 {
-    let flight = pipes.pick()?;
-    let entry = &flight.0;
-    let pipe = entry.pipe.downcast_ref::<Pipe<D>>()?;
-    if !pipe.accepts(sql) {
-        return None;
-    }
     let fall_back = || {
         pipes.fell_back.fetch_add(1, Relaxed);
         None
     };
-    let stmt = match pipe.statement(sql) {
-        Some(s) => s,
-        None => match while_open(entry, pipe.prepare(sql)).await {
-            Some(Ok(s)) => s,
-            _ => return fall_back(),
-        },
+    let mut flight = pipes.pick(inner.generation.load(Relaxed))?;
+    let entry = flight.entry.clone();
+    let pipe = entry.pipe.downcast_ref::<Pipe<D>>()?;
+    if !pipe.accepts(sql) {
+        // Not a read: nothing was sent.
+        flight.replied = true;
+        return None;
+    }
+    let Some(stmt) = pipe.statement(sql) else {
+        // Not prepared on this session yet (its holders prepare; a pipeline never does).
+        flight.replied = true;
+        return fall_back();
     };
     let sent = pipes.now();
     let run = async {
-        let r = while_open(entry, pipe.query(&stmt, params)).await;
-        if let Some(Ok(_)) = &r {
-            pipe.note(sql, entry.took(pipes, sent));
+        let r = while_open(&entry, pipe.query(&stmt, params)).await;
+        match &r {
+            None => flight.replied = true, // never sent
+            Some(Ok(_)) => {
+                pipe.note(sql, entry.took(pipes, sent));
+                flight.replied();
+            }
+            Some(Err(_)) => flight.replied(),
         }
         r
     };
@@ -360,6 +482,7 @@ where
             .with_hint("raise query_timeout, or look for a slow statement ahead of it on the connection"))),
         },
     };
+    drop(flight);
     match r {
         None => fall_back(),
         Some(Ok(rows)) => {

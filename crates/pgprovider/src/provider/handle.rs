@@ -93,9 +93,8 @@ macro_rules! surface {
                     return r;
                 }
                 self.provider()
-                    .run(target, idempotent, |mut c| async move {
-                        let _sharing = Pooled::share(&mut c, sql);
-                        c.query(sql, params).await
+                    .run(target, idempotent, |c| {
+                        Pooled::shared(c, sql, async |c| c.query(sql, params).await)
                     })
                     .await
             }
@@ -107,9 +106,8 @@ macro_rules! surface {
             pub async fn execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
                 let (target, idempotent) = self.route();
                 self.provider()
-                    .run(target, idempotent, |mut c| async move {
-                        let _sharing = Pooled::share(&mut c, sql);
-                        c.execute(sql, params).await
+                    .run(target, idempotent, |c| {
+                        Pooled::shared(c, sql, async |c| c.execute(sql, params).await)
                     })
                     .await
             }

@@ -407,7 +407,13 @@ impl<D: Driver> Provider<D> {
             return None;
         }
         let permit = self.inner.breakers[i].try_acquire().ok()?;
-        let r = pool.try_pipelined(sql, params).await?;
+        // Races the monitor as any read does: a node seen unreachable sends the read down
+        // the usual path (to another node), where reads are retried.
+        let monitor = &self.inner.monitor;
+        let r = tokio::select! {
+            r = pool.try_pipelined(sql, params) => r?,
+            () = monitor.until(|s| !s[i].reachable) => return None,
+        };
         permit.record(&r);
         Some(r)
     }
