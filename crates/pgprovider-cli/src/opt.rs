@@ -51,6 +51,11 @@ pub struct ServeArgs {
     /// Where to listen (`host:port`; port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:9187")]
     pub listen: String,
+    /// Also serve `/debug/pprof/profile?seconds=N`, a CPU profile of this process as folded
+    /// stacks (built with the `profiling` feature, on by default). Off unless asked: whoever
+    /// reaches the listener may then run the profiler.
+    #[arg(long)]
+    pub profiling: bool,
 }
 
 /// `pgprovider drill` drills.

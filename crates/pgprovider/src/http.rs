@@ -4,13 +4,19 @@
 //! - `GET /readyz`: readiness: the [`HealthReport`](crate::health::HealthReport) as JSON,
 //!   `200` when ready (a primary is trusted), `503` when down.
 //! - `GET /metrics`: the Prometheus text of every metric, pool figures and this process's
-//!   own refreshed first: `process_resident_memory_bytes`, `process_cpu_seconds_total`,
-//!   `process_open_fds`, `process_threads` (from `/proc/self` on Linux), and the tokio
-//!   runtime's `tokio_workers`, `tokio_alive_tasks` and `tokio_global_queue_depth`.
-//! - `GET /debug/pprof/profile?seconds=N` (feature `profiling`): a CPU profile of this
-//!   process sampled at 99 Hz for N seconds (default 10, at most 60), as folded stacks
-//!   (`thread;outer;…;inner count` per line), which `inferno-flamegraph`, `flamegraph.pl`
-//!   and speedscope turn into a flame graph. One profile at a time (`409` while one runs).
+//!   own refreshed first: `process_resident_memory_bytes`, `process_cpu_seconds` (user +
+//!   system, a gauge that only grows), `process_open_fds`, `process_threads` (from
+//!   `/proc/self` on Linux), and the tokio runtime's `tokio_workers`, `tokio_alive_tasks`
+//!   and `tokio_global_queue_depth`.
+//!
+//! [`profiling_router`] (feature `profiling`) adds `GET /debug/pprof/profile?seconds=N`: a
+//! CPU profile of this process sampled at 99 Hz for N seconds (default 10, at most 60), as
+//! folded stacks (`thread;outer;…;inner count` per line), which `inferno-flamegraph`,
+//! `flamegraph.pl` and speedscope turn into a flame graph; one profile at a time (`409`
+//! while one runs). It is a separate router so that exposing it is a decision: it lets
+//! whoever reaches it spend a profiler's overhead on the process (SIGPROF sampling; the
+//! unwinder runs in the signal handler, which pprof documents as unsafe next to other
+//! profilers such as jemalloc's), so merge it only on a private listener.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,7 +74,6 @@ where
                 }
             }),
         )
-        .merge(profiling())
 }
 
 /// Sets the process and runtime gauges (see the [module docs](self)).
@@ -80,7 +85,7 @@ pub fn record_process_metrics() {
         }
     };
     set("process_resident_memory_bytes", p.resident_bytes);
-    set("process_cpu_seconds_total", p.cpu_seconds);
+    set("process_cpu_seconds", p.cpu_seconds);
     set("process_open_fds", p.open_fds);
     set("process_threads", p.threads);
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -101,16 +106,16 @@ struct Process {
 }
 
 fn process_figures() -> Process {
-    // Linux's USER_HZ and page size as glibc reports them on every platform it supports.
+    // Linux's USER_HZ, as glibc reports it on every platform it supports.
     const TICKS_PER_SECOND: f64 = 100.0;
-    const PAGE: f64 = 4096.0;
     let mut p = Process::default();
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-        p.resident_bytes = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|pages| pages * PAGE);
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        // In kB whatever the page size.
+        p.resident_bytes = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kb| kb * 1024.0);
     }
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         // The fields after the command name (which may hold spaces and parentheses).
@@ -124,21 +129,32 @@ fn process_figures() -> Process {
         p.threads = num(17);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        p.open_fds = Some(fds.count() as f64);
+        // Less the one reading the directory.
+        p.open_fds = Some(fds.count().saturating_sub(1) as f64);
     }
     p
 }
 
-#[cfg(not(feature = "profiling"))]
-fn profiling() -> Router {
-    Router::new()
-}
-
+/// `GET /debug/pprof/profile?seconds=N`, to merge into [`router`] on a private listener
+/// (see the [module docs](self)).
+///
+/// ```no_run
+/// # fn run(provider: pgprovider::provider::Provider<pgprovider_tokio_postgres::TokioPostgres>, metrics: metrics_exporter_prometheus::PrometheusHandle) {
+/// let app = pgprovider::http::router(provider, metrics).merge(pgprovider::http::profiling_router());
+/// # }
+/// ```
 #[cfg(feature = "profiling")]
-fn profiling() -> Router {
+pub fn profiling_router() -> Router {
     use axum::extract::RawQuery;
     use std::sync::atomic::{AtomicBool, Ordering};
     static RUNNING: AtomicBool = AtomicBool::new(false);
+    /// Clears `RUNNING` however the profile ends (an error, a panic, a task never run).
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            RUNNING.store(false, Ordering::Release);
+        }
+    }
     Router::new().route(
         "/debug/pprof/profile",
         get(|RawQuery(query): RawQuery| async move {
@@ -153,11 +169,11 @@ fn profiling() -> Router {
                 )
                     .into_response();
             }
+            let running = Running;
             // The profiler's guard stays on one thread: sampled on a blocking thread.
             let folded = tokio::task::spawn_blocking(move || {
-                let r = folded_profile(seconds);
-                RUNNING.store(false, Ordering::Release);
-                r
+                let _running = running;
+                folded_profile(seconds)
             })
             .await
             .unwrap_or_else(|e| Err(format!("the profiling thread failed: {e}")));

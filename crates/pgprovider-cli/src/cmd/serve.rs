@@ -1,7 +1,7 @@
 //! `pgprovider serve`: `/healthz`, `/readyz` and `/metrics` (with this process's own
 //! figures) for a provider over the nodes of a URL (or of an embedded throwaway cluster when
-//! there is none), and `/debug/pprof/profile?seconds=N` (feature `profiling`, on by
-//! default): a CPU profile of the process as folded stacks.
+//! there is none), and with `--profiling` `/debug/pprof/profile?seconds=N` (feature
+//! `profiling`, on by default): a CPU profile of the process as folded stacks.
 
 use crate::Exit;
 use pgprovider::Config;
@@ -33,7 +33,14 @@ pub(crate) async fn run(args: crate::opt::ServeArgs) -> anyhow::Result<ExitCode>
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Exit(2, format!("cannot listen on {addr}: {e}")))?;
-    let profile = if cfg!(feature = "profiling") {
+    if args.profiling && !cfg!(feature = "profiling") {
+        return Err(Exit(
+            2,
+            "--profiling needs a pgprovider built with the `profiling` feature".into(),
+        )
+        .into());
+    }
+    let profile = if args.profiling {
         ", /debug/pprof/profile"
     } else {
         ""
@@ -44,6 +51,12 @@ pub(crate) async fn run(args: crate::opt::ServeArgs) -> anyhow::Result<ExitCode>
         config.redacted_url()
     );
     let app = pgprovider::http::router(provider, metrics);
+    #[cfg(feature = "profiling")]
+    let app = if args.profiling {
+        app.merge(pgprovider::http::profiling_router())
+    } else {
+        app
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

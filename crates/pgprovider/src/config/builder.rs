@@ -305,6 +305,8 @@ impl ConfigBuilder {
     /// 1) and `pool_max_size` as [`Autoscale`](super::Autoscale) says. `None` turns it off.
     pub fn with_autoscale(mut self, autoscale: Option<super::Autoscale>) -> Self {
         self.autoscale = Some(autoscale);
+        // The builder's word is the last: the URL's `pool_autoscale_*` keys go.
+        self.autoscale_keys.clear();
         self
     }
 
@@ -597,21 +599,26 @@ impl ConfigBuilder {
             }
         }
         if let Some(a) = autoscale {
-            if a.step == 0 {
+            if a.step == 0 || a.step > MAX_POOL_SIZE {
                 p(
                     "pool_autoscale_step",
-                    Some("0".into()),
-                    "a step of zero never changes the size",
+                    Some(a.step.to_string()),
+                    &format!("a step must be between 1 and {MAX_POOL_SIZE}"),
                     "give a step such as 4",
                 );
             }
-            if a.wait.is_zero() || a.idle.is_zero() {
-                p(
-                    "pool_autoscale_wait",
-                    Some(format!("{:?} / idle {:?}", a.wait, a.idle)),
-                    "a zero wait threshold or idle window would resize on every round",
-                    "give durations above zero, such as 5ms and 30s",
-                );
+            for (key, d, example) in [
+                ("pool_autoscale_wait", a.wait, "5ms"),
+                ("pool_autoscale_idle", a.idle, "30s"),
+            ] {
+                if d.is_zero() {
+                    p(
+                        key,
+                        Some("0".into()),
+                        "zero would resize the pool on every round",
+                        &format!("give a duration above zero, such as {example}"),
+                    );
+                }
             }
         }
         let validation = self.validation.unwrap_or(defaults.validation);

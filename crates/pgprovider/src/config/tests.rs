@@ -440,7 +440,7 @@ fn every_validation_message() {
         (
             "postgres://h/db?pool_autoscale=on&pool_autoscale_step=0",
             "pool_autoscale_step",
-            "a step of zero",
+            "a step must be between 1 and",
         ),
         (
             "postgres://h/db?pool_autoscale=sometimes",

@@ -25,7 +25,6 @@ pub(super) fn start<D: Driver>(inner: &Arc<Inner<D>>) {
         Some(TICK),
         pool.leak_detection_threshold().map(|t| t / 4),
         pool.idle_timeout().map(|t| t / 2),
-        pool.autoscale().map(|_| super::scale::ROUND),
     ]
     .into_iter()
     .flatten()
@@ -36,6 +35,13 @@ pub(super) fn start<D: Driver>(inner: &Arc<Inner<D>>) {
 }
 
 async fn run<D: Driver>(pool: Weak<Inner<D>>, wake: Arc<tokio::sync::Notify>, tick: Duration) {
+    // Auto-scaling looks every 10 ms; the rest keeps its own pace (and warm-up does not
+    // retry a failing server at auto-scaling's rate).
+    let round = match pool.upgrade().and_then(|p| p.config.pool().autoscale()) {
+        Some(_) => super::scale::ROUND.min(tick),
+        None => tick,
+    };
+    let mut full_at: Option<Instant> = None;
     loop {
         {
             // Hold the pool only for one round, so dropping it ends the task.
@@ -46,11 +52,15 @@ async fn run<D: Driver>(pool: Weak<Inner<D>>, wake: Arc<tokio::sync::Notify>, ti
             inner.scale();
             inner.absorb_debt();
             inner.trim_to_max();
-            inner.reap_idle();
-            inner.report_leaks();
-            inner.warm_up().await;
+            let now = Instant::now();
+            if full_at.is_none_or(|t| now.saturating_duration_since(t) >= tick) {
+                full_at = Some(now);
+                inner.reap_idle();
+                inner.report_leaks();
+                inner.warm_up().await;
+            }
         }
-        let _ = tokio::time::timeout(tick, wake.notified()).await;
+        let _ = tokio::time::timeout(round, wake.notified()).await;
     }
 }
 

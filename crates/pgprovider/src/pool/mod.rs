@@ -666,7 +666,7 @@ impl<D: Driver> Pool<D> {
         at: &'static Location<'static>,
     ) -> Pooled<D> {
         let mut slot = slot;
-        if slot.pipe.as_ref().is_some_and(|p| p.queued()) {
+        if slot.pipe.as_ref().is_some_and(|p| p.checked_out()) {
             slot.conn.queued_ahead();
         }
         let c = &self.inner.counters;

@@ -11,11 +11,12 @@
 //! so everything pipelined is queued on the connection before anything the holder sends
 //! afterwards, and nothing pipelined ever runs inside a transaction or after a `SET`.
 //!
-//! The holder gives the connection back at once ([`release`]); reads still in flight on it
-//! are queued ahead of the next holder's first statement, so the checkout tells the
-//! connection ([`Connection::queued_ahead`]): until its first reply, a query timeout closes
-//! it rather than sending a cancel that would hit someone else's read. A read whose caller
-//! gave up before its reply counts the same way.
+//! The holder gives the connection back at once ([`release`]), still open to reads while
+//! it is on its way back and idle; the next checkout closes it before its holder can send
+//! anything. Reads still in flight on it are queued ahead of the next holder's first
+//! statement, so the checkout tells the connection ([`Connection::queued_ahead`]): until
+//! its first reply, a query timeout closes it rather than sending a cancel that would hit
+//! someone else's read. A read whose caller gave up before its reply counts the same way.
 //!
 //! No global lock on the path: the entries are read under a read lock (written only when a
 //! connection first shares), the choice is a scan of atomics from a rotating start, and the
@@ -68,8 +69,11 @@ pub(crate) struct Entry {
 pub(crate) struct Registered(Arc<Entry>);
 
 impl Registered {
-    /// See [`Entry::queued`].
-    pub(crate) fn queued(&self) -> bool {
+    /// At checkout: closes the connection to pipelined reads (the new holder opens it again
+    /// when it runs a statement that may share), and says whether others' requests may
+    /// still be queued on it ([`Entry::queued`]).
+    pub(crate) fn checked_out(&self) -> bool {
+        self.0.close();
         self.0.queued()
     }
 }
@@ -366,13 +370,24 @@ where
     }
 }
 
-/// Closes the holder's connection to pipelined reads and gives it back. Reads still in
-/// flight on it stay queued ahead of whatever the next holder sends: the checkout tells
-/// the next holder's connection so ([`Connection::queued_ahead`]), and a timeout there
-/// closes the connection instead of sending a cancel that could hit one of them.
-fn release<D: Driver>(mut sharing: Sharing, conn: Pooled<D>) {
+/// Gives the holder's connection back, still open to pipelined reads when its session is
+/// clean: it stays open on its way back and while idle, until the next checkout closes it
+/// (under the lock, before the next holder can send anything). Otherwise closed now. Reads
+/// still in flight on it are queued ahead of whatever the next holder sends: the checkout
+/// tells the next holder's connection so ([`Connection::queued_ahead`]), and a timeout
+/// there closes the connection instead of sending a cancel that could hit one of them.
+fn release<D: Driver>(mut sharing: Sharing, conn: Pooled<D>)
+where
+    D::Connection: Queries,
+{
     if let Some(entry) = sharing.0.take() {
-        entry.close();
+        let c = conn.slot.as_ref().map(|s| &s.conn);
+        let clean = c.is_some_and(|c| {
+            !(c.in_transaction() || c.needs_reset() || c.is_broken() || c.interrupted())
+        });
+        if !clean {
+            entry.close();
+        }
     }
     drop(conn);
 }

@@ -4,13 +4,17 @@
 //!
 //! The maintenance task runs a round every [`ROUND`] while auto-scaling is on:
 //! - **grow** when callers wait: the mean checkout wait of the round's checkouts reached
-//!   `pool_autoscale_wait`, or callers waited through a whole round with no checkout
-//!   served; by at most `pool_autoscale_step` connections, at most once per
+//!   `pool_autoscale_wait`, or callers have waited that long with no checkout served; by at most `pool_autoscale_step` connections, at most once per
 //!   `pool_autoscale_cooldown` (the new connections are opened by the waiting checkouts
 //!   themselves, at most four at a time);
-//! - **shrink** when connections sit idle: when at least one connection stayed idle through
-//!   a whole `pool_autoscale_idle` window with no growth in it, by the fewest idle seen in
-//!   the window (at most a step), idle connections closed first.
+//! - **shrink** when connections sit idle: when fewer connections than the size were in use
+//!   at once throughout a whole `pool_autoscale_idle` window with no growth in it, by the
+//!   difference (at most a step), idle connections closed first.
+//!
+//! It does not grow again while the connections of the last growth are still being opened
+//! (a slow connect would otherwise look like more waiting). With adaptive pipelining on,
+//! reads that find the pool busy are pipelined rather than queued: the pool grows for the
+//! checkouts that still wait.
 //!
 //! An oscillating load does not thrash: growth is fast and shrinking needs a whole quiet
 //! window, so a load that comes back within the window finds its connections still there.
@@ -48,12 +52,14 @@ struct State {
     /// Counters at the last round.
     acquired: u64,
     wait_ns: u64,
-    round_at: Instant,
+    /// Since when callers have waited with none served (the first such round).
+    starved_since: Option<Instant>,
     /// The last growth.
     grown_at: Option<Instant>,
-    /// The current shrinking window: when it began and the fewest idle connections seen.
+    /// The current shrinking window: when it began and the most connections in use at once
+    /// seen in it.
     window_at: Instant,
-    fewest_idle: usize,
+    busiest: usize,
 }
 
 impl Scaler {
@@ -67,10 +73,10 @@ impl Scaler {
             state: Mutex::new(State {
                 acquired: 0,
                 wait_ns: 0,
-                round_at: now,
+                starved_since: None,
                 grown_at: None,
                 window_at: now,
-                fewest_idle: usize::MAX,
+                busiest: 0,
             }),
         }
     }
@@ -87,47 +93,56 @@ impl<D: Driver> Inner<D> {
         let Some(sc) = &self.scale else { return };
         let a = sc.settings;
         let now = Instant::now();
-        let floor = floor(&self.config);
-        // `pool_max_size` until a resize sets another ceiling.
+        // `pool_max_size` until a resize sets another ceiling; the floor never above it.
         let ceiling = match sc.ceiling.load(Relaxed) {
             usize::MAX => self.config.pool().max_size(),
             c => c,
-        }
-        .max(floor);
+        };
+        let floor = floor(&self.config).min(ceiling);
         let size = self.max.load(Relaxed);
-        let idle = lock(&self.idle).len();
-        let (acquired, wait_ns, waiters) = (
+        let (acquired, wait_ns, waiters, in_use, open) = (
             self.counters.acquired.load(Relaxed),
             self.counters.wait_total_ns.load(Relaxed),
             self.counters.waiters.load(Relaxed),
+            self.counters.in_use.load(Relaxed) as usize,
+            self.counters.size.load(Relaxed) as usize,
         );
         let target = {
             let mut st = lock(&sc.state);
             let served = acquired.saturating_sub(st.acquired);
             let waited = Duration::from_nanos(wait_ns.saturating_sub(st.wait_ns));
-            let round = now.saturating_duration_since(st.round_at);
-            (st.acquired, st.wait_ns, st.round_at) = (acquired, wait_ns, now);
-            let slow = match served {
-                0 => waiters > 0 && round >= a.wait,
-                n => waited / u32::try_from(n).unwrap_or(u32::MAX) >= a.wait && waiters > 0,
+            (st.acquired, st.wait_ns) = (acquired, wait_ns);
+            // Callers waiting with nobody served: since when.
+            st.starved_since = match (served, waiters) {
+                (0, 1..) => Some(st.starved_since.unwrap_or(now)),
+                _ => None,
             };
+            let slow = waiters > 0
+                && match served {
+                    0 => st
+                        .starved_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= a.wait),
+                    n => waited / u32::try_from(n).unwrap_or(u32::MAX) >= a.wait,
+                };
             let cooled = st
                 .grown_at
                 .is_none_or(|g| now.saturating_duration_since(g) >= a.cooldown);
-            st.fewest_idle = st.fewest_idle.min(idle);
-            if slow && size < ceiling && cooled {
+            // The last growth's connections are still being opened: wait for them.
+            let opening = open < size && waiters > 0;
+            st.busiest = st.busiest.max(in_use);
+            if slow && size < ceiling && cooled && !opening {
                 st.grown_at = Some(now);
                 st.window_at = now;
-                st.fewest_idle = usize::MAX;
-                Some((size + a.step).min(ceiling))
-            } else if now.saturating_duration_since(st.window_at) >= a.idle {
-                let spare = st.fewest_idle;
-                st.window_at = now;
-                st.fewest_idle = usize::MAX;
-                (spare > 0 && spare != usize::MAX && size > floor)
-                    .then(|| size - spare.min(a.step).min(size - floor))
+                st.busiest = in_use;
+                Some(size.saturating_add(a.step).min(ceiling))
             } else if size > ceiling {
                 Some(ceiling)
+            } else if now.saturating_duration_since(st.window_at) >= a.idle {
+                // Connections never in use together over the whole window are spare.
+                let spare = size.saturating_sub(st.busiest);
+                st.window_at = now;
+                st.busiest = in_use;
+                (spare > 0 && size > floor).then(|| size - spare.min(a.step).min(size - floor))
             } else {
                 None
             }
