@@ -1,7 +1,7 @@
 //! `pgprovider bench --autoscale`: how fast an auto-scaling pool follows its load.
 //!
-//! One pool with `pool_autoscale=on`, `pool_min_idle=2`, `pool_max_size=--connections×4`
-//! and a 2 s idle window; tasks run a 1 ms statement (`SELECT pg_sleep(0.001)`) in a loop.
+//! One pool with `pool_autoscale=on`, `pool_min_idle=2`, `pool_max_size=--connections×4`,
+//! a 1 ms wait threshold (so the step's load needs every connection) and a 2 s idle window; tasks run a 1 ms statement (`SELECT pg_sleep(0.001)`) in a loop.
 //! Phases: 2 tasks (1 s); a step to `--connections×4` tasks, timing how long the size
 //! takes to go 90 % of the way to what it settles at (and all of it: the growth stops
 //! where the mean wait falls below `pool_autoscale_wait`); back to 2 tasks, timing the shrink; then an
@@ -17,11 +17,14 @@ use tokio::sync::watch;
 
 const LOW: usize = 2;
 const IDLE_WINDOW: &str = "2s";
+/// Below the 1 ms statement, so the step's load needs every connection: the size the pool
+/// must reach is its maximum.
+const WAIT: &str = "1ms";
 
 pub(crate) async fn run(args: &BenchArgs, url: &str) -> anyhow::Result<Value> {
     let high = args.connections * 4;
     let config = Config::from_url(&format!(
-        "{url}&pool_autoscale=on&pool_min_idle={LOW}&pool_max_size={high}&pool_autoscale_idle={IDLE_WINDOW}"
+        "{url}&pool_autoscale=on&pool_min_idle={LOW}&pool_max_size={high}&pool_autoscale_idle={IDLE_WINDOW}&pool_autoscale_wait={WAIT}"
     ))?;
     let a = config.pool().autoscale().expect("on");
     crate::say!(
