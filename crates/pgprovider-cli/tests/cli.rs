@@ -605,12 +605,12 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, out.split_once("\r\n\r\n").unwrap().1.to_owned())
 }
 
-#[test]
-fn serve_answers_health_readiness_and_metrics() {
+/// `pgprovider serve --url URL --listen 127.0.0.1:0 EXTRA…`, its address and first line.
+fn serve(url: &str, extra: &[&str]) -> (std::process::Child, String, String) {
     use std::io::{BufRead, BufReader};
-    let url = shared_url();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgprovider"))
-        .args(["serve", "--url", &url, "--listen", "127.0.0.1:0"])
+        .args(["serve", "--url", url, "--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -624,6 +624,13 @@ fn serve_answers_health_readiness_and_metrics() {
         .and_then(|r| r.split('/').next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
+    (child, addr, line)
+}
+
+#[test]
+fn serve_answers_health_readiness_and_metrics() {
+    let url = shared_url();
+    let (mut child, addr, _) = serve(&url, &[]);
     assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_owned()));
     // Ready once the monitor has found the primary.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -665,21 +672,7 @@ fn serve_answers_health_readiness_and_metrics() {
 #[cfg(feature = "profiling")]
 #[test]
 fn serve_profiling_returns_folded_stacks_one_at_a_time() {
-    use std::io::{BufRead, BufReader};
-    let url = shared_url();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgprovider"))
-        .args([
-            "serve",
-            "--url",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--profiling",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (child, addr, line) = serve(&shared_url(), &["--profiling"]);
     struct Kill(std::process::Child);
     impl Drop for Kill {
         fn drop(&mut self) {
@@ -687,17 +680,8 @@ fn serve_profiling_returns_folded_stacks_one_at_a_time() {
             let _ = self.0.wait();
         }
     }
-    let mut out = BufReader::new(child.stdout.take().unwrap());
     let _child = Kill(child);
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
     assert!(line.contains("/debug/pprof/profile"), "{line}");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
     assert_eq!(http_get(&addr, "/debug/pprof/profile?seconds=0").0, 400);
     // Two at once: one runs, the other is refused at once.
     let start = |addr: &str| {

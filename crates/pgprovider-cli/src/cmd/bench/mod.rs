@@ -40,11 +40,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.many {
         let url = args.url.as_deref().map(plaintext);
         let value = many::run(&args, url.as_deref(), n).await?;
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::json!({ "many": value }).to_string())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            crate::say!("wrote {}", path.display());
-        }
+        write_json(&args, "many", value)?;
         return Ok(ExitCode::SUCCESS);
     }
     let (url, cluster) = match &args.url {
@@ -70,24 +66,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.duration,
         args.warmup
     );
-    if args.autoscale {
-        let value = scale::run(&args, &url).await?;
+    if args.autoscale || !args.deadlines.is_empty() {
+        let (key, value) = if args.autoscale {
+            ("autoscale", scale::run(&args, &url).await?)
+        } else {
+            ("deadlines", deadline::run(&args, &url).await?)
+        };
         drop(cluster);
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::json!({ "autoscale": value }).to_string())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            crate::say!("wrote {}", path.display());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if !args.deadlines.is_empty() {
-        let value = deadline::run(&args, &url).await?;
-        drop(cluster);
-        if let Some(path) = &args.json {
-            std::fs::write(path, serde_json::json!({ "deadlines": value }).to_string())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            crate::say!("wrote {}", path.display());
-        }
+        write_json(&args, key, value)?;
         return Ok(ExitCode::SUCCESS);
     }
     let setup = Pool::new(TokioPostgres::new(), &config, &config.nodes()[0]);
@@ -170,6 +156,16 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         crate::say!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `{key: value}` to `--json`, when asked.
+fn write_json(args: &BenchArgs, key: &str, value: serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::json!({ key: value }).to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        crate::say!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// The workloads and contenders asked for, checked.
