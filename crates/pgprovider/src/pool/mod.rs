@@ -64,40 +64,48 @@
 //! concurrent requests. Replies come back in order; each read gets its own.
 //!
 //! What may share, and when:
-//! - a connection takes pipelined reads only while its holder runs, through the pool's or
-//!   the provider's `query`/`execute`, a statement that changes neither the session nor
-//!   the transaction state, on a connection outside a transaction with nothing to reset.
-//!   The holder closes it (under the connection's own lock) before anything else is sent,
-//!   so a pipelined read never runs inside a transaction, after a `SET`, or after the
-//!   connection went to its next holder; connections held through [`Pool::get`] never
-//!   share;
+//! - a connection takes pipelined reads while its holder runs, through the pool's or the
+//!   provider's `query`/`execute`, a statement that changes neither the session nor the
+//!   transaction, on a connection outside a transaction with nothing to reset; and, once
+//!   such a holder gives it back clean, on its way back and while idle. The next checkout
+//!   closes it (under the connection's own lock) before its holder can send anything, so a
+//!   pipelined read never runs inside a transaction or after a `SET`; connections held
+//!   through [`Pool::get`] take none while held. Reads still in flight when a connection
+//!   is checked out are queued ahead of its holder's first statement: until that
+//!   statement's reply, a query timeout closes the connection rather than sending a
+//!   cancel that could stop someone else's read ([`Connection::queued_ahead`]);
 //! - only plain reads are pipelined (`SELECT`, `WITH`, `VALUES`, `TABLE`, `SHOW`,
-//!   `EXPLAIN`; no `set_config` or advisory lock), one statement at a time; each is a
-//!   transaction of its own. Writes wait for a connection: a pipelined write would be safe
-//!   as a transaction of its own, but its outcome would hang on the statement ahead of it;
+//!   `EXPLAIN`; no data-modifying `WITH`, `EXPLAIN ANALYZE`, `INTO`, row locks, sequence
+//!   functions, `set_config` or advisory locks), one statement at a time, each a
+//!   transaction of its own, and only statements the connection's holders have prepared
+//!   (a prepare may take several exchanges). Writes wait for a connection: a pipelined
+//!   write would be safe as a transaction of its own, but its outcome would hang on the
+//!   statement ahead of it;
 //! - at most `N` per connection; room is handed out in arrival order (a FIFO semaphore of
-//!   `N` × `pool_max_size` permits), so no read starves while later ones pipeline, and
-//!   checkouts of whole connections keep their own FIFO queue;
+//!   `N` × `pool_max_size` permits; those waiting for it count as waiters for
+//!   `pool_max_waiters`), so no read starves while later ones pipeline, and checkouts of
+//!   whole connections keep their own FIFO queue;
 //! - head-of-line blocking is limited twice: a connection that has finished nothing for
-//!   0.5 ms while work is outstanding gets no more reads, and a statement whose time on
-//!   the server averages more than 5 ms (measured per connection and statement text) is
-//!   neither pipelined nor shared.
+//!   1 ms while work is outstanding gets no more reads, and a statement whose time on the
+//!   server averages more than 5 ms (measured per connection and statement text, from the
+//!   reply before it to its own) is neither pipelined nor shared.
 //!
 //! A pipelined read past the query timeout is given up (its reply discarded) but not
 //! cancelled on the server: a cancel request would hit whichever statement the shared
 //! session runs. A stale statement, a lost connection or a cancel meant for the holder
-//! sends the read to a connection of its own instead (reads are safe to repeat). Pools
-//! with operation hooks pipeline nothing yet (hooks see every statement on the
-//! connection that runs it); `PoolStats::pipelined` counts what was pipelined.
+//! sends the read to a connection of its own instead (reads are safe to repeat; a read
+//! that writes through a function would run twice). Pools with operation hooks pipeline
+//! nothing yet (hooks see every statement on the connection that runs it); a warning says
+//! so. `PoolStats::pipelined` and `pipeline_fallbacks` count what happened.
 //!
 //! **Off by default.** Pipelining changes what a read waits for: behind someone else's
-//! statement rather than in the queue. In `pgprovider bench` (see docs/PERFORMANCE.md) it
-//! ran reads at 1.6–1.9× the classic pool with 64 tasks on 8 connections and at 2.1–2.3×
-//! with 1,000 tasks, with a p99 at or below the classic pool's at 1,000 tasks but about
-//! twice it at 64 tasks. It needs the tokio-postgres driver (sqlx and diesel-async pools
-//! ignore it), cannot run behind a transaction-mode pooler, and does not cancel
-//! pipelined reads on the server; a service whose reads dominate and whose pool is often
-//! saturated should turn it on.
+//! statement rather than in the queue. In `pgprovider bench` (docs/PERFORMANCE.md) it ran
+//! reads at 1.3–2.0× deadpool (and the classic pool) with 64 tasks on 8 connections and at
+//! 1.9–2.3× with 1,000 tasks, with a p99.9 below the classic pool's at 1,000 tasks and
+//! within 1.3× of it with slow statements in the mix. It needs the tokio-postgres driver
+//! (sqlx and diesel-async pools ignore it), cannot run behind a transaction-mode pooler,
+//! and does not cancel pipelined reads on the server; a service whose reads dominate and
+//! whose pool is often saturated should turn it on.
 //!
 //! # Auto-scaling
 //!
