@@ -89,3 +89,63 @@ fn unsupported() -> Error {
         "this driver does not pipeline statements",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Connection, SimpleRow};
+
+    /// A connection of a driver that cannot pipeline.
+    struct Plain;
+
+    impl Connection for Plain {
+        fn is_broken(&self) -> bool {
+            false
+        }
+        async fn ping(&mut self) -> Result<()> {
+            Ok(())
+        }
+        async fn reset(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn cancel_token(&self) -> crate::CancelToken {
+            crate::CancelToken::new(|| async { Ok(()) })
+        }
+        async fn simple_query(&mut self, _: &str) -> Result<Vec<SimpleRow>> {
+            Ok(Vec::new())
+        }
+        async fn close(self) {}
+    }
+
+    impl Queries for Plain {
+        type Row = ();
+        type Param<'a> = ();
+        type Pipeline = NoPipeline;
+        async fn query<'p>(&mut self, _: &str, _: &[&'p ()]) -> Result<Vec<()>> {
+            Ok(Vec::new())
+        }
+        async fn execute<'p>(&mut self, _: &str, _: &[&'p ()]) -> Result<u64> {
+            Ok(0)
+        }
+        fn query_timeout(&self) -> Option<std::time::Duration> {
+            None
+        }
+        fn set_query_timeout(&mut self, _: Option<std::time::Duration>) {}
+        fn in_transaction(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_cannot_pipeline_offers_nothing() {
+        assert!(Plain.pipeline().is_none(), "the default is no pipeline");
+        let p = NoPipeline;
+        assert!(!Pipeline::<Plain>::accepts(&p, "SELECT 1"));
+        assert!(!Pipeline::<Plain>::shares(&p, "SELECT 1"));
+        assert!(Pipeline::<Plain>::statement(&p, "SELECT 1").is_none());
+        Pipeline::<Plain>::forget(&p, "SELECT 1");
+        Pipeline::<Plain>::note(&p, "SELECT 1", std::time::Duration::ZERO);
+        let e = Pipeline::<Plain>::query(&p, &(), &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+    }
+}

@@ -248,6 +248,31 @@ mod tests {
         assert!(p.threads.unwrap() >= 1.0, "{p:?}");
     }
 
+    /// A profile of a second while a thread works: folded stacks with counts.
+    #[cfg(feature = "profiling")]
+    #[test]
+    fn a_profile_is_folded_stacks() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0_u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        };
+        let folded = super::folded_profile(1).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        worker.join().unwrap();
+        let first = folded.lines().next().expect("samples of the busy thread");
+        let (stack, count) = first.rsplit_once(' ').unwrap();
+        assert!(
+            count.parse::<u64>().unwrap() > 0 && stack.contains(';'),
+            "{first}"
+        );
+    }
+
     #[cfg(feature = "profiling")]
     #[test]
     fn profile_seconds_are_bounded() {
