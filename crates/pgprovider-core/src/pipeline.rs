@@ -121,10 +121,10 @@ mod tests {
         type Row = ();
         type Param<'a> = ();
         type Pipeline = NoPipeline;
-        async fn query<'p>(&mut self, _: &str, _: &[&'p ()]) -> Result<Vec<()>> {
+        async fn query(&mut self, _: &str, _: &[&()]) -> Result<Vec<()>> {
             Ok(Vec::new())
         }
-        async fn execute<'p>(&mut self, _: &str, _: &[&'p ()]) -> Result<u64> {
+        async fn execute(&mut self, _: &str, _: &[&()]) -> Result<u64> {
             Ok(0)
         }
         fn query_timeout(&self) -> Option<std::time::Duration> {
