@@ -253,11 +253,17 @@ impl Session {
         self.in_flight = false;
         self.cancel_at = None;
         self.harmless = false;
-        // A reply: whatever was queued ahead has been answered.
-        self.ahead = false;
-        r.map_err(|e| {
+        r.inspect(|_| {
+            // A reply: whatever was queued ahead has been answered.
+            self.ahead = false;
+        })
+        .map_err(|e| {
             self.broken |= errors.breaks_connection(&e);
             let e = errors.convert(e).with_node(&*self.node);
+            // The server's own error is a reply too; one raised before sending is not.
+            if e.sql_state().is_some() {
+                self.ahead = false;
+            }
             self.read_only |= e.is_read_only();
             e
         })
@@ -272,7 +278,8 @@ impl Session {
     /// Before closing a connection whose statement is still in flight: cancels it on the
     /// server (bounded to 1 s), so that it does not run on, orphaned, to its end.
     pub async fn cancel_before_close(&self) {
-        if self.in_flight {
+        // Not while others' requests may be queued ahead: the cancel could stop one of them.
+        if self.in_flight && !self.ahead {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.cancel.cancel()).await;
         }
     }

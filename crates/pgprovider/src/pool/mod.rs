@@ -574,6 +574,11 @@ impl<D: Driver> Pool<D> {
         let mut now = Instant::now();
         let deadline = start.unwrap_or(now) + inner.config.pool().acquire_timeout();
         while let Some(mut slot) = inner.pop_idle() {
+            // Closed to pipelined reads before anything is sent on it (the ping too); the
+            // connection is told when reads may still be queued ahead.
+            if slot.pipe.as_ref().is_some_and(|p| p.checked_out()) {
+                slot.conn.queued_ahead();
+            }
             if slot.expires.is_some_and(|e| now >= e) {
                 inner.close_conn(slot.conn, CloseReason::Lifetime);
                 continue;
@@ -673,10 +678,6 @@ impl<D: Driver> Pool<D> {
         now: Instant,
         at: &'static Location<'static>,
     ) -> Pooled<D> {
-        let mut slot = slot;
-        if slot.pipe.as_ref().is_some_and(|p| p.checked_out()) {
-            slot.conn.queued_ahead();
-        }
         let c = &self.inner.counters;
         c.acquired.fetch_add(1, Relaxed);
         c.in_use.fetch_add(1, Relaxed);

@@ -26,7 +26,10 @@ use super::{CountGuard, Inner, Pool, Pooled, lock};
 use pgprovider_core::{Connection, Driver, Error, ErrorKind, Pipeline, Queries, Result, SqlState};
 use std::any::Any;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize, Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
+};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Poll;
 use tokio::sync::Semaphore;
@@ -213,9 +216,9 @@ impl InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.replied {
-            self.entry.abandoned.store(true, Relaxed);
+            self.entry.abandoned.store(true, Release);
         }
-        self.entry.depth.fetch_sub(1, Relaxed);
+        self.entry.depth.fetch_sub(1, Release);
     }
 }
 
@@ -352,6 +355,11 @@ where
             return f(&mut conn).await;
         };
         let sharing = share(pipes, &mut conn, sql);
+        if sharing.is_some() {
+            // Reads may be queued ahead of the holder's own statement (sent after the
+            // connection opened): its timeout must not send a cancel that could hit one.
+            conn.queued_ahead();
+        }
         let r = f(&mut conn).await;
         if let Some(sharing) = sharing {
             release(sharing, conn);
@@ -397,7 +405,9 @@ impl Entry {
     /// abandoned by their callers before the reply), which its next holder must know;
     /// forgets the abandoned ones (the next holder's first reply comes after theirs).
     pub(crate) fn queued(&self) -> bool {
-        self.abandoned.swap(false, Relaxed) | (self.depth.load(Relaxed) > 0)
+        // Depth first: a read abandoned in between has already set the flag read next.
+        let in_flight = self.depth.load(Acquire) > 0;
+        self.abandoned.swap(false, AcqRel) | in_flight
     }
 }
 
