@@ -1906,6 +1906,15 @@ async fn auto_scaling_grows_in_steps_under_waits_and_shrinks_after_an_idle_windo
          &pool_autoscale_cooldown=150ms&pool_autoscale_wait=2ms&pool_autoscale_idle=500ms",
     )
     .await;
+    // The same load against a wait threshold it never reaches: no growth.
+    let patient = pool_with_app(
+        "pgprovider-autoscale-patient",
+        "&pool_autoscale=on&pool_max_size=9&pool_autoscale_wait=10s",
+    )
+    .await;
+    saturate(&patient, "SELECT pg_sleep(0.002)", 16, 400).await;
+    assert_eq!(patient.stats().autoscale_grows, 0, "{:?}", patient.stats());
+    patient.close().await;
     let size = || pool.stats().max_size;
     assert_eq!(size(), 1);
     // One task never waits: no growth.

@@ -151,7 +151,7 @@ impl<D: Driver> Drop for Pooled<D> {
         }
         // The permit goes back after the connection is idle, so the next waiter finds it.
         if self.permit {
-            self.pool.release(1);
+            self.pool.semaphore.add_permits(1);
         }
         self.pool.signal_if_closing();
     }
@@ -216,7 +216,7 @@ async fn settle_and_return<D: Driver>(
     } else {
         pool.return_idle(slot, Instant::now());
     }
-    pool.release(1);
+    pool.semaphore.add_permits(1);
     pool.resetting.fetch_sub(1, Relaxed);
     pool.settled.notify_waiters();
 }

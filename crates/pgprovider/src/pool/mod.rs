@@ -822,7 +822,7 @@ impl<D: Driver> Inner<D> {
                 let grow = max_size - old;
                 let cancelled = grow.min(*debt);
                 *debt -= cancelled;
-                self.release(grow - cancelled);
+                self.semaphore.add_permits(grow - cancelled);
             } else {
                 *debt += old - max_size;
                 *debt -= self.semaphore.forget_permits(*debt);
@@ -831,11 +831,6 @@ impl<D: Driver> Inner<D> {
         }
         self.trim_to_max();
         self.wake.notify_one();
-    }
-
-    /// Gives `n` permits back.
-    pub(crate) fn release(&self, n: usize) {
-        self.semaphore.add_permits(n);
     }
 
     fn new_slot(&self, conn: D::Connection) -> Box<Slot<D::Connection>> {

@@ -76,7 +76,7 @@ impl<D: Driver> Drop for Opener<D> {
             pool.counters.size.fetch_sub(1, Relaxed);
         }
         if self.permit {
-            pool.release(1);
+            pool.semaphore.add_permits(1);
         }
         pool.resetting.fetch_sub(1, Relaxed);
         pool.settled.notify_waiters();
@@ -112,7 +112,7 @@ impl<D: Driver> Drop for Opened<D> {
             pool.counters.adopted.fetch_add(1, Relaxed);
             pool.return_idle(slot, Instant::now());
         }
-        pool.release(1);
+        pool.semaphore.add_permits(1);
         pool.signal_if_closing();
     }
 }
