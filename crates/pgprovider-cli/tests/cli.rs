@@ -751,3 +751,81 @@ fn bench_deadlines_reports_each_deadline_pool_and_contender_asked_for() {
         .unwrap();
     assert!(slow["successes"].as_u64().unwrap() > 0, "{slow}");
 }
+
+/// `bench --many N`, `--autoscale` and the pipelined contender with `--pipeline-depth`: each
+/// reports its figures, and bad combinations are refused with exit code 2.
+#[test]
+fn bench_many_autoscale_and_pipelined_report_their_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = shared_url();
+    let run = |args: &[&str], file: &str| {
+        let out = dir.path().join(file);
+        let mut all = vec!["bench"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--json", out.to_str().unwrap()]);
+        let o = pgprovider(&all, Some(&url));
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stdout}\n{stderr}");
+        assert_no_panic(&stderr);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        v
+    };
+    // 20 connections: the shared server's max_connections (100) holds 2 × 20 + 50.
+    let many = run(
+        &["--many", "20", "--duration", "300ms", "--warmup", "100ms"],
+        "many.json",
+    );
+    let m = &many["many"];
+    assert_eq!(m["connections"], 20, "{m}");
+    assert!(m["ops_per_sec"].as_f64().unwrap() > 0.0, "{m}");
+    assert!(m["pool_kib_per_connection"].as_f64().unwrap() >= 0.0, "{m}");
+    assert!(m["raw_ops_per_sec"].as_f64().unwrap() > 0.0, "{m}");
+
+    let scale = run(&["--autoscale", "--connections", "2"], "scale.json");
+    let a = &scale["autoscale"];
+    assert_eq!(a["size_before"], 2, "{a}");
+    assert!(
+        a["size_after_step"].as_u64().unwrap() > 2,
+        "did not grow: {a}"
+    );
+    assert!(
+        a["size_after_step"].as_u64().unwrap() <= 8,
+        "past the maximum: {a}"
+    );
+
+    let piped = run(
+        &[
+            "--contenders",
+            "pgprovider_pipelined",
+            "--workloads",
+            "slow_mix",
+            "--pipeline-depth",
+            "4",
+            "--connections",
+            "2",
+            "--tasks",
+            "16",
+            "--rounds",
+            "1",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+        ],
+        "piped.json",
+    );
+    assert!(
+        piped.to_string().contains("pgprovider_pipelined"),
+        "{piped}"
+    );
+
+    for bad in [
+        &["bench", "--many", "0"][..],
+        &["bench", "--many", "5", "--autoscale"][..],
+        &["bench", "--autoscale", "--workloads", "select1"][..],
+    ] {
+        let o = pgprovider(bad, Some(&url));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {:?}", text(&o));
+    }
+}
