@@ -63,7 +63,12 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
         opt::Command::Migrate(args) => cmd::migrate::run(args).await,
         opt::Command::Listen(args) => cmd::listen::listen(args).await,
         opt::Command::Notify(args) => cmd::listen::notify(args).await,
-        opt::Command::Drill(opt::DrillCommand::Failover(args)) => cmd::drill::failover(args).await,
+        opt::Command::Drill(opt::DrillCommand::Failover(args)) => {
+            cmd::drill::run(cmd::drill::Kind::Failover, args).await
+        }
+        opt::Command::Drill(opt::DrillCommand::Switchover(args)) => {
+            cmd::drill::run(cmd::drill::Kind::Switchover, args).await
+        }
     }
 }
 

@@ -61,23 +61,54 @@ pub struct ServeArgs {
 /// `pgprovider drill` drills.
 #[derive(Debug, Subcommand)]
 pub enum DrillCommand {
-    /// Starts a primary with a synchronous standby, runs writes and reads, kills the primary,
-    /// promotes the standby, and checks every write's fate on the new primary.
-    Failover(FailoverArgs),
+    /// Runs writes and reads through the provider while the primary fails, and checks every
+    /// write's fate. Embedded (default): kills the primary of a throwaway cluster and
+    /// promotes its standby. With --url and --fault-command: runs the fault on your cluster
+    /// and lets its HA manager promote.
+    Failover(DrillArgs),
+    /// A planned, graceful switchover under the same load: writes wait for the new primary
+    /// instead of failing. Embedded: stops the primary cleanly and promotes the standby; with
+    /// --url, --fault-command is your switchover (e.g. `patronictl switchover --force`).
+    Switchover(DrillArgs),
 }
 
-/// Options of `pgprovider drill failover`.
+/// Options of `pgprovider drill failover` and `drill switchover`.
 #[derive(Debug, clap::Args)]
-pub struct FailoverArgs {
+pub struct DrillArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
-    /// Use an asynchronous standby and report the loss measured (instead of expecting none).
+    /// Embedded mode: use an asynchronous standby and report the loss measured (instead of
+    /// expecting none).
     #[arg(long = "async")]
     pub asynchronous: bool,
     /// Concurrent writers.
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
+    /// Your cluster, every node named (`postgres://u@h1:5432,h2:5432/db`): the drill writes
+    /// into a table of its own there and drops it at the end. Needs --fault-command.
+    #[arg(long, requires = "fault_command")]
+    pub url: Option<String>,
+    /// The fault, run with `sh -c` once writes flow (e.g. a script that kills the leader,
+    /// or asks the HA manager for a switchover). It gets PGPROVIDER_DRILL_PRIMARY
+    /// (`host:port` of the primary when it starts). Needs --url.
+    #[arg(long, requires = "url")]
+    pub fault_command: Option<String>,
+    /// Run with `sh -c` after the figures are taken (e.g. restart the killed node), before
+    /// the next run.
+    #[arg(long, requires = "url")]
+    pub heal_command: Option<String>,
+    /// Repeat the drill this many times and report percentiles (a new embedded cluster each
+    /// run; the fault and heal commands run each time).
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// How long writes wait for a new primary before they fail.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub failover_timeout: std::time::Duration,
+    /// Writes acknowledged before the fault, and again after the new primary, before the
+    /// drill ends.
+    #[arg(long, default_value_t = 200)]
+    pub acks: usize,
 }
 
 /// Options of `pgprovider listen`.
@@ -214,11 +245,12 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 500ms or 3s"))?;
+        .map_err(|_| format!("{s:?} is not a duration such as 500ms, 3s or 2m"))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "" | "s" => Ok(std::time::Duration::from_secs(n)),
-        _ => Err(format!("{s:?} is not a duration such as 500ms or 3s")),
+        "m" => Ok(std::time::Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{s:?} is not a duration such as 500ms, 3s or 2m")),
     }
 }
 

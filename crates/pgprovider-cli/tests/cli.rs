@@ -556,38 +556,148 @@ fn listen_prints_notifications_as_json_lines() {
     assert_eq!(o.status.code(), Some(2));
 }
 
-#[test]
-fn the_failover_drill_loses_no_acknowledged_write() {
+/// `pgprovider drill KIND ARGS… --json FILE`: the figures, after checking it exited 0
+/// without a panic.
+fn drill(kind: &str, args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("drill.json");
-    let o = pgprovider(
-        &["drill", "failover", "--json", out.to_str().unwrap()],
-        None,
-    );
+    let mut all = vec!["drill", kind, "--json", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = pgprovider(&all, None);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert_no_panic(&stderr);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     for key in [
+        "new_primary_writable_ms",
         "recovery_ms",
+        "write_gap_ms",
         "lost_writes",
-        "failed_reads",
-        "failed_writes",
-        "unknown_writes",
         "phantoms",
         "duplicates",
-        "write_gap_ms",
+        "failed_writes",
+        "unknown_writes",
+        "failed_reads",
+        "acked_writes",
     ] {
-        assert!(!v[key].is_null(), "{key} missing: {v}");
+        // Several runs give percentiles of the times.
+        let key = match (v.get("runs"), key.ends_with("_ms")) {
+            (Some(_), true) => format!("{key}_p99"),
+            _ => key.to_owned(),
+        };
+        assert!(!v[&key].is_null(), "{key} missing: {v}");
     }
     assert_eq!(v["lost_writes"], 0, "{v}");
     assert_eq!(v["phantoms"], 0, "{v}");
     assert_eq!(v["duplicates"], 0, "{v}");
     assert_eq!(v["failed_but_present"], 0, "{v}");
-    assert!(v["acknowledged_writes"].as_u64().unwrap() >= 400, "{v}");
+    v
+}
+
+#[test]
+fn the_failover_drill_loses_no_acknowledged_write() {
+    let v = drill("failover", &[]);
+    assert_eq!(v["mode"], "embedded", "{v}");
+    assert!(v["acked_writes"].as_u64().unwrap() >= 400, "{v}");
     // A generous bound that catches a hang, not a performance target.
     assert!(v["recovery_ms"].as_f64().unwrap() < 20_000.0, "{v}");
+}
+
+#[test]
+fn a_switchover_fails_no_write_and_no_read() {
+    let v = drill("switchover", &["--runs", "2", "--acks", "100"]);
+    assert_eq!(v["runs"], 2, "{v}");
+    assert_eq!(v["failed_writes"], 0, "{v}");
+    assert_eq!(v["failed_reads"], 0, "{v}");
+    assert!(v["recovery_ms_p99"].as_f64().is_some(), "{v}");
+    assert_eq!(v["each"][0]["drill"], "switchover", "{v}");
+}
+
+#[test]
+fn drills_run_on_a_cluster_managed_by_patroni() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = rt
+        .block_on(pgprovider_testkit::PatroniCluster::start(2))
+        .unwrap();
+    let url = cluster.url();
+    // A planned switchover by Patroni: writes wait for the new leader.
+    let v = drill(
+        "switchover",
+        &[
+            "--url",
+            &url,
+            "--fault-command",
+            &cluster.script("switchover.sh"),
+            // The old leader is back as the synchronous standby before the next drill.
+            "--heal-command",
+            &cluster.script("heal.sh"),
+            "--acks",
+            "100",
+        ],
+    );
+    assert_eq!(v["mode"], "external", "{v}");
+    assert_eq!(v["failed_writes"], 0, "{v}");
+    assert_eq!(v["failed_reads"], 0, "{v}");
+    assert_eq!(v["fault_command_status"], "exit status: 0", "{v}");
+    // The leader's machine dies: Patroni's leader key expires, the replica takes over; the
+    // heal command brings the old leader back as a replica.
+    let v = drill(
+        "failover",
+        &[
+            "--url",
+            &url,
+            "--fault-command",
+            &cluster.script("kill-leader.sh"),
+            "--heal-command",
+            &cluster.script("heal.sh"),
+            "--acks",
+            "100",
+        ],
+    );
+    assert!(v["new_primary_writable_ms"].as_f64().unwrap() > 0.0, "{v}");
+    assert_ne!(v["primary_before"], serde_json::Value::Null, "{v}");
+    // The drill's table is gone from the user's cluster.
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let n: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pgprovider_drill_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+    });
+}
+
+#[test]
+fn drill_options_are_checked() {
+    for args in [
+        &["drill", "failover", "--runs", "0"][..],
+        &["drill", "failover", "--url", "postgres://127.0.0.1/x"],
+        &["drill", "failover", "--fault-command", "true"],
+        &[
+            "drill",
+            "switchover",
+            "--url",
+            "postgres://127.0.0.1/x",
+            "--fault-command",
+            "true",
+            "--async",
+        ],
+        &["drill", "failover", "--failover-timeout", "3 days"],
+    ] {
+        let o = pgprovider(args, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {:?}", text(&o));
+    }
 }
 
 /// `GET path` over a real socket: status code and body.

@@ -85,6 +85,11 @@ impl ServerBinaries {
         c
     }
 
+    /// The unprivileged user's name, when servers run as one (the test process is root).
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.run_as.as_ref().map(|(_, _, name)| name.as_str())
+    }
+
     /// Gives `path` to the unprivileged user, if there is one.
     pub(crate) fn chown(&self, path: &Path) -> Result<(), KitError> {
         if let Some((uid, gid, _)) = &self.run_as {

@@ -6,6 +6,8 @@
 //!   (SIGKILL), restarted, promoted, paused (SIGSTOP, a hung server) and resumed.
 //! - [`FaultProxy`]: an in-process TCP proxy in front of a node that adds latency, resets
 //!   every connection, blackholes traffic, refuses new connections, and heals.
+//! - [`PatroniCluster`]: a cluster managed by a real HA manager (Patroni with etcd, from
+//!   Debian's packages), with scripts for switchover, killing the leader and healing.
 //! - [`PgBouncer`]: a real PgBouncer in session or transaction mode in front of a server
 //!   ([`shared_pgbouncer_url`] for one per test process in front of the shared server).
 //!
@@ -44,6 +46,7 @@ mod cluster;
 pub mod conformance;
 mod error;
 mod node;
+mod patroni;
 mod pgbouncer;
 mod proxy;
 mod shared;
@@ -52,6 +55,7 @@ pub use bin::ServerBinaries;
 pub use cluster::{ClusterBuilder, TestCluster};
 pub use error::KitError;
 pub use node::{Role, TestNode};
+pub use patroni::{PatroniCluster, PatroniMember};
 pub use pgbouncer::{PgBouncer, PoolMode, shared_pgbouncer_url};
 pub use proxy::FaultProxy;
 pub use shared::{DEFAULT_SHARED_URL, shared_url};

@@ -1,0 +1,210 @@
+//! Independent observers: one connection per node, outside the provider, asking every few
+//! milliseconds whether the node accepts a write, so the drill knows when a new primary
+//! became writable without trusting the provider it measures.
+
+use pgprovider::{Config, Driver, Queries};
+use pgprovider_tokio_postgres::TokioPostgres;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often each observer asks.
+const EVERY: Duration = Duration::from_millis(5);
+/// How long one question may take before the connection is given up and made again.
+const PATIENCE: Duration = Duration::from_secs(1);
+
+/// One answer: when, which node, whether it accepted a write.
+pub(super) type Sample = (Instant, usize, bool);
+
+/// The observers of every node of a configuration.
+pub(super) struct Observers {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    names: Vec<String>,
+}
+
+impl Observers {
+    /// Starts one observer per node of `config`.
+    pub(super) fn start(config: &Config) -> Observers {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..config.nodes().len())
+            .map(|i| {
+                let (config, samples, stop) = (config.clone(), samples.clone(), stop.clone());
+                tokio::spawn(async move { observe(config, i, samples, stop).await })
+            })
+            .collect();
+        Observers {
+            samples,
+            stop,
+            tasks,
+            names: config.nodes().iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The samples so far.
+    pub(super) fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The node (`host:port`) whose latest answer said writable, if one did.
+    pub(super) fn writable_now(&self) -> Option<String> {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = vec![None; self.names.len()];
+        for (_, i, w) in samples.iter() {
+            last[*i] = Some(*w);
+        }
+        last.iter()
+            .position(|w| *w == Some(true))
+            .map(|i| self.names[i].clone())
+    }
+
+    /// Per node, what its observer saw: answers before and after `fault`, and how many of
+    /// them said writable.
+    pub(super) fn seen(&self, fault: Instant) -> serde_json::Value {
+        let samples = self.samples();
+        let mut out = serde_json::Map::new();
+        for (i, name) in self.names.iter().enumerate() {
+            let count = |after: bool, writable: Option<bool>| {
+                samples
+                    .iter()
+                    .filter(|(t, n, w)| {
+                        *n == i && (*t > fault) == after && writable.is_none_or(|x| x == *w)
+                    })
+                    .count()
+            };
+            out.insert(
+                name.clone(),
+                serde_json::json!({
+                    "answers_before": count(false, None),
+                    "writable_before": count(false, Some(true)),
+                    "answers_after": count(true, None),
+                    "writable_after": count(true, Some(true)),
+                }),
+            );
+        }
+        out.into()
+    }
+
+    /// Waits (up to `limit`) until every node has answered at least once.
+    pub(super) async fn wait_first(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let seen = {
+                let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+                (0..self.names.len()).all(|i| s.iter().any(|(_, n, _)| *n == i))
+            };
+            if seen {
+                return;
+            }
+            tokio::time::sleep(EVERY).await;
+        }
+    }
+
+    /// Stops every observer.
+    pub(super) async fn stop(self) {
+        self.stop.store(true, Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// When a new primary first accepted a write after `fault`: the first writable answer from
+/// a node that was not writable before the fault, or from one that was but has since been
+/// seen not writable (a primary restarted in place).
+pub(super) fn new_primary_writable(samples: &[Sample], fault: Instant) -> Option<Instant> {
+    let mut samples = samples.to_vec();
+    samples.sort_by_key(|s| s.0);
+    let nodes = samples.iter().map(|s| s.1 + 1).max().unwrap_or(0);
+    let mut before = vec![false; nodes];
+    for (t, i, w) in samples.iter().filter(|s| s.0 <= fault) {
+        let _ = t;
+        before[*i] = *w;
+    }
+    let mut went_down = vec![false; nodes];
+    for (t, i, w) in samples.iter().filter(|s| s.0 > fault) {
+        if !w {
+            went_down[*i] = true;
+        } else if !before[*i] || went_down[*i] {
+            return Some(*t);
+        }
+    }
+    None
+}
+
+/// One node's observer: asks, records, and reconnects when the node stops answering.
+async fn observe(
+    config: Config,
+    i: usize,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let node = &config.nodes()[i];
+    let driver = TokioPostgres::new();
+    let mut conn = None;
+    // A write needs a transaction id; a standby answers NULL instead of an error, so its
+    // log stays quiet.
+    let ask = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE txid_current() END";
+    while !stop.load(Relaxed) {
+        if conn.is_none() {
+            if let Ok(mut params) = config.connect_params(node).await {
+                params.connect_timeout =
+                    Some(params.connect_timeout.unwrap_or(PATIENCE).min(PATIENCE));
+                params.application_name = Some("pgprovider-drill-observer".into());
+                conn = tokio::time::timeout(PATIENCE, driver.connect(&params))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            }
+        }
+        let writable = match conn.as_mut() {
+            Some(c) => match tokio::time::timeout(PATIENCE, c.query(ask, &[])).await {
+                Ok(Ok(rows)) => rows
+                    .first()
+                    .is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()),
+                _ => {
+                    conn = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((Instant::now(), i, writable));
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_node_or_a_restarted_one_counts_the_old_one_still_up_does_not() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Node 0 primary before the fault at 10 ms; it keeps answering until 20, node 1
+        // becomes writable at 30.
+        let s = vec![
+            (at(5), 0, true),
+            (at(5), 1, false),
+            (at(15), 0, true),
+            (at(20), 0, false),
+            (at(30), 1, true),
+        ];
+        assert_eq!(new_primary_writable(&s, at(10)), Some(at(30)));
+        // Restarted in place: down, then up again.
+        let s = vec![(at(5), 0, true), (at(15), 0, false), (at(25), 0, true)];
+        assert_eq!(new_primary_writable(&s, at(10)), Some(at(25)));
+        // Never down, nothing new: no new primary.
+        let s = vec![(at(5), 0, true), (at(15), 0, true)];
+        assert_eq!(new_primary_writable(&s, at(10)), None);
+    }
+}
