@@ -66,6 +66,7 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
         opt::Command::Drill(opt::DrillCommand::Failover(args)) => {
             cmd::drill::run(cmd::drill::Kind::Failover, args).await
         }
+        opt::Command::Soak(args) => cmd::soak::run(args).await,
         opt::Command::Drill(opt::DrillCommand::Switchover(args)) => {
             cmd::drill::run(cmd::drill::Kind::Switchover, args).await
         }

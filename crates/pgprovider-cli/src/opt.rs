@@ -37,9 +37,38 @@ pub enum Command {
     /// `/debug/pprof/profile?seconds=N` (a CPU profile as folded stacks) until interrupted.
     /// Uses --url, else starts a throwaway PostgreSQL cluster.
     Serve(ServeArgs),
-    /// Failure drills on an embedded cluster.
+    /// Failure drills: failover and switchover, on an embedded cluster or on yours.
     #[command(subcommand)]
     Drill(DrillCommand),
+    /// A mixed workload for --duration with random faults (latency, resets, blackholes,
+    /// refused connects, a paused server, terminated sessions) through a fault proxy in
+    /// front of an embedded server; checks that every acknowledged write is present,
+    /// errors happened only during faults, no server connection is left behind and memory
+    /// stayed flat. Exits 0 when all hold, 1 otherwise.
+    Soak(SoakArgs),
+}
+
+/// Options of `pgprovider soak`.
+#[derive(Debug, clap::Args)]
+pub struct SoakArgs {
+    /// How long to run.
+    #[arg(long, default_value = "2m", value_parser = duration)]
+    pub duration: std::time::Duration,
+    /// Concurrent tasks running the mix of writes, transactions and reads.
+    #[arg(long, default_value_t = 4)]
+    pub tasks: usize,
+    /// The mean time between faults (each fault starts within 0.5x to 1.5x of it).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub fault_every: std::time::Duration,
+    /// The seed of the fault sequence, to replay one.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The most resident memory may grow between warm-up and the end.
+    #[arg(long, default_value_t = 16)]
+    pub max_growth_mib: u64,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 /// Options of `pgprovider serve`.

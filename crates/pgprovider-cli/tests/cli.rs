@@ -678,6 +678,52 @@ fn drills_run_on_a_cluster_managed_by_patroni() {
     });
 }
 
+/// The CI version of the soak: two minutes of mixed load with every kind of fault.
+#[test]
+fn a_two_minute_soak_keeps_every_write_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("soak.json");
+    let o = pgprovider(
+        &[
+            "soak",
+            "--duration",
+            "2m",
+            "--fault-every",
+            "3s",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_no_panic(&stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["missing_writes"], 0, "{v}");
+    assert_eq!(v["errors_outside_faults"], 0, "{v}");
+    assert_eq!(v["leftover_server_connections"], 0, "{v}");
+    assert!(v["acked_writes_checked"].as_u64().unwrap() > 1000, "{v}");
+    // Every kind of fault was injected (a soak without faults proves nothing).
+    for kind in [
+        "latency",
+        "reset",
+        "blackhole",
+        "refuse",
+        "pause",
+        "terminate",
+    ] {
+        assert!(
+            v["faults_injected"][kind].as_u64().unwrap_or(0) >= 1,
+            "{kind}: {v}"
+        );
+    }
+    assert!(
+        v["rss_growth_kib"].as_i64().unwrap() <= v["rss_growth_bound_kib"].as_i64().unwrap(),
+        "{v}"
+    );
+}
+
 #[test]
 fn drill_options_are_checked() {
     for args in [
@@ -694,6 +740,7 @@ fn drill_options_are_checked() {
             "--async",
         ],
         &["drill", "failover", "--failover-timeout", "3 days"],
+        &["soak", "--duration", "forever"],
     ] {
         let o = pgprovider(args, None);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {:?}", text(&o));

@@ -1,12 +1,23 @@
 //! A fault-injecting TCP proxy, for network faults without `tc` or iptables.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
+
+/// What the proxy's connections report back: data held back by latency now, and open
+/// connections by the reset count they started under (so a reset can be awaited).
+#[derive(Debug, Default)]
+struct Seen {
+    held: AtomicUsize,
+    by_epoch: Mutex<BTreeMap<u64, usize>>,
+    closed: Notify,
+    holding: Notify,
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Faults {
@@ -40,6 +51,7 @@ pub struct FaultProxy {
     target: SocketAddr,
     faults: watch::Sender<Faults>,
     open: Arc<AtomicUsize>,
+    seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,12 +65,21 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let (faults, rx) = watch::channel(Faults::default());
         let open = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(accept_loop(listener, addr, target, rx, open.clone()));
+        let seen = Arc::new(Seen::default());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            addr,
+            target,
+            rx,
+            open.clone(),
+            seen.clone(),
+        ));
         Ok(FaultProxy {
             addr,
             target,
             faults,
             open,
+            seen,
             task,
         })
     }
@@ -81,6 +102,49 @@ impl FaultProxy {
     /// Proxied connections open now.
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Chunks of data held back by latency or a blackhole right now: with latency set, a
+    /// request is in flight exactly while this is above zero.
+    pub fn held_chunks(&self) -> usize {
+        self.seen.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits until some data is held back (by latency or a blackhole): with latency set, a
+    /// request is then in flight, and a fault injected now hits it mid-way.
+    pub async fn wait_held(&self) {
+        loop {
+            let holding = self.seen.holding.notified();
+            tokio::pin!(holding);
+            holding.as_mut().enable();
+            if self.held_chunks() > 0 {
+                return;
+            }
+            holding.await;
+        }
+    }
+
+    /// Waits until every connection that was open at the last [`reset_all`](Self::reset_all)
+    /// is closed: the reset has landed.
+    pub async fn settled(&self) {
+        loop {
+            let closed = self.seen.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            let resets = self.faults.borrow().resets;
+            let left = self
+                .seen
+                .by_epoch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .range(..resets)
+                .map(|(_, n)| *n)
+                .sum::<usize>();
+            if left == 0 {
+                return;
+            }
+            closed.await;
+        }
     }
 
     /// Delays every chunk of data, in each direction, by `latency` (zero removes it).
@@ -135,6 +199,7 @@ async fn accept_loop(
     target: SocketAddr,
     mut rx: watch::Receiver<Faults>,
     open: Arc<AtomicUsize>,
+    seen: Arc<Seen>,
 ) {
     let mut listener = Some(listener);
     let mut conns = tokio::task::JoinSet::new();
@@ -161,10 +226,15 @@ async fn accept_loop(
                 if let Ok((client, _)) = accepted {
                     let rx = rx.clone();
                     let open = open.clone();
+                    let seen = seen.clone();
                     open.fetch_add(1, Ordering::SeqCst);
                     conns.spawn(async move {
-                        proxy_one(client, target, rx).await;
+                        let epoch = rx.borrow().resets;
+                        *seen.by_epoch.lock().unwrap_or_else(|e| e.into_inner()).entry(epoch).or_default() += 1;
+                        proxy_one(client, target, rx, epoch, &seen).await;
                         open.fetch_sub(1, Ordering::SeqCst);
+                        *seen.by_epoch.lock().unwrap_or_else(|e| e.into_inner()).entry(epoch).or_default() -= 1;
+                        seen.closed.notify_waiters();
                     });
                 }
             }
@@ -173,8 +243,13 @@ async fn accept_loop(
     }
 }
 
-async fn proxy_one(client: TcpStream, target: SocketAddr, mut rx: watch::Receiver<Faults>) {
-    let resets_at_start = rx.borrow().resets;
+async fn proxy_one(
+    client: TcpStream,
+    target: SocketAddr,
+    mut rx: watch::Receiver<Faults>,
+    resets_at_start: u64,
+    seen: &Seen,
+) {
     let Ok(server) = TcpStream::connect(target).await else {
         rst(&client);
         return;
@@ -197,7 +272,11 @@ async fn proxy_one(client: TcpStream, target: SocketAddr, mut rx: watch::Receive
             Ok(0) | Err(_) => return, // one side closed: close both (FIN)
             Ok(n) => n,
         };
-        if !pass_faults(&mut rx, resets_at_start).await {
+        seen.held.fetch_add(1, Ordering::SeqCst);
+        seen.holding.notify_waiters();
+        let passed = pass_faults(&mut rx, resets_at_start).await;
+        seen.held.fetch_sub(1, Ordering::SeqCst);
+        if !passed {
             break;
         }
         let w = if to_server {

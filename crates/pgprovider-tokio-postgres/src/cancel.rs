@@ -16,7 +16,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::MakeTlsConnect;
 
-/// How long a cancel request may take, connection included.
+/// The longest a cancel request may take, connection included; a shorter connect timeout
+/// (at least 1 s) bounds it instead, so a hung server costs a timed-out statement no more
+/// than a connection attempt would.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A socket whose shutdown waits for the peer to close it (see the module docs).
@@ -68,11 +70,15 @@ pub(crate) fn token(
     port: u16,
     tls: Cancel,
     node: String,
+    connect_timeout: Option<Duration>,
 ) -> CancelToken {
+    let limit = connect_timeout.map_or(CANCEL_TIMEOUT, |t| {
+        t.clamp(Duration::from_secs(1), CANCEL_TIMEOUT)
+    });
     CancelToken::new(move || {
         let (token, host, tls, node) = (token.clone(), host.clone(), tls.clone(), node.clone());
         async move {
-            let sent = tokio::time::timeout(CANCEL_TIMEOUT, send(&token, &host, port, tls)).await;
+            let sent = tokio::time::timeout(limit, send(&token, &host, port, tls)).await;
             match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(Error::new(
@@ -82,7 +88,7 @@ pub(crate) fn token(
                 .with_node(node)),
                 Err(_) => Err(Error::new(
                     ErrorKind::Timeout,
-                    format!("the cancel request got no answer within {CANCEL_TIMEOUT:?}"),
+                    format!("the cancel request got no answer within {limit:?}"),
                 )
                 .with_node(node)),
             }

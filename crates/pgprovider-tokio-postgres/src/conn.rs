@@ -104,6 +104,7 @@ impl PgConnection {
             params.port,
             cancel,
             node.clone(),
+            params.connect_timeout,
         );
         let n = node;
         let driver_task = tokio::spawn(async move {

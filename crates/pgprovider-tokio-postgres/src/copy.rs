@@ -119,7 +119,13 @@ impl PgConnection {
         // Out of step until the server accepts the COPY: refused (or dropped while it may
         // be refused), the replies no longer pair with requests.
         self.s.set_broken(true);
-        let sink = self.client.copy_in(sql).await.map_err(db)?;
+        let sink = step(
+            self.s.query_timeout(),
+            self.s.node(),
+            self.client.copy_in(sql),
+        )
+        .await?
+        .map_err(db)?;
         self.s.set_broken(false);
         // Boxed, so that dropping it really drops the sink (which aborts the COPY).
         let mut writer = Box::pin(BinaryCopyInWriter::new(sink, types));
@@ -148,13 +154,30 @@ impl PgConnection {
                 )
                 .with_hint("give one type per column, in the column order of the COPY"));
             }
-            if let Err(e) = writer.as_mut().write(&values).await {
-                drop(writer);
-                self.settle().await;
-                return Err(db(e));
+            match step(
+                self.s.query_timeout(),
+                self.s.node(),
+                writer.as_mut().write(&values),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    drop(writer);
+                    self.settle().await;
+                    return Err(db(e));
+                }
+                // Stalled: the connection stays in flight, so the pool closes it (which
+                // ends the COPY on the server).
+                Err(stalled) => return Err(stalled),
             }
         }
-        let n = writer.as_mut().finish().await;
+        let n = step(
+            self.s.query_timeout(),
+            self.s.node(),
+            writer.as_mut().finish(),
+        )
+        .await?;
         self.s.set_in_flight(false);
         n.map_err(db)
     }
@@ -163,7 +186,13 @@ impl PgConnection {
     async fn start_copy_out(&mut self, sql: &str) -> Result<tokio_postgres::CopyOutStream> {
         self.copy_here()?;
         self.s.set_in_flight(true);
-        match self.client.copy_out(sql).await {
+        match step(
+            self.s.query_timeout(),
+            self.s.node(),
+            self.client.copy_out(sql),
+        )
+        .await?
+        {
             Ok(stream) => Ok(stream),
             Err(e) => Err(self.ended(e)),
         }
@@ -174,7 +203,7 @@ impl PgConnection {
         &mut self,
         mut stream: std::pin::Pin<&mut impl Stream<Item = Result<T, tokio_postgres::Error>>>,
     ) -> Result<Option<T>> {
-        match stream.try_next().await {
+        match step(self.s.query_timeout(), self.s.node(), stream.try_next()).await? {
             Ok(item) => Ok(item),
             Err(e) => Err(self.ended(e)),
         }
@@ -273,6 +302,34 @@ impl PgConnection {
         self.s.set_in_flight(false);
         Ok(bytes)
     }
+}
+
+/// One exchange of a COPY with the server on `node`, bounded by the query timeout `t` as a
+/// progress bound: a COPY may take as long as it needs, but not a step of it. On expiry the
+/// connection stays marked in flight, so the pool closes it rather than reuse it.
+async fn step<T>(
+    t: Option<std::time::Duration>,
+    node: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    let Some(t) = t else {
+        return Ok(fut.await);
+    };
+    tokio::time::timeout(t, fut)
+        .await
+        .map_err(|_| stalled("the COPY", t, node))
+}
+
+/// The error of a COPY or a row stream that made no progress within the query timeout `t`.
+pub(crate) fn stalled(what: &str, t: std::time::Duration, node: &str) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "{what} made no progress within the query timeout of {t:?}; the connection is closed"
+        ),
+    )
+    .with_node(node)
+    .with_hint("the server or the network stalled; raise query_timeout if the server is just slow")
 }
 
 fn write_error(e: std::io::Error) -> Error {

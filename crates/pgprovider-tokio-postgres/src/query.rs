@@ -160,7 +160,9 @@ impl PgConnection {
     /// pool drains the rest before reusing the connection, cancelling the statement on the
     /// server when that takes long).
     ///
-    /// The query timeout bounds the wait for the first row only.
+    /// The query timeout bounds the wait for the first row, then each wait for the next
+    /// one (a progress bound: a long stream is fine, a stalled one ends with
+    /// [`ErrorKind::Timeout`](pgprovider::ErrorKind::Timeout) and its connection is closed).
     ///
     /// # Errors
     /// As [`Queries::query`]; each item may also carry an error.
@@ -176,9 +178,15 @@ impl PgConnection {
             unreachable!("a stream query returns a stream")
         };
         self.s.set_in_flight(true);
+        let stall = self
+            .s
+            .query_timeout()
+            .map(|t| (t, Box::pin(tokio::time::sleep(t))));
         Ok(PgRowStream {
             inner: Box::pin(stream),
             conn: self,
+            stall,
+            stalled: false,
         })
     }
 
@@ -810,6 +818,9 @@ impl BatchResult {
 pub struct PgRowStream<'a> {
     inner: Pin<Box<RowStream>>,
     conn: &'a mut PgConnection,
+    /// The query timeout as a progress bound: the next row must come within it.
+    stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    stalled: bool,
 }
 
 impl PgRowStream<'_> {
@@ -831,9 +842,33 @@ impl Stream for PgRowStream<'_> {
     type Item = Result<PgRow>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if this.stalled {
+            return Poll::Ready(None);
+        }
         match this.inner.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(row))) => Poll::Ready(Some(Ok(PgRow(row)))),
+            Poll::Pending => {
+                let Some((t, sleep)) = &mut this.stall else {
+                    return Poll::Pending;
+                };
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // No row within the bound: the stream ends here; the connection stays in
+                // flight, so the pool closes it.
+                let t = *t;
+                this.stalled = true;
+                Poll::Ready(Some(Err(crate::copy::stalled(
+                    "the row stream",
+                    t,
+                    this.conn.s.node(),
+                ))))
+            }
+            Poll::Ready(Some(Ok(row))) => {
+                if let Some((t, sleep)) = &mut this.stall {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *t);
+                }
+                Poll::Ready(Some(Ok(PgRow(row))))
+            }
             Poll::Ready(Some(Err(e))) => {
                 // The statement is over: the server sent its error.
                 this.conn.s.set_in_flight(false);

@@ -947,3 +947,113 @@ async fn a_statement_cut_mid_flight_is_retried_only_when_marked_idempotent() {
         .get(0);
     assert!((1..=3).contains(&n), "{n}");
 }
+
+/// What a session carries that the next user must not inherit, as the server reports it.
+const SESSION_FINGERPRINT: &str = "SELECT concat_ws('|', current_user, session_user, \
+     (SELECT md5(string_agg(name || '=' || coalesce(setting, ''), ',' ORDER BY name)) FROM pg_settings), \
+     (SELECT count(*) FROM pg_prepared_statements), (SELECT count(*) FROM pg_cursors), \
+     (SELECT count(*) FROM pg_listening_channels()), \
+     (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), \
+     (SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()))";
+
+/// The driver kit's SQL classifiers against the server, on a corpus: every statement that
+/// really changed the session (settings, role, prepared statements, cursors, listens,
+/// advisory locks, temporary tables) is classified as session-changing, and the
+/// transaction state the server is left in is the one `transaction_effect` predicts.
+#[tokio::test]
+async fn the_sql_classifiers_agree_with_the_server_on_a_corpus() {
+    use pgprovider_core::kit::sql::{may_change_session, transaction_effect};
+    let url = pgprovider_testkit::shared_url().await.unwrap();
+    let corpus = [
+        "SELECT 1",
+        "SELECT * FROM pg_class LIMIT 1",
+        "VALUES (1)",
+        "TABLE pg_namespace",
+        "SHOW search_path",
+        "EXPLAIN SELECT 1",
+        "WITH a AS (SELECT 1) SELECT * FROM a",
+        "BEGIN",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN; COMMIT",
+        "BEGIN; COMMIT AND CHAIN",
+        "BEGIN; SELECT 1; ROLLBACK",
+        "BEGIN; SAVEPOINT s; ROLLBACK TO s",
+        "BEGIN; SAVEPOINT s; RELEASE s; END",
+        "BEGIN; ABORT",
+        "SET search_path = public",
+        "SET work_mem = '5MB'",
+        "BEGIN; SET LOCAL work_mem = '8MB'",
+        "SELECT set_config('application_name', 'x', false)",
+        "SELECT pg_catalog.set_config('work_mem', '9MB', false)",
+        "SELECT \"set_config\"('work_mem', '12MB', false)",
+        "SELECT U&\"set\\005fconfig\"('work_mem', '13MB', false)",
+        "SELECT set_config('work_mem', '14MB', true)",
+        "SET SESSION AUTHORIZATION postgres",
+        "SET ROLE pg_monitor",
+        "LISTEN corpus_channel",
+        "PREPARE corpus_p AS SELECT 1",
+        "DECLARE corpus_c CURSOR WITH HOLD FOR SELECT 1",
+        "CREATE TEMP TABLE corpus_t1 (x int)",
+        "SELECT 1 AS x INTO TEMP corpus_t2",
+        "CREATE TEMP TABLE corpus_t3 AS SELECT 1",
+        "EXPLAIN ANALYZE CREATE TEMP TABLE corpus_t4 AS SELECT 1",
+        "SELECT pg_advisory_lock(4242)",
+        "SELECT pg_try_advisory_lock(4243)",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SELECT 1; SET work_mem = '6MB'",
+        "/* a comment */ SET work_mem = '7MB'",
+        "-- a comment\nSET work_mem = '10MB'",
+        "DO $$BEGIN PERFORM set_config('work_mem', '11MB', false); END$$",
+        "DO $$BEGIN EXECUTE 'SET work_mem = ''15MB'''; END$$",
+        "SET TIME ZONE 'UTC'",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN; SET TRANSACTION READ ONLY",
+    ];
+    let mut changed_seen = 0;
+    for sql in corpus {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let task = tokio::spawn(conn);
+        let before: String = client
+            .query_one(SESSION_FINGERPRINT, &[])
+            .await
+            .unwrap()
+            .get(0);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        // In an open block, now() is the block's start, not this statement's.
+        let in_tx: bool = client
+            .query_one("SELECT now() <> statement_timestamp()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let after: String = client
+            .query_one(SESSION_FINGERPRINT, &[])
+            .await
+            .unwrap()
+            .get(0);
+        let changed = before != after;
+        changed_seen += usize::from(changed);
+        assert!(
+            !changed || may_change_session(sql),
+            "{sql:?} changed the session ({before} -> {after}) but is not classified so"
+        );
+        assert_eq!(
+            in_tx,
+            transaction_effect(sql) == Some(true),
+            "{sql:?}: the server is {}in a transaction block",
+            if in_tx { "" } else { "not " }
+        );
+        drop(client);
+        let _ = task.await;
+    }
+    // The corpus really changes sessions (a fingerprint that never moves proves nothing).
+    assert!(
+        changed_seen >= 20,
+        "only {changed_seen} statements changed the session"
+    );
+}

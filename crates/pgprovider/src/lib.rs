@@ -49,6 +49,8 @@ pub mod migrate;
 pub mod observe;
 pub mod policy;
 pub mod pool;
+#[cfg(test)]
+mod properties;
 pub mod provider;
 mod query;
 pub mod registry;

@@ -6,3 +6,4 @@ pub(crate) mod health;
 pub(crate) mod listen;
 pub(crate) mod migrate;
 pub(crate) mod serve;
+pub(crate) mod soak;

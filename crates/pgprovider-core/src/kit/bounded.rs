@@ -22,9 +22,10 @@ pub enum Bounded<R> {
     },
 }
 
-/// Awaits `fut` (a statement) for at most `timeout`. On expiry sends `cancel`, then awaits
-/// the statement's reply for [`CANCEL_GRACE`] and judges it with `is_cancel_reply`. The
-/// one place drivers implement query timeouts.
+/// Awaits `fut` (a statement) for at most `timeout`. On expiry sends `cancel`; when the
+/// cancel got through, awaits the statement's reply for [`CANCEL_GRACE`] and judges it with
+/// `is_cancel_reply` (when it did not, nothing more is awaited: the connection is not
+/// clean). The one place drivers implement query timeouts.
 pub async fn run_bounded<T, E>(
     timeout: Option<std::time::Duration>,
     cancel: &CancelToken,
@@ -39,6 +40,11 @@ pub async fn run_bounded<T, E>(
         Ok(r) => Bounded::Finished(r),
         Err(_) => {
             let cancelled = cancel.cancel().await;
+            if cancelled.is_err() {
+                // The cancel never got through (a hung server or network): no reply is
+                // coming either, so the connection is given up at once.
+                return Bounded::TimedOut { clean: false };
+            }
             let reply = tokio::time::timeout(CANCEL_GRACE, fut).await;
             let clean = cancelled.is_ok() && matches!(&reply, Ok(Err(e)) if is_cancel_reply(e));
             Bounded::TimedOut { clean }

@@ -477,11 +477,18 @@ impl Config {
         } else {
             ":***"
         };
+        // Percent-encoded, so a user or database named with `@`, `:` or `/` reads back as
+        // the same place.
+        const PART: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+            .remove(b'-')
+            .remove(b'_')
+            .remove(b'.')
+            .remove(b'~');
         format!(
             "postgres://{}{pw}@{}/{}",
-            self.user,
+            percent_encoding::utf8_percent_encode(&self.user, PART),
             hosts.join(","),
-            self.dbname
+            percent_encoding::utf8_percent_encode(&self.dbname, PART)
         )
     }
 

@@ -579,6 +579,12 @@ impl<D: Driver> Pool<D> {
             if slot.pipe.as_ref().is_some_and(|p| p.checked_out()) {
                 slot.conn.queued_ahead();
             }
+            // Closed while idle (the server ended the session, the network reset it): a
+            // synchronous check, no round trip.
+            if slot.conn.is_broken() {
+                inner.close_conn(slot.conn, CloseReason::Error);
+                continue;
+            }
             if slot.expires.is_some_and(|e| now >= e) {
                 inner.close_conn(slot.conn, CloseReason::Lifetime);
                 continue;

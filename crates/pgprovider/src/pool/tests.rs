@@ -33,6 +33,8 @@ struct Script {
     cancels: AtomicU64,
     cancelled: tokio::sync::Notify,
     connect_panics: AtomicBool,
+    /// The server has closed every connection open now (ids below this, plus one).
+    closed_below: AtomicU64,
 }
 
 #[derive(Clone, Default)]
@@ -85,7 +87,7 @@ impl Driver for Fake {
 
 impl Connection for FakeConn {
     fn is_broken(&self) -> bool {
-        self.broken || self.in_flight
+        self.broken || self.in_flight || self.id < self.script.closed_below.load(Relaxed)
     }
     fn interrupted(&self) -> bool {
         self.in_flight && !self.broken
@@ -264,6 +266,18 @@ async fn broken_connections_are_never_handed_out_again() {
     assert_eq!(pool.get().await.unwrap().id, 1);
     let s = pool.stats();
     assert_eq!((s.closed_error, s.size), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_closed_while_idle_are_not_handed_out() {
+    let (pool, script) = pool("pool_max_size=2");
+    let first = pool.get().await.unwrap().id;
+    // The server (or the network) ends the idle session: the driver knows, no round trip.
+    script.closed_below.store(script.connects.load(Relaxed), Relaxed);
+    let next = pool.get().await.unwrap().id;
+    assert_ne!(next, first, "a closed connection was handed out");
+    assert_eq!(pool.stats().closed_error, 1);
+    assert_eq!(script.pings.load(Relaxed), 0, "found without a ping");
 }
 
 #[tokio::test(start_paused = true)]

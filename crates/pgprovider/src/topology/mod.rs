@@ -482,7 +482,13 @@ impl HealthMonitor {
 /// Parses PostgreSQL's `X/Y` WAL position.
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    // Each half is 1 to 8 hexadecimal digits (`from_str_radix` alone would take a sign
+    // and longer halves that overflow into the other).
+    let half = |h: &str| {
+        let ok = (1..=8).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| u32::from_str_radix(h, 16).ok()).flatten()
+    };
+    Some((u64::from(half(hi)?) << 32) | u64::from(half(lo)?))
 }
 
 #[cfg(test)]
