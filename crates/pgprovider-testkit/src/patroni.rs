@@ -64,7 +64,7 @@ fn program(name: &str) -> Option<PathBuf> {
 impl PatroniCluster {
     /// Whether Patroni and etcd are installed.
     pub fn available() -> bool {
-        ["patroni", "patronictl", "etcd"]
+        ["patroni", "patronictl", "etcd", "etcdctl", "python3"]
             .iter()
             .all(|p| program(p).is_some())
     }
@@ -81,7 +81,7 @@ impl PatroniCluster {
         }
         if !Self::available() {
             return Err(KitError::new(
-                "patroni or etcd not found: install them (Debian/Ubuntu: apt-get install patroni etcd-server)",
+                "patroni, etcd, etcdctl or python3 not found: install them (Debian/Ubuntu: apt-get install patroni etcd-server etcd-client)",
             ));
         }
         let bins = ServerBinaries::find()?;
@@ -143,7 +143,10 @@ impl PatroniCluster {
     /// A shell command that runs the named script of the cluster's directory (see the
     /// module docs), for `--fault-command` and `--heal-command`.
     pub fn script(&self, name: &str) -> String {
-        format!("sh {}", self.dir.path().join(name).display())
+        format!(
+            "sh {}",
+            shell_quote(&self.dir.path().join(name).display().to_string())
+        )
     }
 
     /// The cluster's directory (configurations, logs, scripts).
@@ -258,9 +261,9 @@ bootstrap:
 postgresql:
   listen: 127.0.0.1:{port}
   connect_address: 127.0.0.1:{port}
-  data_dir: {dir}/{name}.data
+  data_dir: {data}
   bin_dir: {bindir}
-  pgpass: {dir}/{name}.pgpass
+  pgpass: {pgpass}
   authentication:
     replication:
       username: postgres
@@ -269,13 +272,16 @@ postgresql:
     rewind:
       username: postgres
   parameters:
-    unix_socket_directories: {dir}
+    unix_socket_directories: {sockets}
 tags: {{}}
 "#,
         name = m.name,
         api = m.api_port,
         port = m.port,
-        bindir = bindir.display(),
+        data = yaml_str(&format!("{dir}/{}.data", m.name)),
+        pgpass = yaml_str(&format!("{dir}/{}.pgpass", m.name)),
+        bindir = yaml_str(&bindir.display().to_string()),
+        sockets = yaml_str(&dir.to_string()),
     )
 }
 
@@ -286,7 +292,7 @@ fn write_scripts(
     peer: u16,
     members: &[PatroniMember],
 ) -> Result<(), KitError> {
-    let d = dir.display();
+    let d = "\"$D\"";
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
     let names = names.join(" ");
     // Every script runs the cluster's processes as the unprivileged user when started as
@@ -296,12 +302,12 @@ fn write_scripts(
     } else {
         format!("if [ \"$(id -u)\" = 0 ]; then exec runuser -u {user} -- sh \"$0\" \"$@\"; fi\n")
     };
-    let ctl = format!("patronictl -c {d}/n0.yml");
+    let ctl = "patronictl -c \"$D/n0.yml\"";
     let scripts = [
         (
             "start-etcd.sh",
             format!(
-                "{as_user}cd {d}\nsetsid etcd --name etcd --data-dir {d}/etcd.data \
+                "{as_user}cd {d}\nsetsid etcd --name etcd --data-dir \"$D/etcd.data\" \
                  --listen-client-urls http://127.0.0.1:{client} --advertise-client-urls http://127.0.0.1:{client} \
                  --listen-peer-urls http://127.0.0.1:{peer} --initial-advertise-peer-urls http://127.0.0.1:{peer} \
                  --initial-cluster etcd=http://127.0.0.1:{peer} >> etcd.log 2>&1 < /dev/null &\n\
@@ -340,8 +346,8 @@ sys.exit(0 if len(running) >= n and len(leaders) == 1 and sync else 1)' \"$1\" &
             "heal.sh",
             format!(
                 "# Starts every stopped member and waits until all run, one of them the leader.\n\
-                 for n in {names}; do sh {d}/start-node.sh $n || exit 1; done\n\
-                 exec sh {d}/wait.sh {count}\n",
+                 for n in {names}; do sh \"$D/start-node.sh\" $n || exit 1; done\n\
+                 exec sh \"$D/wait.sh\" {count}\n",
                 count = members.len()
             ),
         ),
@@ -379,10 +385,22 @@ print([x[\"Member\"] for x in json.load(sys.stdin) if x.get(\"Role\") == \"Leade
             ),
         ),
     ];
+    // Every script knows the cluster's directory as $D (quoted wherever it is used).
+    let set_dir = format!("D={}\n", shell_quote(&dir.display().to_string()));
     for (name, body) in scripts {
-        std::fs::write(dir.join(name), format!("#!/bin/sh\n{body}"))?;
+        std::fs::write(dir.join(name), format!("#!/bin/sh\n{set_dir}{body}"))?;
     }
     Ok(())
+}
+
+/// `s` as one word for `sh`.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `s` as a YAML double-quoted string.
+fn yaml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 fn chown_all(bins: &ServerBinaries, dir: &Path) -> Result<(), KitError> {

@@ -104,14 +104,16 @@ impl FaultProxy {
         self.open.load(Ordering::SeqCst)
     }
 
-    /// Chunks of data held back by latency or a blackhole right now: with latency set, a
-    /// request is in flight exactly while this is above zero.
+    /// Chunks of data held back by latency or a blackhole right now (any connection, either
+    /// direction): with latency set and one client sending, its request is in flight while
+    /// this is above zero.
     pub fn held_chunks(&self) -> usize {
         self.seen.held.load(Ordering::SeqCst)
     }
 
-    /// Waits until some data is held back (by latency or a blackhole): with latency set, a
-    /// request is then in flight, and a fault injected now hits it mid-way.
+    /// Waits until some data is held back (by latency or a blackhole): with latency set and
+    /// one client sending, its request is then in flight, and a fault injected now hits it
+    /// mid-way.
     pub async fn wait_held(&self) {
         loop {
             let holding = self.seen.holding.notified();

@@ -14,6 +14,18 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutRow, BinaryCopyOutStream};
 use tokio_postgres::types::{ToSql, Type};
 
+/// [`step`] on `$self`'s session, marking it broken when the step stalls (so the pool closes
+/// the connection, which ends the COPY on the server).
+macro_rules! stepped {
+    ($self:ident, $fut:expr) => {{
+        let r = step($self.s.query_timeout(), $self.s.node(), $fut).await;
+        if r.is_err() {
+            $self.s.set_broken(true);
+        }
+        r
+    }};
+}
+
 /// A row that [`PgConnection::copy_in`] can send: tuples of up to 12 values, or a vector of
 /// boxed values.
 pub trait CopyRow {
@@ -119,13 +131,7 @@ impl PgConnection {
         // Out of step until the server accepts the COPY: refused (or dropped while it may
         // be refused), the replies no longer pair with requests.
         self.s.set_broken(true);
-        let sink = step(
-            self.s.query_timeout(),
-            self.s.node(),
-            self.client.copy_in(sql),
-        )
-        .await?
-        .map_err(db)?;
+        let sink = stepped!(self, self.client.copy_in(sql))?.map_err(db)?;
         self.s.set_broken(false);
         // Boxed, so that dropping it really drops the sink (which aborts the COPY).
         let mut writer = Box::pin(BinaryCopyInWriter::new(sink, types));
@@ -154,30 +160,30 @@ impl PgConnection {
                 )
                 .with_hint("give one type per column, in the column order of the COPY"));
             }
-            match step(
-                self.s.query_timeout(),
-                self.s.node(),
-                writer.as_mut().write(&values),
-            )
-            .await
-            {
+            match stepped!(self, writer.as_mut().write(&values)) {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     drop(writer);
                     self.settle().await;
                     return Err(db(e));
                 }
-                // Stalled: the connection stays in flight, so the pool closes it (which
-                // ends the COPY on the server).
+                // Stalled: the connection is broken, so the pool closes it (which ends
+                // the COPY on the server).
                 Err(stalled) => return Err(stalled),
             }
         }
-        let n = step(
-            self.s.query_timeout(),
-            self.s.node(),
-            writer.as_mut().finish(),
-        )
-        .await?;
+        // The end was sent: a stall now leaves the COPY's outcome unknown.
+        let n = stepped!(self, writer.as_mut().finish()).map_err(|e| {
+            Error::new(
+                ErrorKind::OutcomeUnknown,
+                format!(
+                    "the end of the COPY was sent but not confirmed: {}",
+                    e.message()
+                ),
+            )
+            .with_node(self.s.node())
+            .with_hint("the COPY may or may not have been applied: check before running it again")
+        })?;
         self.s.set_in_flight(false);
         n.map_err(db)
     }
@@ -186,13 +192,7 @@ impl PgConnection {
     async fn start_copy_out(&mut self, sql: &str) -> Result<tokio_postgres::CopyOutStream> {
         self.copy_here()?;
         self.s.set_in_flight(true);
-        match step(
-            self.s.query_timeout(),
-            self.s.node(),
-            self.client.copy_out(sql),
-        )
-        .await?
-        {
+        match stepped!(self, self.client.copy_out(sql))? {
             Ok(stream) => Ok(stream),
             Err(e) => Err(self.ended(e)),
         }
@@ -203,7 +203,7 @@ impl PgConnection {
         &mut self,
         mut stream: std::pin::Pin<&mut impl Stream<Item = Result<T, tokio_postgres::Error>>>,
     ) -> Result<Option<T>> {
-        match step(self.s.query_timeout(), self.s.node(), stream.try_next()).await? {
+        match stepped!(self, stream.try_next())? {
             Ok(item) => Ok(item),
             Err(e) => Err(self.ended(e)),
         }
@@ -305,8 +305,7 @@ impl PgConnection {
 }
 
 /// One exchange of a COPY with the server on `node`, bounded by the query timeout `t` as a
-/// progress bound: a COPY may take as long as it needs, but not a step of it. On expiry the
-/// connection stays marked in flight, so the pool closes it rather than reuse it.
+/// progress bound: a COPY may take as long as it needs, but not a step of it.
 async fn step<T>(
     t: Option<std::time::Duration>,
     node: &str,

@@ -853,10 +853,11 @@ impl Stream for PgRowStream<'_> {
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                // No row within the bound: the stream ends here; the connection stays in
-                // flight, so the pool closes it.
+                // No row within the bound: the stream ends here and the connection is
+                // broken, so the pool closes it.
                 let t = *t;
                 this.stalled = true;
+                this.conn.s.set_broken(true);
                 Poll::Ready(Some(Err(crate::copy::stalled(
                     "the row stream",
                     t,

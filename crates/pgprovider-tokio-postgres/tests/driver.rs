@@ -1025,12 +1025,23 @@ async fn the_sql_classifiers_agree_with_the_server_on_a_corpus() {
             .batch_execute(sql)
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        // In an open block, now() is the block's start, not this statement's.
-        let in_tx: bool = client
-            .query_one("SELECT now() <> statement_timestamp()", &[])
+        // In an open block, now() is the block's start, not this statement's (asked in one
+        // simple-protocol message, which is its own statement outside a block).
+        let in_tx = client
+            .simple_query("SELECT now() <> statement_timestamp()")
             .await
             .unwrap()
-            .get(0);
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0) == Some("t")),
+                _ => None,
+            })
+            .unwrap();
+        // What outlives the transaction: a block left open is rolled back first, as the
+        // pool's reset does (transaction-scoped state is tracked by `in_tx` above).
+        if in_tx {
+            client.batch_execute("ROLLBACK").await.unwrap();
+        }
         let after: String = client
             .query_one(SESSION_FINGERPRINT, &[])
             .await

@@ -5,7 +5,8 @@
 //! Each property runs `PROPTEST_CASES` cases (256 by default); a long run is
 //! `PROPTEST_CASES=200000 cargo test -p pgprovider --lib properties`. The classifiers'
 //! agreement with the server on a corpus lives in the tokio-postgres driver's tests
-//! (`properties.rs` there), which can reach a server.
+//! (`the_sql_classifiers_agree_with_the_server_on_a_corpus` in `tests/driver.rs`), which
+//! can reach a server.
 
 use crate::config::{Config, ConfigBuilder};
 use crate::retry::Backoff;
@@ -191,6 +192,7 @@ proptest! {
         a in soup(),
         b in prop_oneof![
             Just("SET search_path = x"), Just("SELECT set_config('a', 'b', false)"),
+            Just("SELECT U&\"set\\005fconfig\"('a', 'b', false)"),
             Just("CREATE TEMP TABLE t (x int)"), Just("LISTEN c"), Just("RESET ROLE"),
             Just("SELECT pg_advisory_lock(1)"), Just("PREPARE p AS SELECT 1"),
             Just("SELECT 1 INTO TEMP t"), Just("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),

@@ -22,9 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long after a fault ends an operation may still fail because of it: the acquire
-/// timeout plus a query timeout plus a connect timeout, rounded up.
-const GRACE: Duration = Duration::from_secs(8);
+/// How long after a fault ends an operation may still fail because of it: the retry
+/// budget (the failover timeout, 3 s) plus one last attempt (a query timeout of 2 s and a
+/// cancel bounded by the connect timeout, 1 s), plus a second. Faults are spaced so that
+/// quiet periods lie between these windows, where every operation must succeed.
+const GRACE: Duration = Duration::from_secs(7);
 const APP: &str = "pgprovider-soak";
 
 #[derive(Default)]
@@ -164,14 +166,19 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         if Instant::now() >= next_fault {
             // Every kind in turn (from a seeded start), each held for a random time.
             let which = (args.seed as usize + counts.values().sum::<u64>() as usize) % 6;
-            let kind = inject(which, &mut rng, &proxy, &cluster).await;
-            *counts.entry(kind.0).or_default() += 1;
+            let (kind, from, to, made) = inject(which, &mut rng, &proxy, &cluster).await;
+            // A fault that could not be made still gets its window (it may have half
+            // happened) but does not count as injected.
             log.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .faults
-                .push(kind);
+                .push((kind, from, to));
+            *counts
+                .entry(if made { kind } else { "not_made" })
+                .or_default() += 1;
             let jitter = rng.below(args.fault_every.as_millis() as u64 + 1);
-            next_fault = Instant::now() + args.fault_every / 2 + Duration::from_millis(jitter);
+            next_fault =
+                Instant::now() + GRACE + args.fault_every / 2 + Duration::from_millis(jitter);
         }
         if Instant::now() >= warm {
             rss.push(resident_kib());
@@ -248,11 +255,20 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.json {
         std::fs::write(path, report.to_string())?;
     }
+    let made: u64 = counts
+        .iter()
+        .filter(|(k, _)| **k != "not_made")
+        .map(|(_, n)| n)
+        .sum();
+    if made == 0 {
+        eprintln!("no fault was injected: run for longer than 2 s plus --fault-every");
+    }
     let clean = missing == 0
         && outside.is_empty()
         && leftover == 0
         && growth_kib <= bound_kib
-        && checked > 0;
+        && checked > 0
+        && made > 0;
     Ok(if clean {
         ExitCode::SUCCESS
     } else {
@@ -260,15 +276,17 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Injects fault number `which` (0 to 5) and waits until it is over: its window.
+/// Injects fault number `which` (0 to 5) and waits until it is over: its kind, its window,
+/// and whether it could be made.
 async fn inject(
     which: usize,
     rng: &mut SplitMix,
     proxy: &FaultProxy,
     cluster: &TestCluster,
-) -> (&'static str, Instant, Instant) {
+) -> (&'static str, Instant, Instant, bool) {
     let start = Instant::now();
     let hold = Duration::from_millis(300 + rng.below(900));
+    let mut made = true;
     let kind = match which {
         0 => {
             proxy.set_latency(Duration::from_millis(50));
@@ -293,22 +311,24 @@ async fn inject(
             "refuse"
         }
         4 => {
-            if cluster.primary().pause().is_ok() {
+            made = cluster.primary().pause().is_ok();
+            if made {
                 tokio::time::sleep(hold).await;
-                let _ = cluster.primary().resume();
+                made = cluster.primary().resume().is_ok();
             }
             "pause"
         }
         _ => {
             // The server ends our sessions (an administrator, or a pooler restart).
-            let _ = cluster
+            made = cluster
                 .primary()
                 .execute(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{APP}'"))
-                .await;
+                .await
+                .is_ok();
             "terminate"
         }
     };
-    (kind, start, Instant::now())
+    (kind, start, Instant::now(), made)
 }
 
 /// How many of `ids` the server has, or `None` when it cannot be asked now (a fault).

@@ -56,7 +56,11 @@ pub async fn run_bounded<T, E>(
 pub fn query_timeout_error(t: std::time::Duration, clean: bool, node: &str) -> Error {
     Error::new(
         ErrorKind::Timeout,
-        format!("statement cancelled after the query timeout of {t:?}"),
+        if clean {
+            format!("statement cancelled after the query timeout of {t:?}")
+        } else {
+            format!("the query timeout of {t:?} expired and the cancel was not confirmed")
+        },
     )
     .with_node(node)
     .with_hint(if clean {

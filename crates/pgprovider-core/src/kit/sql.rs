@@ -18,10 +18,13 @@ const SAFE_LEADING_WORDS: [&str; 10] = [
 /// Whether `sql` may leave state on the session besides an open transaction (which
 /// [`transaction_effect`] tracks). Errs on the side of yes: statements are split at every
 /// `;` (even inside literals), and any statement not led by a plain data keyword or a
-/// transaction-control one counts, as does any mention of `set_config` or advisory locks.
+/// transaction-control one counts, as does any mention of `set_config` or advisory locks,
+/// and any Unicode-escaped identifier (`U&"…"`, which can spell either).
 pub fn may_change_session(sql: &str) -> bool {
     let lower = sql.to_ascii_lowercase();
-    if lower.contains("set_config") || lower.contains("advisory") {
+    // `U&"set\005fconfig"` is set_config too: any Unicode-escaped identifier counts (found
+    // by checking this classifier against the server on a corpus).
+    if lower.contains("set_config") || lower.contains("advisory") || lower.contains("u&\"") {
         return true;
     }
     for stmt in sql.split(';') {

@@ -273,7 +273,9 @@ async fn connections_closed_while_idle_are_not_handed_out() {
     let (pool, script) = pool("pool_max_size=2");
     let first = pool.get().await.unwrap().id;
     // The server (or the network) ends the idle session: the driver knows, no round trip.
-    script.closed_below.store(script.connects.load(Relaxed), Relaxed);
+    script
+        .closed_below
+        .store(script.connects.load(Relaxed), Relaxed);
     let next = pool.get().await.unwrap().id;
     assert_ne!(next, first, "a closed connection was handed out");
     assert_eq!(pool.stats().closed_error, 1);

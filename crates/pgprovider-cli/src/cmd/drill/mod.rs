@@ -136,6 +136,18 @@ pub(crate) async fn run(kind: Kind, args: DrillArgs) -> anyhow::Result<ExitCode>
         );
         clean = false;
     }
+    // The provider must write through the new primary, not just see it.
+    let short = |r: &Value| {
+        r["recovery_ms"].is_null()
+            || r["acked_after_new_primary"].as_u64().unwrap_or(0) < args.acks as u64
+    };
+    if each.iter().any(short) {
+        eprintln!(
+            "the provider did not acknowledge {} writes through the new primary in some run",
+            args.acks
+        );
+        clean = false;
+    }
     if kind == Kind::Switchover {
         clean &= count("failed_writes") == 0 && count("failed_reads") == 0;
     }
@@ -300,6 +312,7 @@ async fn drill(
     times.sort();
     let recovery =
         writable.and_then(|w| times.iter().find(|t| **t >= w).map(|t| t.duration_since(w)));
+    let acked_after = writable.map_or(0, |w| times.iter().filter(|t| **t >= w).count());
     let gap = times
         .windows(2)
         .map(|w| w[1].duration_since(w[0]))
@@ -318,6 +331,7 @@ async fn drill(
         "unknown_writes": h.unknown.len(),
         "failed_reads": failed_reads.load(Relaxed),
         "acked_writes": h.ok.len(),
+        "acked_after_new_primary": acked_after,
         "failed_but_present": h.failed.iter().filter(|id| present.contains(id)).count(),
         "fault_ms": fault_ms,
         "fault_command_status": fault_status.map(|s| s.to_string()),
