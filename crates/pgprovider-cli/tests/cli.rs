@@ -724,6 +724,56 @@ fn a_two_minute_soak_keeps_every_write_and_leaves_nothing_behind() {
     );
 }
 
+/// The figures of 10 switchovers and 10 leader kills on a Patroni cluster, for the docs:
+/// `PGPROVIDER_DRILL_OUT=dir cargo test -p pgprovider-cli --test cli -- --ignored patroni_drill_figures`.
+#[test]
+#[ignore = "takes minutes; run by hand for the figures in docs/RELIABILITY.md"]
+fn patroni_drill_figures() {
+    let out = std::path::PathBuf::from(std::env::var("PGPROVIDER_DRILL_OUT").unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = rt
+        .block_on(pgprovider_testkit::PatroniCluster::start(2))
+        .unwrap();
+    let url = cluster.url();
+    let heal = cluster.script("heal.sh");
+    for (kind, fault, file) in [
+        (
+            "switchover",
+            cluster.script("switchover.sh"),
+            "patroni-switchover.json",
+        ),
+        (
+            "failover",
+            cluster.script("kill-leader.sh"),
+            "patroni-failover.json",
+        ),
+    ] {
+        let path = out.join(file);
+        let o = pgprovider(
+            &[
+                "drill",
+                kind,
+                "--url",
+                &url,
+                "--fault-command",
+                &fault,
+                "--heal-command",
+                &heal,
+                "--runs",
+                "10",
+                "--json",
+                path.to_str().unwrap(),
+            ],
+            None,
+        );
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stdout}\n{stderr}");
+    }
+}
+
 #[test]
 fn drill_options_are_checked() {
     for args in [

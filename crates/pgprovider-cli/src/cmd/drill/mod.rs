@@ -214,19 +214,37 @@ async fn drill(
             &[],
         )
         .await?;
+    // The table goes whatever happens in between.
+    let r = measure(kind, args, config, fault, &provider, &table).await;
+    let _ = provider
+        .primary()
+        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await;
+    r
+}
+
+/// The drill proper, on `table`: load, fault, observation, accounting.
+async fn measure(
+    kind: Kind,
+    args: &DrillArgs,
+    config: &Config,
+    fault: Fault<'_>,
+    provider: &Provider<TokioPostgres>,
+    table: &str,
+) -> anyhow::Result<Value> {
     let observers = Observers::start(config);
     observers.wait_first(Duration::from_secs(10)).await;
     // Every node has the table before reads start (a standby may lag).
-    wait_for_table(&provider, &table).await;
+    wait_for_table(provider, table).await;
 
     let history = Arc::new(Mutex::new(History::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let failed_reads = Arc::new(AtomicU64::new(0));
     let read_error = Arc::new(Mutex::new(None::<String>));
     let mut tasks = load(
-        &provider,
+        provider,
         args.writers,
-        &table,
+        table,
         &history,
         &stop,
         &failed_reads,
@@ -295,10 +313,6 @@ async fn drill(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let _ = provider
-        .primary()
-        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
-        .await;
     let duplicates = present.len() - present.iter().collect::<HashSet<_>>().len();
     let present: HashSet<i64> = present.into_iter().collect();
     let h = history.lock().unwrap_or_else(|e| e.into_inner());

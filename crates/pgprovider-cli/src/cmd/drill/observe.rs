@@ -105,12 +105,20 @@ impl Observers {
         }
     }
 
-    /// Stops every observer.
-    pub(super) async fn stop(self) {
+    /// Stops every observer and waits for them.
+    pub(super) async fn stop(mut self) {
         self.stop.store(true, Relaxed);
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
+    }
+}
+
+impl Drop for Observers {
+    /// A drill that fails half-way stops its observers too (they end at their next
+    /// question).
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
     }
 }
 
