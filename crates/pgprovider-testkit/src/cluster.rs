@@ -98,11 +98,7 @@ impl ClusterBuilder {
             ));
         }
         let bins = ServerBinaries::find()?;
-        let base =
-            std::env::var_os("PGPROVIDER_TEST_DIR").unwrap_or_else(|| std::env::temp_dir().into());
-        let dir = tempfile::Builder::new()
-            .prefix("pgprovider-cluster-")
-            .tempdir_in(base)?;
+        let dir = crate::work_dir("pgprovider-cluster-")?;
         bins.chown(dir.path())?;
         let mut cluster = TestCluster {
             primary: None,

@@ -60,6 +60,14 @@ pub use pgbouncer::{PgBouncer, PoolMode, shared_pgbouncer_url};
 pub use proxy::FaultProxy;
 pub use shared::{DEFAULT_SHARED_URL, shared_url};
 
+/// A new temporary directory named `prefix…` under `PGPROVIDER_TEST_DIR` (default: the
+/// system temp directory), for a cluster's files.
+pub(crate) fn work_dir(prefix: &str) -> std::io::Result<tempfile::TempDir> {
+    let base =
+        std::env::var_os("PGPROVIDER_TEST_DIR").unwrap_or_else(|| std::env::temp_dir().into());
+    tempfile::Builder::new().prefix(prefix).tempdir_in(base)
+}
+
 /// Reserves a free TCP port on 127.0.0.1 (bound, then released for the caller to use).
 ///
 /// # Errors

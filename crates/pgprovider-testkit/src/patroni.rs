@@ -85,11 +85,7 @@ impl PatroniCluster {
             ));
         }
         let bins = ServerBinaries::find()?;
-        let base =
-            std::env::var_os("PGPROVIDER_TEST_DIR").unwrap_or_else(|| std::env::temp_dir().into());
-        let dir = tempfile::Builder::new()
-            .prefix("pgprovider-patroni-")
-            .tempdir_in(base)?;
+        let dir = crate::work_dir("pgprovider-patroni-")?;
         let path = dir.path().to_path_buf();
         let (client, peer) = (crate::free_port()?, crate::free_port()?);
         let mut list = Vec::new();

@@ -350,8 +350,16 @@ where
         match reply {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if e.is_connection_lost() || e.kind() == ErrorKind::Other => {
+                // The cause's own words (and SQLSTATE), not its node and hint again.
+                let state = e
+                    .sql_state()
+                    .map(|s| format!(" (SQLSTATE {s})"))
+                    .unwrap_or_default();
                 Err(outcome_unknown(
-                    format!("the connection failed while committing: {e}"),
+                    format!(
+                        "the connection failed while committing: {}{state}",
+                        e.message()
+                    ),
                     node(),
                 ))
             }
