@@ -57,7 +57,9 @@ pub struct SoakArgs {
     /// Concurrent tasks running the mix of writes, transactions and reads.
     #[arg(long, default_value_t = 4)]
     pub tasks: usize,
-    /// The mean time between faults (each fault starts within 0.5x to 1.5x of it).
+    /// The mean quiet time between fault windows: each fault starts 7 s (the time an
+    /// operation may still fail because of the last one) plus 0.5x to 1.5x of this after
+    /// the previous fault ended.
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub fault_every: std::time::Duration,
     /// The seed of the fault sequence, to replay one.

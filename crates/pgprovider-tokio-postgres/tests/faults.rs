@@ -7,7 +7,7 @@
 //! the fault is healed the operation works again and the pool holds no broken connection
 //! (every pooled connection answers at once) and no dirty one (the server shows no session
 //! of ours in a transaction or still running a statement). Each cell prints one line
-//! (`cell: fault × operation → outcome in ms`), which docs/FAULTS.md tabulates.
+//! (`cell: fault × operation → outcome in ms`), which docs/RELIABILITY.md tabulates.
 
 use futures_util::StreamExt;
 use pgprovider::migrate::{Migrations, Migrator};

@@ -13,8 +13,19 @@ const EVERY: Duration = Duration::from_millis(5);
 /// How long one question may take before the connection is given up and made again.
 const PATIENCE: Duration = Duration::from_secs(1);
 
-/// One answer: when, which node, whether it accepted a write.
-pub(super) type Sample = (Instant, usize, bool);
+/// What one question found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// The node took a write; its postmaster started at this time (a restart changes it).
+    Writable(Arc<str>),
+    /// The node answered as a standby.
+    ReadOnly,
+    /// No answer (refused, timed out, reset): says nothing about the node's role.
+    Unknown,
+}
+
+/// One answer: when, which node, what it said.
+pub(super) type Sample = (Instant, usize, Seen);
 
 /// The observers of every node of a configuration.
 pub(super) struct Observers {
@@ -54,13 +65,13 @@ impl Observers {
     /// The node (`host:port`) whose latest answer said writable, if one did.
     pub(super) fn writable_now(&self) -> Option<String> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let mut last = vec![None; self.names.len()];
+        let mut last = vec![false; self.names.len()];
         for (_, i, w) in samples.iter() {
-            last[*i] = Some(*w);
+            if *w != Seen::Unknown {
+                last[*i] = matches!(w, Seen::Writable(_));
+            }
         }
-        last.iter()
-            .position(|w| *w == Some(true))
-            .map(|i| self.names[i].clone())
+        last.iter().position(|w| *w).map(|i| self.names[i].clone())
     }
 
     /// Per node, what its observer saw: answers before and after `fault`, and how many of
@@ -69,21 +80,23 @@ impl Observers {
         let samples = self.samples();
         let mut out = serde_json::Map::new();
         for (i, name) in self.names.iter().enumerate() {
-            let count = |after: bool, writable: Option<bool>| {
+            let count = |after: bool, writable: bool| {
                 samples
                     .iter()
                     .filter(|(t, n, w)| {
-                        *n == i && (*t > fault) == after && writable.is_none_or(|x| x == *w)
+                        *n == i
+                            && (*t > fault) == after
+                            && (!writable || matches!(w, Seen::Writable(_)))
                     })
                     .count()
             };
             out.insert(
                 name.clone(),
                 serde_json::json!({
-                    "answers_before": count(false, None),
-                    "writable_before": count(false, Some(true)),
-                    "answers_after": count(true, None),
-                    "writable_after": count(true, Some(true)),
+                    "answers_before": count(false, false),
+                    "writable_before": count(false, true),
+                    "answers_after": count(true, false),
+                    "writable_after": count(true, true),
                 }),
             );
         }
@@ -122,27 +135,27 @@ impl Drop for Observers {
     }
 }
 
-/// When a new primary first accepted a write after `fault`: the first writable answer from
-/// a node that was not writable before the fault, or from one that was but has since been
-/// seen not writable (a primary restarted in place).
+/// When a new primary first accepted a write after `fault`: the first write taken by a
+/// server (a node, and the start time of its postmaster) that took none before the fault.
+/// A promoted standby counts, and so does a primary restarted in place; a primary that only
+/// missed a few questions (a timeout, a reset) does not.
 pub(super) fn new_primary_writable(samples: &[Sample], fault: Instant) -> Option<Instant> {
-    let mut samples = samples.to_vec();
-    samples.sort_by_key(|s| s.0);
-    let nodes = samples.iter().map(|s| s.1 + 1).max().unwrap_or(0);
-    let mut before = vec![false; nodes];
-    for (t, i, w) in samples.iter().filter(|s| s.0 <= fault) {
-        let _ = t;
-        before[*i] = *w;
-    }
-    let mut went_down = vec![false; nodes];
-    for (t, i, w) in samples.iter().filter(|s| s.0 > fault) {
-        if !w {
-            went_down[*i] = true;
-        } else if !before[*i] || went_down[*i] {
-            return Some(*t);
-        }
-    }
-    None
+    let before: Vec<(usize, &Arc<str>)> = samples
+        .iter()
+        .filter(|s| s.0 <= fault)
+        .filter_map(|(_, i, w)| match w {
+            Seen::Writable(start) => Some((*i, start)),
+            _ => None,
+        })
+        .collect();
+    samples
+        .iter()
+        .filter(|s| s.0 > fault)
+        .filter_map(|(t, i, w)| match w {
+            Seen::Writable(start) if !before.contains(&(*i, start)) => Some(*t),
+            _ => None,
+        })
+        .min()
 }
 
 /// One node's observer: asks, records, and reconnects when the node stops answering.
@@ -157,7 +170,8 @@ async fn observe(
     let mut conn = None;
     // A write needs a transaction id; a standby answers NULL instead of an error, so its
     // log stays quiet.
-    let ask = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE txid_current() END";
+    let ask = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE txid_current() END, \
+               pg_postmaster_start_time()::text";
     while !stop.load(Relaxed) {
         if conn.is_none() {
             if let Ok(mut params) = config.connect_params(node).await {
@@ -172,15 +186,19 @@ async fn observe(
         }
         let writable = match conn.as_mut() {
             Some(c) => match tokio::time::timeout(PATIENCE, c.query(ask, &[])).await {
-                Ok(Ok(rows)) => rows
-                    .first()
-                    .is_some_and(|r| r.get::<_, Option<i64>>(0).is_some()),
+                Ok(Ok(rows)) => match rows.first() {
+                    Some(r) if r.get::<_, Option<i64>>(0).is_some() => {
+                        Seen::Writable(r.get::<_, String>(1).into())
+                    }
+                    Some(_) => Seen::ReadOnly,
+                    None => Seen::Unknown,
+                },
                 _ => {
                     conn = None;
-                    false
+                    Seen::Unknown
                 }
             },
-            None => false,
+            None => Seen::Unknown,
         };
         samples
             .lock()
@@ -198,21 +216,30 @@ mod tests {
     fn a_new_node_or_a_restarted_one_counts_the_old_one_still_up_does_not() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
+        let w = |start: &str| Seen::Writable(start.into());
         // Node 0 primary before the fault at 10 ms; it keeps answering until 20, node 1
         // becomes writable at 30.
         let s = vec![
-            (at(5), 0, true),
-            (at(5), 1, false),
-            (at(15), 0, true),
-            (at(20), 0, false),
-            (at(30), 1, true),
+            (at(5), 0, w("a")),
+            (at(5), 1, Seen::ReadOnly),
+            (at(15), 0, w("a")),
+            (at(20), 0, Seen::Unknown),
+            (at(30), 1, w("b")),
         ];
         assert_eq!(new_primary_writable(&s, at(10)), Some(at(30)));
-        // Restarted in place: down, then up again.
-        let s = vec![(at(5), 0, true), (at(15), 0, false), (at(25), 0, true)];
+        // Restarted in place: a new postmaster start time.
+        let s = vec![
+            (at(5), 0, w("a")),
+            (at(15), 0, Seen::Unknown),
+            (at(25), 0, w("a2")),
+        ];
         assert_eq!(new_primary_writable(&s, at(10)), Some(at(25)));
-        // Never down, nothing new: no new primary.
-        let s = vec![(at(5), 0, true), (at(15), 0, true)];
+        // Missed questions, the same server: no new primary.
+        let s = vec![
+            (at(5), 0, w("a")),
+            (at(15), 0, Seen::Unknown),
+            (at(25), 0, w("a")),
+        ];
         assert_eq!(new_primary_writable(&s, at(10)), None);
     }
 }
