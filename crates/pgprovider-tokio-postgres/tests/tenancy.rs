@@ -936,3 +936,51 @@ async fn tenant_reads_run_on_a_standby_in_the_tenants_scope() {
         );
     }
 }
+
+/// The schema, role and database prefixes name what the server really gets (each fails if
+/// its option stops being honoured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_role_and_database_prefixes_name_the_server_objects() {
+    let admin = common::pool("").await;
+    let exists = |sql: String| {
+        let admin = &admin;
+        async move {
+            let n: i64 = admin.query_one(&sql, &[]).await.unwrap().get(0);
+            n == 1
+        }
+    };
+    let t = name("prefixed");
+    for (strategy, options, object) in [
+        (
+            Strategy::Schema,
+            TenancyOptions::new(Strategy::Schema).with_schema_prefix("sx_"),
+            format!("SELECT count(*) FROM pg_namespace WHERE nspname = 'sx_{t}'"),
+        ),
+        (
+            Strategy::Role,
+            TenancyOptions::new(Strategy::Role).with_role_prefix("rx_"),
+            format!("SELECT count(*) FROM pg_roles WHERE rolname = 'rx_{t}'"),
+        ),
+        (
+            Strategy::Database,
+            TenancyOptions::new(Strategy::Database).with_database_prefix("dx_"),
+            format!("SELECT count(*) FROM pg_database WHERE datname = 'dx_{t}'"),
+        ),
+    ] {
+        let tenants = tenancy(options).await;
+        tenants.drop_tenant(&t).await.unwrap();
+        tenants.create_tenant(&t, None).await.unwrap();
+        assert!(exists(object.clone()).await, "{strategy:?}: {object}");
+        let handle = tenants.tenant(&t).unwrap();
+        assert_eq!(handle.strategy(), strategy);
+        handle
+            .execute("CREATE TABLE IF NOT EXISTS p (x int)", &[])
+            .await
+            .unwrap();
+        tenants.drop_tenant(&t).await.unwrap();
+        assert!(
+            !exists(object.clone()).await,
+            "{strategy:?} dropped: {object}"
+        );
+    }
+}
