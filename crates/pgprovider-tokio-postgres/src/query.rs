@@ -186,6 +186,7 @@ impl PgConnection {
             inner: Box::pin(stream),
             conn: self,
             stall,
+            armed: false,
             stalled: false,
         })
     }
@@ -818,8 +819,11 @@ impl BatchResult {
 pub struct PgRowStream<'a> {
     inner: Pin<Box<RowStream>>,
     conn: &'a mut PgConnection,
-    /// The query timeout as a progress bound: the next row must come within it.
+    /// The query timeout as a progress bound: the next row must come within it of being
+    /// asked for (the caller's own time between rows does not count).
     stall: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// The bound runs: armed at the first poll after a row, disarmed by the next row.
+    armed: bool,
     stalled: bool,
 }
 
@@ -845,6 +849,12 @@ impl Stream for PgRowStream<'_> {
         if this.stalled {
             return Poll::Ready(None);
         }
+        if let Some((t, sleep)) = &mut this.stall {
+            if !this.armed {
+                sleep.as_mut().reset(tokio::time::Instant::now() + *t);
+                this.armed = true;
+            }
+        }
         match this.inner.poll_next_unpin(cx) {
             Poll::Pending => {
                 let Some((t, sleep)) = &mut this.stall else {
@@ -865,9 +875,7 @@ impl Stream for PgRowStream<'_> {
                 ))))
             }
             Poll::Ready(Some(Ok(row))) => {
-                if let Some((t, sleep)) = &mut this.stall {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *t);
-                }
+                this.armed = false;
                 Poll::Ready(Some(Ok(PgRow(row))))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -1965,3 +1965,44 @@ async fn auto_scaling_grows_in_steps_under_waits_and_shrinks_after_an_idle_windo
     assert!(s.size <= 1, "{s:?}");
     pool.close().await;
 }
+
+/// The query timeout bounds each wait for a stream's next row (a progress bound): a server
+/// that stalls mid-stream ends the stream with a timeout, and the connection is not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_mid_way_ends_with_a_timeout() {
+    use futures_util::StreamExt;
+    let pool = pool("&query_timeout=250ms&pool_max_size=1").await;
+    let mut c = pool.get().await.unwrap();
+    let started = std::time::Instant::now();
+    // Rows of 20 kB, which the server sends as they are made; the third takes 2 s.
+    let mut s = c
+        .query_stream(
+            "SELECT x, repeat('x', 20000), CASE WHEN x > 2 THEN pg_sleep(2) END::text \
+             FROM generate_series(1, 3) x",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut rows = 0;
+    let e = loop {
+        match s.next().await {
+            Some(Ok(_)) => rows += 1,
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without the stall"),
+        }
+    };
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.to_string().contains("made no progress"), "{e}");
+    assert!(rows < 3, "{rows}");
+    assert!(s.next().await.is_none(), "nothing after the stall");
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(s);
+    assert!(c.is_broken());
+    drop(c);
+    let st = pool.stats();
+    assert_eq!(st.closed_error, 1, "{st:?}");
+}
