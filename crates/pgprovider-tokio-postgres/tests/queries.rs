@@ -2006,3 +2006,43 @@ async fn a_stream_that_stalls_mid_way_ends_with_a_timeout() {
     let st = pool.stats();
     assert_eq!(st.closed_error, 1, "{st:?}");
 }
+
+/// The routed handles' `query_opt`, cloned and `idempotent` handles, and reads after a
+/// consistency token, on the shared server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_handles_answer_query_opt_and_reads_after_a_token() {
+    use pgprovider::provider::{Provider, TopologyOptions};
+    let config = common::config("").await;
+    let provider = Provider::new(TokioPostgres::new(), &config, TopologyOptions::default());
+    let primary = provider.primary();
+    let retried = primary.clone().idempotent();
+    let shown = format!("{retried:?}");
+    assert!(shown.contains("idempotent: true"), "{shown}");
+    assert!(
+        primary
+            .query_opt("SELECT 1 WHERE false", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let row = provider
+        .read()
+        .query_opt("SELECT 7", &[])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 7);
+    let e = retried
+        .query_opt("SELECT generate_series(1, 2)", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RowCount, "{e}");
+    let token = provider.consistency_token().await.unwrap();
+    let rows = provider
+        .read_after(token, Duration::from_secs(5))
+        .query("SELECT 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    provider.close().await;
+}

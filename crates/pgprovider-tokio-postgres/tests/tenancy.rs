@@ -984,3 +984,30 @@ async fn schema_role_and_database_prefixes_name_the_server_objects() {
         );
     }
 }
+
+/// A tenant's `query_as` and `query_one`, whose errors name the tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_rows_as_types_and_row_count_errors_name_the_tenant() {
+    let tenants = tenancy(TenancyOptions::new(Strategy::Schema)).await;
+    let t = name("typed");
+    tenants.drop_tenant(&t).await.unwrap();
+    tenants.create_tenant(&t, Some(&migrator())).await.unwrap();
+    let handle = tenants.tenant(&t).unwrap();
+    assert!(format!("{handle:?}").contains(&t));
+    handle
+        .execute("INSERT INTO items (name) VALUES ('a'), ('b')", &[])
+        .await
+        .unwrap();
+    let names: Vec<(String,)> = handle
+        .query_as("SELECT name FROM items ORDER BY name", &[])
+        .await
+        .unwrap();
+    assert_eq!(names, vec![("a".to_owned(),), ("b".to_owned(),)]);
+    let e = handle
+        .query_one("SELECT name FROM items", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RowCount, "{e}");
+    assert_eq!(e.tenant(), Some(t.as_str()));
+    tenants.drop_tenant(&t).await.unwrap();
+}
