@@ -690,6 +690,8 @@ fn a_two_minute_soak_keeps_every_write_and_leaves_nothing_behind() {
             "2m",
             "--fault-every",
             "3s",
+            "--max-growth-mib",
+            "24",
             "--json",
             out.to_str().unwrap(),
         ],
@@ -718,6 +720,11 @@ fn a_two_minute_soak_keeps_every_write_and_leaves_nothing_behind() {
             "{kind}: {v}"
         );
     }
+    assert_eq!(
+        v["rss_growth_bound_kib"],
+        24 * 1024,
+        "--max-growth-mib: {v}"
+    );
     assert!(
         v["rss_growth_kib"].as_i64().unwrap() <= v["rss_growth_bound_kib"].as_i64().unwrap(),
         "{v}"

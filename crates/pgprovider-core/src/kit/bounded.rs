@@ -46,7 +46,7 @@ pub async fn run_bounded<T, E>(
                 return Bounded::TimedOut { clean: false };
             }
             let reply = tokio::time::timeout(CANCEL_GRACE, fut).await;
-            let clean = cancelled.is_ok() && matches!(&reply, Ok(Err(e)) if is_cancel_reply(e));
+            let clean = matches!(&reply, Ok(Err(e)) if is_cancel_reply(e));
             Bounded::TimedOut { clean }
         }
     }
