@@ -67,6 +67,7 @@ pub async fn run(cli: opt::Cli) -> anyhow::Result<ExitCode> {
             cmd::drill::run(cmd::drill::Kind::Failover, args).await
         }
         opt::Command::Soak(args) => cmd::soak::run(args).await,
+        opt::Command::Inspect(args) => cmd::inspect::run(args).await,
         opt::Command::Drill(opt::DrillCommand::Switchover(args)) => {
             cmd::drill::run(cmd::drill::Kind::Switchover, args).await
         }

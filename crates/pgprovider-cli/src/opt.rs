@@ -46,6 +46,60 @@ pub enum Command {
     /// errors happened only during faults, no server connection is left behind and memory
     /// stayed flat. Exits 0 when all hold, 1 otherwise.
     Soak(SoakArgs),
+    /// Safety findings of every node: who blocks whom, long and idle transactions,
+    /// deadlocks, connection headroom, orphaned prepared transactions, replication slots,
+    /// transaction ID age. Tables, or with --json one JSON object per node (one line each).
+    /// Exits 0 when nothing is over a threshold, 1 otherwise.
+    Inspect(InspectArgs),
+}
+
+/// Options of `pgprovider inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The nodes to inspect (each host of a multi-host URL); without it, DATABASE_URL and
+    /// the PG* variables are read.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// One JSON object per node and refresh, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every --interval like `top` until interrupted (or --count refreshes); new
+    /// deadlocks are counted between refreshes.
+    #[arg(long)]
+    pub watch: bool,
+    /// Time between refreshes with --watch.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub interval: std::time::Duration,
+    /// Stop after this many refreshes (with --watch).
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// The `application_name` whose sessions are marked as ours (default: the URL's).
+    #[arg(long)]
+    pub application: Option<String>,
+    /// A transaction open longer than this is a finding.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub long_transaction: std::time::Duration,
+    /// A statement running longer than this is a finding.
+    #[arg(long, default_value = "1m", value_parser = duration)]
+    pub long_statement: std::time::Duration,
+    /// A session idle in a transaction longer than this is a finding.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub idle_in_transaction: std::time::Duration,
+    /// A session waiting for a lock longer than this is a finding.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub blocked: std::time::Duration,
+    /// Client connections at or above this share of the usable slots is a finding.
+    #[arg(long, default_value_t = 0.9)]
+    pub connections_ratio: f64,
+    /// A prepared transaction older than this is a finding.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub prepared_transaction: std::time::Duration,
+    /// WAL a replication slot may retain, bytes (an inactive slot is always a finding).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub slot_retained_bytes: u64,
+    /// Transaction ID (or multixact) age that is a finding.
+    #[arg(long, default_value_t = 1_000_000_000)]
+    pub wraparound_age: u64,
 }
 
 /// Options of `pgprovider soak`.

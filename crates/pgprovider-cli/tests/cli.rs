@@ -1043,3 +1043,185 @@ fn bench_many_autoscale_and_pipelined_report_their_figures() {
         assert_eq!(o.status.code(), Some(2), "{bad:?}: {:?}", text(&o));
     }
 }
+
+/// Runs `pgprovider` off the async runtime (its clients keep sessions open meanwhile).
+async fn pgprovider_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pgprovider(&args, None)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_reports_every_kind_of_finding_and_exits_by_threshold() {
+    let cluster = TestCluster::builder()
+        .setting("max_prepared_transactions", "2")
+        .start()
+        .await
+        .unwrap();
+    let base = cluster.primary().url();
+    let url = format!("{base}?application_name=inspected");
+    let connect = |app: &str| {
+        let u = format!("{base}?application_name={app}");
+        async move {
+            let (c, conn) = tokio_postgres::connect(&u, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let pid: i32 = c
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (c, pid)
+        }
+    };
+    let (admin, _) = connect("admin").await;
+    // One statement per call: a multi-statement string is one implicit transaction, which
+    // PREPARE TRANSACTION would take along.
+    for sql in [
+        "CREATE TABLE t (id int PRIMARY KEY)",
+        "INSERT INTO t VALUES (1)",
+        "BEGIN",
+        "INSERT INTO t VALUES (2)",
+        "PREPARE TRANSACTION 'orphan'",
+        "SELECT pg_create_physical_replication_slot('idle_slot', true)",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let (holder, holder_pid) = connect("inspected").await;
+    holder
+        .batch_execute("BEGIN; UPDATE t SET id = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let (waiter, waiter_pid) = connect("someone-else").await;
+    let waiting = tokio::spawn(async move {
+        waiter
+            .execute("UPDATE t SET id = 1 WHERE id = 1", &[])
+            .await
+    });
+    // The waiter is seen waiting once the server says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+            &[&waiter_pid],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let args = |extra: &[&str]| {
+        let mut v: Vec<String> = ["inspect", "--url", &url]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let zero = [
+        "--json",
+        "--idle-in-transaction",
+        "0s",
+        "--blocked",
+        "0s",
+        "--long-transaction",
+        "0s",
+        "--prepared-transaction",
+        "0s",
+        "--wraparound-age",
+        "0",
+    ];
+    let o = pgprovider_async(args(&zero)).await;
+    let (out, err) = text(&o);
+    assert_no_panic(&err);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["clear"], false);
+    let b = &j["blocking"][0];
+    assert_eq!(
+        (b["blocked_pid"].as_i64(), b["blocking_pid"].as_i64()),
+        (Some(waiter_pid.into()), Some(holder_pid.into())),
+        "{j:#}"
+    );
+    assert!(
+        b["wait_ms"].as_u64().is_some() && b["blocking_ours"] == true,
+        "{j:#}"
+    );
+    let idle = j["idle_in_transaction"].as_array().unwrap();
+    assert!(
+        idle.iter()
+            .any(|s| s["pid"] == holder_pid && s["idle_ms"].is_u64() && s["ours"] == true),
+        "{j:#}"
+    );
+    let long = j["long_transactions"].as_array().unwrap();
+    assert!(
+        long.iter()
+            .any(|s| s["pid"] == waiter_pid && s["age_ms"].is_u64()),
+        "{j:#}"
+    );
+    assert!(j["deadlocks"]["server_total"].is_u64(), "{j:#}");
+    assert!(j["connections"]["used"].as_u64().unwrap() >= 3, "{j:#}");
+    assert!(j["connections"]["max"].as_u64().unwrap() >= 10, "{j:#}");
+    assert_eq!(j["prepared_transactions"][0]["gid"], "orphan", "{j:#}");
+    assert_eq!(j["replication_slots"][0]["name"], "idle_slot", "{j:#}");
+    assert_eq!(j["replication_slots"][0]["active"], false, "{j:#}");
+    assert_eq!(j["wraparound"]["over"], true, "{j:#}");
+    assert_eq!(j["probe"]["queries"], 7, "{j:#}");
+
+    // Tables, with --watch: two refreshes, each a screen.
+    let o = pgprovider_async(args(&[
+        "--watch",
+        "--count",
+        "2",
+        "--interval",
+        "100ms",
+        "--idle-in-transaction",
+        "0s",
+        "--prepared-transaction",
+        "0s",
+    ]))
+    .await;
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert_eq!(out.matches("pgprovider inspect, ").count(), 2, "{out}");
+    assert!(out.contains("IDLE IN TRANSACTION"), "{out}");
+    assert!(out.contains(&holder_pid.to_string()), "{out}");
+    assert!(out.contains("orphan") && out.contains("idle_slot"), "{out}");
+
+    // Cleared: exit 0.
+    drop(holder);
+    waiting.await.unwrap().unwrap();
+    admin
+        .batch_execute("COMMIT PREPARED 'orphan'")
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT pg_drop_replication_slot('idle_slot')")
+        .await
+        .unwrap();
+    let o = pgprovider_async(args(&[])).await;
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("nothing over a threshold"), "{out}");
+    // A node that cannot be reached is a failure, said as such.
+    let o = pgprovider_async(vec![
+        "inspect".into(),
+        "--url".into(),
+        "postgres://postgres@127.0.0.1:1/x?connect_timeout=1".into(),
+        "--json".into(),
+    ])
+    .await;
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(j["clear"], false);
+    assert!(j["error"].as_str().unwrap().contains("127.0.0.1:1"), "{j}");
+}

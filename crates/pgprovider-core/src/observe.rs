@@ -416,6 +416,36 @@ impl Hooks {
         self.0.is_none()
     }
 
+    /// A copy of this registry with one more hook (the original is unchanged; panics are
+    /// counted together). For layers that add their own hook to the user's.
+    pub fn with_hook(&self, priority: i32, hook: Arc<dyn Hook>) -> Hooks {
+        let (mut hooks, spans, sql_comments, database, panics) = match &self.0 {
+            Some(i) => (
+                i.hooks
+                    .iter()
+                    .map(|e| Entry {
+                        priority: e.priority,
+                        hook: e.hook.clone(),
+                    })
+                    .collect(),
+                i.spans,
+                i.sql_comments,
+                i.database.clone(),
+                i.panics.clone(),
+            ),
+            None => (Vec::new(), false, false, String::new(), Arc::default()),
+        };
+        hooks.push(Entry { priority, hook });
+        hooks.sort_by_key(|e| e.priority);
+        Hooks(Some(Arc::new(Inner {
+            hooks,
+            spans,
+            sql_comments,
+            database,
+            panics,
+        })))
+    }
+
     /// Hooks that panicked so far (in this registry and the copies pools made of it).
     pub fn panics(&self) -> u64 {
         self.0.as_ref().map_or(0, |i| i.panics.load(Relaxed))

@@ -9,6 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
+mod safety;
+
+/// The process's Prometheus recorder, installed once for every test of this binary.
+fn prometheus() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| pgprovider::observe::install_prometheus().unwrap())
+}
 
 /// Everything hooks saw, in order: `before:name:kind` and `after:name:kind:outcome`.
 #[derive(Clone, Default)]
@@ -489,7 +497,7 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_endpoints_and_the_audit_log_after_a_real_workload() {
-    let metrics = pgprovider::observe::install_prometheus().unwrap();
+    let metrics = prometheus().clone();
     let cluster = pgprovider_testkit::TestCluster::start().await.unwrap();
     let node = cluster.primary();
     let config = Config::from_url(&format!(

@@ -4,7 +4,7 @@
 //! | status | when |
 //! | --- | --- |
 //! | `down` | no trusted primary (writes cannot be served) |
-//! | `degraded` | a primary, but some node unreachable, a split brain, or a pool saturated (every connection in use and callers waiting) |
+//! | `degraded` | a primary, but some node unreachable, a split brain, a pool saturated (every connection in use and callers waiting), or a [safety](crate::safety) finding (the reasons are in [`HealthReport::safety`]) |
 //! | `ok` | otherwise |
 //!
 //! A provider is *ready* unless it is `down`. Behind the `http` feature,
@@ -94,6 +94,9 @@ pub struct HealthReport {
     pub split_brain: bool,
     /// Every node, in configuration order.
     pub nodes: Vec<NodeHealth>,
+    /// The safety monitor's findings and probe failures, one line each (empty without a
+    /// monitor).
+    pub safety: Vec<String>,
 }
 
 impl HealthReport {
@@ -111,7 +114,17 @@ impl HealthReport {
             primary,
             split_brain,
             nodes,
+            safety: Vec::new(),
         }
+    }
+
+    /// With the safety monitor's lines: any makes an `ok` report `degraded`.
+    pub fn with_safety(mut self, lines: Vec<String>) -> Self {
+        if !lines.is_empty() && self.status == HealthStatus::Ok {
+            self.status = HealthStatus::Degraded;
+        }
+        self.safety = lines;
+        self
     }
 
     /// Ready to serve (not [`HealthStatus::Down`]).
@@ -157,6 +170,16 @@ impl HealthReport {
             if self.split_brain { "true" } else { "false" },
         );
         j.raw("nodes", &format!("[{}]", nodes.join(",")));
+        let safety: Vec<String> = self
+            .safety
+            .iter()
+            .map(|l| {
+                let mut s = String::new();
+                crate::observe::escape_into(&mut s, l);
+                s
+            })
+            .collect();
+        j.raw("safety", &format!("[{}]", safety.join(",")));
         j.finish()
     }
 }
@@ -206,12 +229,23 @@ mod tests {
             HealthReport::new(vec![node(true, 0, 0)], p.clone(), true).status,
             HealthStatus::Degraded
         );
+        let warned = HealthReport::new(vec![node(true, 0, 0)], p.clone(), false)
+            .with_safety(vec!["db:5432: 1 \"idle\" session".into()]);
+        assert_eq!(warned.status, HealthStatus::Degraded);
+        assert!(
+            warned
+                .to_json()
+                .ends_with(r#""safety":["db:5432: 1 \"idle\" session"]}"#)
+        );
+        let down =
+            HealthReport::new(vec![node(false, 0, 0)], None, false).with_safety(vec!["x".into()]);
+        assert_eq!(down.status, HealthStatus::Down);
         let down = HealthReport::new(vec![node(false, 0, 0)], None, false);
         assert_eq!(down.status, HealthStatus::Down);
         assert!(!down.ready());
         assert_eq!(
             down.to_json(),
-            r#"{"status":"down","primary":null,"split_brain":false,"nodes":[{"node":"db:5432","reachable":false,"role":"unknown","fenced":false,"replay_lag_bytes":null,"pool_in_use":0,"pool_max":2,"pool_waiters":0,"last_error":"refused \"x\""}]}"#
+            r#"{"status":"down","primary":null,"split_brain":false,"nodes":[{"node":"db:5432","reachable":false,"role":"unknown","fenced":false,"replay_lag_bytes":null,"pool_in_use":0,"pool_max":2,"pool_waiters":0,"last_error":"refused \"x\""}],"safety":[]}"#
         );
     }
 }

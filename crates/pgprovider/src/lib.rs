@@ -31,6 +31,7 @@
 //! | pool, one per node (or over several hosts, libpq-style) | [`pool`] |
 //! | transactions | [`tx`] |
 //! | configuration, driver registry, migrations, health | [`config`], [`registry`], [`migrate`], [`health`] |
+//! | safety monitoring: blocking chains, long and idle transactions, deadlocks, slots, wraparound | [`safety`] |
 //!
 //! | feature | enables | default |
 //! | --- | --- | --- |
@@ -55,6 +56,7 @@ pub mod provider;
 mod query;
 pub mod registry;
 mod rows;
+pub mod safety;
 pub mod tenant;
 pub mod topology;
 pub mod tx;

@@ -35,7 +35,8 @@
 //! | `pgprovider_pool_acquire_seconds` | histogram | node |
 //! | `pgprovider_pool_connections` | gauge | node, role, state (`idle`, `in_use`) |
 //! | `pgprovider_pool_max_size`, `pgprovider_pool_waiters` | gauge | node, role |
-//! | `pgprovider_pool_connections_created_total`, `pgprovider_pool_timeouts_total`, `pgprovider_pool_leaks_total` | counter | node, role |
+//! | `pgprovider_pool_connections_created_total`, `pgprovider_pool_timeouts_total`, `pgprovider_pool_leaks_total`, `pgprovider_transactions_abandoned_total` | counter | node, role |
+//! | `pgprovider_safety_*`, `pgprovider_deadlocks_total` | see [`safety`](crate::safety) | |
 //! | `pgprovider_pool_connections_closed_total` | counter | node, role, reason |
 //! | `pgprovider_statement_cache_hits_total`, `pgprovider_statement_cache_misses_total` | counter | node, role |
 //! | `pgprovider_split_brains_total` | counter | |
@@ -202,6 +203,8 @@ pub fn record_pool_metrics(node: &str, role: &str, s: &PoolStats) {
     metrics::counter!("pgprovider_pool_connections_created_total", &l(None)).absolute(s.created);
     metrics::counter!("pgprovider_pool_timeouts_total", &l(None)).absolute(s.timeouts);
     metrics::counter!("pgprovider_pool_leaks_total", &l(None)).absolute(s.leaks);
+    metrics::counter!("pgprovider_transactions_abandoned_total", &l(None))
+        .absolute(s.abandoned_transactions);
     metrics::counter!("pgprovider_pool_recovered_total", &l(None)).absolute(s.recovered);
     metrics::counter!("pgprovider_pool_adopted_total", &l(None)).absolute(s.adopted);
     for (reason, n) in [

@@ -51,6 +51,20 @@ impl<D: Driver> Pooled<D> {
         slot.conn
     }
 
+    /// Records that a transaction begun at `at` is open on this checkout (for leak reports).
+    pub(crate) fn in_transaction(this: &Self, at: &'static std::panic::Location<'static>) {
+        if let (Some(id), Some(leases)) = (this.lease, &this.pool.leases) {
+            if let Some(l) = lock(leases).open.get_mut(&id) {
+                l.transaction = Some(at);
+            }
+        }
+    }
+
+    /// Counts a transaction dropped without commit or rollback (the return rolls it back).
+    pub(crate) fn abandoned(this: &Self) {
+        this.pool.counters.abandoned.fetch_add(1, Relaxed);
+    }
+
     /// Closes the connection instead of returning it, for example after an error that
     /// leaves its state unknown.
     pub fn discard(mut this: Self) {

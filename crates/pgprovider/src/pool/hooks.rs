@@ -5,7 +5,7 @@
 //! | `after_connect` | once per new connection, before its first use (checkout or warm-up) | the connection is closed; a checkout returns the error, not retried |
 //! | `before_checkout` | on an idle connection about to be handed out | `false` or a panic: the connection is closed and another is taken |
 //! | `after_return` | on a connection put back into the idle queue (after any reset) | a panic closes the connection |
-//! | `on_leak` | once per checkout held longer than the leak-detection threshold | a panic is logged |
+//! | `on_leak` | once per checkout held longer than the leak-detection threshold (saying where a transaction open on it began) | a panic is logged |
 //! | `on_suspect` | when a connection comes back broken, or after a statement was refused as read-only (`25006`, see [`Connection::refused_read_only`](pgprovider_core::Connection::refused_read_only)): the node may have failed or been demoted | a panic is logged |
 //!
 //! Hooks never run while the pool's locks are held. A panic in a hook is caught, logged at
@@ -36,6 +36,9 @@ pub struct LeakReport {
     pub location: &'static Location<'static>,
     /// How long it had been held when reported.
     pub held_for: Duration,
+    /// Where the transaction open on it began, when one is (`begin` or `transaction`
+    /// call).
+    pub transaction: Option<&'static Location<'static>>,
 }
 
 pub(crate) type BeforeCheckout<C> = Arc<dyn Fn(&C) -> bool + Send + Sync>;

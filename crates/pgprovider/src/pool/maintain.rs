@@ -118,17 +118,27 @@ impl<D: Driver> Inner<D> {
                     node: self.node.to_string(),
                     location: l.location,
                     held_for: now - l.since,
+                    transaction: l.transaction,
                 }
             })
             .collect();
         for leak in found {
             self.counters.leaks.fetch_add(1, Relaxed);
-            tracing::warn!(
-                node = %leak.node,
-                location = %leak.location,
-                held_for = ?leak.held_for,
-                "connection held longer than the leak-detection threshold"
-            );
+            match leak.transaction {
+                Some(begun) => tracing::warn!(
+                    node = %leak.node,
+                    location = %leak.location,
+                    transaction = %begun,
+                    held_for = ?leak.held_for,
+                    "connection held in an open transaction longer than the leak-detection threshold"
+                ),
+                None => tracing::warn!(
+                    node = %leak.node,
+                    location = %leak.location,
+                    held_for = ?leak.held_for,
+                    "connection held longer than the leak-detection threshold"
+                ),
+            }
             if let Some(hook) = &self.hooks.on_leak {
                 guarded("on_leak", &leak.node, || hook(&leak));
             }

@@ -273,6 +273,8 @@ pub(crate) struct Lease {
     since: Instant,
     location: &'static Location<'static>,
     reported: bool,
+    /// A transaction is open on it, begun at this location.
+    transaction: Option<&'static Location<'static>>,
 }
 
 impl<D: Driver> fmt::Debug for Pool<D> {
@@ -705,6 +707,7 @@ impl<D: Driver> Pool<D> {
                     since: now,
                     location: at,
                     reported: false,
+                    transaction: None,
                 },
             );
             id

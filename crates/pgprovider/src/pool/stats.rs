@@ -32,6 +32,9 @@ pub struct PoolStats {
     pub resets: u64,
     /// Checkouts reported as leaks (held longer than the threshold).
     pub leaks: u64,
+    /// Transactions whose every handle was dropped without commit or rollback (the pool
+    /// rolled them back); each is logged with where it began.
+    pub abandoned_transactions: u64,
     /// Total time callers waited in checkouts.
     pub acquire_wait_total: Duration,
     /// The longest wait of a checkout.
@@ -110,6 +113,7 @@ pub(crate) struct Counters {
     pub(crate) timeouts: AtomicU64,
     pub(crate) resets: AtomicU64,
     pub(crate) leaks: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
     pub(crate) wait_total_ns: AtomicU64,
     pub(crate) wait_max_ns: AtomicU64,
     pub(crate) wait_buckets: [AtomicU64; WAIT_BUCKETS],
@@ -179,6 +183,7 @@ impl Counters {
             timeouts: self.timeouts.load(Relaxed),
             resets: self.resets.load(Relaxed),
             leaks: self.leaks.load(Relaxed),
+            abandoned_transactions: self.abandoned.load(Relaxed),
             acquire_wait_total: Duration::from_nanos(self.wait_total_ns.load(Relaxed)),
             acquire_wait_max: Duration::from_nanos(self.wait_max_ns.load(Relaxed)),
             acquire_wait_histogram: std::array::from_fn(|i| self.wait_buckets[i].load(Relaxed)),

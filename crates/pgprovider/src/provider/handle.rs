@@ -153,13 +153,16 @@ macro_rules! surface {
             /// # Errors
             /// `f`'s error; the commit's; [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
             /// past the deadline; routing errors.
-            pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
+            #[track_caller]
+            pub fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> impl Future<Output = Result<T, E>>
             where
                 F: FnMut(Tx<D>) -> Fut + Send,
                 Fut: Future<Output = Result<T, E>> + Send,
                 E: From<Error> + Send,
                 T: Send,
             {
+                let origin = std::panic::Location::caller();
+                async move {
                 let (target, _) = self.route();
                 let provider = self.provider();
                 // After a refusal as read-only, the primary for the attempts that follow.
@@ -187,7 +190,8 @@ macro_rules! surface {
                     failover: provider.failover_timeout(),
                     read_only_moves: target.may_write() && !opts.is_read_only(),
                 };
-                Box::pin(run_transaction(opts, follow, get, f)).await
+                Box::pin(run_transaction(opts, follow, get, f, origin)).await
+                }
             }
         }
     };

@@ -73,6 +73,7 @@
 mod handle;
 mod path;
 pub(crate) mod route;
+mod tasks;
 
 pub use handle::Routed;
 
@@ -82,6 +83,7 @@ use crate::health::{HealthReport, NodeHealth};
 use crate::observe::Hooks;
 use crate::pool::{Pool, PoolStats};
 use crate::retry::{Backoff, RetryPolicy};
+use crate::safety::{SafetyMonitor, SafetyOptions};
 use crate::topology::{HealthMonitor, Role};
 use crate::{Driver, Result};
 use route::Target;
@@ -232,6 +234,8 @@ struct Inner<D: Driver> {
     /// The tenancy layer's state, attached by it ([`ProviderBuilder::tenancy`]): the
     /// provider does not know its type, so the layers below never depend on tenancy.
     pub(crate) tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// The safety monitor, when asked for ([`ProviderBuilder::safety`]).
+    safety: Option<SafetyMonitor>,
 }
 
 impl<D: Driver> std::fmt::Debug for Provider<D> {
@@ -275,13 +279,14 @@ impl<D: Driver + Clone> Provider<D> {
             options: TopologyOptions::default(),
             hooks: Hooks::default(),
             tenancy: None,
+            safety: None,
         }
     }
 
     /// As [`new`](Self::new), with every operation of every pool running through `hooks`
     /// (see [`observe`](crate::observe)).
     pub fn with_hooks(driver: D, config: &Config, options: TopologyOptions, hooks: Hooks) -> Self {
-        Self::build(driver, config, options, hooks, None)
+        Self::build(driver, config, options, hooks, None, None)
     }
 
     fn build(
@@ -290,7 +295,14 @@ impl<D: Driver + Clone> Provider<D> {
         options: TopologyOptions,
         hooks: Hooks,
         tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
+        safety: Option<SafetyOptions>,
     ) -> Self {
+        let safety = safety.map(SafetyMonitor::new);
+        // The monitor counts the application's deadlocks with a hook of its own, first.
+        let hooks = match &safety {
+            Some(s) => hooks.with_hook(i32::MIN, s.deadlock_hook()),
+            None => hooks,
+        };
         let nodes = config.nodes().to_vec();
         let monitor = HealthMonitor::start(driver.clone(), config, options.monitor_interval);
         let pools = nodes
@@ -321,46 +333,14 @@ impl<D: Driver + Clone> Provider<D> {
             retry: options.retry_policy(),
             tenancy,
             options,
+            safety,
         });
-        tokio::spawn(retire_on_role_change(
+        tasks::start_safety(&inner, driver);
+        tokio::spawn(tasks::retire_on_role_change(
             Arc::downgrade(&inner),
             inner.monitor.changes(),
         ));
         Provider { inner }
-    }
-}
-
-/// Retires a node's pool when the node changes role (between known roles: a spell of
-/// unreachability in between does not hide a demotion) or becomes fenced. Ends with the
-/// provider.
-async fn retire_on_role_change<D: Driver>(
-    inner: std::sync::Weak<Inner<D>>,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-) {
-    let mut known: Vec<(Role, bool)> = Vec::new();
-    loop {
-        {
-            let Some(inner) = inner.upgrade() else {
-                return;
-            };
-            let statuses = inner.monitor.statuses();
-            known.resize(statuses.len(), (Role::Unknown, false));
-            for (i, s) in statuses.iter().enumerate() {
-                if s.role == Role::Unknown {
-                    continue;
-                }
-                let (role, fenced) = known[i];
-                let changed = (role != Role::Unknown && role != s.role) || (s.fenced && !fenced);
-                if changed {
-                    let closed = inner.pools[i].retire();
-                    tracing::warn!(node = %s.node, from = ?role, to = ?s.role, fenced = s.fenced, closed, "node changed role: its pooled connections are retired");
-                }
-                known[i] = (s.role, s.fenced);
-            }
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
     }
 }
 
@@ -384,6 +364,7 @@ pub struct ProviderBuilder<D: Driver> {
     options: TopologyOptions,
     hooks: Hooks,
     pub(crate) tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    safety: Option<SafetyOptions>,
 }
 
 impl<D: Driver> std::fmt::Debug for ProviderBuilder<D> {
@@ -405,6 +386,16 @@ impl<D: Driver + Clone> ProviderBuilder<D> {
         self.hooks = hooks;
         self
     }
+    /// Starts a [safety monitor](crate::safety) with the provider: blocking chains, long
+    /// and idle transactions, deadlocks, connection headroom, prepared transactions, slots
+    /// and wraparound, probed on the primary (and the standbys, when asked) at
+    /// `options.interval`, as hook events, metrics and lines of the health report. It adds a
+    /// hook of its own (counting the application's `40P01`s) to every operation.
+    pub fn safety(mut self, options: SafetyOptions) -> Self {
+        self.safety = Some(options);
+        self
+    }
+
     /// The provider (inside a tokio runtime: it starts the monitor).
     pub fn build(self) -> Provider<D> {
         Provider::build(
@@ -413,6 +404,7 @@ impl<D: Driver + Clone> ProviderBuilder<D> {
             self.options,
             self.hooks,
             self.tenancy,
+            self.safety,
         )
     }
 }
@@ -421,6 +413,11 @@ impl<D: Driver> Provider<D> {
     /// The health monitor.
     pub fn monitor(&self) -> &HealthMonitor {
         &self.inner.monitor
+    }
+
+    /// The safety monitor, when one was asked for ([`ProviderBuilder::safety`]).
+    pub fn safety(&self) -> Option<&SafetyMonitor> {
+        self.inner.safety.as_ref()
     }
 
     /// The configuration the provider was made with.
@@ -466,6 +463,13 @@ impl<D: Driver> Provider<D> {
             nodes,
             monitor.primary().map(|n| n.to_string()),
             monitor.split_brain().is_some(),
+        )
+        .with_safety(
+            self.inner
+                .safety
+                .as_ref()
+                .map(SafetyMonitor::problems)
+                .unwrap_or_default(),
         )
     }
 

@@ -130,38 +130,47 @@ where
     /// # Errors
     /// As [`Pool::transaction`](crate::Pool::transaction); [`ErrorKind::Rejected`] for a
     /// limit or a refused statement.
-    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
+    #[track_caller]
+    pub fn transaction<T, E, F, Fut>(
+        &self,
+        opts: &TxOptions,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
     where
         F: FnMut(Tx<D>) -> Fut + Send,
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error> + Send,
         T: Send,
     {
-        self.admit()?;
-        let opts = self.tx_options(opts);
-        // Each attempt holds the tenant's permit while it runs; an attempt starts only after
-        // the previous one gave its connection back, so its permit goes first.
-        let held: Mutex<Option<OwnedSemaphorePermit>> = Mutex::new(None);
-        let get = |_| async {
-            lock(&held).take();
-            let h = self.get().await?;
-            *lock(&held) = h._permit;
-            Ok(h.conn)
-        };
-        // Boxed: the nested futures are large, and debug builds copy them on the stack.
-        Box::pin(crate::observe::with_tenant(
-            self.name.clone(),
-            run_transaction(
-                &opts,
-                Follow {
-                    failover: self.tenancy.provider.failover_timeout(),
-                    read_only_moves: !opts.is_read_only(),
-                },
-                get,
-                f,
-            ),
-        ))
-        .await
+        let origin = std::panic::Location::caller();
+        async move {
+            self.admit()?;
+            let opts = self.tx_options(opts);
+            // Each attempt holds the tenant's permit while it runs; an attempt starts only after
+            // the previous one gave its connection back, so its permit goes first.
+            let held: Mutex<Option<OwnedSemaphorePermit>> = Mutex::new(None);
+            let get = |_| async {
+                lock(&held).take();
+                let h = self.get().await?;
+                *lock(&held) = h._permit;
+                Ok(h.conn)
+            };
+            // Boxed: the nested futures are large, and debug builds copy them on the stack.
+            Box::pin(crate::observe::with_tenant(
+                self.name.clone(),
+                run_transaction(
+                    &opts,
+                    Follow {
+                        failover: self.tenancy.provider.failover_timeout(),
+                        read_only_moves: !opts.is_read_only(),
+                    },
+                    get,
+                    f,
+                    origin,
+                ),
+            ))
+            .await
+        }
     }
 
     /// Runs one statement in the tenant's scope and returns its rows.

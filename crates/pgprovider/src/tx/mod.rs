@@ -34,6 +34,7 @@ use crate::pool::Pooled;
 use pgprovider_core::{Connection, Driver, Error, ErrorKind, FromRow, Queries, Result, SqlState};
 use std::fmt;
 use std::future::Future;
+use std::panic::Location;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
@@ -46,7 +47,8 @@ pub use options::{IsolationLevel, TxOptions};
 /// An open transaction. Cheap to clone: clones share it. See the [module docs](self).
 ///
 /// Dropping every handle without [`commit`](Tx::commit) rolls it back (the pool resets
-/// the connection). Once committed or rolled back, further calls fail with
+/// the connection), logs a warning naming where the transaction began, and counts it
+/// ([`PoolStats::abandoned_transactions`](crate::PoolStats::abandoned_transactions)). Once committed or rolled back, further calls fail with
 /// [`ErrorKind::Other`] saying the transaction has ended.
 pub struct Tx<D: Driver> {
     shared: Arc<Mutex<State<D>>>,
@@ -84,6 +86,25 @@ struct State<D: Driver> {
     tenant: Option<(Arc<str>, Option<Arc<str>>)>,
     /// The tenant's server-side scope check, run after each statement.
     check: Option<Arc<str>>,
+    /// Where the transaction began (the `begin` or `transaction` call).
+    origin: &'static Location<'static>,
+}
+
+/// A transaction whose every handle is dropped while its connection is still held was
+/// neither committed nor rolled back: the connection's return rolls it back; say so, and
+/// where it began.
+impl<D: Driver> Drop for State<D> {
+    fn drop(&mut self) {
+        if let Some(conn) = &self.conn {
+            Pooled::abandoned(conn);
+            tracing::warn!(
+                node = %Pooled::node(conn),
+                begun_at = %self.origin,
+                tenant = self.tenant.as_ref().map(|(t, _)| &**t),
+                "a transaction was dropped without commit or rollback (a panic, a dropped future, or a Tx never ended): the pool rolls it back"
+            );
+        }
+    }
 }
 
 /// The connection of a transaction, for the driver's own operations (batches, COPY,
@@ -103,6 +124,7 @@ where
         mut conn: Pooled<D>,
         opts: &TxOptions,
         deadline: Option<Instant>,
+        origin: &'static Location<'static>,
     ) -> Result<Self> {
         let base_timeout = conn.query_timeout();
         match &opts.prologue {
@@ -116,8 +138,10 @@ where
                     .await?;
             }
         }
+        Pooled::in_transaction(&conn, origin);
         Ok(Tx {
             shared: Arc::new(Mutex::new(State {
+                origin,
                 conn: Some(conn),
                 deadline,
                 base_timeout,
@@ -498,36 +522,9 @@ impl<D: Driver> Drop for PoisonOnDrop<D> {
     }
 }
 
-/// What routing needs of an error (kind, SQLSTATE, message, node), as a new value.
-fn copy_of(e: &Error) -> Error {
-    let c = match e.sql_state() {
-        Some(state) => Error::database(state, e.message()).with_kind(e.kind()),
-        None => Error::new(e.kind(), e.message()),
-    };
-    match e.node() {
-        Some(n) => c.with_node(n),
-        None => c,
-    }
-}
+mod errors;
 
-fn ended_error() -> Error {
-    Error::new(ErrorKind::Other, "the transaction has already ended")
-        .with_hint("a Tx handle was used after commit, rollback, or the end of its closure")
-}
-
-fn deadline_error() -> Error {
-    Error::new(
-        ErrorKind::Timeout,
-        "the transaction ran past its deadline and was rolled back",
-    )
-    .with_hint("raise TxOptions::with_timeout, or do less in one transaction")
-}
-
-fn outcome_unknown(msg: String, node: String) -> Error {
-    Error::new(ErrorKind::OutcomeUnknown, msg)
-        .with_node(node)
-        .with_hint("the transaction may or may not have committed: check before doing it again")
-}
+use errors::{copy_of, deadline_error, ended_error, outcome_unknown};
 
 mod run;
 

@@ -6,6 +6,7 @@ use crate::pool::{Pool, Pooled};
 use crate::retry::{fresh_seed, later};
 use pgprovider_core::{Driver, Error, ErrorKind, Queries, Result};
 use std::future::Future;
+use std::panic::Location;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -18,9 +19,13 @@ where
     ///
     /// # Errors
     /// As [`get`](Pool::get), or the server's error for `BEGIN`.
-    pub async fn begin(&self, opts: &TxOptions) -> Result<Tx<D>> {
-        let deadline = opts.timeout.map(later);
-        Tx::begin(self.get().await?, opts, deadline).await
+    #[track_caller]
+    pub fn begin(&self, opts: &TxOptions) -> impl Future<Output = Result<Tx<D>>> + Send {
+        let origin = Location::caller();
+        async move {
+            let deadline = opts.timeout.map(later);
+            Tx::begin(self.get().await?, opts, deadline, origin).await
+        }
     }
 
     /// Runs `f` in a transaction: commits when it returns `Ok`, rolls back when it returns
@@ -30,25 +35,33 @@ where
     /// # Errors
     /// `f`'s error; [`ErrorKind::Timeout`] past the deadline; the commit's error
     /// ([`ErrorKind::OutcomeUnknown`] when its reply is lost); checkout errors.
-    pub async fn transaction<T, E, F, Fut>(&self, opts: &TxOptions, f: F) -> Result<T, E>
+    #[track_caller]
+    pub fn transaction<T, E, F, Fut>(
+        &self,
+        opts: &TxOptions,
+        f: F,
+    ) -> impl Future<Output = Result<T, E>>
     where
         F: FnMut(Tx<D>) -> Fut + Send,
         Fut: Future<Output = Result<T, E>> + Send,
         E: From<Error> + Send,
         T: Send,
     {
-        // One node: a transaction whose connection was lost is not run again (a multi-host
-        // pool reconnects to another node, so it is, within the acquire timeout).
-        let failover = if self.hosts() > 1 {
-            self.config().pool().acquire_timeout()
-        } else {
-            Duration::ZERO
-        };
-        let follow = Follow {
-            failover,
-            read_only_moves: false,
-        };
-        run_transaction(opts, follow, |_| self.get(), f).await
+        let origin = Location::caller();
+        async move {
+            // One node: a transaction whose connection was lost is not run again (a multi-host
+            // pool reconnects to another node, so it is, within the acquire timeout).
+            let failover = if self.hosts() > 1 {
+                self.config().pool().acquire_timeout()
+            } else {
+                Duration::ZERO
+            };
+            let follow = Follow {
+                failover,
+                read_only_moves: false,
+            };
+            run_transaction(opts, follow, |_| self.get(), f, origin).await
+        }
     }
 }
 
@@ -78,6 +91,7 @@ pub(crate) async fn run_transaction<D, T, E, F, Fut, G, GFut>(
     follow: Follow,
     get: G,
     mut f: F,
+    origin: &'static Location<'static>,
 ) -> Result<T, E>
 where
     D: Driver,
@@ -114,7 +128,7 @@ where
             }
             let run = async {
                 let conn = get(moved.take()).await?;
-                let tx = Tx::begin(conn, opts, deadline).await?;
+                let tx = Tx::begin(conn, opts, deadline, origin).await?;
                 Ok::<_, Error>(tx)
             };
             let begun = match deadline {

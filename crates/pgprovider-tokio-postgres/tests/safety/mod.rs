@@ -1,0 +1,438 @@
+//! Safety monitoring on a real server: a lock chain, sessions idle in a transaction, a real
+//! deadlock, policies that touch only our sessions, and the client-side reports of a
+//! transaction held too long or dropped. (Prepared transactions, slots and
+//! `pgprovider inspect` run on a throwaway cluster in the CLI's tests.)
+
+use super::{Log, Recorder, common};
+use pgprovider::observe::{AuditLog, Hooks, fingerprint};
+use pgprovider::provider::{Provider, TopologyOptions};
+use pgprovider::safety::{Action, Findings, Policy, SafetyOptions, act, probe};
+use pgprovider::{Config, Connection, Driver, Pool, Queries, TxOptions};
+use pgprovider_tokio_postgres::TokioPostgres;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A session of its own on the shared server, as application `app`, and its pid.
+async fn session(app: &str) -> (tokio_postgres::Client, i32) {
+    let u = pgprovider_testkit::shared_url().await.unwrap();
+    let sep = if u.contains('?') { '&' } else { '?' };
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{u}{sep}application_name={app}"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (client, pid)
+}
+
+/// The probe's own connection to the shared server.
+async fn prober() -> (<TokioPostgres as Driver>::Connection, String) {
+    let c = common::config("").await;
+    let node = c.nodes()[0].clone();
+    let conn = TokioPostgres::new()
+        .connect(&c.connect_params(&node).await.unwrap())
+        .await
+        .unwrap();
+    (conn, node.to_string())
+}
+
+/// Probes until `done` holds (the server needs a moment to show a wait), within 15 s.
+async fn probe_until(
+    conn: &mut <TokioPostgres as Driver>::Connection,
+    node: &str,
+    opts: &SafetyOptions,
+    app: &str,
+    done: impl Fn(&Findings) -> bool,
+) -> Findings {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let f = probe(conn, node, opts, Some(app)).await.unwrap();
+        if done(&f) {
+            return f;
+        }
+        assert!(Instant::now() < deadline, "never seen: {f:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_sees_a_lock_chain_and_policies_end_only_our_blocker() {
+    let pid = std::process::id();
+    let (table, ours_app) = (format!("safety_chain_{pid}"), format!("safety-ours-{pid}"));
+    let (setup, _) = session("safety-setup").await;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int PRIMARY KEY, n int); \
+             INSERT INTO {table} VALUES (1, 0)"
+        ))
+        .await
+        .unwrap();
+    let (holder, holder_pid) = session(&ours_app).await;
+    holder
+        .batch_execute(&format!("BEGIN; UPDATE {table} SET n = n + 1 WHERE id = 1"))
+        .await
+        .unwrap();
+    let (waiter, waiter_pid) = session("safety-foreign").await;
+    let blocked_sql = format!("UPDATE {table} SET n = n + 10 WHERE id = 1");
+    let sql = blocked_sql.clone();
+    let waiting = tokio::spawn(async move { waiter.execute(&sql, &[]).await });
+
+    let (mut conn, node) = prober().await;
+    let f = probe_until(
+        &mut conn,
+        &node,
+        &SafetyOptions::everything(),
+        &ours_app,
+        |f| f.blocking.iter().any(|b| b.blocked_pid == waiter_pid),
+    )
+    .await;
+    let b = f
+        .blocking
+        .iter()
+        .find(|b| b.blocked_pid == waiter_pid)
+        .unwrap();
+    assert_eq!(b.blocking_pid, holder_pid, "{b:#?}");
+    assert_eq!(
+        (b.lock_type.as_str(), b.mode.as_str()),
+        ("transactionid", "ShareLock")
+    );
+    assert!(
+        !b.blocked.ours && b.blocking.as_ref().unwrap().ours,
+        "{b:#?}"
+    );
+    assert_eq!(
+        b.blocked.fingerprint.as_deref(),
+        Some(fingerprint(&blocked_sql).as_str())
+    );
+    assert_eq!(b.blocked.wait_event_type.as_deref(), Some("Lock"));
+    let has = |list: &[pgprovider::safety::Session], pid| list.iter().any(|s| s.pid == pid);
+    assert!(has(&f.idle_in_transaction, holder_pid), "{f:#?}");
+    assert!(!has(&f.idle_in_transaction, waiter_pid), "{f:#?}");
+    assert!(has(&f.long_transactions, holder_pid) && has(&f.long_transactions, waiter_pid));
+    assert!(has(&f.long_statements, waiter_pid), "{f:#?}");
+    assert!(f.connections.ours >= 1 && f.connections.used >= 3, "{f:#?}");
+    assert!(f.problems().iter().any(|l| l.contains("blocked on locks")));
+    let json = f.to_json();
+    assert!(
+        json.contains(&format!(
+            r#""blocked_pid":{waiter_pid},"blocking_pid":{holder_pid},"wait_ms":"#
+        )),
+        "{json}"
+    );
+    // Default thresholds: a wait of a moment is not a finding.
+    let calm = probe(&mut conn, &node, &SafetyOptions::new(), Some(&ours_app))
+        .await
+        .unwrap();
+    assert!(
+        calm.blocking.iter().all(|b| b.blocked_pid != waiter_pid),
+        "{calm:#?}"
+    );
+
+    let end = Policy::blocking(Duration::ZERO, Action::Terminate);
+    // Dry run: reported, not done.
+    let dry = SafetyOptions::new().with_policy(end.clone().with_dry_run(true));
+    let acts = act(&mut conn, &node, &dry, Some(&ours_app)).await.unwrap();
+    let a = acts
+        .iter()
+        .find(|a| a.pid == holder_pid)
+        .expect("the blocker");
+    assert!(a.dry_run && !a.done && a.ours, "{acts:?}");
+    // Another application's policy leaves our blocker alone (it is foreign to it).
+    let theirs = SafetyOptions::new().with_policy(end.clone());
+    let acts = act(&mut conn, &node, &theirs, Some("safety-nobody"))
+        .await
+        .unwrap();
+    assert!(acts.iter().all(|a| a.pid != holder_pid), "{acts:?}");
+    holder.simple_query("SELECT 1").await.expect("still alive");
+    // Ours: ended, and the waiter goes on.
+    let acts = act(&mut conn, &node, &theirs, Some(&ours_app))
+        .await
+        .unwrap();
+    let a = acts
+        .iter()
+        .find(|a| a.pid == holder_pid)
+        .expect("the blocker");
+    assert!(a.done && !a.dry_run && a.ours, "{acts:?}");
+    assert_eq!(waiting.await.unwrap().unwrap(), 1);
+    assert!(holder.simple_query("SELECT 1").await.is_err());
+    setup
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_in_transaction_policy_ends_ours_and_leaves_foreign_sessions_alone() {
+    let pid = std::process::id();
+    let ours_app = format!("safety-idle-{pid}");
+    let (ours, ours_pid) = session(&ours_app).await;
+    let (foreign, foreign_pid) = session("safety-psql").await;
+    for c in [&ours, &foreign] {
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let (mut conn, node) = prober().await;
+    let opts = SafetyOptions::new().with_idle_in_transaction(Duration::ZERO);
+    let f = probe_until(&mut conn, &node, &opts, &ours_app, |f| {
+        let ids: Vec<i32> = f.idle_in_transaction.iter().map(|s| s.pid).collect();
+        ids.contains(&ours_pid) && ids.contains(&foreign_pid)
+    })
+    .await;
+    let mine = f
+        .idle_in_transaction
+        .iter()
+        .find(|s| s.pid == ours_pid)
+        .unwrap();
+    assert!(mine.ours && mine.application == ours_app, "{mine:#?}");
+    assert!(
+        !f.idle_in_transaction
+            .iter()
+            .find(|s| s.pid == foreign_pid)
+            .unwrap()
+            .ours
+    );
+
+    // With foreign sessions included, but only as a dry run (the shared server has other
+    // tests' sessions).
+    let policy = Policy::idle_in_transaction(Duration::ZERO, Action::Terminate);
+    let everyone =
+        SafetyOptions::new().with_policy(policy.clone().with_foreign(true).with_dry_run(true));
+    let acts = act(&mut conn, &node, &everyone, Some(&ours_app))
+        .await
+        .unwrap();
+    let theirs = acts
+        .iter()
+        .find(|a| a.pid == foreign_pid)
+        .expect("seen, not touched");
+    assert!(!theirs.ours && !theirs.done && theirs.dry_run, "{acts:?}");
+
+    let only_ours = SafetyOptions::new().with_policy(policy);
+    let acts = act(&mut conn, &node, &only_ours, Some(&ours_app))
+        .await
+        .unwrap();
+    assert_eq!(
+        acts.iter().map(|a| (a.pid, a.done)).collect::<Vec<_>>(),
+        [(ours_pid, true)]
+    );
+    assert!(
+        ours.simple_query("SELECT 1").await.is_err(),
+        "ours was ended"
+    );
+    foreign
+        .simple_query("SELECT 1")
+        .await
+        .expect("foreign left alone");
+    foreign.batch_execute("ROLLBACK").await.unwrap();
+    // A provider without application_name has no sessions of its own: nothing is ours.
+    let acts = act(&mut conn, &node, &only_ours_again(), None)
+        .await
+        .unwrap();
+    assert!(acts.is_empty(), "{acts:?}");
+}
+
+fn only_ours_again() -> SafetyOptions {
+    SafetyOptions::new().with_policy(Policy::idle_in_transaction(
+        Duration::ZERO,
+        Action::Terminate,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_deadlock_reaches_the_monitor_the_health_report_hooks_audit_and_metrics() {
+    let metrics = super::prometheus();
+    let pid = std::process::id();
+    let (table, app) = (format!("safety_deadlock_{pid}"), format!("safety-dl-{pid}"));
+    let config = common::config(&format!("&application_name={app}")).await;
+    let log = Log::default();
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let audit = Sink::default();
+    let hooks = Hooks::builder()
+        .hook(
+            0,
+            Recorder {
+                name: "rec",
+                log: log.clone(),
+            },
+        )
+        .hook(1, AuditLog::new(audit.clone(), config.user()))
+        .build();
+    // Rounds on demand only (probe_now), so each assertion sees the round it asked for.
+    let provider = Provider::builder(TokioPostgres::new(), &config)
+        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
+        .hooks(hooks)
+        .safety(SafetyOptions::new().with_interval(Duration::from_secs(3600)))
+        .build();
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let safety = provider.safety().expect("asked for");
+    provider
+        .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .unwrap();
+    provider
+        .execute(
+            &format!("CREATE TABLE {table} (id int PRIMARY KEY, n int)"),
+            &[],
+        )
+        .await
+        .unwrap();
+    provider
+        .execute(&format!("INSERT INTO {table} VALUES (1, 0), (2, 0)"), &[])
+        .await
+        .unwrap();
+    let before = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+    let server_before = before[0].deadlocks.server_total;
+    assert!(before[0].is_clear() || !before[0].kinds().contains(&"deadlock"));
+
+    // Two transactions taking the rows in opposite orders: the server ends one with 40P01,
+    // and the provider runs it again.
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let run = |first: i32, second: i32| {
+        let (p, b, t) = (provider.clone(), barrier.clone(), table.clone());
+        let waited = Arc::new(AtomicBool::new(false));
+        tokio::spawn(async move {
+            p.transaction(&TxOptions::new(), |tx| {
+                let (b, t, waited) = (b.clone(), t.clone(), waited.clone());
+                async move {
+                    tx.execute(
+                        &format!("UPDATE {t} SET n = n + 1 WHERE id = $1"),
+                        &[&first],
+                    )
+                    .await?;
+                    if !waited.swap(true, Relaxed) {
+                        b.wait().await;
+                    }
+                    tx.execute(
+                        &format!("UPDATE {t} SET n = n + 1 WHERE id = $1"),
+                        &[&second],
+                    )
+                    .await
+                }
+            })
+            .await
+        })
+    };
+    let (a, b) = (run(1, 2), run(2, 1));
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+
+    // The server's counter is flushed a moment after the transaction ends; ours was
+    // counted as the error happened, so the first round already has it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ours_new = 0;
+    let found = loop {
+        let f = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+        ours_new += f[0].deadlocks.ours_new;
+        if f[0].deadlocks.server_total > server_before {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "{f:#?}");
+    };
+    let d = found[0].deadlocks;
+    assert_eq!((d.ours_total, ours_new), (1, 1), "{d:?}");
+    assert!(d.server_new >= 1, "{d:?}");
+    assert!(found[0].kinds().contains(&"deadlock"), "{found:#?}");
+    let health = provider.health();
+    assert!(
+        health.safety.iter().any(|l| l.contains("deadlock")),
+        "{health:#?}"
+    );
+    assert_eq!(health.status, pgprovider::health::HealthStatus::Degraded);
+    assert!(health.to_json().contains("deadlock"));
+    assert!(
+        log.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e == "after:rec:safety.deadlock:ok"),
+        "{:?}",
+        log.0.lock().unwrap()
+    );
+    let lines = String::from_utf8(audit.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        lines.contains(r#""operation":"safety.deadlock""#),
+        "{lines}"
+    );
+    let body = metrics.render();
+    let node = config.nodes()[0].to_string();
+    assert!(
+        body.contains(&format!(
+            "pgprovider_deadlocks_total{{node=\"{node}\",source=\"ours\"}} 1"
+        )),
+        "{body}"
+    );
+    let gauge = format!("pgprovider_safety_findings{{node=\"{node}\",kind=\"deadlock\"}} ");
+    let value: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix(gauge.as_str()))
+        .unwrap_or_else(|| panic!("{body}"))
+        .parse()
+        .unwrap();
+    assert!(value >= 1.0, "{body}");
+    assert!(body.contains("pgprovider_safety_probe_seconds"), "{body}");
+    // The next round finds nothing new: the report is ok again.
+    let after = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(
+        after[0].deadlocks.server_new + after[0].deadlocks.ours_new,
+        0
+    );
+    assert!(safety.rounds() >= 3);
+    provider
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_held_too_long_or_dropped_is_reported_with_where_it_began() {
+    let c: Config = common::config("&pool_leak_detection_threshold=1s&pool_max_size=1").await;
+    let (sent, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let pool = Pool::builder(TokioPostgres::new(), &c, &c.nodes()[0])
+        .on_leak(move |r| {
+            let _ = sent.send(r.clone());
+        })
+        .build();
+    let line = line!() + 1;
+    let tx = pool.begin(&TxOptions::new()).await.unwrap();
+    tx.execute("SELECT 1", &[]).await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let begun = report.transaction.expect("held in a transaction");
+    assert!(begun.file().ends_with("safety/mod.rs"), "{begun}");
+    assert_eq!(begun.line(), line);
+    assert_eq!(pool.stats().abandoned_transactions, 0);
+    drop(tx);
+    assert_eq!(pool.stats().abandoned_transactions, 1);
+    // The transaction was rolled back: the connection comes back outside any transaction.
+    let mut conn = pool.get().await.unwrap();
+    let e = conn.execute("SAVEPOINT s", &[]).await.unwrap_err();
+    assert!(e.message().contains("transaction block"), "{e}");
+    conn.simple_query("SELECT 1").await.unwrap();
+    // A transaction ended properly is no leak of that kind.
+    drop(conn);
+    let tx = pool.begin(&TxOptions::new()).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(tx);
+    assert_eq!(pool.stats().abandoned_transactions, 1);
+}

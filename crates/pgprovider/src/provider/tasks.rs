@@ -1,0 +1,72 @@
+//! The provider's background tasks that follow the topology: retiring pools of nodes that
+//! changed role, and the safety monitor's choice of nodes.
+
+use super::Inner;
+use crate::config::Node;
+use crate::topology::Role;
+use pgprovider_core::Driver;
+use std::sync::Arc;
+
+/// Retires a node's pool when the node changes role (between known roles: a spell of
+/// unreachability in between does not hide a demotion) or becomes fenced. Ends with the
+/// provider.
+pub(super) async fn retire_on_role_change<D: Driver>(
+    inner: std::sync::Weak<Inner<D>>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+) {
+    let mut known: Vec<(Role, bool)> = Vec::new();
+    loop {
+        {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let statuses = inner.monitor.statuses();
+            known.resize(statuses.len(), (Role::Unknown, false));
+            for (i, s) in statuses.iter().enumerate() {
+                if s.role == Role::Unknown {
+                    continue;
+                }
+                let (role, fenced) = known[i];
+                let changed = (role != Role::Unknown && role != s.role) || (s.fenced && !fenced);
+                if changed {
+                    let closed = inner.pools[i].retire();
+                    tracing::warn!(node = %s.node, from = ?role, to = ?s.role, fenced = s.fenced, closed, "node changed role: its pooled connections are retired");
+                }
+                known[i] = (s.role, s.fenced);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Starts the safety monitor, when one was asked for: each round probes the trusted
+/// primary, and the standbys when its options say so. Ends with the provider.
+pub(super) fn start_safety<D: Driver + Clone>(inner: &Arc<Inner<D>>, driver: D) {
+    let Some(s) = &inner.safety else {
+        return;
+    };
+    let weak = Arc::downgrade(inner);
+    let standbys = s.options().standbys;
+    s.run(
+        driver,
+        inner.config.clone(),
+        inner.hooks.clone(),
+        move || {
+            let inner = weak.upgrade()?;
+            let mut nodes: Vec<Node> = inner.monitor.primary().into_iter().collect();
+            if standbys {
+                let statuses = inner.monitor.statuses();
+                nodes.extend(
+                    statuses
+                        .iter()
+                        .zip(&inner.nodes)
+                        .filter(|(st, _)| st.role == Role::Standby)
+                        .map(|(_, n)| n.clone()),
+                );
+            }
+            Some(nodes)
+        },
+    );
+}
