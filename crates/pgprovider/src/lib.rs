@@ -104,3 +104,8 @@ pub use pgprovider_core::{
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// Compiles the safety guide's Rust example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/SAFETY.md")]
+struct SafetyDoctests;

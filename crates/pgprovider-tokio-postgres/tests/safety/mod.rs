@@ -126,7 +126,9 @@ async fn the_probe_sees_a_lock_chain_and_policies_end_only_our_blocker() {
         )),
         "{json}"
     );
-    // Default thresholds: a wait of a moment is not a finding.
+    assert!(f.connections_over && f.wraparound.over, "{f:#?}");
+    // Default thresholds: a wait, a transaction and an idle spell of a moment are no
+    // finding; nor are 3 % of the connection slots or a young cluster's transaction IDs.
     let calm = probe(&mut conn, &node, &SafetyOptions::new(), Some(&ours_app))
         .await
         .unwrap();
@@ -134,6 +136,10 @@ async fn the_probe_sees_a_lock_chain_and_policies_end_only_our_blocker() {
         calm.blocking.iter().all(|b| b.blocked_pid != waiter_pid),
         "{calm:#?}"
     );
+    assert!(!has(&calm.idle_in_transaction, holder_pid), "{calm:#?}");
+    assert!(!has(&calm.long_transactions, holder_pid), "{calm:#?}");
+    assert!(!has(&calm.long_statements, waiter_pid), "{calm:#?}");
+    assert!(!calm.connections_over && !calm.wraparound.over, "{calm:#?}");
 
     let end = Policy::blocking(Duration::ZERO, Action::Terminate);
     // Dry run: reported, not done.
@@ -435,4 +441,134 @@ async fn a_transaction_held_too_long_or_dropped_is_reported_with_where_it_began(
     tx.commit().await.unwrap();
     drop(tx);
     assert_eq!(pool.stats().abandoned_transactions, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_runs_its_policy_on_our_idle_transaction_and_says_so() {
+    let metrics = super::prometheus();
+    let pid = std::process::id();
+    let app = format!("safety-policy-{pid}");
+    let config = common::config(&format!("&application_name={app}")).await;
+    let log = Log::default();
+    let hooks = Hooks::builder()
+        .hook(
+            0,
+            Recorder {
+                name: "rec",
+                log: log.clone(),
+            },
+        )
+        .build();
+    let provider = Provider::builder(TokioPostgres::new(), &config)
+        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
+        .hooks(hooks)
+        .safety(
+            SafetyOptions::new()
+                .with_interval(Duration::from_secs(3600))
+                .with_policy(Policy::idle_in_transaction(
+                    Duration::from_millis(200),
+                    Action::Terminate,
+                )),
+        )
+        .build();
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let safety = provider.safety().unwrap();
+    // A foreign session idle in a transaction: seen, never touched.
+    let (foreign, foreign_pid) = session("safety-bystander").await;
+    foreign.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    // Ours: a transaction begun through the provider's pool and left idle.
+    let node = config.nodes()[0].clone();
+    let tx = provider
+        .pool(&node)
+        .unwrap()
+        .begin(&TxOptions::new())
+        .await
+        .unwrap();
+    let ours_pid: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let acted = loop {
+        let f = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+        if let Some(a) = f[0].actions.iter().find(|a| a.pid == ours_pid) {
+            break a.clone();
+        }
+        assert!(Instant::now() < deadline, "{f:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(acted.done && acted.ours && !acted.dry_run, "{acted:?}");
+    let all = safety.latest();
+    assert!(
+        all[0].actions.iter().all(|a| a.pid != foreign_pid),
+        "{all:#?}"
+    );
+    foreign
+        .simple_query("SELECT 1")
+        .await
+        .expect("the bystander is alive");
+    foreign.batch_execute("ROLLBACK").await.unwrap();
+    // Our transaction was ended on the server: its next statement fails.
+    assert!(tx.execute("SELECT 1", &[]).await.is_err());
+    drop(tx);
+    assert!(
+        log.0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e == "after:rec:safety.terminate:ok"),
+        "{:?}",
+        log.0.lock().unwrap()
+    );
+    let body = metrics.render();
+    let line = format!(
+        "pgprovider_safety_actions_total{{node=\"{node}\",action=\"terminate\",reason=\"idle_in_transaction\",mode=\"done\"}} "
+    );
+    assert!(body.lines().any(|l| l.starts_with(&line)), "{body}");
+    provider.query_one("SELECT 1", &[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_probes_standbys_when_asked() {
+    let (cluster, config) = common::two_nodes(false, "&application_name=safety-standbys").await;
+    for standbys in [false, true] {
+        let provider = Provider::builder(TokioPostgres::new(), &config)
+            .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
+            .safety(
+                SafetyOptions::new()
+                    .with_interval(Duration::from_secs(3600))
+                    .with_standbys(standbys),
+            )
+            .build();
+        // Both roles known first, so the round has every node to probe.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while provider
+            .monitor()
+            .statuses()
+            .iter()
+            .any(|s| s.role == pgprovider::topology::Role::Unknown)
+        {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let f = provider
+            .safety()
+            .unwrap()
+            .probe_now(Duration::from_secs(20))
+            .await
+            .unwrap();
+        let nodes: Vec<&str> = f.iter().map(|f| f.node.as_str()).collect();
+        let mut want = vec![cluster.primary().addr()];
+        if standbys {
+            want.push(cluster.standby(0).addr());
+        }
+        assert_eq!(nodes, want);
+        assert!(f.iter().all(Findings::is_clear), "{f:#?}");
+        provider.close().await;
+    }
 }
