@@ -1138,6 +1138,10 @@ async fn inspect_reports_every_kind_of_finding_and_exits_by_threshold() {
         "0s",
         "--wraparound-age",
         "0",
+        "--long-statement",
+        "0s",
+        "--connections-ratio",
+        "0",
     ];
     let o = pgprovider_async(args(&zero)).await;
     let (out, err) = text(&o);
@@ -1174,7 +1178,18 @@ async fn inspect_reports_every_kind_of_finding_and_exits_by_threshold() {
     assert_eq!(j["replication_slots"][0]["name"], "idle_slot", "{j:#}");
     assert_eq!(j["replication_slots"][0]["active"], false, "{j:#}");
     assert_eq!(j["wraparound"]["over"], true, "{j:#}");
-    assert_eq!(j["probe"]["queries"], 7, "{j:#}");
+    assert_eq!(j["probe"]["queries"], 9, "{j:#}");
+    let active = j["long_statements"].as_array().unwrap();
+    assert!(active.iter().any(|s| s["pid"] == waiter_pid), "{j:#}");
+    assert_eq!(j["connections"]["over"], true, "{j:#}");
+    assert_eq!(j["connections"]["ours"], 1, "{j:#}");
+    // Whose sessions are ours is --application's to say.
+    let mut other = zero.to_vec();
+    other.extend(["--application", "nobody"]);
+    let o = pgprovider_async(args(&other)).await;
+    let j: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+    assert_eq!(j["connections"]["ours"], 0, "{j:#}");
+    assert_eq!(j["blocking"][0]["blocking_ours"], false, "{j:#}");
 
     // Tables, with --watch: two refreshes, each a screen.
     let o = pgprovider_async(args(&[

@@ -117,7 +117,7 @@ async fn the_probe_sees_a_lock_chain_and_policies_end_only_our_blocker() {
     assert!(!has(&f.idle_in_transaction, waiter_pid), "{f:#?}");
     assert!(has(&f.long_transactions, holder_pid) && has(&f.long_transactions, waiter_pid));
     assert!(has(&f.long_statements, waiter_pid), "{f:#?}");
-    assert!(f.connections.ours >= 1 && f.connections.used >= 3, "{f:#?}");
+    assert!(f.connections.ours == 1 && f.connections.used >= 3, "{f:#?}");
     assert!(f.problems().iter().any(|l| l.contains("blocked on locks")));
     let json = f.to_json();
     assert!(
@@ -386,14 +386,7 @@ async fn a_real_deadlock_reaches_the_monitor_the_health_report_hooks_audit_and_m
         )),
         "{body}"
     );
-    let gauge = format!("pgprovider_safety_findings{{node=\"{node}\",kind=\"deadlock\"}} ");
-    let value: f64 = body
-        .lines()
-        .find_map(|l| l.strip_prefix(gauge.as_str()))
-        .unwrap_or_else(|| panic!("{body}"))
-        .parse()
-        .unwrap();
-    assert!(value >= 1.0, "{body}");
+    // (The findings gauge is not read here: other tests' monitors on this node set it.)
     assert!(body.contains("pgprovider_safety_probe_seconds"), "{body}");
     // The next round finds nothing new: the report is ok again.
     let after = safety.probe_now(Duration::from_secs(20)).await.unwrap();

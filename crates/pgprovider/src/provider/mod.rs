@@ -238,6 +238,15 @@ struct Inner<D: Driver> {
     safety: Option<SafetyMonitor>,
 }
 
+/// The safety monitor's task ends with the provider (at once, not at its next round).
+impl<D: Driver> Drop for Inner<D> {
+    fn drop(&mut self) {
+        if let Some(s) = &self.safety {
+            s.stop();
+        }
+    }
+}
+
 impl<D: Driver> std::fmt::Debug for Provider<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Provider")
@@ -508,6 +517,9 @@ impl<D: Driver> Provider<D> {
     /// Closes every pool: checkouts fail from now on, idle connections are closed, and
     /// checked-out ones when they come back. The monitor stops with the last clone.
     pub async fn close(&self) {
+        if let Some(s) = &self.inner.safety {
+            s.stop();
+        }
         for pool in &self.inner.pools {
             pool.close().await;
         }

@@ -2,16 +2,16 @@
 //! transaction, deadlocks, connection headroom, orphaned prepared transactions, replication
 //! slots holding WAL, and transaction ID age toward wraparound.
 //!
-//! [`probe`] asks one server all of it in one round trip (seven catalog reads in one
-//! simple-protocol message) and returns [`Findings`]: only what is over a
+//! [`probe`] asks one server all of it in one round trip (catalog reads in one
+//! simple-protocol message, each bounded by a 10 s `statement_timeout` local to it) and returns [`Findings`]: only what is over a
 //! [threshold](SafetyOptions). A [`SafetyMonitor`] (opt-in, [`ProviderBuilder::safety`](crate::provider::ProviderBuilder::safety))
 //! probes the primary, and the standbys when asked, on a dedicated connection per node at an
 //! interval, and turns findings into signals:
 //!
 //! | signal | what |
 //! | --- | --- |
-//! | hook events ([`Hooks::fire`](crate::observe::Hooks::fire)), hence the audit log | `safety.blocking`, `safety.long_transaction`, `safety.long_statement`, `safety.idle_in_transaction`, `safety.deadlock`, `safety.connections`, `safety.prepared_transaction`, `safety.replication_slot`, `safety.wraparound`, and `safety.cancel` / `safety.terminate` for actions (once per probe that finds them) |
-//! | metrics | `pgprovider_safety_findings` (gauge; node, kind), `pgprovider_safety_probes_total` (node, outcome), `pgprovider_safety_probe_seconds` (histogram; node), `pgprovider_safety_actions_total` (node, action, reason, mode: `dry_run` or `done`), `pgprovider_deadlocks_total` (node, source: `server` or `ours`) |
+//! | hook events ([`Hooks::fire`](crate::observe::Hooks::fire)), hence the audit log | `safety.blocking`, `safety.long_transaction`, `safety.long_statement`, `safety.idle_in_transaction`, `safety.deadlock`, `safety.connections`, `safety.prepared_transaction`, `safety.replication_slot`, `safety.wraparound` (once per round that finds them), and per action `safety.cancel` / `safety.terminate` (`safety.would_cancel` / `safety.would_terminate` in dry-run mode) |
+//! | metrics | `pgprovider_safety_findings` (gauge; node, kind), `pgprovider_safety_probes_total` (node, outcome), `pgprovider_safety_probe_seconds` (histogram; node), `pgprovider_safety_actions_total` (node, action, reason, mode: `dry_run`, `done`, or `missed` when the session had gone), `pgprovider_deadlocks_total` (node, source: `server` or `ours`) |
 //! | the health report | `degraded`, with one line per finding kind in [`HealthReport::safety`](crate::health::HealthReport::safety) |
 //! | logs | `warn` (target `pgprovider::safety`) per finding kind and per action |
 //!
@@ -45,7 +45,12 @@
 //! The cost on the server: one round trip per node per interval, reading `pg_stat_activity`,
 //! `pg_locks` (only for sessions waiting on a lock: `pg_blocking_pids` is not free),
 //! `pg_stat_database`, `pg_prepared_xacts`, `pg_replication_slots` and `pg_database`
-//! ([`Findings::probe_time`] says how long it took; docs/RELIABILITY.md gives figures).
+//! ([`Findings::probe_time`] says how long it took; docs/SAFETY.md gives figures).
+//!
+//! The policies never act on a blocker that is itself waiting for a lock (only on the head
+//! of a chain), never cancel a session that runs no statement (a cancel does nothing to a
+//! session idle in a transaction: terminate those), and skip sessions the monitor's user
+//! may not signal.
 
 mod monitor;
 mod probe;
@@ -253,7 +258,7 @@ impl SafetyOptions {
     }
 
     /// Every threshold at zero (and the connection ratio too): everything the probe sees is
-    /// a finding. For `pgprovider inspect --all` and tests.
+    /// a finding. For tests and one-off looks.
     pub fn everything() -> Self {
         SafetyOptions {
             long_transaction: Duration::ZERO,
@@ -442,106 +447,13 @@ pub struct Findings {
     pub wraparound: Wraparound,
     /// What the policies did.
     pub actions: Vec<ActionTaken>,
+    /// The probe's user cannot see other users' sessions (it lacks `pg_read_all_stats`,
+    /// e.g. through `pg_monitor`): sessions, blocking chains and counts are incomplete.
+    pub limited_view: bool,
     /// Statements the probe ran (one round trip).
     pub probe_queries: u32,
     /// How long the probe took.
     pub probe_time: Duration,
-}
-
-impl Findings {
-    /// Nothing over a threshold (new deadlocks count; the server's total does not).
-    pub fn is_clear(&self) -> bool {
-        self.problems().is_empty()
-    }
-
-    /// One line per kind of finding, for logs and the health report.
-    pub fn problems(&self) -> Vec<String> {
-        let n = &self.node;
-        let mut out = Vec::new();
-        let ours = |s: &[Session]| s.iter().filter(|s| s.ours).count();
-        if let Some(b) = self.blocking.iter().max_by_key(|b| b.wait) {
-            out.push(format!(
-                "{n}: {} session(s) blocked on locks (longest: pid {} waits {} ms for pid {})",
-                self.blocking.len(),
-                b.blocked_pid,
-                b.wait.as_millis(),
-                b.blocking_pid
-            ));
-        }
-        for (list, what) in [
-            (&self.long_transactions, "long transaction(s)"),
-            (&self.long_statements, "long statement(s)"),
-            (&self.idle_in_transaction, "session(s) idle in transaction"),
-        ] {
-            if !list.is_empty() {
-                out.push(format!(
-                    "{n}: {} {what}, {} of them ours",
-                    list.len(),
-                    ours(list)
-                ));
-            }
-        }
-        let d = &self.deadlocks;
-        if d.server_new > 0 || d.ours_new > 0 {
-            out.push(format!(
-                "{n}: {} new deadlock(s) on the server, {} received by this application",
-                d.server_new, d.ours_new
-            ));
-        }
-        if self.connections_over {
-            let c = &self.connections;
-            out.push(format!(
-                "{n}: {} of {} connections used ({} reserved, {} ours)",
-                c.used, c.max, c.reserved, c.ours
-            ));
-        }
-        if !self.prepared_transactions.is_empty() {
-            out.push(format!(
-                "{n}: {} orphaned prepared transaction(s)",
-                self.prepared_transactions.len()
-            ));
-        }
-        if !self.replication_slots.is_empty() {
-            out.push(format!(
-                "{n}: {} replication slot(s) inactive or retaining too much WAL",
-                self.replication_slots.len()
-            ));
-        }
-        if self.wraparound.over {
-            let w = &self.wraparound;
-            out.push(format!(
-                "{n}: database {} has transaction ID age {} (multixact {})",
-                w.database, w.xid_age, w.mxid_age
-            ));
-        }
-        out
-    }
-
-    /// The finding kinds present, as the hook events' suffixes (`blocking`, …).
-    pub fn kinds(&self) -> Vec<&'static str> {
-        let mut k = Vec::new();
-        let mut add = |on: bool, name| {
-            if on {
-                k.push(name);
-            }
-        };
-        add(!self.blocking.is_empty(), "blocking");
-        add(!self.long_transactions.is_empty(), "long_transaction");
-        add(!self.long_statements.is_empty(), "long_statement");
-        add(!self.idle_in_transaction.is_empty(), "idle_in_transaction");
-        add(
-            self.deadlocks.server_new > 0 || self.deadlocks.ours_new > 0,
-            "deadlock",
-        );
-        add(self.connections_over, "connections");
-        add(
-            !self.prepared_transactions.is_empty(),
-            "prepared_transaction",
-        );
-        add(!self.replication_slots.is_empty(), "replication_slot");
-        add(self.wraparound.over, "wraparound");
-        k
-    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ struct Shared {
     rounds: watch::Sender<u64>,
     /// A round is in progress.
     running: AtomicBool,
+    /// The provider closed: the task ends.
+    stopped: AtomicBool,
     /// Asks for a round now.
     wake: Notify,
     /// `40P01`s the application received, per node.
@@ -79,6 +81,7 @@ impl SafetyMonitor {
                 failures: Mutex::new(Vec::new()),
                 rounds: watch::channel(0).0,
                 running: AtomicBool::new(false),
+                stopped: AtomicBool::new(false),
                 wake: Notify::new(),
                 deadlocks: Arc::default(),
             }),
@@ -106,26 +109,56 @@ impl SafetyMonitor {
             let mut ours_deadlocks: HashMap<String, u64> = HashMap::new();
             let app = config.application_name().map(str::to_owned);
             loop {
-                let Some(nodes) = targets() else {
-                    for (_, c) in conns.drain() {
+                let nodes = match targets() {
+                    Some(n) if !shared.stopped.load(SeqCst) => n,
+                    _ => {
+                        for (_, c) in conns.drain() {
+                            c.close().await;
+                        }
+                        return;
+                    }
+                };
+                // Connections to nodes no longer probed (after a failover) are closed.
+                let gone: Vec<Node> = conns
+                    .keys()
+                    .filter(|n| !nodes.contains(n))
+                    .cloned()
+                    .collect();
+                for n in gone {
+                    if let Some(c) = conns.remove(&n) {
                         c.close().await;
                     }
-                    return;
-                };
+                }
                 shared.running.store(true, SeqCst);
                 let (mut latest, mut failures) = (Vec::new(), Vec::new());
+                if nodes.is_empty() {
+                    failures.push("no primary known: nothing was probed".to_owned());
+                }
                 for node in nodes {
                     let name = node.to_string();
                     let start = Instant::now();
-                    let r = round(
+                    // A node that does not answer never holds up the others or the next
+                    // round: its connection is dropped and opened again next time.
+                    let limit = round_limit(shared.options.interval);
+                    let probed = round(
                         &shared.options,
                         &driver,
                         &config,
                         &mut conns,
                         &node,
                         app.as_deref(),
-                    )
-                    .await;
+                        &mut failures,
+                    );
+                    let r = match tokio::time::timeout(limit, probed).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            conns.remove(&node);
+                            Err(pgprovider_core::Error::new(
+                                pgprovider_core::ErrorKind::Timeout,
+                                format!("no answer within {limit:?}"),
+                            ))
+                        }
+                    };
                     metrics::histogram!("pgprovider_safety_probe_seconds", "node" => name.clone())
                         .record(start.elapsed().as_secs_f64());
                     let outcome = if r.is_ok() { "ok" } else { "error" };
@@ -159,11 +192,17 @@ impl SafetyMonitor {
                 shared.rounds.send_modify(|n| *n += 1);
                 shared.running.store(false, SeqCst);
                 tokio::select! {
-                    () = tokio::time::sleep(shared.options.interval) => {}
+                    () = tokio::time::sleep(shared.options.interval.max(MIN_INTERVAL)) => {}
                     () = shared.wake.notified() => {}
                 }
             }
         });
+    }
+
+    /// Stops the task (the provider closed or was dropped); it closes its connections.
+    pub(crate) fn stop(&self) {
+        self.shared.stopped.store(true, SeqCst);
+        self.shared.wake.notify_one();
     }
 
     /// The options it runs with.
@@ -229,7 +268,16 @@ impl SafetyMonitor {
     }
 }
 
-/// One node's probe and the policies, on the monitor's own connection to it.
+/// Rounds never wait less than this apart (an interval of zero would spin).
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long one node's probe and policies may take.
+fn round_limit(interval: Duration) -> Duration {
+    interval.clamp(Duration::from_secs(5), Duration::from_secs(60))
+}
+
+/// One node's probe and the policies, on the monitor's own connection to it. A failing
+/// policy is a failure line; the findings are kept.
 async fn round<D: Driver>(
     options: &SafetyOptions,
     driver: &D,
@@ -237,23 +285,23 @@ async fn round<D: Driver>(
     conns: &mut HashMap<Node, D::Connection>,
     node: &Node,
     app: Option<&str>,
+    failures: &mut Vec<String>,
 ) -> crate::Result<Findings> {
     let name = node.to_string();
     if !conns.contains_key(node) {
         let params = config.connect_params(node).await?;
-        let mut c = driver.connect(&params).await?;
-        // Never let a probe hang past the next round.
-        let limit = options
-            .interval
-            .clamp(Duration::from_secs(1), Duration::from_secs(30));
-        c.simple_query(&format!("SET statement_timeout = {}", limit.as_millis()))
-            .await?;
-        conns.insert(node.clone(), c);
+        conns.insert(node.clone(), driver.connect(&params).await?);
     }
     let conn = conns.get_mut(node).expect("inserted above");
     let mut f = probe(conn, &name, options, app).await?;
     if !options.policies.is_empty() {
-        f.actions = act(conn, &name, options, app).await?;
+        match act(conn, &name, options, app).await {
+            Ok(a) => f.actions = a,
+            Err(e) => {
+                tracing::warn!(target: "pgprovider::safety", node = %name, error = %e, "safety policy failed");
+                failures.push(format!("{name}: a safety policy failed: {}", e.message()));
+            }
+        }
     }
     Ok(f)
 }
@@ -288,16 +336,24 @@ async fn signal(hooks: &Hooks, f: &Findings) {
         let _ = hooks.fire(&format!("safety.{kind}"), node).await;
     }
     for a in &f.actions {
+        let mode = match (a.dry_run, a.done) {
+            (true, _) => "dry_run",
+            (false, true) => "done",
+            (false, false) => "missed",
+        };
         metrics::counter!(
             "pgprovider_safety_actions_total",
             "node" => node.to_owned(),
             "action" => a.action.as_str(),
             "reason" => a.trigger.as_str(),
-            "mode" => if a.dry_run { "dry_run" } else { "done" }
+            "mode" => mode
         )
         .increment(1);
-        let _ = hooks
-            .fire(&format!("safety.{}", a.action.as_str()), node)
-            .await;
+        let event = if a.dry_run {
+            format!("safety.would_{}", a.action.as_str())
+        } else {
+            format!("safety.{}", a.action.as_str())
+        };
+        let _ = hooks.fire(&event, node).await;
     }
 }

@@ -23,6 +23,9 @@ macro_rules! ms_since {
 
 /// The probe's statements, each row tagged with its kind in the first column.
 const PROBE: &str = concat!(
+    // Bounds every statement of the probe (local to its implicit transaction, so nothing
+    // stays behind on a connection a pooler shares).
+    "SELECT 'timeout', set_config('statement_timeout', '10s', true);",
     // Sessions in a transaction or running a statement (never the probe's own).
     "SELECT 'session', pid, coalesce(usename, ''), coalesce(application_name, ''), coalesce(datname, ''), coalesce(state, ''), ",
     ms_since!("xact_start"),
@@ -40,12 +43,15 @@ const PROBE: &str = concat!(
        ELSE l.relation::text END, ''), \
      coalesce((extract(epoch FROM now() - coalesce(l.waitstart, a.state_change)) * 1000)::bigint, -1) \
      FROM pg_stat_activity a CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS b(pid) \
-     LEFT JOIN LATERAL (SELECT * FROM pg_locks x WHERE x.pid = a.pid AND NOT x.granted LIMIT 1) l ON true \
+     LEFT JOIN LATERAL (SELECT x.locktype, x.mode, x.relation, x.database, \
+       (to_jsonb(x) ->> 'waitstart')::timestamptz AS waitstart \
+       FROM pg_locks x WHERE x.pid = a.pid AND NOT x.granted LIMIT 1) l ON true \
      WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid();",
     "SELECT 'deadlocks', coalesce(sum(deadlocks), 0)::bigint FROM pg_stat_database;",
     "SELECT 'connections', (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
      current_setting('max_connections'), current_setting('superuser_reserved_connections'), \
-     coalesce(current_setting('reserved_connections', true), '0');",
+     coalesce(current_setting('reserved_connections', true), '0'), \
+     pg_has_role('pg_read_all_stats', 'MEMBER') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);",
     "SELECT 'prepared', gid, owner::text, database::text, ",
     ms_since!("prepared"),
     " FROM pg_prepared_xacts;",
@@ -57,7 +63,12 @@ const PROBE: &str = concat!(
 );
 
 /// Statements in [`PROBE`].
-const PROBE_QUERIES: u32 = 7;
+const PROBE_QUERIES: u32 = 9;
+
+/// The statement counting this application's sessions (`{app}`: its name as a literal).
+const OURS: &str = "SELECT 'ours', count(*) FROM pg_stat_activity \
+     WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+     AND {app} <> '' AND application_name = {app}";
 
 /// Probes one server: what is over `opts`' thresholds, sessions of `application` marked as
 /// ours. One round trip; reads only. The deadlock counts it returns are the server's total
@@ -83,7 +94,11 @@ pub async fn probe<C: Connection>(
     application: Option<&str>,
 ) -> Result<Findings> {
     let start = Instant::now();
-    let rows = conn.simple_query(PROBE).await.map_err(|e| {
+    let sql = format!(
+        "{PROBE}; {}",
+        OURS.replace("{app}", &literal(application.unwrap_or("")))
+    );
+    let rows = conn.simple_query(&sql).await.map_err(|e| {
         e.context(format!("the safety probe of {node} failed"))
             .with_hint("the monitor's user needs pg_monitor (or superuser) to see other sessions and slots")
     })?;
@@ -102,6 +117,7 @@ pub async fn probe<C: Connection>(
         replication_slots: Vec::new(),
         wraparound: Wraparound::default(),
         actions: Vec::new(),
+        limited_view: false,
         probe_queries: PROBE_QUERIES,
         probe_time,
     };
@@ -111,6 +127,8 @@ pub async fn probe<C: Connection>(
     for r in &rows {
         let text = |i: usize| r.get(i).unwrap_or("").to_owned();
         match r.get(0) {
+            Some("timeout") => {}
+            Some("ours") => f.connections.ours = int(r, 1)? as u64,
             Some("session") => {
                 let s = session(r, &ours)?;
                 sessions.insert(s.pid, s);
@@ -128,6 +146,7 @@ pub async fn probe<C: Connection>(
                 f.connections.used = int(r, 1)? as u64;
                 f.connections.max = int(r, 2)? as u64;
                 f.connections.reserved = int(r, 3)? as u64 + int(r, 4)? as u64;
+                f.limited_view = r.get(5) != Some("t");
             }
             Some("prepared") => {
                 let age = millis(int(r, 4)?).unwrap_or_default();
@@ -164,7 +183,6 @@ pub async fn probe<C: Connection>(
             other => return Err(malformed(node, other.unwrap_or("nothing"))),
         }
     }
-    f.connections.ours = sessions.values().filter(|s| s.ours).count() as u64;
     let usable = f.connections.max.saturating_sub(f.connections.reserved);
     f.connections_over = f.connections.used as f64 >= opts.connections_ratio * usable as f64;
     for (blocked_pid, blocking_pid, lock_type, mode, relation, wait) in waits {
@@ -269,6 +287,18 @@ fn policy_sql(policy: &Policy, application: Option<&str>) -> String {
     } else {
         format!("pg_{}_backend(pid)", policy.action.as_str())
     };
+    // Only sessions this user may signal (the functions raise an error for the others,
+    // which would end the whole statement), and for a cancel only sessions running a
+    // statement (a cancel does nothing to an idle one).
+    let mut only = String::from(
+        " AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+         OR pg_has_role(usesysid, 'MEMBER') \
+         OR (pg_has_role('pg_signal_backend', 'MEMBER') \
+             AND NOT coalesce((SELECT rolsuper FROM pg_roles r WHERE r.oid = usesysid), true)))",
+    );
+    if policy.action == super::Action::Cancel {
+        only.push_str(" AND state = 'active'");
+    }
     let app = literal(application.unwrap_or(""));
     let ours = format!("({app} <> '' AND application_name = {app})");
     let only_ours = if policy.foreign {
@@ -282,15 +312,17 @@ fn policy_sql(policy: &Policy, application: Option<&str>) -> String {
             "SELECT pid, {ours}, {call} FROM pg_stat_activity \
              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
              AND state IN ('idle in transaction', 'idle in transaction (aborted)') \
-             AND now() - state_change >= interval '{ms} milliseconds'{only_ours}"
+             AND now() - state_change >= interval '{ms} milliseconds'{only_ours}{only}"
         ),
         Trigger::Blocking => format!(
             "SELECT pid, {ours}, {call} FROM pg_stat_activity WHERE pid IN (\
              SELECT b.pid FROM pg_stat_activity a CROSS JOIN LATERAL unnest(pg_blocking_pids(a.pid)) AS b(pid) \
-             LEFT JOIN LATERAL (SELECT waitstart FROM pg_locks x WHERE x.pid = a.pid AND NOT x.granted LIMIT 1) l ON true \
+             LEFT JOIN LATERAL (SELECT (to_jsonb(x) ->> 'waitstart')::timestamptz AS waitstart \
+               FROM pg_locks x WHERE x.pid = a.pid AND NOT x.granted LIMIT 1) l ON true \
              WHERE a.wait_event_type = 'Lock' \
              AND now() - coalesce(l.waitstart, a.state_change) >= interval '{ms} milliseconds') \
-             AND backend_type = 'client backend' AND pid <> pg_backend_pid(){only_ours}"
+             AND backend_type = 'client backend' AND pid <> pg_backend_pid() \
+             AND wait_event_type IS DISTINCT FROM 'Lock'{only_ours}{only}"
         ),
     }
 }
@@ -364,6 +396,16 @@ pub(super) mod unit {
         let dry = policy_sql(&p.clone().with_dry_run(true).with_foreign(true), None);
         assert!(!dry.contains("_backend(pid)"), "{dry}");
         assert!(!dry.contains("AND (''"), "{dry}");
-        assert_eq!(PROBE.matches(';').count() as u32 + 1, PROBE_QUERIES);
+        // The probe's statements, and the one counting ours.
+        assert_eq!(PROBE.matches(';').count() as u32 + 2, PROBE_QUERIES);
+        let cancel = policy_sql(
+            &Policy::blocking(Duration::ZERO, super::super::Action::Cancel),
+            Some("app"),
+        );
+        assert!(cancel.contains("AND state = 'active'"), "{cancel}");
+        assert!(
+            cancel.contains("wait_event_type IS DISTINCT FROM 'Lock'"),
+            "{cancel}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Findings as JSON (the keys `pgprovider inspect --json` promises).
+//! Findings as lines (logs, the health report), kinds (hook events) and JSON (the keys
+//! `pgprovider inspect --json` promises).
 
 use super::{Findings, Session};
 use crate::observe::Json;
@@ -168,6 +169,7 @@ impl Findings {
                 j.raw("ours", bool(a.ours));
             }),
         );
+        j.raw("limited_view", bool(self.limited_view));
         j.raw(
             "probe",
             &format!(
@@ -177,5 +179,106 @@ impl Findings {
             ),
         );
         j.finish()
+    }
+}
+
+impl Findings {
+    /// Nothing over a threshold (new deadlocks count; the server's total does not).
+    pub fn is_clear(&self) -> bool {
+        self.problems().is_empty()
+    }
+
+    /// One line per kind of finding, for logs and the health report.
+    pub fn problems(&self) -> Vec<String> {
+        let n = &self.node;
+        let mut out = Vec::new();
+        let ours = |s: &[Session]| s.iter().filter(|s| s.ours).count();
+        if let Some(b) = self.blocking.iter().max_by_key(|b| b.wait) {
+            out.push(format!(
+                "{n}: {} session(s) blocked on locks (longest: pid {} waits {} ms for pid {})",
+                self.blocking.len(),
+                b.blocked_pid,
+                b.wait.as_millis(),
+                b.blocking_pid
+            ));
+        }
+        for (list, what) in [
+            (&self.long_transactions, "long transaction(s)"),
+            (&self.long_statements, "long statement(s)"),
+            (&self.idle_in_transaction, "session(s) idle in transaction"),
+        ] {
+            if !list.is_empty() {
+                out.push(format!(
+                    "{n}: {} {what}, {} of them ours",
+                    list.len(),
+                    ours(list)
+                ));
+            }
+        }
+        let d = &self.deadlocks;
+        if d.server_new > 0 || d.ours_new > 0 {
+            out.push(format!(
+                "{n}: {} new deadlock(s) on the server, {} received by this application",
+                d.server_new, d.ours_new
+            ));
+        }
+        if self.connections_over {
+            let c = &self.connections;
+            out.push(format!(
+                "{n}: {} of {} connections used ({} reserved, {} ours)",
+                c.used, c.max, c.reserved, c.ours
+            ));
+        }
+        if !self.prepared_transactions.is_empty() {
+            out.push(format!(
+                "{n}: {} orphaned prepared transaction(s)",
+                self.prepared_transactions.len()
+            ));
+        }
+        if !self.replication_slots.is_empty() {
+            out.push(format!(
+                "{n}: {} replication slot(s) inactive or retaining too much WAL",
+                self.replication_slots.len()
+            ));
+        }
+        if self.limited_view {
+            out.push(format!(
+                "{n}: the monitor's user cannot see other users' sessions: grant it pg_monitor"
+            ));
+        }
+        if self.wraparound.over {
+            let w = &self.wraparound;
+            out.push(format!(
+                "{n}: database {} has transaction ID age {} (multixact {})",
+                w.database, w.xid_age, w.mxid_age
+            ));
+        }
+        out
+    }
+
+    /// The finding kinds present, as the hook events' suffixes (`blocking`, …).
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k = Vec::new();
+        let mut add = |on: bool, name| {
+            if on {
+                k.push(name);
+            }
+        };
+        add(!self.blocking.is_empty(), "blocking");
+        add(!self.long_transactions.is_empty(), "long_transaction");
+        add(!self.long_statements.is_empty(), "long_statement");
+        add(!self.idle_in_transaction.is_empty(), "idle_in_transaction");
+        add(
+            self.deadlocks.server_new > 0 || self.deadlocks.ours_new > 0,
+            "deadlock",
+        );
+        add(self.connections_over, "connections");
+        add(
+            !self.prepared_transactions.is_empty(),
+            "prepared_transaction",
+        );
+        add(!self.replication_slots.is_empty(), "replication_slot");
+        add(self.wraparound.over, "wraparound");
+        k
     }
 }

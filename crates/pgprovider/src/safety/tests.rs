@@ -40,7 +40,8 @@ fn empty() -> Findings {
         replication_slots: vec![],
         wraparound: Wraparound::default(),
         actions: vec![],
-        probe_queries: 7,
+        limited_view: false,
+        probe_queries: 9,
         probe_time: Duration::from_micros(1500),
     }
 }
@@ -60,7 +61,7 @@ fn a_clear_probe_says_so() {
         "{j}"
     );
     assert!(
-        j.ends_with(r#""actions":[],"probe":{"queries":7,"ms":1.500}}"#),
+        j.ends_with(r#""actions":[],"limited_view":false,"probe":{"queries":9,"ms":1.500}}"#),
         "{j}"
     );
 }
@@ -131,6 +132,12 @@ fn every_kind_of_finding_has_a_line_a_kind_and_json() {
     );
     let lines = f.problems();
     assert_eq!(lines.len(), 9, "{lines:#?}");
+    f.limited_view = true;
+    assert!(
+        f.problems()[8].contains("grant it pg_monitor"),
+        "{:#?}",
+        f.problems()
+    );
     assert!(
         lines[0].contains("pid 11 waits 6000 ms for pid 12"),
         "{lines:#?}"
