@@ -6,7 +6,7 @@ use crate::config::{Config, Node};
 use crate::observe::{Hook, Hooks, Operation, Outcome};
 use pgprovider_core::{Connection, Driver, SqlState};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
@@ -35,8 +35,8 @@ struct Shared {
     failures: Mutex<Vec<String>>,
     /// Rounds done so far.
     rounds: watch::Sender<u64>,
-    /// A round is in progress.
-    running: AtomicBool,
+    /// Rounds started so far (round `n` is the `n`th started and the `n`th done).
+    started: AtomicU64,
     /// The provider closed: the task ends.
     stopped: AtomicBool,
     /// Asks for a round now.
@@ -80,7 +80,7 @@ impl SafetyMonitor {
                 latest: Mutex::new(Vec::new()),
                 failures: Mutex::new(Vec::new()),
                 rounds: watch::channel(0).0,
-                running: AtomicBool::new(false),
+                started: AtomicU64::new(0),
                 stopped: AtomicBool::new(false),
                 wake: Notify::new(),
                 deadlocks: Arc::default(),
@@ -129,7 +129,7 @@ impl SafetyMonitor {
                         c.close().await;
                     }
                 }
-                shared.running.store(true, SeqCst);
+                shared.started.fetch_add(1, SeqCst);
                 let (mut latest, mut failures) = (Vec::new(), Vec::new());
                 if nodes.is_empty() {
                     failures.push("no primary known: nothing was probed".to_owned());
@@ -190,7 +190,6 @@ impl SafetyMonitor {
                 *lock(&shared.latest) = latest;
                 *lock(&shared.failures) = failures;
                 shared.rounds.send_modify(|n| *n += 1);
-                shared.running.store(false, SeqCst);
                 tokio::select! {
                     () = tokio::time::sleep(shared.options.interval.max(MIN_INTERVAL)) => {}
                     () = shared.wake.notified() => {}
@@ -239,12 +238,10 @@ impl SafetyMonitor {
     /// provider was dropped, or the probe hangs).
     pub async fn probe_now(&self, timeout: Duration) -> crate::Result<Vec<Findings>> {
         let mut rx = self.shared.rounds.subscribe();
-        // A round in progress started before the call: then wait for the one after it.
-        // (Read in this order, a round ending in between only makes the wait longer.)
-        let running = self.shared.running.load(SeqCst);
-        let seen = *rx.borrow_and_update();
+        // Rounds run one at a time: the one after those started so far starts after this
+        // call, and the wake-up (kept if a round is running) makes sure it comes.
+        let wanted = self.shared.started.load(SeqCst) + 1;
         self.shared.wake.notify_one();
-        let wanted = seen + 1 + u64::from(running);
         let r = tokio::time::timeout(timeout, async {
             loop {
                 if *rx.borrow_and_update() >= wanted {
@@ -253,7 +250,6 @@ impl SafetyMonitor {
                 if rx.changed().await.is_err() {
                     return false;
                 }
-                self.shared.wake.notify_one();
             }
         })
         .await;
