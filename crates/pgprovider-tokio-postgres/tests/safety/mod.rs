@@ -564,3 +564,83 @@ async fn the_monitor_probes_standbys_when_asked() {
         provider.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sessions_are_joined_to_the_checkout_transaction_and_tenant_behind_them() {
+    // No application_name: the join with the pool is what makes the session ours.
+    let config = common::config("&application_name=").await;
+    let provider = Provider::builder(TokioPostgres::new(), &config)
+        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
+        .safety(
+            SafetyOptions::new()
+                .with_interval(Duration::from_secs(3600))
+                .with_idle_in_transaction(Duration::ZERO)
+                .with_policy(Policy::idle_in_transaction(
+                    Duration::ZERO,
+                    Action::Terminate,
+                )),
+        )
+        .build();
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let pool = provider.pool(&config.nodes()[0]).unwrap();
+    let line = line!() + 2;
+    let tx =
+        pgprovider::observe::with_tenant("acme", async { pool.begin(&TxOptions::new()).await })
+            .await
+            .unwrap();
+    let pid: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let f = provider
+        .safety()
+        .unwrap()
+        .probe_now(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let s = f[0]
+        .idle_in_transaction
+        .iter()
+        .find(|s| s.pid == pid)
+        .unwrap_or_else(|| panic!("{f:#?}"));
+    assert!(s.ours, "{s:#?}");
+    let c = s.checkout.as_ref().expect("joined to its checkout");
+    let begun = c.transaction.as_deref().unwrap();
+    assert!(
+        begun.contains("safety/mod.rs") && begun.contains(&format!(":{line}:")),
+        "{c:#?}"
+    );
+    assert_eq!(c.tenant.as_deref(), Some("acme"));
+    assert!(f[0].to_json().contains(r#""tenant":"acme""#));
+    // Ours by its checkout alone, so the policy ended it.
+    let a = f[0]
+        .actions
+        .iter()
+        .find(|a| a.pid == pid)
+        .unwrap_or_else(|| panic!("{f:#?}"));
+    assert!(a.ours && a.done, "{a:?}");
+    assert!(tx.execute("SELECT 1", &[]).await.is_err());
+    drop(tx);
+    // Sessions of other clients are not joined to anything.
+    let (other, other_pid) = session("safety-other").await;
+    other.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let f = provider
+        .safety()
+        .unwrap()
+        .probe_now(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let o = f[0]
+        .idle_in_transaction
+        .iter()
+        .find(|s| s.pid == other_pid)
+        .unwrap();
+    assert!(!o.ours && o.checkout.is_none(), "{o:#?}");
+    assert!(f[0].actions.iter().all(|a| a.pid != other_pid), "{f:#?}");
+    other.simple_query("SELECT 1").await.expect("left alone");
+}

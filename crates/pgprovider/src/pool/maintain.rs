@@ -168,10 +168,10 @@ impl<D: Driver> Inner<D> {
                 drop(reservation);
             }
             match opened {
-                Ok(Ok(conn)) if self.closed.load(Relaxed) => {
+                Ok(Ok((conn, _))) if self.closed.load(Relaxed) => {
                     self.close_conn(conn, CloseReason::Pool)
                 }
-                Ok(Ok(conn)) => {
+                Ok(Ok((conn, pid))) => {
                     let now = Instant::now();
                     let expires = self.expiry();
                     self.return_idle(
@@ -181,6 +181,7 @@ impl<D: Driver> Inner<D> {
                             idle_since: now,
                             generation: self.generation.load(Relaxed),
                             pipe: None,
+                            pid,
                         }),
                         now,
                     );

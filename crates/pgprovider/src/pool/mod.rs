@@ -232,6 +232,8 @@ pub(crate) struct Inner<D: Driver> {
     pub(crate) pipes: Option<pipeline::Pipes>,
     /// Auto-scaling, when `pool_autoscale` is on.
     scale: Option<scale::Scaler>,
+    /// New connections' server processes are learned (see `PoolBuilder::track_sessions`).
+    track_sessions: bool,
 }
 
 /// A connection and its timestamps, boxed once for its whole life so that checkouts and
@@ -243,6 +245,8 @@ pub(crate) struct Slot<C> {
     generation: u64,
     /// The connection's adaptive-pipelining entry, once it has shared.
     pipe: Option<pipeline::Registered>,
+    /// The server process serving it, when the pool tracks sessions.
+    pid: Option<i32>,
 }
 
 /// A permit taken from the semaphore and forgotten, so that no `Arc` is cloned per
@@ -275,6 +279,25 @@ pub(crate) struct Lease {
     reported: bool,
     /// A transaction is open on it, begun at this location.
     transaction: Option<&'static Location<'static>>,
+    /// The server process of the connection (pools that track sessions).
+    pid: Option<i32>,
+    /// The tenant the checkout was for (the task's, see `observe::with_tenant`).
+    tenant: Option<Arc<str>>,
+}
+
+/// A checkout open now, as the safety monitor joins it to the server's sessions.
+#[derive(Clone, Debug)]
+pub(crate) struct OpenCheckout {
+    /// The server process of its connection.
+    pub(crate) pid: i32,
+    /// Where it was checked out.
+    pub(crate) location: &'static Location<'static>,
+    /// Where the transaction open on it began.
+    pub(crate) transaction: Option<&'static Location<'static>>,
+    /// How long it has been held.
+    pub(crate) held_for: Duration,
+    /// The tenant it was checked out for.
+    pub(crate) tenant: Option<Arc<str>>,
 }
 
 impl<D: Driver> fmt::Debug for Pool<D> {
@@ -315,6 +338,7 @@ pub struct PoolBuilder<D: Driver> {
     hosts: bool,
     hooks: Hooks<D::Connection>,
     observe: Observe,
+    track_sessions: bool,
 }
 
 impl<D: Driver> fmt::Debug for PoolBuilder<D> {
@@ -370,6 +394,15 @@ impl<D: Driver> PoolBuilder<D> {
         self
     }
 
+    /// Has the pool learn each new connection's server process (one round trip) and keep
+    /// every checkout's location and tenant, so the [safety monitor](crate::safety) can say
+    /// which of the server's sessions is which checkout. The provider sets it when it has a
+    /// safety monitor.
+    pub(crate) fn track_sessions(mut self, on: bool) -> Self {
+        self.track_sessions = on;
+        self
+    }
+
     /// Calls `f` once for each checkout held longer than the leak-detection threshold
     /// (besides the `warn` event and the `leaks` count, which happen anyway).
     pub fn on_leak(mut self, f: impl Fn(&LeakReport) + Send + Sync + 'static) -> Self {
@@ -385,11 +418,12 @@ impl<D: Driver> PoolBuilder<D> {
             Some(_) => scale::floor(&self.config),
             None => ceiling,
         };
-        let leases = self
-            .config
-            .pool()
-            .leak_detection_threshold()
-            .map(|_| Mutex::new(Leases::default()));
+        // Behind a transaction pooler the server process changes from statement to
+        // statement: nothing to join.
+        let track_sessions =
+            self.track_sessions && self.config.pooler() != pgprovider_core::PoolerMode::Transaction;
+        let leases = (self.config.pool().leak_detection_threshold().is_some() || track_sessions)
+            .then(|| Mutex::new(Leases::default()));
         let observe = self.observe.for_database(self.config.dbname());
         let hosts =
             (self.hosts && self.config.nodes().len() > 1).then(|| hosts::Hosts::new(&self.config));
@@ -448,6 +482,7 @@ impl<D: Driver> PoolBuilder<D> {
             pipes,
             observe,
             node_name,
+            track_sessions,
         });
         maintain::start(&inner);
         Pool { inner }
@@ -469,6 +504,7 @@ impl<D: Driver> Pool<D> {
             hosts: false,
             hooks: Hooks::default(),
             observe: Observe::default(),
+            track_sessions: false,
         }
     }
 
@@ -513,6 +549,11 @@ impl<D: Driver> Pool<D> {
     /// A snapshot of the pool's state and counters.
     pub fn stats(&self) -> PoolStats {
         self.inner.stats()
+    }
+
+    /// The checkouts open now whose server process is known (pools that track sessions).
+    pub(crate) fn open_checkouts(&self) -> Vec<OpenCheckout> {
+        self.inner.open_checkouts()
     }
 
     /// Checks out a connection, waiting in FIFO order when all are in use. The caller's
@@ -670,9 +711,9 @@ impl<D: Driver> Pool<D> {
             }
             Err(_) => {
                 let reservation = CountGuard::new(&inner.counters.size);
-                let conn = inner.connect_until(deadline, start.unwrap_or(now)).await?;
+                let (conn, pid) = inner.connect_until(deadline, start.unwrap_or(now)).await?;
                 reservation.keep();
-                inner.new_slot(conn)
+                inner.new_slot(conn, pid)
             }
         };
         Ok(self.hand_out(slot, permit, start, Instant::now(), at))
@@ -708,6 +749,8 @@ impl<D: Driver> Pool<D> {
                     location: at,
                     reported: false,
                     transaction: None,
+                    pid: slot.pid,
+                    tenant: pgprovider_core::observe::current_tenant(),
                 },
             );
             id
@@ -842,13 +885,14 @@ impl<D: Driver> Inner<D> {
         self.wake.notify_one();
     }
 
-    fn new_slot(&self, conn: D::Connection) -> Box<Slot<D::Connection>> {
+    fn new_slot(&self, conn: D::Connection, pid: Option<i32>) -> Box<Slot<D::Connection>> {
         Box::new(Slot {
             conn,
             expires: self.expiry(),
             idle_since: Instant::now(),
             generation: self.generation.load(Relaxed),
             pipe: None,
+            pid,
         })
     }
 
@@ -870,8 +914,13 @@ impl<D: Driver> Inner<D> {
         lock(&self.idle).pop_back()
     }
 
-    /// Opens a connection (with backoff on retryable failures) and runs `after_connect`.
-    async fn connect_until(&self, deadline: Instant, start: Instant) -> Result<D::Connection> {
+    /// Opens a connection (with backoff on retryable failures) and runs `after_connect`;
+    /// with its server process when the pool tracks sessions.
+    async fn connect_until(
+        &self,
+        deadline: Instant,
+        start: Instant,
+    ) -> Result<(D::Connection, Option<i32>)> {
         let mut backoff = BACKOFF_START;
         loop {
             if self.closed.load(Relaxed) {
@@ -900,7 +949,7 @@ impl<D: Driver> Inner<D> {
     /// The caller has counted the connection in `size` before the attempt (a reservation
     /// it gives back when the attempt fails or is dropped), so that attempts under way are
     /// seen by [`warm_up`](Self::warm_up) and the pool never opens more than its maximum.
-    async fn connect_once(&self) -> Result<D::Connection> {
+    async fn connect_once(&self) -> Result<(D::Connection, Option<i32>)> {
         let connect = |node: &Node| {
             let node = node.clone();
             async move {
@@ -962,7 +1011,42 @@ impl<D: Driver> Inner<D> {
                 .with_hint("fix the after_connect hook; the connection was closed"));
             }
         }
-        Ok(conn)
+        let pid = if self.track_sessions {
+            // One round trip per new connection, for pools of a provider with a safety
+            // monitor: it joins the server's sessions to checkouts by it.
+            match conn.simple_query("SELECT pg_backend_pid()").await {
+                Ok(rows) => rows.first().and_then(|r| r.get(0)?.parse().ok()),
+                Err(e) => {
+                    self.counters.size.fetch_add(1, Relaxed);
+                    self.close_conn(conn, CloseReason::Error);
+                    return Err(e.with_node(self.node.to_string()));
+                }
+            }
+        } else {
+            None
+        };
+        Ok((conn, pid))
+    }
+
+    /// The checkouts open now whose server process is known (pools that track sessions).
+    pub(crate) fn open_checkouts(&self) -> Vec<OpenCheckout> {
+        let Some(leases) = &self.leases else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        lock(leases)
+            .open
+            .values()
+            .filter_map(|l| {
+                Some(OpenCheckout {
+                    pid: l.pid?,
+                    location: l.location,
+                    transaction: l.transaction,
+                    held_for: now.saturating_duration_since(l.since),
+                    tenant: l.tenant.clone(),
+                })
+            })
+            .collect()
     }
 
     fn closed_error(&self) -> Error {

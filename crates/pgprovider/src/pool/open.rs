@@ -35,13 +35,13 @@ pub(super) async fn open_for_checkout<D: Driver>(
     }
     .await;
     match opened {
-        Ok(conn) if pool.closed.load(Relaxed) => {
+        Ok((conn, _)) if pool.closed.load(Relaxed) => {
             owed.reserved = false; // the connection holds it; closing gives it back
             pool.close_conn(conn, CloseReason::Pool);
             let _ = tx.send(Err(pool.closed_error()));
         }
-        Ok(conn) => {
-            let slot = pool.new_slot(conn);
+        Ok((conn, pid)) => {
+            let slot = pool.new_slot(conn, pid);
             owed.reserved = false;
             owed.permit = false;
             // Sent or not, the connection is safe: an `Opened` that nobody takes puts itself

@@ -318,6 +318,7 @@ impl<D: Driver + Clone> Provider<D> {
             .iter()
             .map(|n| {
                 Pool::builder(driver.clone(), config, n)
+                    .track_sessions(safety.is_some())
                     .on_suspect(monitor.rechecker(n))
                     .observe(hooks.clone())
                     .build()

@@ -48,11 +48,23 @@ pub(super) fn start_safety<D: Driver + Clone>(inner: &Arc<Inner<D>>, driver: D) 
         return;
     };
     let weak = Arc::downgrade(inner);
+    let checkouts = {
+        let weak = weak.clone();
+        move |node: &Node| {
+            weak.upgrade()
+                .and_then(|inner| {
+                    let i = inner.nodes.iter().position(|n| n == node)?;
+                    Some(inner.pools[i].open_checkouts())
+                })
+                .unwrap_or_default()
+        }
+    };
     let standbys = s.options().standbys;
     s.run(
         driver,
         inner.config.clone(),
         inner.hooks.clone(),
+        checkouts,
         move || {
             let inner = weak.upgrade()?;
             let mut nodes: Vec<Node> = inner.monitor.primary().into_iter().collect();

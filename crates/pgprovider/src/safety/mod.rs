@@ -15,8 +15,12 @@
 //! | the health report | `degraded`, with one line per finding kind in [`HealthReport::safety`](crate::health::HealthReport::safety) |
 //! | logs | `warn` (target `pgprovider::safety`) per finding kind and per action |
 //!
-//! Sessions of this application (`application_name` equal to the configuration's) are
-//! marked [`ours`](Session::ours). The [policies](Policy) act only on them unless told
+//! Sessions of this application are marked [`ours`](Session::ours): their
+//! `application_name` equals the configuration's, or (with a monitor) the provider's pools
+//! hold a checkout on their connection, which the session then carries
+//! ([`Session::checkout`]: where it was checked out, where its transaction began, its
+//! tenant). For that, a provider with a monitor learns each new connection's server process
+//! (one round trip per connection). The [policies](Policy) act only on them unless told
 //! otherwise, re-check on the server at the moment they act (a session that moved on is
 //! left alone), and can run in dry-run mode.
 //!
@@ -301,8 +305,25 @@ pub struct Session {
     pub fingerprint: Option<String>,
     /// Its statement with literal values replaced by `?` (at most 200 characters).
     pub statement: Option<String>,
-    /// Whether it belongs to this application (its `application_name`).
+    /// Whether it belongs to this application (its `application_name`, or a checkout of
+    /// the provider's pools on its connection).
     pub ours: bool,
+    /// The provider's checkout on this session's connection, when the monitor found one.
+    pub checkout: Option<Checkout>,
+}
+
+/// A checkout of the provider's pools, joined to the server session of its connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Checkout {
+    /// Where the connection was checked out (`file:line:column`).
+    pub location: String,
+    /// Where the transaction open on it began (`begin` or `transaction` call).
+    pub transaction: Option<String>,
+    /// How long it has been held.
+    pub held_for: Duration,
+    /// The tenant it was checked out for.
+    pub tenant: Option<String>,
 }
 
 /// A session waiting for a lock another holds.

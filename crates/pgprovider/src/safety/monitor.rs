@@ -1,9 +1,11 @@
 //! The safety monitor: a task that probes at an interval on its own connections and turns
 //! findings into hook events, metrics, logs and the health report's lines.
 
-use super::{Findings, SafetyOptions, act, probe};
+use super::probe::act_for;
+use super::{Findings, SafetyOptions, probe};
 use crate::config::{Config, Node};
 use crate::observe::{Hook, Hooks, Operation, Outcome};
+use crate::pool::OpenCheckout;
 use pgprovider_core::{Connection, Driver, SqlState};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -94,12 +96,14 @@ impl SafetyMonitor {
     }
 
     /// Starts the task: each round probes the nodes `targets` names (it ends the task by
-    /// returning `None`), on a connection of its own per node.
+    /// returning `None`), on a connection of its own per node, and joins the sessions to
+    /// the pools' open `checkouts`.
     pub(crate) fn run<D: Driver + Clone>(
         &self,
         driver: D,
         config: Config,
         hooks: Hooks,
+        checkouts: impl Fn(&Node) -> Vec<OpenCheckout> + Send + Sync + 'static,
         targets: impl Fn() -> Option<Vec<Node>> + Send + Sync + 'static,
     ) {
         let shared = self.shared.clone();
@@ -145,7 +149,7 @@ impl SafetyMonitor {
                         &driver,
                         &config,
                         &mut conns,
-                        &node,
+                        (&node, &checkouts),
                         app.as_deref(),
                         &mut failures,
                     );
@@ -279,7 +283,7 @@ async fn round<D: Driver>(
     driver: &D,
     config: &Config,
     conns: &mut HashMap<Node, D::Connection>,
-    node: &Node,
+    (node, checkouts): (&Node, &(impl Fn(&Node) -> Vec<OpenCheckout> + Send + Sync)),
     app: Option<&str>,
     failures: &mut Vec<String>,
 ) -> crate::Result<Findings> {
@@ -290,8 +294,12 @@ async fn round<D: Driver>(
     }
     let conn = conns.get_mut(node).expect("inserted above");
     let mut f = probe(conn, &name, options, app).await?;
+    // The checkouts after the probe: a session the server showed is still held.
+    let open = checkouts(node);
+    f.attach(&open);
     if !options.policies.is_empty() {
-        match act(conn, &name, options, app).await {
+        let pids: Vec<i32> = open.iter().map(|c| c.pid).collect();
+        match act_for(conn, &name, options, app, &pids).await {
             Ok(a) => f.actions = a,
             Err(e) => {
                 tracing::warn!(target: "pgprovider::safety", node = %name, error = %e, "safety policy failed");

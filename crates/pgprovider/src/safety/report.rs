@@ -30,6 +30,17 @@ fn session(j: &mut Json, s: &Session) {
     j.opt("wait_event_type", s.wait_event_type.as_deref());
     j.opt("fingerprint", s.fingerprint.as_deref());
     j.opt("statement", s.statement.as_deref());
+    match &s.checkout {
+        None => j.raw("checkout", "null"),
+        Some(c) => {
+            let mut cj = Json::default();
+            cj.str("location", &c.location);
+            cj.opt("transaction", c.transaction.as_deref());
+            cj.raw("held_ms", &ms(c.held_for));
+            cj.opt("tenant", c.tenant.as_deref());
+            j.raw("checkout", &cj.finish());
+        }
+    }
 }
 
 fn list<T>(items: &[T], f: impl Fn(&mut Json, &T)) -> String {
@@ -280,5 +291,41 @@ impl Findings {
         add(!self.replication_slots.is_empty(), "replication_slot");
         add(self.wraparound.over, "wraparound");
         k
+    }
+}
+
+impl Findings {
+    /// Joins the sessions to the pools' open checkouts by server process: those found are
+    /// ours, with where they were checked out, the transaction's origin and the tenant.
+    pub(crate) fn attach(&mut self, checkouts: &[crate::pool::OpenCheckout]) {
+        if checkouts.is_empty() {
+            return;
+        }
+        let by_pid: std::collections::HashMap<i32, &crate::pool::OpenCheckout> =
+            checkouts.iter().map(|c| (c.pid, c)).collect();
+        let join = |s: &mut Session| {
+            if let Some(c) = by_pid.get(&s.pid) {
+                s.ours = true;
+                s.checkout = Some(super::Checkout {
+                    location: c.location.to_string(),
+                    transaction: c.transaction.map(ToString::to_string),
+                    held_for: c.held_for,
+                    tenant: c.tenant.as_deref().map(str::to_owned),
+                });
+            }
+        };
+        for b in &mut self.blocking {
+            join(&mut b.blocked);
+            if let Some(s) = &mut b.blocking {
+                join(s);
+            }
+        }
+        for list in [
+            &mut self.long_transactions,
+            &mut self.long_statements,
+            &mut self.idle_in_transaction,
+        ] {
+            list.iter_mut().for_each(join);
+        }
     }
 }

@@ -17,6 +17,7 @@ fn session(pid: i32, ours: bool) -> Session {
         fingerprint: Some("00ff".into()),
         statement: Some("UPDATE t SET a = ? WHERE id = ?".into()),
         ours,
+        checkout: None,
     }
 }
 
@@ -210,4 +211,46 @@ fn options_and_policies_build_as_documented() {
     let all = SafetyOptions::everything();
     assert_eq!(all.wraparound_age, 0);
     assert_eq!(all.interval, SafetyOptions::default().interval);
+}
+
+#[test]
+fn sessions_are_joined_to_the_pools_checkouts_by_server_process() {
+    let mut f = empty();
+    f.idle_in_transaction.push(session(41, false));
+    f.long_transactions.push(session(42, false));
+    f.blocking.push(Blocking {
+        blocked: session(42, false),
+        blocking: Some(session(41, false)),
+        blocked_pid: 42,
+        blocking_pid: 41,
+        wait: Duration::from_millis(1),
+        lock_type: "relation".into(),
+        mode: "AccessExclusiveLock".into(),
+        relation: Some("t".into()),
+    });
+    f.attach(&[]);
+    assert!(f.idle_in_transaction[0].checkout.is_none());
+    let here = std::panic::Location::caller();
+    f.attach(&[crate::pool::OpenCheckout {
+        pid: 41,
+        location: here,
+        transaction: Some(here),
+        held_for: Duration::from_millis(2500),
+        tenant: Some("acme".into()),
+    }]);
+    let s = &f.idle_in_transaction[0];
+    assert!(s.ours);
+    let c = s.checkout.as_ref().unwrap();
+    assert_eq!(c.location, here.to_string());
+    assert_eq!(c.tenant.as_deref(), Some("acme"));
+    assert!(f.blocking[0].blocking.as_ref().unwrap().ours);
+    assert!(!f.blocking[0].blocked.ours && !f.long_transactions[0].ours);
+    let j = f.to_json();
+    assert!(
+        j.contains(&format!(
+            r#""checkout":{{"location":"{here}","transaction":"{here}","held_ms":2500,"tenant":"acme"}}"#
+        )),
+        "{j}"
+    );
+    assert!(j.contains(r#""checkout":null"#), "{j}");
 }
