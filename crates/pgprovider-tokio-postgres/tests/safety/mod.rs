@@ -3,14 +3,14 @@
 //! transaction held too long or dropped. (Prepared transactions, slots and
 //! `pgprovider inspect` run on a throwaway cluster in the CLI's tests.)
 
-use super::{Log, Recorder, common};
+use super::{Log, Recorder, Sink, common};
 use pgprovider::observe::{AuditLog, Hooks, fingerprint};
 use pgprovider::provider::{Provider, TopologyOptions};
 use pgprovider::safety::{Action, Findings, Policy, SafetyOptions, act, probe};
 use pgprovider::{Config, Connection, Driver, Pool, Queries, TxOptions};
 use pgprovider_tokio_postgres::TokioPostgres;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A session of its own on the shared server, as application `app`, and its pid.
@@ -256,17 +256,6 @@ async fn a_real_deadlock_reaches_the_monitor_the_health_report_hooks_audit_and_m
     let (table, app) = (format!("safety_deadlock_{pid}"), format!("safety-dl-{pid}"));
     let config = common::config(&format!("&application_name={app}")).await;
     let log = Log::default();
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let audit = Sink::default();
     let hooks = Hooks::builder()
         .hook(
@@ -643,4 +632,93 @@ async fn server_sessions_are_joined_to_the_checkout_transaction_and_tenant_behin
     assert!(!o.ours && o.checkout.is_none(), "{o:#?}");
     assert!(f[0].actions.iter().all(|a| a.pid != other_pid), "{f:#?}");
     other.simple_query("SELECT 1").await.expect("left alone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_transactions_and_slots_reach_health_and_metrics_and_a_lost_node_is_said() {
+    let metrics = super::prometheus();
+    let cluster = pgprovider_testkit::TestCluster::builder()
+        .setting("max_prepared_transactions", "2")
+        .start()
+        .await
+        .unwrap();
+    let node = cluster.primary();
+    let admin = node.connect().await.unwrap();
+    // One statement per call: PREPARE TRANSACTION takes the implicit transaction along.
+    for sql in [
+        "CREATE TABLE t (id int)",
+        "BEGIN",
+        "INSERT INTO t VALUES (1)",
+        "PREPARE TRANSACTION 'orphan'",
+        "SELECT pg_create_physical_replication_slot('idle_slot', true)",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let config = Config::from_url(&format!(
+        "{}?connect_timeout=1&application_name=safety-cluster",
+        node.url()
+    ))
+    .unwrap();
+    let provider = Provider::builder(TokioPostgres::new(), &config)
+        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
+        .safety(
+            SafetyOptions::new()
+                .with_interval(Duration::from_secs(3600))
+                .with_prepared_transaction(Duration::ZERO),
+        )
+        .build();
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let safety = provider.safety().unwrap();
+    let f = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(f[0].prepared_transactions[0].gid, "orphan", "{f:#?}");
+    let slot = &f[0].replication_slots[0];
+    assert!(
+        slot.name == "idle_slot" && !slot.active && slot.kind == "physical",
+        "{slot:?}"
+    );
+    let health = provider.health();
+    assert_eq!(health.status, pgprovider::health::HealthStatus::Degraded);
+    assert!(
+        health
+            .safety
+            .iter()
+            .any(|l| l.contains("1 orphaned prepared transaction")),
+        "{health:#?}"
+    );
+    assert!(
+        health
+            .safety
+            .iter()
+            .any(|l| l.contains("1 replication slot")),
+        "{health:#?}"
+    );
+    let body = metrics.render();
+    let addr = node.addr();
+    for kind in ["prepared_transaction", "replication_slot"] {
+        let line = format!("pgprovider_safety_findings{{node=\"{addr}\",kind=\"{kind}\"}} 1");
+        assert!(body.lines().any(|l| l == line), "{line}\n{body}");
+    }
+    // The node crashes: the monitor says it could not probe (or that no primary is left),
+    // and stays ready to probe again.
+    drop(admin);
+    node.crash().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = safety.probe_now(Duration::from_secs(20)).await;
+        let p = safety.problems();
+        if p.iter()
+            .any(|l| l.contains("the safety probe failed") || l.contains("no primary known"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{p:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    provider.close().await;
+    // Closed: no round runs any more.
+    assert!(safety.probe_now(Duration::from_millis(500)).await.is_err());
 }
