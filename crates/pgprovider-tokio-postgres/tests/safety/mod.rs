@@ -32,6 +32,25 @@ async fn session(app: &str) -> (tokio_postgres::Client, i32) {
     (client, pid)
 }
 
+/// A provider on `config` with `hooks` and a safety monitor, once it knows its primary.
+async fn monitored(
+    config: &Config,
+    hooks: Hooks,
+    safety: SafetyOptions,
+) -> Provider<TokioPostgres> {
+    let provider = Provider::builder(TokioPostgres::new(), config)
+        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
+        .hooks(hooks)
+        .safety(safety)
+        .build();
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(20))
+        .await
+        .unwrap();
+    provider
+}
+
 /// The probe's own connection to the shared server.
 async fn prober() -> (<TokioPostgres as Driver>::Connection, String) {
     let c = common::config("").await;
@@ -268,16 +287,12 @@ async fn a_real_deadlock_reaches_the_monitor_the_health_report_hooks_audit_and_m
         .hook(1, AuditLog::new(audit.clone(), config.user()))
         .build();
     // Rounds on demand only (probe_now), so each assertion sees the round it asked for.
-    let provider = Provider::builder(TokioPostgres::new(), &config)
-        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
-        .hooks(hooks)
-        .safety(SafetyOptions::new().with_interval(Duration::from_secs(3600)))
-        .build();
-    provider
-        .monitor()
-        .wait_for_primary(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let provider = monitored(
+        &config,
+        hooks,
+        SafetyOptions::new().with_interval(Duration::from_secs(3600)),
+    )
+    .await;
     let safety = provider.safety().expect("asked for");
     provider
         .execute(&format!("DROP TABLE IF EXISTS {table}"), &[])
@@ -441,23 +456,17 @@ async fn the_monitor_runs_its_policy_on_our_idle_transaction_and_says_so() {
             },
         )
         .build();
-    let provider = Provider::builder(TokioPostgres::new(), &config)
-        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
-        .hooks(hooks)
-        .safety(
-            SafetyOptions::new()
-                .with_interval(Duration::from_secs(3600))
-                .with_policy(Policy::idle_in_transaction(
-                    Duration::from_millis(200),
-                    Action::Terminate,
-                )),
-        )
-        .build();
-    provider
-        .monitor()
-        .wait_for_primary(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let provider = monitored(
+        &config,
+        hooks,
+        SafetyOptions::new()
+            .with_interval(Duration::from_secs(3600))
+            .with_policy(Policy::idle_in_transaction(
+                Duration::from_millis(200),
+                Action::Terminate,
+            )),
+    )
+    .await;
     let safety = provider.safety().unwrap();
     // A foreign session idle in a transaction: seen, never touched.
     let (foreign, foreign_pid) = session("safety-bystander").await;
@@ -518,14 +527,14 @@ async fn the_monitor_runs_its_policy_on_our_idle_transaction_and_says_so() {
 async fn the_monitor_probes_standbys_when_asked() {
     let (cluster, config) = common::two_nodes(false, "&application_name=safety-standbys").await;
     for standbys in [false, true] {
-        let provider = Provider::builder(TokioPostgres::new(), &config)
-            .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
-            .safety(
-                SafetyOptions::new()
-                    .with_interval(Duration::from_secs(3600))
-                    .with_standbys(standbys),
-            )
-            .build();
+        let provider = monitored(
+            &config,
+            Hooks::default(),
+            SafetyOptions::new()
+                .with_interval(Duration::from_secs(3600))
+                .with_standbys(standbys),
+        )
+        .await;
         // Both roles known first, so the round has every node to probe.
         let deadline = Instant::now() + Duration::from_secs(20);
         while provider
@@ -558,23 +567,18 @@ async fn the_monitor_probes_standbys_when_asked() {
 async fn server_sessions_are_joined_to_the_checkout_transaction_and_tenant_behind_them() {
     // No application_name: the join with the pool is what makes the session ours.
     let config = common::config("&application_name=").await;
-    let provider = Provider::builder(TokioPostgres::new(), &config)
-        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
-        .safety(
-            SafetyOptions::new()
-                .with_interval(Duration::from_secs(3600))
-                .with_idle_in_transaction(Duration::ZERO)
-                .with_policy(Policy::idle_in_transaction(
-                    Duration::ZERO,
-                    Action::Terminate,
-                )),
-        )
-        .build();
-    provider
-        .monitor()
-        .wait_for_primary(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let provider = monitored(
+        &config,
+        Hooks::default(),
+        SafetyOptions::new()
+            .with_interval(Duration::from_secs(3600))
+            .with_idle_in_transaction(Duration::ZERO)
+            .with_policy(Policy::idle_in_transaction(
+                Duration::ZERO,
+                Action::Terminate,
+            )),
+    )
+    .await;
     let pool = provider.pool(&config.nodes()[0]).unwrap();
     let line = line!() + 2;
     let tx =
@@ -659,19 +663,14 @@ async fn prepared_transactions_and_slots_reach_health_and_metrics_and_a_lost_nod
         node.url()
     ))
     .unwrap();
-    let provider = Provider::builder(TokioPostgres::new(), &config)
-        .topology(TopologyOptions::default().with_monitor_interval(Duration::from_millis(100)))
-        .safety(
-            SafetyOptions::new()
-                .with_interval(Duration::from_secs(3600))
-                .with_prepared_transaction(Duration::ZERO),
-        )
-        .build();
-    provider
-        .monitor()
-        .wait_for_primary(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let provider = monitored(
+        &config,
+        Hooks::default(),
+        SafetyOptions::new()
+            .with_interval(Duration::from_secs(3600))
+            .with_prepared_transaction(Duration::ZERO),
+    )
+    .await;
     let safety = provider.safety().unwrap();
     let f = safety.probe_now(Duration::from_secs(20)).await.unwrap();
     assert_eq!(f[0].prepared_transactions[0].gid, "orphan", "{f:#?}");
