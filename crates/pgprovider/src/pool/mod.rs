@@ -1016,10 +1016,17 @@ impl<D: Driver> Inner<D> {
             // monitor: it joins the server's sessions to checkouts by it.
             match conn.simple_query("SELECT pg_backend_pid()").await {
                 Ok(rows) => rows.first().and_then(|r| r.get(0)?.parse().ok()),
-                Err(e) => {
+                Err(e) if conn.is_broken() => {
+                    self.counters.connect_errors.fetch_add(1, Relaxed);
+                    *lock(&self.last_error) = Some(e.message().to_owned());
                     self.counters.size.fetch_add(1, Relaxed);
                     self.close_conn(conn, CloseReason::Error);
                     return Err(e.with_node(self.node.to_string()));
+                }
+                // Only a diagnostic: the connection serves without it.
+                Err(e) => {
+                    tracing::debug!(node = %self.node, error = %e, "cannot learn the connection's server process");
+                    None
                 }
             }
         } else {

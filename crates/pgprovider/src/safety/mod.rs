@@ -19,7 +19,7 @@
 //! `application_name` equals the configuration's, or (with a monitor) the provider's pools
 //! hold a checkout on their connection, which the session then carries
 //! ([`Session::checkout`]: where it was checked out, where its transaction began, its
-//! tenant). For that, a provider with a monitor learns each new connection's server process
+//! tenant). Policies decide "ours" by `application_name` alone. For that, a provider with a monitor learns each new connection's server process
 //! (one round trip per connection). The [policies](Policy) act only on them unless told
 //! otherwise, re-check on the server at the moment they act (a session that moved on is
 //! left alone), and can run in dry-run mode.

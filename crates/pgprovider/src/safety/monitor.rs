@@ -1,8 +1,7 @@
 //! The safety monitor: a task that probes at an interval on its own connections and turns
 //! findings into hook events, metrics, logs and the health report's lines.
 
-use super::probe::act_for;
-use super::{Findings, SafetyOptions, probe};
+use super::{Findings, SafetyOptions, act, probe};
 use crate::config::{Config, Node};
 use crate::observe::{Hook, Hooks, Operation, Outcome};
 use crate::pool::OpenCheckout;
@@ -298,8 +297,10 @@ async fn round<D: Driver>(
     let open = checkouts(node);
     f.attach(&open);
     if !options.policies.is_empty() {
-        let pids: Vec<i32> = open.iter().map(|c| c.pid).collect();
-        match act_for(conn, &name, options, app, &pids).await {
+        // Policies decide "ours" by application name on the server, never by the joined
+        // pids: a pid kept by a checkout whose connection died may belong to another
+        // session by now.
+        match act(conn, &name, options, app).await {
             Ok(a) => f.actions = a,
             Err(e) => {
                 tracing::warn!(target: "pgprovider::safety", node = %name, error = %e, "safety policy failed");

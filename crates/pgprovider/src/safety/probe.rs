@@ -282,7 +282,7 @@ fn literal(s: &str) -> String {
 
 /// The statement that finds the sessions `policy` is for and, unless in dry-run mode, acts
 /// on them, in one step on the server: a session that moved on is not matched.
-fn policy_sql(policy: &Policy, application: Option<&str>, pids: &[i32]) -> String {
+fn policy_sql(policy: &Policy, application: Option<&str>) -> String {
     let call = if policy.dry_run {
         "false".to_owned()
     } else {
@@ -301,16 +301,7 @@ fn policy_sql(policy: &Policy, application: Option<&str>, pids: &[i32]) -> Strin
         only.push_str(" AND state = 'active'");
     }
     let app = literal(application.unwrap_or(""));
-    // Ours: by application name, or a server process the provider's pools hold checked out.
-    let ours = if pids.is_empty() {
-        format!("({app} <> '' AND application_name = {app})")
-    } else {
-        let list: Vec<String> = pids.iter().map(i32::to_string).collect();
-        format!(
-            "({app} <> '' AND application_name = {app} OR pid IN ({}))",
-            list.join(", ")
-        )
-    };
+    let ours = format!("({app} <> '' AND application_name = {app})");
     let only_ours = if policy.foreign {
         String::new()
     } else {
@@ -350,21 +341,10 @@ pub async fn act<C: Connection>(
     opts: &SafetyOptions,
     application: Option<&str>,
 ) -> Result<Vec<ActionTaken>> {
-    act_for(conn, node, opts, application, &[]).await
-}
-
-/// As [`act`], with the server processes of the provider's checkouts counted as ours too.
-pub(crate) async fn act_for<C: Connection>(
-    conn: &mut C,
-    node: &str,
-    opts: &SafetyOptions,
-    application: Option<&str>,
-    pids: &[i32],
-) -> Result<Vec<ActionTaken>> {
     let mut taken = Vec::new();
     for policy in &opts.policies {
         let rows = conn
-            .simple_query(&policy_sql(policy, application, pids))
+            .simple_query(&policy_sql(policy, application))
             .await
             .map_err(|e| e.context(format!("a safety policy on {node} failed")))?;
         for r in rows {
@@ -407,16 +387,14 @@ pub(super) mod unit {
             Duration::from_millis(1500),
             super::super::Action::Terminate,
         );
-        let sql = policy_sql(&p, Some("app"), &[]);
+        let sql = policy_sql(&p, Some("app"));
         assert!(sql.contains("pg_terminate_backend(pid)"), "{sql}");
         assert!(sql.contains("interval '1500 milliseconds'"), "{sql}");
         assert!(
             sql.contains("AND ('app' <> '' AND application_name = 'app')"),
             "{sql}"
         );
-        let dry = policy_sql(&p.clone().with_dry_run(true).with_foreign(true), None, &[]);
-        let by_pid = policy_sql(&p, None, &[7, 9]);
-        assert!(by_pid.contains("OR pid IN (7, 9))"), "{by_pid}");
+        let dry = policy_sql(&p.clone().with_dry_run(true).with_foreign(true), None);
         assert!(!dry.contains("_backend(pid)"), "{dry}");
         assert!(!dry.contains("AND (''"), "{dry}");
         // The probe's statements, and the one counting ours.
@@ -424,7 +402,6 @@ pub(super) mod unit {
         let cancel = policy_sql(
             &Policy::blocking(Duration::ZERO, super::super::Action::Cancel),
             Some("app"),
-            &[],
         );
         assert!(cancel.contains("AND state = 'active'"), "{cancel}");
         assert!(
