@@ -715,3 +715,47 @@ async fn prepared_transactions_and_slots_reach_health_and_metrics_and_a_lost_nod
     // Closed: no round runs any more.
     assert!(safety.probe_now(Duration::from_millis(500)).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_match_names_with_quotes_and_backslashes_exactly_whatever_the_string_mode() {
+    let pid = std::process::id();
+    // A name with a quote and a backslash, and a near miss without the backslash.
+    let app = format!("o'brien\\{pid}");
+    let near_app = format!("o'brien{pid}");
+    let quoted = |name: &str| format!("E'{}'", name.replace('\\', "\\\\").replace('\'', "\\'"));
+    let (ours, ours_pid) = session("safety-quote").await;
+    let (near, near_pid) = session("safety-near").await;
+    for (c, name) in [(&ours, &app), (&near, &near_app)] {
+        c.batch_execute(&format!("SET application_name = {}", quoted(name)))
+            .await
+            .unwrap();
+        c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    }
+    let shown: String = ours
+        .query_one(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, app, "the server keeps the name as set");
+    let (mut conn, node) = prober().await;
+    // The policy's own connection reads backslashes in '' literals as escapes.
+    conn.simple_query("SET standard_conforming_strings = off")
+        .await
+        .unwrap();
+    let opts = only_ours_again();
+    let acts = act(&mut conn, &node, &opts, Some(&app)).await.unwrap();
+    assert_eq!(
+        acts.iter().map(|a| (a.pid, a.done)).collect::<Vec<_>>(),
+        [(ours_pid, true)],
+        "{acts:?}"
+    );
+    assert!(ours.simple_query("SELECT 1").await.is_err());
+    near.simple_query("SELECT 1")
+        .await
+        .expect("the near miss is left alone");
+    assert_ne!(near_pid, ours_pid);
+    near.batch_execute("ROLLBACK").await.unwrap();
+}

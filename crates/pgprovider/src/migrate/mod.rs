@@ -519,9 +519,14 @@ pub(crate) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A quoted string literal (standard_conforming_strings, as every supported server).
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// A quoted string literal, right whatever `standard_conforming_strings` says (an `E''`
+/// literal when the text has a backslash).
+pub(crate) fn literal(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
 }
 
 #[cfg(test)]

@@ -750,7 +750,12 @@ impl<D: Driver> Pool<D> {
                     reported: false,
                     transaction: None,
                     pid: slot.pid,
-                    tenant: pgprovider_core::observe::current_tenant(),
+                    // Only the safety monitor's join reads it.
+                    tenant: if self.inner.track_sessions {
+                        pgprovider_core::observe::current_tenant()
+                    } else {
+                        None
+                    },
                 },
             );
             id

@@ -4,7 +4,7 @@
 use super::{Findings, SafetyOptions, act, probe};
 use crate::config::{Config, Node};
 use crate::observe::{Hook, Hooks, Operation, Outcome};
-use crate::pool::OpenCheckout;
+use crate::pool::{OpenCheckout, lock};
 use pgprovider_core::{Connection, Driver, SqlState};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
@@ -65,10 +65,6 @@ impl Hook for DeadlockCounter {
                 .increment(1);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl SafetyMonitor {

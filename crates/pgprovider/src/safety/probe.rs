@@ -5,6 +5,7 @@ use super::{
     ActionTaken, Blocking, Connections, Deadlocks, Findings, Policy, Prepared, ReplicationSlot,
     SafetyOptions, Session, Trigger, Wraparound,
 };
+use crate::migrate::literal;
 use pgprovider_core::observe::{fingerprint, normalize};
 use pgprovider_core::{Connection, Error, ErrorKind, Result, SimpleRow};
 use std::collections::HashMap;
@@ -269,15 +270,6 @@ fn malformed(node: &str, what: &str) -> Error {
         format!("the safety probe of {node} read something unexpected: {what}"),
     )
     .with_hint("a pooler or proxy may answer for the server: probe the server directly")
-}
-
-/// `s` as an SQL string literal.
-fn literal(s: &str) -> String {
-    if s.contains('\\') {
-        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", s.replace('\'', "''"))
-    }
 }
 
 /// The statement that finds the sessions `policy` is for and, unless in dry-run mode, acts

@@ -285,7 +285,7 @@ impl<D: Driver + Clone> Tenancy<D> {
         // What the server must still see after each of the tenant's statements (defence in
         // depth behind the statement guard): the role, search_path and tenant setting the
         // prologue set. On any difference the check fails, which aborts the transaction.
-        let literal = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        let literal = crate::migrate::literal;
         let path = format!(
             "pg_catalog.current_setting('search_path') = pg_catalog.quote_ident({})",
             literal(&schema)
