@@ -51,6 +51,16 @@ async fn monitored(
     provider
 }
 
+/// A round of `provider`'s safety monitor, run now.
+async fn round(provider: &Provider<TokioPostgres>) -> Vec<Findings> {
+    provider
+        .safety()
+        .unwrap()
+        .probe_now(Duration::from_secs(20))
+        .await
+        .unwrap()
+}
+
 /// The probe's own connection to the shared server.
 async fn prober() -> (<TokioPostgres as Driver>::Connection, String) {
     let c = common::config("").await;
@@ -309,7 +319,7 @@ async fn a_real_deadlock_reaches_the_monitor_the_health_report_hooks_audit_and_m
         .execute(&format!("INSERT INTO {table} VALUES (1, 0), (2, 0)"), &[])
         .await
         .unwrap();
-    let before = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+    let before = round(&provider).await;
     let server_before = before[0].deadlocks.server_total;
     assert!(before[0].is_clear() || !before[0].kinds().contains(&"deadlock"));
 
@@ -350,7 +360,7 @@ async fn a_real_deadlock_reaches_the_monitor_the_health_report_hooks_audit_and_m
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut ours_new = 0;
     let found = loop {
-        let f = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+        let f = round(&provider).await;
         ours_new += f[0].deadlocks.ours_new;
         if f[0].deadlocks.server_total > server_before {
             break f;
@@ -393,7 +403,7 @@ async fn a_real_deadlock_reaches_the_monitor_the_health_report_hooks_audit_and_m
     // (The findings gauge is not read here: other tests' monitors on this node set it.)
     assert!(body.contains("pgprovider_safety_probe_seconds"), "{body}");
     // The next round finds nothing new: the report is ok again.
-    let after = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+    let after = round(&provider).await;
     assert_eq!(
         after[0].deadlocks.server_new + after[0].deadlocks.ours_new,
         0
@@ -467,7 +477,6 @@ async fn the_monitor_runs_its_policy_on_our_idle_transaction_and_says_so() {
             )),
     )
     .await;
-    let safety = provider.safety().unwrap();
     // A foreign session idle in a transaction: seen, never touched.
     let (foreign, foreign_pid) = session("safety-bystander").await;
     foreign.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -488,7 +497,7 @@ async fn the_monitor_runs_its_policy_on_our_idle_transaction_and_says_so() {
     // Every round's actions, until ours is acted on.
     let mut seen = Vec::new();
     let acted = loop {
-        let f = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+        let f = round(&provider).await;
         seen.extend(f[0].actions.iter().cloned());
         if let Some(a) = seen.iter().find(|a| a.pid == ours_pid) {
             break a.clone();
@@ -546,12 +555,7 @@ async fn the_monitor_probes_standbys_when_asked() {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let f = provider
-            .safety()
-            .unwrap()
-            .probe_now(Duration::from_secs(20))
-            .await
-            .unwrap();
+        let f = round(&provider).await;
         let nodes: Vec<&str> = f.iter().map(|f| f.node.as_str()).collect();
         let mut want = vec![cluster.primary().addr()];
         if standbys {
@@ -590,12 +594,7 @@ async fn server_sessions_are_joined_to_the_checkout_transaction_and_tenant_behin
         .await
         .unwrap()
         .get(0);
-    let f = provider
-        .safety()
-        .unwrap()
-        .probe_now(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let f = round(&provider).await;
     let s = f[0]
         .idle_in_transaction
         .iter()
@@ -616,12 +615,7 @@ async fn server_sessions_are_joined_to_the_checkout_transaction_and_tenant_behin
     // Sessions of other clients are not joined to anything.
     let (other, other_pid) = session("safety-other").await;
     other.batch_execute("BEGIN; SELECT 1").await.unwrap();
-    let f = provider
-        .safety()
-        .unwrap()
-        .probe_now(Duration::from_secs(20))
-        .await
-        .unwrap();
+    let f = round(&provider).await;
     let o = f[0]
         .idle_in_transaction
         .iter()
@@ -666,7 +660,7 @@ async fn prepared_transactions_and_slots_reach_health_and_metrics_and_a_lost_nod
     )
     .await;
     let safety = provider.safety().unwrap();
-    let f = safety.probe_now(Duration::from_secs(20)).await.unwrap();
+    let f = round(&provider).await;
     assert_eq!(f[0].prepared_transactions[0].gid, "orphan", "{f:#?}");
     let slot = &f[0].replication_slots[0];
     assert!(
