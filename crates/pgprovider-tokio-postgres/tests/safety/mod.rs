@@ -753,3 +753,26 @@ async fn policies_match_names_with_quotes_and_backslashes_exactly_whatever_the_s
     assert_ne!(near_pid, ours_pid);
     near.batch_execute("ROLLBACK").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_probes_at_its_interval() {
+    let config = common::config("&application_name=safety-interval").await;
+    let every = |d| SafetyOptions::new().with_interval(d);
+    let fast = monitored(&config, Hooks::default(), every(Duration::from_millis(100))).await;
+    let slow = monitored(&config, Hooks::default(), every(Duration::from_secs(3600))).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fast.safety().unwrap().rounds() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            fast.safety().unwrap().rounds()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The slow one has had its first round (at start) and no other.
+    assert!(slow.safety().unwrap().rounds() <= 1);
+    assert_eq!(
+        slow.safety().unwrap().options().interval,
+        Duration::from_secs(3600)
+    );
+}
