@@ -11,7 +11,8 @@
 //!   hooks run in the same order.
 //! - **Rejection**: a `before` hook may return [`Verdict::Reject`] (or an async check that
 //!   rejects): the operation does not run, nothing reaches the server, and the caller gets
-//!   [`ErrorKind::Rejected`] naming the hook and its reason. Later hooks do not run.
+//!   [`ErrorKind::Rejected`] naming the hook and its reason. Later `before` hooks do not
+//!   run; every `after` hook sees the rejection as the outcome's error.
 //! - **Async hooks**: [`Verdict::Wait`] hands over a future the operation awaits first.
 //! - **Panics** in a hook are caught, logged at `error` level with the hook's name, counted
 //!   ([`Hooks::panics`]) and otherwise ignored: the operation goes on, the pool is not
@@ -171,6 +172,15 @@ pub struct Operation<'a> {
     pub tenant: Option<Arc<str>>,
     /// Statements in a batch (1 otherwise).
     pub statements: usize,
+    /// The statements of a batch, when the driver gives them (empty otherwise).
+    pub batch: &'a [&'a str],
+    /// The application role acting (from [`with_role`] unless set): what role-based
+    /// access checks, and the firewall keys its shapes by.
+    pub role: Option<Arc<str>>,
+    /// Sent by the library itself, not the application (a tenant's prologue and scope
+    /// check, transaction control, a session lookup): see [`internal`]. Policies on the
+    /// application's statements (the firewall, role-based access) let these through.
+    pub internal: bool,
 }
 
 impl<'a> Operation<'a> {
@@ -183,6 +193,9 @@ impl<'a> Operation<'a> {
             node,
             tenant: current_tenant(),
             statements: 1,
+            batch: &[],
+            role: current_role(),
+            internal: INTERNAL.try_with(|_| ()).is_ok(),
         }
     }
 
@@ -202,6 +215,18 @@ impl<'a> Operation<'a> {
     pub fn with_statements(mut self, n: usize) -> Self {
         self.statements = n;
         self
+    }
+
+    /// With the statements of a batch (and their number).
+    pub fn with_batch(mut self, statements: &'a [&'a str]) -> Self {
+        self.statements = statements.len();
+        self.batch = statements;
+        self
+    }
+
+    /// Every statement text of the operation: its own, or each of a batch's.
+    pub fn statements(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.sql.into_iter().chain(self.batch.iter().copied())
     }
 
     /// The correlation id of the task running it ([`with_correlation_id`]).
@@ -277,7 +302,8 @@ pub trait Hook: Send + Sync + 'static {
         Verdict::Proceed
     }
 
-    /// Runs after the operation (also after a failure; not after a rejection).
+    /// Runs after the operation (also after a failure, and after a rejection, with the
+    /// [`ErrorKind::Rejected`] error as its outcome).
     fn after(&self, op: &Operation<'_>, outcome: &Outcome<'_>) {
         let _ = (op, outcome);
     }
@@ -527,7 +553,11 @@ impl Hooks {
         let Some(inner) = &self.0 else {
             return fut.await;
         };
-        inner.before(op).await?;
+        if let Err(e) = inner.before(op).await {
+            // Refusals are outcomes too: the audit log records deny as well as allow.
+            inner.after(op, &Outcome::new(Duration::ZERO, None, Some(&e)));
+            return Err(e);
+        }
         let start = Instant::now();
         let (r, span) = if inner.spans {
             let span = inner.span(op);
@@ -708,6 +738,29 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
 tokio::task_local! {
     static CORRELATION_ID: Arc<str>;
     static TENANT: Arc<str>;
+    static ROLE: Arc<str>;
+    static INTERNAL: ();
+}
+
+/// Runs `fut` with `role` as the application role acting for every operation inside it
+/// (role-based access checks it; the firewall keys its shapes by it; audit lines name it).
+/// [`Provider::as_role`](https://docs.rs/pgprovider) handles do this for you.
+pub async fn with_role<F: Future>(role: impl Into<Arc<str>>, fut: F) -> F::Output {
+    ROLE.scope(role.into(), fut).await
+}
+
+/// The application role of the running task, if one was set.
+pub fn current_role() -> Option<Arc<str>> {
+    ROLE.try_with(Arc::clone).ok()
+}
+
+/// Runs `fut` as the library's own work: its operations are marked
+/// [`internal`](Operation::internal) (a tenant's prologue, transaction control, session
+/// lookups). For drivers and the provider; an application has no reason to call it, and
+/// doing so takes its statements past the firewall and role checks.
+#[doc(hidden)]
+pub async fn internal<F: Future>(fut: F) -> F::Output {
+    INTERNAL.scope((), fut).await
 }
 
 /// Runs `fut` with `tenant` as the tenant of every operation inside it (spans, hooks, metric

@@ -175,7 +175,7 @@ async fn check_scope<C: Queries, T>(c: &mut C, check: &str, r: Result<T>) -> Res
     if r.is_err() || check.is_empty() {
         return r;
     }
-    match c.simple_query(check).await {
+    match crate::observe::internal(c.simple_query(check)).await {
         Ok(_) => r,
         Err(e) => Err(scope_changed_error(e.node().unwrap_or("?"))),
     }
@@ -189,8 +189,9 @@ async fn begin_scope<C: Queries>(c: &mut C, prologue: &str) -> Result<()> {
             "a scoped statement cannot run inside an open transaction",
         ));
     }
-    if let Err(e) = c.simple_query(&format!("BEGIN; {prologue}")).await {
-        let _ = c.simple_query("ROLLBACK").await;
+    let begin = format!("BEGIN; {prologue}");
+    if let Err(e) = crate::observe::internal(c.simple_query(&begin)).await {
+        let _ = crate::observe::internal(c.simple_query("ROLLBACK")).await;
         return Err(e);
     }
     Ok(())
@@ -200,11 +201,11 @@ async fn begin_scope<C: Queries>(c: &mut C, prologue: &str) -> Result<()> {
 async fn end_scope<C: Queries, T>(c: &mut C, r: Result<T>) -> Result<T> {
     match r {
         Ok(v) => {
-            c.simple_query("COMMIT").await?;
+            crate::observe::internal(c.simple_query("COMMIT")).await?;
             Ok(v)
         }
         Err(e) => {
-            let _ = c.simple_query("ROLLBACK").await;
+            let _ = crate::observe::internal(c.simple_query("ROLLBACK")).await;
             Err(e)
         }
     }

@@ -220,7 +220,8 @@ impl PgConnection {
             return self.batch_inner(statements).await;
         }
         let (hooks, node) = (self.s.hooks().clone(), self.s.node_shared());
-        let op = Operation::new(OperationKind::Batch, &node).with_statements(statements.len());
+        let texts: Vec<&str> = statements.iter().map(|(sql, _)| *sql).collect();
+        let op = Operation::new(OperationKind::Batch, &node).with_batch(&texts);
         let rows = |r: &Vec<BatchResult>| Some(r.iter().map(BatchResult::rows_affected).sum());
         hooks.observe(&op, rows, self.batch_inner(statements)).await
     }

@@ -38,8 +38,10 @@
 //! | `derive` | `#[derive(FromRow)]` | on |
 #![deny(missing_docs)]
 
+pub mod access;
 pub mod client;
 pub mod config;
+pub mod firewall;
 mod guard;
 pub mod health;
 #[cfg(feature = "http")]
@@ -57,6 +59,8 @@ mod query;
 pub mod registry;
 mod rows;
 pub mod safety;
+pub mod secrets;
+mod shape;
 pub mod tenant;
 pub mod topology;
 pub mod tx;

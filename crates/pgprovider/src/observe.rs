@@ -269,10 +269,12 @@ impl Hook for SlowQueryLog {
     }
 }
 
-/// Writes one JSON line per operation to a sink: `time` (RFC 3339, UTC), `tenant`, `user`
-/// (the database user), `node`, `operation`, `fingerprint` (of the statement, see
-/// [`fingerprint`]), `rows`, `duration_ms`, `outcome` (`ok` or `error`), and on error
-/// `error_kind` and `sqlstate`, plus `correlation_id` when set. Parameter values never
+/// Writes one JSON line per operation to a sink: `time` (RFC 3339, UTC), `tenant`, `role`
+/// (the application role acting, see [`access`](crate::access)), `user` (the database
+/// user), `node`, `operation`, `fingerprint` (of the statement, see [`fingerprint`]),
+/// `rows`, `duration_ms`, `outcome` (`ok`, `error`, or `denied` when a hook such as the
+/// firewall or role-based access refused it before it was sent), and on error `error_kind`
+/// and `sqlstate`, plus `correlation_id` when set. Parameter values never
 /// appear: hooks are not given them. Connection lifecycle events are not audited.
 pub struct AuditLog {
     sink: Mutex<Box<dyn Write + Send>>,
@@ -307,6 +309,7 @@ impl AuditLog {
         let mut j = Json::default();
         j.str("time", &rfc3339(SystemTime::now()));
         j.opt("tenant", op.tenant.as_deref());
+        j.opt("role", op.role.as_deref());
         j.str("user", &self.user);
         j.str("node", op.node);
         j.str(
@@ -326,12 +329,15 @@ impl AuditLog {
             "duration_ms",
             &format!("{:.3}", outcome.duration.as_secs_f64() * 1e3),
         );
+        let rejected = outcome
+            .error
+            .is_some_and(|e| e.kind() == crate::ErrorKind::Rejected);
         j.str(
             "outcome",
-            if outcome.error.is_none() {
-                "ok"
-            } else {
-                "error"
+            match outcome.error {
+                None => "ok",
+                Some(_) if rejected => "denied",
+                Some(_) => "error",
             },
         );
         if let Some(e) = outcome.error {
@@ -422,7 +428,7 @@ pub(crate) fn escape_into(out: &mut String, v: &str) {
 }
 
 /// `t` as RFC 3339 in UTC with milliseconds.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -522,7 +528,7 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         assert!(
             lines[0].contains(
-                r#""tenant":"acme","user":"app","node":"db1:5432","operation":"execute""#
+                r#""tenant":"acme","role":null,"user":"app","node":"db1:5432","operation":"execute""#
             ),
             "{text}"
         );

@@ -49,6 +49,7 @@ mod builder;
 mod dsn;
 mod env;
 mod password;
+pub use password::PasswordSource;
 mod problem;
 
 pub use builder::{
@@ -280,31 +281,6 @@ impl PoolConfig {
     /// Auto-scaling; `None` when it is off.
     pub fn autoscale(&self) -> Option<Autoscale> {
         self.autoscale
-    }
-}
-
-/// Where the password comes from. Its `Debug` never shows a secret.
-#[derive(Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PasswordSource {
-    /// No password.
-    None,
-    /// A fixed password (from the URL, `PGPASSWORD` or `with_password`).
-    Literal(pgprovider_core::Secret),
-    /// A file whose whole content, trimmed, is the password (read at each connect).
-    File(PathBuf),
-    /// A shell command that prints the password (run at each connect).
-    Command(String),
-}
-
-impl fmt::Debug for PasswordSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PasswordSource::None => f.write_str("None"),
-            PasswordSource::Literal(_) => f.write_str("Literal(***)"),
-            PasswordSource::File(p) => f.debug_tuple("File").field(p).finish(),
-            PasswordSource::Command(_) => f.write_str("Command(***)"),
-        }
     }
 }
 

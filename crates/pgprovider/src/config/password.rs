@@ -1,78 +1,119 @@
 //! Resolving the password at connect time, from its source or a libpq password file.
 
-use super::{Config, Node, PasswordSource};
-use pgprovider_core::{Error, ErrorKind, Host, Secret};
+use super::{Config, Node};
+use pgprovider_core::{ConnectParams, Error, Host, Secret};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the password comes from. Its `Debug` never shows a secret.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum PasswordSource {
+    /// No password.
+    None,
+    /// A fixed password (from the URL, `PGPASSWORD` or `with_password`).
+    Literal(pgprovider_core::Secret),
+    /// A file whose whole content, trimmed, is the password (read at each connect).
+    File(PathBuf),
+    /// A shell command that prints the password (run at each connect).
+    Command(String),
+    /// A rotating secret ([`secrets`](crate::secrets)): the current value, re-read when it
+    /// changes, with the previous one as a fallback for a grace period.
+    Rotating(Arc<crate::secrets::Rotation>),
+}
+
+impl PartialEq for PasswordSource {
+    fn eq(&self, other: &Self) -> bool {
+        use PasswordSource as P;
+        match (self, other) {
+            (P::None, P::None) => true,
+            (P::Literal(a), P::Literal(b)) => a == b,
+            (P::File(a), P::File(b)) => a == b,
+            (P::Command(a), P::Command(b)) => a == b,
+            (P::Rotating(a), P::Rotating(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PasswordSource {}
+
+impl fmt::Debug for PasswordSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasswordSource::None => f.write_str("None"),
+            PasswordSource::Literal(_) => f.write_str("Literal(***)"),
+            PasswordSource::File(p) => f.debug_tuple("File").field(p).finish(),
+            PasswordSource::Command(_) => f.write_str("Command(***)"),
+            PasswordSource::Rotating(r) => f.debug_tuple("Rotating").field(r).finish(),
+        }
+    }
+}
+
+impl Config {
+    /// Connects to `node` with `connect` given its parameters. With a
+    /// [rotating secret](crate::secrets) whose new value the server refuses
+    /// ([`ErrorKind::Auth`](pgprovider_core::ErrorKind::Auth)), tries once more with the
+    /// previous value while its grace period lasts (logged loudly).
+    ///
+    /// # Errors
+    /// As [`connect_params`](Self::connect_params), or `connect`'s error.
+    pub async fn connect_with<C, F, Fut>(&self, node: &Node, connect: F) -> Result<C, Error>
+    where
+        F: Fn(ConnectParams) -> Fut,
+        Fut: std::future::Future<Output = Result<C, Error>>,
+    {
+        let params = self.connect_params(node).await?;
+        let PasswordSource::Rotating(rotation) = &self.password else {
+            return connect(params).await;
+        };
+        let mut again = params.clone();
+        match connect(params).await {
+            Err(e) if e.kind() == pgprovider_core::ErrorKind::Auth => {
+                match rotation.fallback(&node.to_string()) {
+                    Some(previous) => {
+                        again.password = Some(previous);
+                        connect(again).await
+                    }
+                    None => Err(e),
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// Uses `rotation` for the password (see [`secrets`](crate::secrets)).
+    pub(crate) fn set_rotation(&mut self, rotation: Arc<crate::secrets::Rotation>) {
+        self.password = PasswordSource::Rotating(rotation);
+    }
+}
 
 pub(super) async fn resolve(config: &Config, node: &Node) -> Result<Option<Secret>, Error> {
     match &config.password {
         PasswordSource::Literal(s) => Ok(Some(s.clone())),
-        PasswordSource::File(path) => {
-            let path = path.clone();
-            let text = blocking(move || std::fs::read_to_string(&path).map_err(|e| (path, e)))
-                .await
-                .map_err(|(path, e)| {
-                    Error::new(
-                        ErrorKind::Config,
-                        format!("cannot read password_file {}: {e}", path.display()),
-                    )
-                    .with_node(node.to_string())
-                    .with_hint("check that the file exists and is readable by this process")
-                })?;
-            Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
-        }
-        PasswordSource::Command(cmd) => {
-            let cmd = cmd.clone();
-            let out = blocking(move || {
-                std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(&cmd)
-                    .stdin(std::process::Stdio::null())
-                    .output()
-            })
+        PasswordSource::File(path) => crate::secrets::read_secret_file(path.clone())
             .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("cannot run password_command: {e}"),
-                )
-                .with_node(node.to_string())
-            })?;
-            if !out.status.success() {
-                // stderr is not included: a failing secret tool may echo what it was given.
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!("password_command failed with {}", out.status),
-                )
-                .with_node(node.to_string())
-                .with_hint("run the command by hand to see its error"));
-            }
-            let text = String::from_utf8(out.stdout).map_err(|_| {
-                Error::new(
-                    ErrorKind::Config,
-                    "password_command printed non-UTF-8 output",
-                )
-                .with_node(node.to_string())
-            })?;
-            Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
-        }
+            .map(Some)
+            .map_err(|e| e.with_node(node.to_string())),
+        PasswordSource::Command(cmd) => crate::secrets::run_secret_command(cmd.clone())
+            .await
+            .map(Some)
+            .map_err(|e| e.with_node(node.to_string())),
+        PasswordSource::Rotating(r) => r
+            .current()
+            .await
+            .map(Some)
+            .map_err(|e| e.with_node(node.to_string())),
         PasswordSource::None => match &config.passfile {
             Some(path) => {
                 let path = path.to_owned();
-                let text = blocking(move || std::fs::read_to_string(&path).ok()).await;
+                let text =
+                    crate::secrets::blocking(move || std::fs::read_to_string(&path).ok()).await;
                 Ok(text.and_then(|t| pgpass_lookup(&t, node, &config.dbname, &config.user)))
             }
             None => Ok(None),
         },
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) => match h.spawn_blocking(f).await {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        },
-        Err(_) => f(),
     }
 }
 

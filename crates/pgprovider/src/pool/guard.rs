@@ -142,7 +142,7 @@ impl<D: Driver> Drop for Pooled<D> {
                 pool.close_conn(slot.conn, CloseReason::Pool);
             } else if broken {
                 pool.close_conn(slot.conn, CloseReason::Error);
-            } else if slot.expires.is_some_and(|e| now >= e) {
+            } else if pool.due(&slot, now) {
                 pool.close_conn(slot.conn, CloseReason::Lifetime);
             } else if pool.take_debt() {
                 // The pool shrank: this connection and its permit go.

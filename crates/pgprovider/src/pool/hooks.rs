@@ -110,3 +110,31 @@ impl<T> Future for CatchUnwind<'_, T> {
         }
     }
 }
+
+/// Runs a pipelined read (`None`: not sent, it takes the usual path) through `hooks`, an
+/// operation like any other: the `before` hooks (firewall, access) may refuse it before it
+/// is sent, the `after` hooks (audit, metrics) see its outcome.
+pub(crate) async fn observed_read<T>(
+    hooks: &pgprovider_core::observe::Hooks,
+    node: &str,
+    sql: &str,
+    send: impl std::future::Future<Output = Option<crate::Result<Vec<T>>>>,
+) -> Option<crate::Result<Vec<T>>> {
+    use pgprovider_core::observe::{Operation, OperationKind, Outcome};
+    if hooks.is_empty() {
+        return send.await;
+    }
+    let op = Operation::new(OperationKind::Query, node).with_sql(sql);
+    if let Err(e) = hooks.before(&op).await {
+        hooks.after(
+            &op,
+            &Outcome::new(std::time::Duration::ZERO, None, Some(&e)),
+        );
+        return Some(Err(e));
+    }
+    let start = std::time::Instant::now();
+    let r = send.await?;
+    let rows = r.as_ref().ok().map(|r| r.len() as u64);
+    hooks.after(&op, &Outcome::new(start.elapsed(), rows, r.as_ref().err()));
+    Some(r)
+}

@@ -78,7 +78,7 @@ impl<D: Driver> Inner<D> {
             let mut open = self.counters.size.load(Relaxed);
             // Oldest first, so the warmest connections are the ones kept.
             while let Some(slot) = idle.pop_front() {
-                let expired = slot.expires.is_some_and(|e| now >= e);
+                let expired = self.due(&slot, now);
                 let idle_for = now.saturating_duration_since(slot.idle_since);
                 let stale = idle_timeout.is_some_and(|t| idle_for >= t) && open > min_idle;
                 if expired || stale {
@@ -179,6 +179,7 @@ impl<D: Driver> Inner<D> {
                             conn,
                             expires,
                             idle_since: now,
+                            born: now,
                             generation: self.generation.load(Relaxed),
                             pipe: None,
                             pid,

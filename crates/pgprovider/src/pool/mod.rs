@@ -224,6 +224,11 @@ pub(crate) struct Inner<D: Driver> {
     /// Bumped by [`Pool::retire`]: connections of an older generation are closed when they
     /// come back.
     generation: AtomicU64,
+    /// [`Pool::recycle_within`]: connections opened before `epoch + recycle_before` ns go
+    /// at a time spread over `recycle_window` ns (0: nothing to recycle).
+    epoch: Instant,
+    recycle_before: AtomicU64,
+    recycle_window: AtomicU64,
     /// The operation hooks, handed to every connection and told of the lifecycle.
     pub(crate) observe: Observe,
     /// `host:port`, for hooks.
@@ -242,6 +247,8 @@ pub(crate) struct Slot<C> {
     conn: C,
     expires: Option<Instant>,
     idle_since: Instant,
+    /// When it was opened (a secret rotation recycles the connections opened before it).
+    born: Instant,
     generation: u64,
     /// The connection's adaptive-pipelining entry, once it has shared.
     pipe: Option<pipeline::Registered>,
@@ -478,6 +485,9 @@ impl<D: Driver> PoolBuilder<D> {
             leases,
             deadlines: deadline::Deadlines::start(),
             generation: AtomicU64::new(0),
+            epoch: Instant::now(),
+            recycle_before: AtomicU64::new(0),
+            recycle_window: AtomicU64::new(0),
             scale,
             pipes,
             observe,
@@ -628,7 +638,7 @@ impl<D: Driver> Pool<D> {
                 inner.close_conn(slot.conn, CloseReason::Error);
                 continue;
             }
-            if slot.expires.is_some_and(|e| now >= e) {
+            if inner.due(&slot, now) {
                 inner.close_conn(slot.conn, CloseReason::Lifetime);
                 continue;
             }
@@ -863,6 +873,21 @@ impl<D: Driver> Pool<D> {
         n
     }
 
+    /// Replaces every connection open now, gradually: each is closed at a time spread over
+    /// the next `window` (when it is idle, or when it comes back), and new ones are opened
+    /// as needed, so a pool under load never drains at once. A secret rotation calls it, so
+    /// that no session authenticated with the old secret outlives `window` by more than
+    /// one checkout.
+    pub fn recycle_within(&self, window: Duration) {
+        let inner = &self.inner;
+        let now = inner.epoch.elapsed().as_nanos() as u64;
+        inner
+            .recycle_window
+            .store(window.as_nanos().max(1) as u64, Relaxed);
+        inner.recycle_before.store(now.max(1), Relaxed);
+        inner.wake.notify_one();
+    }
+
     /// Connections checked out now (cheaper than [`stats`](Self::stats)).
     pub fn in_use(&self) -> u64 {
         self.inner.counters.in_use.load(Relaxed)
@@ -895,6 +920,7 @@ impl<D: Driver> Inner<D> {
             conn,
             expires: self.expiry(),
             idle_since: Instant::now(),
+            born: Instant::now(),
             generation: self.generation.load(Relaxed),
             pipe: None,
             pid,
@@ -958,13 +984,17 @@ impl<D: Driver> Inner<D> {
         let connect = |node: &Node| {
             let node = node.clone();
             async move {
-                let mut params = self.config.connect_params(&node).await?;
-                params.statements = self.statements.clone();
-                params.hooks = self.observe.clone();
-                // Boxed: a driver's connect future (TLS, handshakes, a library's own setup)
-                // is large, and would otherwise sit inside every checkout's future (and, in
-                // debug builds, in the stack frames that move it).
-                Box::pin(self.driver.connect(&params)).await
+                self.config
+                    .connect_with(&node, |mut params| async move {
+                        params.statements = self.statements.clone();
+                        params.hooks = self.observe.clone();
+                        // Boxed: a driver's connect future (TLS, handshakes, a library's
+                        // own setup) is large, and would otherwise sit inside every
+                        // checkout's future (and, in debug builds, in the stack frames
+                        // that move it).
+                        Box::pin(self.driver.connect(&params)).await
+                    })
+                    .await
             }
         };
         let attempt = async {
@@ -1019,7 +1049,9 @@ impl<D: Driver> Inner<D> {
         let pid = if self.track_sessions {
             // One round trip per new connection, for pools of a provider with a safety
             // monitor: it joins the server's sessions to checkouts by it.
-            match conn.simple_query("SELECT pg_backend_pid()").await {
+            match pgprovider_core::observe::internal(conn.simple_query("SELECT pg_backend_pid()"))
+                .await
+            {
                 Ok(rows) => rows.first().and_then(|r| r.get(0)?.parse().ok()),
                 Err(e) if conn.is_broken() => {
                     self.counters.connect_errors.fetch_add(1, Relaxed);
@@ -1097,6 +1129,27 @@ impl<D: Driver> Inner<D> {
         )
         .with_node(self.node.to_string())
         .with_hint("the node is overloaded: shed load, retry later, or raise pool_max_size or pool_max_waiters")
+    }
+
+    /// Whether `slot` has reached its end: its lifetime, or its turn in a recycling
+    /// ([`Pool::recycle_within`]).
+    pub(crate) fn due(&self, slot: &Slot<D::Connection>, now: Instant) -> bool {
+        if slot.expires.is_some_and(|e| now >= e) {
+            return true;
+        }
+        let before = self.recycle_before.load(Relaxed);
+        if before == 0 {
+            return false;
+        }
+        let born = slot.born.saturating_duration_since(self.epoch).as_nanos() as u64;
+        if born >= before {
+            return false;
+        }
+        // A point in the window picked by the connection's birth, so they do not all go
+        // together.
+        let window = self.recycle_window.load(Relaxed);
+        let turn = self.jitter.0.hash_one(born) % window.max(1);
+        now.saturating_duration_since(self.epoch).as_nanos() as u64 >= before + turn
     }
 
     fn expiry(&self) -> Option<Instant> {

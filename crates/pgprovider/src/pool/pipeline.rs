@@ -321,8 +321,8 @@ where
         .await
     }
 
-    /// `sql` pipelined on a busy connection, when pipelining is on, every connection is
-    /// busy, and one has room at once; `None` otherwise (check out instead).
+    /// `sql` pipelined on a busy connection (through the hooks), when pipelining is on,
+    /// every connection is busy, and one has room at once; `None` otherwise (check out).
     pub(crate) async fn try_pipelined<'p>(
         &self,
         sql: &str,
@@ -332,9 +332,9 @@ where
         if !self.saturated() {
             return None;
         }
-        // Only room free now: waiting for it is the pool's own `query`'s business.
-        let _room = pipes.room.try_acquire().ok()?;
-        send(&self.inner, pipes, sql, params).await
+        let _room = pipes.room.try_acquire().ok()?; // Only room free now, no wait.
+        let (i, sent) = (&self.inner, send(&self.inner, pipes, sql, params));
+        super::hooks::observed_read(&i.observe, &i.node_name, sql, sent).await
     }
 }
 

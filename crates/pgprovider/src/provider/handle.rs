@@ -9,6 +9,7 @@ use crate::tx::{Follow, Tx, TxOptions, run_transaction};
 use crate::{Driver, Error, FromRow, Queries, Result};
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 type Param<'p, D> = <<D as Driver>::Connection as Queries>::Param<'p>;
@@ -30,6 +31,8 @@ pub struct Routed<D: Driver> {
     provider: Provider<D>,
     target: Target,
     idempotent: bool,
+    /// The application role acting ([`Provider::as_role`]).
+    role: Option<Arc<str>>,
 }
 
 impl<D: Driver> Clone for Routed<D> {
@@ -38,6 +41,7 @@ impl<D: Driver> Clone for Routed<D> {
             provider: self.provider.clone(),
             target: self.target,
             idempotent: self.idempotent,
+            role: self.role.clone(),
         }
     }
 }
@@ -47,6 +51,7 @@ impl<D: Driver> fmt::Debug for Routed<D> {
         f.debug_struct("Routed")
             .field("target", &self.target)
             .field("idempotent", &self.idempotent)
+            .field("role", &self.role)
             .finish()
     }
 }
@@ -60,6 +65,15 @@ impl<D: Driver> Routed<D> {
         self
     }
 
+    /// The same route, acting as the application role `role` (see
+    /// [`access`](crate::access)): every statement, transaction and checkout-free
+    /// operation of the handle is checked against the role's permissions, and runs as its
+    /// server role when one is mapped.
+    pub fn as_role(mut self, role: &str) -> Self {
+        self.role = Some(Arc::from(role));
+        self
+    }
+
     /// A connection on this route, for the driver's own operations (batches, COPY,
     /// streams, LISTEN).
     ///
@@ -68,6 +82,15 @@ impl<D: Driver> Routed<D> {
     /// error.
     pub async fn conn(&self) -> Result<Pooled<D>> {
         self.provider.checkout(self.target).await
+    }
+
+    /// Runs `fut` with this handle's role acting (for the driver's own operations on a
+    /// connection from [`conn`](Self::conn): batches, COPY, streams).
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        match &self.role {
+            Some(r) => crate::access::with_role(r.clone(), fut).await,
+            None => fut.await,
+        }
     }
 }
 
@@ -88,6 +111,22 @@ macro_rules! surface {
                 sql: &str,
                 params: &[&'p Param<'p, D>],
             ) -> Result<Vec<Row<D>>> {
+                if let Some(role) = self.acting() {
+                    if self.provider().server_role(&role).is_some() {
+                        return self
+                            .transaction(&TxOptions::new(), |tx| async move { tx.query(sql, params).await })
+                            .await;
+                    }
+                    return crate::access::with_role(role, self.plain_query(sql, params)).await;
+                }
+                self.plain_query(sql, params).await
+            }
+
+            async fn plain_query<'p>(
+                &self,
+                sql: &str,
+                params: &[&'p Param<'p, D>],
+            ) -> Result<Vec<Row<D>>> {
                 let (target, idempotent) = self.route();
                 if let Some(r) = self.provider().pipelined_read(target, sql, params).await {
                     return r;
@@ -104,6 +143,18 @@ macro_rules! surface {
             /// # Errors
             /// As `query`.
             pub async fn execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
+                if let Some(role) = self.acting() {
+                    if self.provider().server_role(&role).is_some() {
+                        return self
+                            .transaction(&TxOptions::new(), |tx| async move { tx.execute(sql, params).await })
+                            .await;
+                    }
+                    return crate::access::with_role(role, self.plain_execute(sql, params)).await;
+                }
+                self.plain_execute(sql, params).await
+            }
+
+            async fn plain_execute<'p>(&self, sql: &str, params: &[&'p Param<'p, D>]) -> Result<u64> {
                 let (target, idempotent) = self.route();
                 self.provider()
                     .run(target, idempotent, |c| {
@@ -162,7 +213,14 @@ macro_rules! surface {
                 T: Send,
             {
                 let origin = std::panic::Location::caller();
-                async move {
+                let role = self.acting();
+                // A mapped server role is taken inside the transaction (SET LOCAL ROLE).
+                let mut opts = opts.clone();
+                if let Some(server) = role.as_deref().and_then(|r| self.provider().server_role(r)) {
+                    opts.prologue = Some(Arc::from(format!("SET LOCAL ROLE {}", crate::migrate::ident(&server))));
+                }
+                let run = async move {
+                let opts = &opts;
                 let (target, _) = self.route();
                 let provider = self.provider();
                 // After a refusal as read-only, the primary for the attempts that follow.
@@ -191,6 +249,12 @@ macro_rules! surface {
                     read_only_moves: target.may_write() && !opts.is_read_only(),
                 };
                 Box::pin(run_transaction(opts, follow, get, f, origin)).await
+                };
+                async move {
+                    match role {
+                        Some(r) => crate::access::with_role(r, run).await,
+                        None => run.await,
+                    }
                 }
             }
         }
@@ -204,6 +268,9 @@ impl<D: Driver> Routed<D> {
     fn route(&self) -> (Target, bool) {
         (self.target, self.idempotent)
     }
+    fn acting(&self) -> Option<Arc<str>> {
+        self.role.clone()
+    }
     fn provider(&self) -> &Provider<D> {
         &self.provider
     }
@@ -212,6 +279,33 @@ impl<D: Driver> Routed<D> {
 impl<D: Driver> Provider<D> {
     fn route(&self) -> (Target, bool) {
         (self.inner.default, false)
+    }
+    fn acting(&self) -> Option<Arc<str>> {
+        None
+    }
+
+    /// The server role mapped to the application role `role`, if any.
+    fn server_role(&self, role: &str) -> Option<String> {
+        self.inner
+            .access
+            .as_ref()?
+            .get(role)?
+            .server_role()
+            .map(str::to_owned)
+    }
+
+    /// The provider's route, acting as the application role `role` (see
+    /// [`access`](crate::access) and [`Routed::as_role`]); `provider.read().as_role(..)`
+    /// for reads.
+    ///
+    /// ```no_run
+    /// # async fn run(provider: pgprovider::provider::Provider<pgprovider_tokio_postgres::TokioPostgres>) -> pgprovider::Result<()> {
+    /// let analyst = provider.as_role("analyst");
+    /// let rows = analyst.query("SELECT * FROM reports.daily", &[]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn as_role(&self, role: &str) -> Routed<D> {
+        self.routed(self.inner.default).as_role(role)
     }
     fn provider(&self) -> &Provider<D> {
         self
@@ -222,6 +316,7 @@ impl<D: Driver> Provider<D> {
             provider: self.clone(),
             target,
             idempotent: false,
+            role: None,
         }
     }
 

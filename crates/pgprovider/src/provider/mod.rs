@@ -71,19 +71,26 @@
 //! primary and standby.
 
 mod handle;
+mod options;
 mod path;
 pub(crate) mod route;
+mod security;
 mod tasks;
+
+pub use options::{ReadBalancing, TopologyOptions};
 
 pub use handle::Routed;
 
-use crate::breaker::{BreakerConfig, CircuitBreaker};
+use crate::access::{AccessHook, AccessPolicy};
+use crate::breaker::CircuitBreaker;
 use crate::config::{Config, LoadBalanceHosts, Node};
+use crate::firewall::{Firewall, FirewallHook};
 use crate::health::{HealthReport, NodeHealth};
 use crate::observe::Hooks;
 use crate::pool::{Pool, PoolStats};
-use crate::retry::{Backoff, RetryPolicy};
+use crate::retry::RetryPolicy;
 use crate::safety::{SafetyMonitor, SafetyOptions};
+use crate::secrets::Rotation;
 use crate::topology::{HealthMonitor, Role};
 use crate::{Driver, Result};
 use route::Target;
@@ -91,116 +98,6 @@ use std::collections::hash_map::RandomState;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
-
-/// How the provider routes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TopologyOptions {
-    /// How long a write waits for a primary during a failover (zero: fail at once).
-    pub failover_timeout: Duration,
-    /// Standbys further behind the primary than this (bytes of WAL; see
-    /// [`topology`](crate::topology#replica-lag)) get no reads; `None` for no bound.
-    pub max_replica_lag_bytes: Option<u64>,
-    /// Standbys that have lacked WAL the primary had for longer than this get no reads;
-    /// `None` (the default) for no bound.
-    pub max_replica_lag: Option<Duration>,
-    /// Whether reads go to the primary when no standby qualifies.
-    pub read_from_primary: bool,
-    /// How often the monitor probes each node.
-    pub monitor_interval: Duration,
-    /// The circuit breakers of the nodes (reads skip a node whose breaker is open).
-    pub breaker: BreakerConfig,
-    /// How reads are spread over the standbys.
-    pub read_balancing: ReadBalancing,
-    /// The retry layer: what is retried (see [`RetryPolicy::is_safe`]), how often, and the
-    /// time budget of one statement (by default 5 attempts within the failover timeout).
-    pub retry: Option<RetryPolicy>,
-}
-
-/// How reads are spread over the standbys that qualify; the others are tried in turn when
-/// the first fails.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReadBalancing {
-    /// Each read starts at the next standby (the default).
-    #[default]
-    RoundRobin,
-    /// Each read starts at a standby picked at random.
-    Random,
-    /// The standby with the fewest checked-out connections first (ties in rotation).
-    LeastOutstanding,
-    /// The standby with the lowest score first, the score being the monitor's smoothed
-    /// probe round trip times (outstanding connections + 1): fast nodes get more, but not
-    /// all, of the reads.
-    LatencyAware,
-}
-
-impl Default for TopologyOptions {
-    /// Wait 30 s for a primary; 16 MiB lag bound; reads fall back to the primary; probe every
-    /// second.
-    fn default() -> Self {
-        TopologyOptions {
-            failover_timeout: Duration::from_secs(30),
-            max_replica_lag_bytes: Some(16 << 20),
-            max_replica_lag: None,
-            read_from_primary: true,
-            monitor_interval: Duration::from_secs(1),
-            breaker: BreakerConfig::default(),
-            read_balancing: ReadBalancing::RoundRobin,
-            retry: None,
-        }
-    }
-}
-
-impl TopologyOptions {
-    /// Sets the failover timeout.
-    pub fn with_failover_timeout(mut self, t: Duration) -> Self {
-        self.failover_timeout = t;
-        self
-    }
-    /// Sets the lag bound in bytes.
-    pub fn with_max_replica_lag_bytes(mut self, bytes: Option<u64>) -> Self {
-        self.max_replica_lag_bytes = bytes;
-        self
-    }
-    /// Sets the lag bound in time.
-    pub fn with_max_replica_lag(mut self, lag: Option<Duration>) -> Self {
-        self.max_replica_lag = lag;
-        self
-    }
-    /// Sets the retry layer's policy.
-    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = Some(policy);
-        self
-    }
-    /// The retry policy in force: the one set, else 5 attempts within the failover
-    /// timeout.
-    pub(crate) fn retry_policy(&self) -> RetryPolicy {
-        self.retry
-            .clone()
-            .unwrap_or_else(|| RetryPolicy::new(Backoff::default(), self.failover_timeout))
-    }
-    /// Whether reads may fall back to the primary.
-    pub fn with_read_from_primary(mut self, allowed: bool) -> Self {
-        self.read_from_primary = allowed;
-        self
-    }
-    /// Sets the circuit breakers' configuration.
-    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
-        self.breaker = breaker;
-        self
-    }
-    /// Sets the read balancing policy.
-    pub fn with_read_balancing(mut self, policy: ReadBalancing) -> Self {
-        self.read_balancing = policy;
-        self
-    }
-    /// Sets the probe interval.
-    pub fn with_monitor_interval(mut self, interval: Duration) -> Self {
-        self.monitor_interval = interval;
-        self
-    }
-}
 
 /// Pools for every node of a configuration, with routing; see the [module docs](self).
 /// Cheap to clone.
@@ -236,6 +133,22 @@ struct Inner<D: Driver> {
     pub(crate) tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
     /// The safety monitor, when asked for ([`ProviderBuilder::safety`]).
     safety: Option<SafetyMonitor>,
+    /// The SQL firewall ([`ProviderBuilder::firewall`]).
+    firewall: Option<Arc<Firewall>>,
+    /// Role-based access ([`ProviderBuilder::access`]).
+    access: Option<Arc<AccessPolicy>>,
+    /// The rotating secret ([`ProviderBuilder::secret`]).
+    rotation: Option<Arc<Rotation>>,
+}
+
+/// What a [`ProviderBuilder`] adds beyond the topology and hooks.
+#[derive(Default)]
+struct Extras {
+    tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    safety: Option<SafetyOptions>,
+    firewall: Option<Arc<Firewall>>,
+    access: Option<Arc<AccessPolicy>>,
+    rotation: Option<Arc<Rotation>>,
 }
 
 /// The safety monitor's task ends with the provider (at once, not at its next round).
@@ -287,15 +200,14 @@ impl<D: Driver + Clone> Provider<D> {
             config: config.clone(),
             options: TopologyOptions::default(),
             hooks: Hooks::default(),
-            tenancy: None,
-            safety: None,
+            extras: Extras::default(),
         }
     }
 
     /// As [`new`](Self::new), with every operation of every pool running through `hooks`
     /// (see [`observe`](crate::observe)).
     pub fn with_hooks(driver: D, config: &Config, options: TopologyOptions, hooks: Hooks) -> Self {
-        Self::build(driver, config, options, hooks, None, None)
+        Self::build(driver, config, options, hooks, Extras::default())
     }
 
     fn build(
@@ -303,13 +215,34 @@ impl<D: Driver + Clone> Provider<D> {
         config: &Config,
         options: TopologyOptions,
         hooks: Hooks,
-        tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
-        safety: Option<SafetyOptions>,
+        extras: Extras,
     ) -> Self {
+        let Extras {
+            tenancy,
+            safety,
+            firewall,
+            access,
+            rotation,
+        } = extras;
+        let mut config = config.clone();
+        if let Some(r) = &rotation {
+            config.set_rotation(r.clone());
+        }
+        let config = &config;
         let safety = safety.map(SafetyMonitor::new);
         // The monitor counts the application's deadlocks with a hook of its own, first.
         let hooks = match &safety {
             Some(s) => hooks.with_hook(i32::MIN, s.deadlock_hook()),
+            None => hooks,
+        };
+        // Access, then the firewall, before every other hook: nothing refused is seen
+        // as sent.
+        let hooks = match &access {
+            Some(a) => hooks.with_hook(i32::MIN + 1, Arc::new(AccessHook(a.clone()))),
+            None => hooks,
+        };
+        let hooks = match &firewall {
+            Some(f) => hooks.with_hook(i32::MIN + 2, Arc::new(FirewallHook(f.clone()))),
             None => hooks,
         };
         let nodes = config.nodes().to_vec();
@@ -344,8 +277,12 @@ impl<D: Driver + Clone> Provider<D> {
             tenancy,
             options,
             safety,
+            firewall,
+            access,
+            rotation,
         });
         tasks::start_safety(&inner, driver);
+        tasks::start_rotation(&inner);
         tokio::spawn(tasks::retire_on_role_change(
             Arc::downgrade(&inner),
             inner.monitor.changes(),
@@ -373,8 +310,7 @@ pub struct ProviderBuilder<D: Driver> {
     config: Config,
     options: TopologyOptions,
     hooks: Hooks,
-    pub(crate) tenancy: Option<Arc<dyn std::any::Any + Send + Sync>>,
-    safety: Option<SafetyOptions>,
+    extras: Extras,
 }
 
 impl<D: Driver> std::fmt::Debug for ProviderBuilder<D> {
@@ -402,7 +338,13 @@ impl<D: Driver + Clone> ProviderBuilder<D> {
     /// `options.interval`, as hook events, metrics and lines of the health report. It adds a
     /// hook of its own (counting the application's `40P01`s) to every operation.
     pub fn safety(mut self, options: SafetyOptions) -> Self {
-        self.safety = Some(options);
+        self.extras.safety = Some(options);
+        self
+    }
+
+    /// Attaches the tenancy layer's state.
+    pub(crate) fn attach_tenancy(mut self, state: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.extras.tenancy = Some(state);
         self
     }
 
@@ -413,8 +355,7 @@ impl<D: Driver + Clone> ProviderBuilder<D> {
             &self.config,
             self.options,
             self.hooks,
-            self.tenancy,
-            self.safety,
+            self.extras,
         )
     }
 }
@@ -520,6 +461,14 @@ impl<D: Driver> Provider<D> {
     pub async fn close(&self) {
         if let Some(s) = &self.inner.safety {
             s.stop();
+        }
+        // What learn mode learned is kept.
+        if let Some(f) = &self.inner.firewall {
+            if f.options().mode == crate::firewall::Mode::Learn && f.options().allowlist.is_some() {
+                if let Err(e) = f.save() {
+                    tracing::error!(target: "pgprovider::firewall", error = %e, "cannot save the learned allowlist");
+                }
+            }
         }
         for pool in &self.inner.pools {
             pool.close().await;

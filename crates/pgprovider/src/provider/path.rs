@@ -469,16 +469,17 @@ impl<D: Driver> Provider<D> {
 
 /// The position a standby has replayed.
 async fn replayed<C: Connection>(conn: &mut C) -> Option<u64> {
-    let rows = conn
-        .simple_query("SELECT pg_last_wal_replay_lsn()")
-        .await
-        .ok()?;
+    let rows =
+        pgprovider_core::observe::internal(conn.simple_query("SELECT pg_last_wal_replay_lsn()"))
+            .await
+            .ok()?;
     rows.first()?.get(0).and_then(parse_lsn)
 }
 
 /// The primary's current WAL position, on `conn`.
 pub(super) async fn current_lsn<C: Connection>(conn: &mut C) -> Result<ConsistencyToken> {
-    let rows = conn.simple_query("SELECT pg_current_wal_lsn()").await?;
+    let rows = pgprovider_core::observe::internal(conn.simple_query("SELECT pg_current_wal_lsn()"))
+        .await?;
     rows.first()
         .and_then(|r| r.get(0))
         .and_then(parse_lsn)

@@ -82,3 +82,33 @@ pub(super) fn start_safety<D: Driver + Clone>(inner: &Arc<Inner<D>>, driver: D) 
         },
     );
 }
+
+/// Reads the rotating secret's source every `check_every`, and recycles every pool's
+/// connections when it changed. Ends with the provider.
+pub(super) fn start_rotation<D: Driver>(inner: &Arc<Inner<D>>) {
+    let Some(every) = inner
+        .rotation
+        .as_ref()
+        .and_then(|r| r.options().check_every)
+    else {
+        return;
+    };
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every.max(std::time::Duration::from_millis(10))).await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let Some(r) = inner.rotation.clone() else {
+                return;
+            };
+            // A failed read is logged and counted by the rotation; the secret stays.
+            if let Ok(true) = r.refresh().await {
+                for pool in &inner.pools {
+                    pool.recycle_within(r.options().recycle_within);
+                }
+            }
+        }
+    });
+}

@@ -284,8 +284,13 @@ async fn round<D: Driver>(
 ) -> crate::Result<Findings> {
     let name = node.to_string();
     if !conns.contains_key(node) {
-        let params = config.connect_params(node).await?;
-        conns.insert(node.clone(), driver.connect(&params).await?);
+        let conn = config
+            .connect_with(node, |p| {
+                let driver = &driver;
+                async move { driver.connect(&p).await }
+            })
+            .await?;
+        conns.insert(node.clone(), conn);
     }
     let conn = conns.get_mut(node).expect("inserted above");
     let mut f = probe(conn, &name, options, app).await?;

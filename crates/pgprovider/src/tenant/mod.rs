@@ -433,9 +433,8 @@ impl<D: Driver + Clone> Provider<D> {
 
 impl<D: Driver + Clone> crate::provider::ProviderBuilder<D> {
     /// Tenant handles ([`Provider::tenant`]) with `options`.
-    pub fn tenancy(mut self, options: TenancyOptions) -> Self {
-        self.tenancy = Some(Arc::new(Shared::<D>::new(options)));
-        self
+    pub fn tenancy(self, options: TenancyOptions) -> Self {
+        self.attach_tenancy(Arc::new(Shared::<D>::new(options)))
     }
 }
 

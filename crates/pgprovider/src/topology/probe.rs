@@ -35,8 +35,14 @@ pub(super) async fn probe_loop<D: Driver>(
         let limit = interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
         let outcome = tokio::time::timeout(limit, async {
             if conn.as_ref().is_none_or(|c| c.is_broken()) {
-                let params = config.connect_params(&node).await?;
-                conn = Some(driver.connect(&params).await?);
+                conn = Some(
+                    config
+                        .connect_with(&node, |p| {
+                            let driver = &driver;
+                            async move { driver.connect(&p).await }
+                        })
+                        .await?,
+                );
             }
             let start = Instant::now();
             let mut found = probe(conn.as_mut().expect("connected above")).await?;

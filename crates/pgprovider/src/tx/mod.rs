@@ -133,9 +133,10 @@ where
                 conn.execute(opts.begin_sql(), &[]).await?;
             }
             // A tenant's settings in the same round trip.
+            // The library's own statement: the firewall and role checks let it through.
             Some(p) => {
-                conn.simple_query(&format!("{}; {p}", opts.begin_sql()))
-                    .await?;
+                let begin = format!("{}; {p}", opts.begin_sql());
+                pgprovider_core::observe::internal(conn.simple_query(&begin)).await?;
             }
         }
         Pooled::in_transaction(&conn, origin);
@@ -471,7 +472,9 @@ impl<D: Driver> State<D> {
             return r;
         };
         let check = check.clone();
-        let failed = self.conn_mut().simple_query(&check).await.is_err();
+        let failed = pgprovider_core::observe::internal(self.conn_mut().simple_query(&check))
+            .await
+            .is_err();
         if !failed {
             return r;
         }
