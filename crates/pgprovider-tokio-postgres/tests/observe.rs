@@ -10,6 +10,7 @@ use std::time::Duration;
 
 mod common;
 mod safety;
+mod security;
 
 /// An in-memory sink for the audit log.
 #[derive(Clone, Default)]

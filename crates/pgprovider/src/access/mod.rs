@@ -164,6 +164,7 @@ pub struct AccessPolicy {
     roles: BTreeMap<String, AppRole>,
     default_role: Option<String>,
     default_schema: String,
+    tenant_schema_prefix: Option<String>,
 }
 
 impl Default for AccessPolicy {
@@ -172,6 +173,7 @@ impl Default for AccessPolicy {
             roles: BTreeMap::new(),
             default_role: None,
             default_schema: "public".into(),
+            tenant_schema_prefix: None,
         }
     }
 }
@@ -200,6 +202,16 @@ impl AccessPolicy {
         self
     }
 
+    /// In a tenant's statements, unqualified names are in the tenant's own schema:
+    /// `prefix` + the tenant's name (the tenancy's
+    /// [`schema_prefix`](crate::tenant::TenancyOptions::schema_prefix), for the schema and
+    /// role strategies). Patterns such as `*.orders` or `tenant_*.orders` then cover
+    /// every tenant's `orders`.
+    pub fn with_tenant_schemas(mut self, prefix: &str) -> Self {
+        self.tenant_schema_prefix = Some(prefix.to_owned());
+        self
+    }
+
     /// The role `name`, if configured.
     pub fn get(&self, name: &str) -> Option<&AppRole> {
         self.roles.get(name)
@@ -215,14 +227,28 @@ impl AccessPolicy {
     /// # Errors
     /// [`ErrorKind::Rejected`] naming the role, the statement kind and the object.
     pub fn check(&self, role: Option<&str>, sql: &str) -> Result<()> {
-        self.decide(role, sql).map_err(|reason| {
+        self.check_for(role, None, sql)
+    }
+
+    /// As [`check`](Self::check), for a statement of `tenant` (see
+    /// [`with_tenant_schemas`](Self::with_tenant_schemas)).
+    ///
+    /// # Errors
+    /// As [`check`](Self::check).
+    pub fn check_for(&self, role: Option<&str>, tenant: Option<&str>, sql: &str) -> Result<()> {
+        self.decide(role, tenant, sql).map_err(|reason| {
             Error::new(ErrorKind::Rejected, reason).with_hint(
                 "grant the role this kind on the object in its AccessPolicy, or run the statement as a role that has it",
             )
         })
     }
 
-    fn decide(&self, role: Option<&str>, sql: &str) -> std::result::Result<(), String> {
+    fn decide(
+        &self,
+        role: Option<&str>,
+        tenant: Option<&str>,
+        sql: &str,
+    ) -> std::result::Result<(), String> {
         let Some(name) = role.or(self.default_role.as_deref()) else {
             return Err(
                 "no application role is acting (use provider.as_role(..) or access::with_role, or set a default role)"
@@ -242,7 +268,7 @@ impl AccessPolicy {
             return Ok(());
         }
         for a in &shape.accesses {
-            let (schema, object) = self.resolve(a);
+            let (schema, object) = self.resolve(a, tenant);
             if !app.allows(a.kind, &schema, object.as_deref()) {
                 return Err(match (&object, a.kind) {
                     (None, Kind::Other) => format!("role {name:?} may not run {}", a.what),
@@ -256,10 +282,11 @@ impl AccessPolicy {
 
     /// The schema an access's object is in, as the server resolves it with the default
     /// search path.
-    fn resolve(&self, a: &Access) -> (String, Option<String>) {
-        let schema = match (&a.schema, &a.name) {
-            (Some(s), _) => s.clone(),
-            (None, Some(n)) if n.starts_with("pg_") => "pg_catalog".to_owned(),
+    fn resolve(&self, a: &Access, tenant: Option<&str>) -> (String, Option<String>) {
+        let schema = match (&a.schema, &a.name, tenant, &self.tenant_schema_prefix) {
+            (Some(s), ..) => s.clone(),
+            (None, Some(n), ..) if n.starts_with("pg_") => "pg_catalog".to_owned(),
+            (None, _, Some(t), Some(prefix)) => format!("{prefix}{t}"),
             _ => self.default_schema.clone(),
         };
         (schema, a.name.clone())
@@ -280,7 +307,7 @@ impl Hook for AccessHook {
             return Verdict::Proceed;
         }
         for sql in op.statements() {
-            if let Err(reason) = self.0.decide(op.role.as_deref(), sql) {
+            if let Err(reason) = self.0.decide(op.role.as_deref(), op.tenant.as_deref(), sql) {
                 tracing::warn!(target: "pgprovider::security", role = op.role.as_deref(), tenant = op.tenant.as_deref(), node = op.node, %reason, "statement denied");
                 metrics::counter!("pgprovider_access_denied_total", "role" => op.role.as_deref().unwrap_or("").to_owned()).increment(1);
                 return Verdict::Reject(reason);

@@ -32,18 +32,29 @@ const NOT_OURS_PATHS: &[&str] = &[
 ];
 
 /// Whether `at` (`file:line:col`, relative to the working directory when under it) is a
-/// source file of this crate.
+/// source file of this crate or of a sibling crate of ours (the drivers), built from a
+/// checkout of the workspace.
 fn in_this_crate(at: &str) -> bool {
     let file = at.split(':').next().unwrap_or(at);
     let Ok(cwd) = std::env::current_dir() else {
         return false;
     };
-    let path = cwd.join(file);
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    path.components()
+    let path: std::path::PathBuf = cwd
+        .join(file)
+        .components()
         .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect::<std::path::PathBuf>()
-        .starts_with(src)
+        .collect();
+    let Some(crates) = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent() else {
+        return false;
+    };
+    let Ok(rest) = path.strip_prefix(crates) else {
+        return false;
+    };
+    let mut parts = rest.components().map(|c| c.as_os_str().to_string_lossy());
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(krate), Some(src)) if krate.starts_with("pgprovider") && src == "src"
+    )
 }
 
 pub(super) fn call_site() -> String {

@@ -2,7 +2,7 @@
 
 use super::hooks::{LeakReport, guarded};
 use super::stats::CloseReason;
-use super::{Inner, Slot, lock};
+use super::{Inner, lock};
 use pgprovider_core::Driver;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -171,21 +171,9 @@ impl<D: Driver> Inner<D> {
                 Ok(Ok((conn, _))) if self.closed.load(Relaxed) => {
                     self.close_conn(conn, CloseReason::Pool)
                 }
-                Ok(Ok((conn, pid))) => {
-                    let now = Instant::now();
-                    let expires = self.expiry();
-                    self.return_idle(
-                        Box::new(Slot {
-                            conn,
-                            expires,
-                            idle_since: now,
-                            born: now,
-                            generation: self.generation.load(Relaxed),
-                            pipe: None,
-                            pid,
-                        }),
-                        now,
-                    );
+                Ok(Ok((conn, birth))) => {
+                    let slot = self.new_slot(conn, birth);
+                    self.return_idle(slot, Instant::now());
                 }
                 // Failures were counted and logged; the next round tries again.
                 Ok(Err(_)) | Err(_) => return,

@@ -247,13 +247,22 @@ pub(crate) struct Slot<C> {
     conn: C,
     expires: Option<Instant>,
     idle_since: Instant,
-    /// When it was opened (a secret rotation recycles the connections opened before it).
+    /// When its connection attempt began (a secret rotation recycles the connections
+    /// begun before it).
     born: Instant,
     generation: u64,
     /// The connection's adaptive-pipelining entry, once it has shared.
     pipe: Option<pipeline::Registered>,
     /// The server process serving it, when the pool tracks sessions.
     pid: Option<i32>,
+}
+
+/// How a new connection came to be: its server process (when the pool tracks sessions)
+/// and when its connection attempt began (what a recycling compares: the secret it used
+/// was read then).
+pub(crate) struct Birth {
+    pid: Option<i32>,
+    at: Instant,
 }
 
 /// A permit taken from the semaphore and forgotten, so that no `Arc` is cloned per
@@ -721,9 +730,9 @@ impl<D: Driver> Pool<D> {
             }
             Err(_) => {
                 let reservation = CountGuard::new(&inner.counters.size);
-                let (conn, pid) = inner.connect_until(deadline, start.unwrap_or(now)).await?;
+                let (conn, birth) = inner.connect_until(deadline, start.unwrap_or(now)).await?;
                 reservation.keep();
-                inner.new_slot(conn, pid)
+                inner.new_slot(conn, birth)
             }
         };
         Ok(self.hand_out(slot, permit, start, Instant::now(), at))
@@ -915,15 +924,15 @@ impl<D: Driver> Inner<D> {
         self.wake.notify_one();
     }
 
-    fn new_slot(&self, conn: D::Connection, pid: Option<i32>) -> Box<Slot<D::Connection>> {
+    fn new_slot(&self, conn: D::Connection, birth: Birth) -> Box<Slot<D::Connection>> {
         Box::new(Slot {
             conn,
             expires: self.expiry(),
             idle_since: Instant::now(),
-            born: Instant::now(),
+            born: birth.at,
             generation: self.generation.load(Relaxed),
             pipe: None,
-            pid,
+            pid: birth.pid,
         })
     }
 
@@ -951,7 +960,7 @@ impl<D: Driver> Inner<D> {
         &self,
         deadline: Instant,
         start: Instant,
-    ) -> Result<(D::Connection, Option<i32>)> {
+    ) -> Result<(D::Connection, Birth)> {
         let mut backoff = BACKOFF_START;
         loop {
             if self.closed.load(Relaxed) {
@@ -980,7 +989,8 @@ impl<D: Driver> Inner<D> {
     /// The caller has counted the connection in `size` before the attempt (a reservation
     /// it gives back when the attempt fails or is dropped), so that attempts under way are
     /// seen by [`warm_up`](Self::warm_up) and the pool never opens more than its maximum.
-    async fn connect_once(&self) -> Result<(D::Connection, Option<i32>)> {
+    async fn connect_once(&self) -> Result<(D::Connection, Birth)> {
+        let started = Instant::now();
         let connect = |node: &Node| {
             let node = node.clone();
             async move {
@@ -1069,7 +1079,7 @@ impl<D: Driver> Inner<D> {
         } else {
             None
         };
-        Ok((conn, pid))
+        Ok((conn, Birth { pid, at: started }))
     }
 
     /// The checkouts open now whose server process is known (pools that track sessions).

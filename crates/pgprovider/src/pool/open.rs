@@ -40,8 +40,8 @@ pub(super) async fn open_for_checkout<D: Driver>(
             pool.close_conn(conn, CloseReason::Pool);
             let _ = tx.send(Err(pool.closed_error()));
         }
-        Ok((conn, pid)) => {
-            let slot = pool.new_slot(conn, pid);
+        Ok((conn, birth)) => {
+            let slot = pool.new_slot(conn, birth);
             owed.reserved = false;
             owed.permit = false;
             // Sent or not, the connection is safe: an `Opened` that nobody takes puts itself

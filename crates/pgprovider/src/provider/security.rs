@@ -73,13 +73,14 @@ impl<D: Driver> Provider<D> {
         };
         let changed = r.refresh().await?;
         if changed {
-            self.recycle(r.options().recycle_within);
+            self.recycle_within(r.options().recycle_within);
         }
         Ok(changed)
     }
 
-    /// Recycles every pool's connections within `window`.
-    pub(crate) fn recycle(&self, window: Duration) {
+    /// Replaces every pool's connections within `window`, gradually (see
+    /// [`Pool::recycle_within`](crate::Pool::recycle_within)), as a secret rotation does.
+    pub fn recycle_within(&self, window: Duration) {
         for pool in &self.inner.pools {
             pool.recycle_within(window);
         }
