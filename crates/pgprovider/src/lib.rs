@@ -113,3 +113,8 @@ struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/SAFETY.md")]
 struct SafetyDoctests;
+
+/// Compiles the security guide's Rust example as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/SECURITY.md")]
+struct SecurityDoctests;

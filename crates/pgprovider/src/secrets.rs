@@ -200,6 +200,8 @@ pub struct Rotation {
     rotations: AtomicU64,
     fallbacks: AtomicU64,
     failures: AtomicU64,
+    /// The number of changes, published for the provider's task (which recycles).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Rotation {
@@ -225,6 +227,7 @@ impl Rotation {
             rotations: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -271,10 +274,16 @@ impl Rotation {
             }
         };
         if changed {
-            self.rotations.fetch_add(1, Relaxed);
+            let n = self.rotations.fetch_add(1, Relaxed) + 1;
+            self.changes.send_replace(n);
             tracing::info!(target: "pgprovider::secrets", source = %self.source.describe(), "the secret changed: new connections use it; open ones are recycled");
         }
         Ok(changed)
+    }
+
+    /// Changes of the secret, as they happen.
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The secret for a new connection (read from the source the first time).

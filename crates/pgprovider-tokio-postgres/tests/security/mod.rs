@@ -37,14 +37,21 @@ async fn ready(provider: Provider<TokioPostgres>) -> Provider<TokioPostgres> {
 
 /// The application under test: what it runs, with the user's input where it goes (one
 /// lookup builds its SQL by concatenation, the bug the firewall is there for).
-async fn application(p: &Provider<TokioPostgres>, t: &str, input: &str) -> pgprovider::Result<usize> {
+async fn application(
+    p: &Provider<TokioPostgres>,
+    t: &str,
+    input: &str,
+) -> pgprovider::Result<usize> {
     let rows = p
         .query(&format!("SELECT id FROM {t} WHERE name = '{input}'"), &[])
         .await?;
     p.query(&format!("SELECT name FROM {t} WHERE id = $1"), &[&1_i32])
         .await?;
-    p.execute(&format!("UPDATE {t} SET seen = seen + 1 WHERE name = $1"), &[&input])
-        .await?;
+    p.execute(
+        &format!("UPDATE {t} SET seen = seen + 1 WHERE name = $1"),
+        &[&input],
+    )
+    .await?;
     let sql = format!("INSERT INTO {t} (name) VALUES ($1) RETURNING id");
     let insert = sql.as_str();
     p.transaction(&TxOptions::new(), |tx| async move {
@@ -125,9 +132,15 @@ async fn the_firewall_learns_the_applications_shapes_and_refuses_injected_ones()
     let attacks = [
         ("x' OR '1'='1", "an injection shape"),
         ("x' OR 1=1 OR name = '", "an injection shape"),
-        ("x'; DELETE FROM fw_victim; --", "2 statements in one string"),
+        (
+            "x'; DELETE FROM fw_victim; --",
+            "2 statements in one string",
+        ),
         ("alice'--", "an injection shape"),
-        ("x' UNION SELECT oid::int FROM pg_authid WHERE rolname = 'postgres", "an injection shape"),
+        (
+            "x' UNION SELECT oid::int FROM pg_authid WHERE rolname = 'postgres",
+            "an injection shape",
+        ),
         ("x' AND id > 0 AND name <> '", "is not in the allowlist"),
     ];
     for (input, why) in attacks {
@@ -140,9 +153,17 @@ async fn the_firewall_learns_the_applications_shapes_and_refuses_injected_ones()
         .execute(&format!("DELETE FROM {t}"), &[])
         .await
         .unwrap_err();
-    assert!(e.message().contains("is not in the allowlist of application \"fw-app\""), "{e}");
+    assert!(
+        e.message()
+            .contains("is not in the allowlist of application \"fw-app\""),
+        "{e}"
+    );
     assert!(e.message().contains("Firewall::allow"), "{e}");
-    assert_eq!(count(&t).await, before, "nothing refused reached the server");
+    assert_eq!(
+        count(&t).await,
+        before,
+        "nothing refused reached the server"
+    );
     let stats = enforce.firewall().unwrap().stats();
     assert_eq!(stats.refused, 7);
     assert!(stats.allowed >= 12, "{stats:?}");
@@ -164,7 +185,10 @@ async fn the_firewall_learns_the_applications_shapes_and_refuses_injected_ones()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warn_mode_runs_unknown_shapes_and_the_structural_rules_still_refuse() {
     let t = unique("fw_warn");
-    admin(&format!("DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int)")).await;
+    admin(&format!(
+        "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int)"
+    ))
+    .await;
     let config = common::config("&application_name=fw-warn").await;
     let p = Provider::builder(TokioPostgres::new(), &config)
         .firewall(FirewallOptions::new(Mode::Warn).parameters_only(true))
@@ -178,9 +202,16 @@ async fn warn_mode_runs_unknown_shapes_and_the_structural_rules_still_refuse() {
         .execute(&format!("INSERT INTO {t} VALUES (2)"), &[])
         .await
         .unwrap_err();
-    assert!(e.message().contains("literal(s) where parameters are required"), "{e}");
+    assert!(
+        e.message()
+            .contains("literal(s) where parameters are required"),
+        "{e}"
+    );
     let e = p
-        .execute(&format!("INSERT INTO {t} VALUES ($1); DROP TABLE {t}"), &[&3_i32])
+        .execute(
+            &format!("INSERT INTO {t} VALUES ($1); DROP TABLE {t}"),
+            &[&3_i32],
+        )
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Rejected, "{e}");
@@ -196,7 +227,8 @@ fn policy(items: &str, secrets: &str, server_role: &str) -> AccessPolicy {
         .role("reader", AppRole::reader(&format!("public.{items}")))
         .role(
             "writer",
-            AppRole::writer(&format!("public.{items}")).allow(&[Kind::Copy], &format!("public.{items}")),
+            AppRole::writer(&format!("public.{items}"))
+                .allow(&[Kind::Copy], &format!("public.{items}")),
         )
         .role("admin", AppRole::admin())
         .role("tenant_reader", AppRole::reader("*.items"))
@@ -237,30 +269,61 @@ async fn roles_are_checked_on_every_path_and_mapped_to_server_roles() {
 
     // Statements.
     let reader = p.as_role("reader");
-    assert_eq!(reader.query(&format!("SELECT * FROM {items}"), &[]).await.unwrap().len(), 1);
-    let e = reader.query(&format!("SELECT * FROM {secrets}"), &[]).await.unwrap_err();
-    assert!(e.message().contains(&format!("role \"reader\" may not select public.{secrets}")), "{e}");
+    assert_eq!(
+        reader
+            .query(&format!("SELECT * FROM {items}"), &[])
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let e = reader
+        .query(&format!("SELECT * FROM {secrets}"), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .contains(&format!("role \"reader\" may not select public.{secrets}")),
+        "{e}"
+    );
     denied(
-        reader.execute(&format!("INSERT INTO {items} VALUES (2, 'two')"), &[]).await,
+        reader
+            .execute(&format!("INSERT INTO {items} VALUES (2, 'two')"), &[])
+            .await,
         &format!("may not insert public.{items}"),
     );
     denied(
         reader
-            .execute(&format!("WITH d AS (DELETE FROM {items} RETURNING *) SELECT count(*) FROM d"), &[])
+            .execute(
+                &format!("WITH d AS (DELETE FROM {items} RETURNING *) SELECT count(*) FROM d"),
+                &[],
+            )
             .await,
         &format!("may not delete public.{items}"),
     );
-    denied(p.execute("SELECT 1", &[]).await, "no application role is acting");
+    denied(
+        p.execute("SELECT 1", &[]).await,
+        "no application role is acting",
+    );
     // Transactions: the role acts inside; a denied statement aborts nothing else.
     let ins = format!("INSERT INTO {items} VALUES (3, 'tx')");
     let ins = ins.as_str();
     let r = reader
-        .transaction(&TxOptions::new(), |tx| async move { tx.execute(ins, &[]).await })
+        .transaction(
+            &TxOptions::new(),
+            |tx| async move { tx.execute(ins, &[]).await },
+        )
         .await;
     denied(r, "may not insert");
-    with_role("writer", p.transaction(&TxOptions::new(), |tx| async move { tx.execute(ins, &[]).await }))
-        .await
-        .unwrap();
+    with_role(
+        "writer",
+        p.transaction(
+            &TxOptions::new(),
+            |tx| async move { tx.execute(ins, &[]).await },
+        ),
+    )
+    .await
+    .unwrap();
     // Batches and COPY on a checked-out connection, in the handle's scope.
     let mut conn = reader.conn().await.unwrap();
     let sel = format!("SELECT count(*) FROM {items}");
@@ -271,59 +334,121 @@ async fn roles_are_checked_on_every_path_and_mapped_to_server_roles() {
         .unwrap_err();
     assert!(e.message().contains("may not update"), "{e}");
     let copy = format!("COPY {items} (id, name) FROM STDIN (FORMAT binary)");
-    let types = [tokio_postgres::types::Type::INT4, tokio_postgres::types::Type::TEXT];
-    let row: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = vec![Box::new(4_i32), Box::new("copied")];
+    let types = [
+        tokio_postgres::types::Type::INT4,
+        tokio_postgres::types::Type::TEXT,
+    ];
+    let row: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
+        vec![Box::new(4_i32), Box::new("copied")];
     let e = reader
         .scope(conn.copy_in(&copy, &types, [row]))
         .await
         .unwrap_err();
-    assert!(e.message().contains(&format!("may not copy public.{items}")), "{e}");
+    assert!(
+        e.message()
+            .contains(&format!("may not copy public.{items}")),
+        "{e}"
+    );
     drop(conn);
     let writer = p.primary().as_role("writer");
     let mut conn = writer.conn().await.unwrap();
-    writer.scope(conn.batch(&[(&sel, &[]), (&upd, &[&1_i32])])).await.unwrap();
-    let row: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = vec![Box::new(4_i32), Box::new("copied")];
-    assert_eq!(writer.scope(conn.copy_in(&copy, &types, [row])).await.unwrap(), 1);
+    writer
+        .scope(conn.batch(&[(&sel, &[]), (&upd, &[&1_i32])]))
+        .await
+        .unwrap();
+    let row: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
+        vec![Box::new(4_i32), Box::new("copied")];
+    assert_eq!(
+        writer
+            .scope(conn.copy_in(&copy, &types, [row]))
+            .await
+            .unwrap(),
+        1
+    );
     drop(conn);
 
     // Tenant handles: the tenant's unqualified names are its own schema's.
     let tenant = unique("ac_tenant");
     let tenants = p.tenants().unwrap();
-    with_role("admin", tenants.drop_tenant(&tenant)).await.unwrap();
+    with_role("admin", tenants.drop_tenant(&tenant))
+        .await
+        .unwrap();
     with_role("admin", async {
         tenants.create_tenant(&tenant, None).await?;
-        tenants.tenant(&tenant)?.execute("CREATE TABLE items (id int)", &[]).await
+        tenants
+            .tenant(&tenant)?
+            .execute("CREATE TABLE items (id int)", &[])
+            .await
     })
     .await
     .unwrap();
     let th = p.tenant(&tenant).unwrap();
-    assert!(with_role("tenant_reader", th.query("SELECT * FROM items", &[])).await.is_ok());
+    assert!(
+        with_role("tenant_reader", th.query("SELECT * FROM items", &[]))
+            .await
+            .is_ok()
+    );
     denied(
-        with_role("tenant_reader", th.execute("INSERT INTO items VALUES (1)", &[])).await,
+        with_role(
+            "tenant_reader",
+            th.execute("INSERT INTO items VALUES (1)", &[]),
+        )
+        .await,
         &format!("may not insert {tenant}.items"),
     );
-    with_role("admin", tenants.drop_tenant(&tenant)).await.unwrap();
+    with_role("admin", tenants.drop_tenant(&tenant))
+        .await
+        .unwrap();
 
     // A mapped server role: the server enforces its grants too (SELECT only), and the
     // role ends with the statement's transaction.
     let mapped = p.as_role("mapped");
-    let who: String = mapped.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let who: String = mapped
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(who, srv);
     let e = mapped
         .execute(&format!("INSERT INTO {items} VALUES (5, 'x')"), &[])
         .await
         .unwrap_err();
-    assert_eq!(e.sql_state().map(|s| s.code().to_owned()).as_deref(), Some("42501"), "{e}");
+    assert_eq!(
+        e.sql_state().map(|s| s.code().to_owned()).as_deref(),
+        Some("42501"),
+        "{e}"
+    );
     for _ in 0..4 {
-        let who: String = p.as_role("admin").query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        let who: String = p
+            .as_role("admin")
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(who, "postgres", "no connection keeps the mapped role");
     }
 
     // The audit log writes allow and deny, with the role.
     let lines = String::from_utf8(audit.0.lock().unwrap().clone()).unwrap();
-    assert!(lines.lines().any(|l| l.contains(r#""role":"reader""#) && l.contains(r#""outcome":"denied""#)), "{lines}");
-    assert!(lines.lines().any(|l| l.contains(r#""role":"reader""#) && l.contains(r#""outcome":"ok""#)), "{lines}");
-    assert!(lines.lines().any(|l| l.contains(r#""role":"tenant_reader""#) && l.contains(&format!(r#""tenant":"{tenant}""#))), "{lines}");
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains(r#""role":"reader""#) && l.contains(r#""outcome":"denied""#)),
+        "{lines}"
+    );
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains(r#""role":"reader""#) && l.contains(r#""outcome":"ok""#)),
+        "{lines}"
+    );
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.contains(r#""role":"tenant_reader""#)
+                && l.contains(&format!(r#""tenant":"{tenant}""#))),
+        "{lines}"
+    );
 
     // check_grants: every gap at once.
     let report = p.check_grants().await.unwrap();
@@ -331,16 +456,28 @@ async fn roles_are_checked_on_every_path_and_mapped_to_server_roles() {
     let mapped_gaps: Vec<&String> = gaps.iter().filter(|g| g.contains("\"mapped\"")).collect();
     assert_eq!(mapped_gaps.len(), 3, "{gaps:#?}");
     for p in ["INSERT", "UPDATE", "DELETE"] {
-        assert!(mapped_gaps.iter().any(|g| g.contains(&format!("{p} on public.{items}"))), "{gaps:#?}");
+        assert!(
+            mapped_gaps
+                .iter()
+                .any(|g| g.contains(&format!("{p} on public.{items}"))),
+            "{gaps:#?}"
+        );
     }
     // Pattern `*.items` matches no table now (the tenant was dropped) unless another run's.
     assert!(report.checked > 10);
     let e = report.clone().into_result().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config);
-    assert!(e.message().contains(&format!("INSERT on public.{items}")), "{e}");
+    assert!(
+        e.message().contains(&format!("INSERT on public.{items}")),
+        "{e}"
+    );
     admin(&format!("GRANT INSERT, UPDATE, DELETE ON {items} TO {srv}")).await;
     let report = p.check_grants().await.unwrap();
-    assert!(!report.gaps.iter().any(|g| g.role == "mapped"), "{:?}", report.gaps);
+    assert!(
+        !report.gaps.iter().any(|g| g.role == "mapped"),
+        "{:?}",
+        report.gaps
+    );
     mapped
         .execute(&format!("INSERT INTO {items} VALUES (5, 'x')"), &[])
         .await
@@ -349,14 +486,27 @@ async fn roles_are_checked_on_every_path_and_mapped_to_server_roles() {
     let broken = Provider::builder(TokioPostgres::new(), &config)
         .access(
             AccessPolicy::new()
-                .role("ghost", AppRole::reader("public.*").with_server_role("no_such_role_x"))
+                .role(
+                    "ghost",
+                    AppRole::reader("public.*").with_server_role("no_such_role_x"),
+                )
                 .role("typo", AppRole::reader("public.no_such_table_x")),
         )
         .build();
     let broken = ready(broken).await;
-    let gaps: Vec<String> = broken.check_grants().await.unwrap().gaps.iter().map(ToString::to_string).collect();
+    let gaps: Vec<String> = broken
+        .check_grants()
+        .await
+        .unwrap()
+        .gaps
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(gaps.len(), 2, "{gaps:#?}");
-    assert!(gaps[0].contains("no_such_role_x does not exist"), "{gaps:#?}");
+    assert!(
+        gaps[0].contains("no_such_role_x does not exist"),
+        "{gaps:#?}"
+    );
     assert!(gaps[1].contains("matches no table"), "{gaps:#?}");
     broken.close().await;
     p.close().await;

@@ -2,9 +2,9 @@
 //! no operation fails, new connections use the new secret, old ones are recycled, and a
 //! secret the server does not know yet falls back to the previous one.
 
+use pgprovider::Config;
 use pgprovider::provider::{Provider, TopologyOptions};
 use pgprovider::secrets::{FileSecret, RotationOptions};
-use pgprovider::Config;
 use pgprovider_tokio_postgres::TokioPostgres;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -23,8 +23,12 @@ impl Load {
         let (stop, ok, failed) = (Arc::default(), Arc::default(), Arc::default());
         let tasks = (0..writers)
             .map(|_| {
-                let (p, stop, ok, failed): (_, Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) =
-                    (provider.clone(), Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
+                let (p, stop, ok, failed): (_, Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>) = (
+                    provider.clone(),
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&failed),
+                );
                 tokio::spawn(async move {
                     while !stop.load(Relaxed) {
                         match p.execute("INSERT INTO rotated DEFAULT VALUES", &[]).await {
@@ -136,7 +140,10 @@ async fn a_password_rotated_under_load_fails_no_operation() {
     load.progress(200).await;
 
     // The vault changes the password on the server, then in the file.
-    primary.execute("ALTER ROLE app PASSWORD 'two'").await.unwrap();
+    primary
+        .execute("ALTER ROLE app PASSWORD 'two'")
+        .await
+        .unwrap();
     load.progress(100).await;
     std::fs::write(&secret, "two\n").unwrap();
     let since = server_now(&cluster).await;
@@ -159,12 +166,34 @@ async fn a_password_rotated_under_load_fails_no_operation() {
     let fallbacks = provider.rotation().unwrap().stats().fallbacks;
     assert!(fallbacks >= 1, "{:?}", provider.rotation().unwrap().stats());
     // Once the server has it, new connections use it.
-    primary.execute("ALTER ROLE app PASSWORD 'three'").await.unwrap();
-    provider.recycle_within(Duration::from_millis(200));
+    primary
+        .execute("ALTER ROLE app PASSWORD 'three'")
+        .await
+        .unwrap();
     let since = server_now(&cluster).await;
+    provider.recycle_within(Duration::from_millis(200));
+    assert!(recycled(&cluster, &since).await <= 1);
+    // (Attempts begun before the server had it may still have fallen back.) Every
+    // connection opened from now on authenticates with the current secret.
+    let fallbacks = provider.rotation().unwrap().stats().fallbacks;
+    let since = server_now(&cluster).await;
+    provider.recycle_within(Duration::from_millis(200));
     assert!(recycled(&cluster, &since).await <= 1);
     load.progress(200).await;
     assert_eq!(provider.rotation().unwrap().stats().fallbacks, fallbacks);
+
+    // Server and file change and nobody calls rotate_secret: new connections, refused,
+    // read the source again themselves (and the pools recycle on the change).
+    primary
+        .execute("ALTER ROLE app PASSWORD 'four'")
+        .await
+        .unwrap();
+    std::fs::write(&secret, "four\n").unwrap();
+    let since = server_now(&cluster).await;
+    provider.recycle_within(Duration::from_millis(200));
+    assert!(recycled(&cluster, &since).await <= 1);
+    load.progress(200).await;
+    assert_eq!(provider.rotation().unwrap().stats().rotations, 3);
 
     let (ok, failed) = load.stop().await;
     assert_eq!(failed, 0, "no operation may fail during a rotation");
@@ -186,4 +215,68 @@ async fn a_password_rotated_under_load_fails_no_operation() {
         .get(0);
     assert_eq!(n as u64, ok);
     provider.close().await;
+}
+
+/// A source that counts its reads and hands out what it is told.
+struct Counted(Arc<AtomicU64>, Arc<std::sync::Mutex<String>>);
+
+impl pgprovider::secrets::SecretSource for Counted {
+    fn describe(&self) -> String {
+        "a counted test source".into()
+    }
+    fn fetch(&self) -> pgprovider::observe::BoxFuture<'_, pgprovider::Result<pgprovider::Secret>> {
+        self.0.fetch_add(1, Relaxed);
+        let v = self.1.lock().unwrap().clone();
+        Box::pin(async move { Ok(pgprovider::Secret::new(v)) })
+    }
+}
+
+/// Waits (up to 5 s) until `f` holds.
+async fn until(f: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_is_read_every_check_and_a_change_recycles_the_pools() {
+    let reads = Arc::new(AtomicU64::new(0));
+    let value = Arc::new(std::sync::Mutex::new("a".to_owned()));
+    let config = super::common::config("&application_name=rotation-poll&pool_max_size=2").await;
+    let provider = Provider::builder(TokioPostgres::new(), &config)
+        .secret(
+            Counted(reads.clone(), value.clone()),
+            RotationOptions::default()
+                .with_check_every(Some(Duration::from_millis(20)))
+                .with_recycle_within(Duration::from_millis(10)),
+        )
+        .build();
+    provider
+        .monitor()
+        .wait_for_primary(Duration::from_secs(20))
+        .await
+        .unwrap();
+    provider.execute("SELECT 1", &[]).await.unwrap();
+    let at = reads.load(Relaxed);
+    until(|| reads.load(Relaxed) >= at + 3).await;
+    assert_eq!(provider.rotation().unwrap().stats().rotations, 0);
+    *value.lock().unwrap() = "b".to_owned();
+    until(|| provider.rotation().unwrap().stats().rotations == 1).await;
+    // The connection opened before the change goes when it is next used.
+    let closed = |p: &Provider<TokioPostgres>| p.stats()[0].1.closed_lifetime;
+    let before = closed(&provider);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    provider.execute("SELECT 1", &[]).await.unwrap();
+    provider.execute("SELECT 1", &[]).await.unwrap();
+    assert!(closed(&provider) > before, "{:?}", provider.stats());
+    provider.close().await;
+    // Without a rotation, rotate_secret says so.
+    let plain = Provider::new(TokioPostgres::new(), &config, TopologyOptions::default());
+    let e = plain.rotate_secret().await.unwrap_err();
+    assert!(e.message().contains("no rotating secret"), "{e}");
+    assert!(format!("{:?}", provider.rotation().unwrap()).contains("a counted test source"));
 }

@@ -109,9 +109,15 @@ fn denials_name_the_role_the_kind_and_the_object() {
     assert_eq!(p.get("reader").unwrap().server_role(), None);
     assert_eq!(p.roles().count(), 5);
     // A tenant's unqualified names are in its schema.
-    let p = policy().with_tenant_schemas("t_");
-    assert!(p.check_for(Some("app"), Some("1"), "INSERT INTO t VALUES (1)").is_ok());
-    assert!(p.check_for(Some("app"), None, "INSERT INTO t VALUES (1)").is_err());
+    let p = policy().with_tenant_schemas("app_");
+    assert!(
+        p.check_for(Some("app"), Some("1"), "INSERT INTO t VALUES (1)")
+            .is_ok()
+    );
+    assert!(
+        p.check_for(Some("app"), None, "INSERT INTO t VALUES (1)")
+            .is_err()
+    );
 }
 
 #[test]

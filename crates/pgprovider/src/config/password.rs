@@ -53,9 +53,11 @@ impl fmt::Debug for PasswordSource {
 
 impl Config {
     /// Connects to `node` with `connect` given its parameters. With a
-    /// [rotating secret](crate::secrets) whose new value the server refuses
-    /// ([`ErrorKind::Auth`](pgprovider_core::ErrorKind::Auth)), tries once more with the
-    /// previous value while its grace period lasts (logged loudly).
+    /// [rotating secret](crate::secrets) the server refuses
+    /// ([`ErrorKind::Auth`](pgprovider_core::ErrorKind::Auth)): tries the previous value
+    /// while its grace period lasts (logged loudly), then reads the source again and tries
+    /// the current value once more (the server may have switched in between). At most
+    /// three attempts.
     ///
     /// # Errors
     /// As [`connect_params`](Self::connect_params), or `connect`'s error.
@@ -68,18 +70,29 @@ impl Config {
         let PasswordSource::Rotating(rotation) = &self.password else {
             return connect(params).await;
         };
-        let mut again = params.clone();
-        match connect(params).await {
-            Err(e) if e.kind() == pgprovider_core::ErrorKind::Auth => {
-                match rotation.fallback(&node.to_string()) {
-                    Some(previous) => {
-                        again.password = Some(previous);
-                        connect(again).await
-                    }
-                    None => Err(e),
-                }
+        let with = |secret: Option<Secret>| {
+            let mut p = params.clone();
+            p.password = secret;
+            p
+        };
+        let is_auth = |r: &Result<C, Error>| matches!(r, Err(e) if e.kind() == pgprovider_core::ErrorKind::Auth);
+        let first = connect(params.clone()).await;
+        if !is_auth(&first) {
+            return first;
+        }
+        // The server may not have the new secret yet: the previous one, in its grace.
+        if let Some(previous) = rotation.fallback(&node.to_string()) {
+            let r = connect(with(Some(previous))).await;
+            if !is_auth(&r) {
+                return r;
             }
-            r => r,
+        }
+        // The server may have been given a secret the source has and we have not read
+        // yet, or have switched between the two attempts: read the source, try again once.
+        let _ = rotation.refresh().await;
+        match rotation.current().await {
+            Ok(current) => connect(with(Some(current))).await,
+            Err(_) => first,
         }
     }
 

@@ -71,11 +71,8 @@ impl<D: Driver> Provider<D> {
             )
             .with_hint("give one with ProviderBuilder::secret"));
         };
-        let changed = r.refresh().await?;
-        if changed {
-            self.recycle_within(r.options().recycle_within);
-        }
-        Ok(changed)
+        // The provider's rotation task recycles the pools on the change.
+        r.refresh().await
     }
 
     /// Replaces every pool's connections within `window`, gradually (see

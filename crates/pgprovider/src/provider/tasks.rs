@@ -83,30 +83,45 @@ pub(super) fn start_safety<D: Driver + Clone>(inner: &Arc<Inner<D>>, driver: D) 
     );
 }
 
-/// Reads the rotating secret's source every `check_every`, and recycles every pool's
-/// connections when it changed. Ends with the provider.
+/// Reads the rotating secret's source every `check_every` (when set), and recycles every
+/// pool's connections whenever the secret changes (read here, by
+/// [`Provider::rotate_secret`](super::Provider::rotate_secret), or by a connection the
+/// server refused). Ends with the provider.
 pub(super) fn start_rotation<D: Driver>(inner: &Arc<Inner<D>>) {
-    let Some(every) = inner
-        .rotation
-        .as_ref()
-        .and_then(|r| r.options().check_every)
-    else {
+    let Some(r) = inner.rotation.clone() else {
         return;
     };
-    let weak = Arc::downgrade(inner);
+    let every = r.options().check_every;
+    let window = r.options().recycle_within;
+    let mut changes = r.changes();
+    // Held weakly, like the provider: the task ends once both are gone.
+    let (weak, r) = (Arc::downgrade(inner), Arc::downgrade(&r));
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(every.max(std::time::Duration::from_millis(10))).await;
+            let tick = async {
+                match every {
+                    Some(e) => {
+                        tokio::time::sleep(e.max(std::time::Duration::from_millis(10))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let changed = tokio::select! {
+                () = tick => {
+                    let Some(r) = r.upgrade() else { return };
+                    // A failed read is logged and counted by the rotation; the secret stays.
+                    let _ = r.refresh().await;
+                    changes.has_changed().unwrap_or(false)
+                }
+                c = changes.changed() => c.is_ok(),
+            };
             let Some(inner) = weak.upgrade() else {
                 return;
             };
-            let Some(r) = inner.rotation.clone() else {
-                return;
-            };
-            // A failed read is logged and counted by the rotation; the secret stays.
-            if let Ok(true) = r.refresh().await {
+            if changed {
+                changes.borrow_and_update();
                 for pool in &inner.pools {
-                    pool.recycle_within(r.options().recycle_within);
+                    pool.recycle_within(window);
                 }
             }
         }
