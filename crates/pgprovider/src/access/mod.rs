@@ -60,6 +60,7 @@ pub use pgprovider_core::observe::{current_role, with_role};
 use crate::shape::{self, Access};
 use crate::{Error, ErrorKind, Result};
 use pgprovider_core::observe::{Hook, Operation, Verdict};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -269,8 +270,8 @@ impl AccessPolicy {
         }
         for a in &shape.accesses {
             let (schema, object) = self.resolve(a, tenant);
-            if !app.allows(a.kind, &schema, object.as_deref()) {
-                return Err(match (&object, a.kind) {
+            if !app.allows(a.kind, &schema, object) {
+                return Err(match (object, a.kind) {
                     (None, Kind::Other) => format!("role {name:?} may not run {}", a.what),
                     (None, k) => format!("role {name:?} may not {k} (it has no {k} permission)"),
                     (Some(o), k) => format!("role {name:?} may not {k} {schema}.{o}"),
@@ -282,14 +283,18 @@ impl AccessPolicy {
 
     /// The schema an access's object is in, as the server resolves it with the default
     /// search path.
-    fn resolve(&self, a: &Access, tenant: Option<&str>) -> (String, Option<String>) {
+    fn resolve<'a>(
+        &'a self,
+        a: &'a Access,
+        tenant: Option<&str>,
+    ) -> (Cow<'a, str>, Option<&'a str>) {
         let schema = match (&a.schema, &a.name, tenant, &self.tenant_schema_prefix) {
-            (Some(s), ..) => s.clone(),
-            (None, Some(n), ..) if n.starts_with("pg_") => "pg_catalog".to_owned(),
-            (None, _, Some(t), Some(prefix)) => format!("{prefix}{t}"),
-            _ => self.default_schema.clone(),
+            (Some(s), ..) => Cow::Borrowed(s.as_str()),
+            (None, Some(n), ..) if n.starts_with("pg_") => Cow::Borrowed("pg_catalog"),
+            (None, _, Some(t), Some(prefix)) => Cow::Owned(format!("{prefix}{t}")),
+            _ => Cow::Borrowed(self.default_schema.as_str()),
         };
-        (schema, a.name.clone())
+        (schema, a.name.as_deref())
     }
 }
 
