@@ -903,10 +903,21 @@ fn serve_profiling_returns_folded_stacks_one_at_a_time() {
         std::thread::spawn(move || http_get(&addr, "/debug/pprof/profile?seconds=2"))
     };
     let (a, b) = (start(&addr), start(&addr));
-    // Work for the profiler to see.
-    let until = std::time::Instant::now() + std::time::Duration::from_millis(1800);
-    while std::time::Instant::now() < until {
-        http_get(&addr, "/metrics");
+    // Work for the profiler to see, for as long as it samples (from two threads: on a busy
+    // machine one serial client leaves the server too idle for a 99 Hz CPU sampler).
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(2500);
+                while std::time::Instant::now() < until {
+                    http_get(&addr, "/metrics");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
     }
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     let mut codes = [a.0, b.0];

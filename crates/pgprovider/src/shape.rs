@@ -75,8 +75,9 @@ pub(crate) struct Access {
     pub(crate) kind: Kind,
     pub(crate) schema: Option<String>,
     pub(crate) name: Option<String>,
-    /// For [`Kind::Other`]: the statement (`SET`, `LISTEN`, …).
-    pub(crate) what: &'static str,
+    /// For an access to no object: the statement or call (`SET / RESET`, `a call of
+    /// set_config`, …).
+    pub(crate) what: std::borrow::Cow<'static, str>,
 }
 
 /// A statement, as the parse tree describes it.
@@ -175,6 +176,21 @@ fn analyse(sql: &str) -> Shape {
         }
     };
     let normalized = pg_query::normalize(sql).unwrap_or_else(|_| sql.to_owned());
+    // PostgreSQL's fingerprint ignores what does not change a plan: constants and their
+    // casts, the length and order of lists (`IN (1)` and `IN (1, 2, 3)`, one row of
+    // `VALUES` or three, `ORDER BY 1` or `2`, `LIMIT 10` or `LIMIT ALL`). For a firewall
+    // those change the meaning: the normalized text (constants as `$n`; whitespace and
+    // letter case folded, quoted names being told apart by the fingerprint already) is
+    // part of the shape.
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        fingerprint.hash(&mut h);
+        for word in normalized.split_whitespace() {
+            word.to_ascii_lowercase().hash(&mut h);
+        }
+        h.finish()
+    };
     let stmts = &parsed.protobuf.stmts;
     let transaction_control = stmts.len() == 1
         && matches!(
@@ -194,7 +210,7 @@ fn analyse(sql: &str) -> Shape {
                         kind: Kind::Select,
                         schema: None,
                         name: None,
-                        what: "SELECT",
+                        what: "SELECT".into(),
                     });
                 }
             }

@@ -237,6 +237,13 @@ fn policy(items: &str, secrets: &str, server_role: &str) -> AccessPolicy {
             AppRole::writer(&format!("public.{items}")).with_server_role(server_role),
         )
         .role("secrets", AppRole::reader(&format!("public.{secrets}")))
+        .role(
+            "mapped_admin",
+            AppRole::new()
+                .allow(&Kind::ALL, &format!("public.{items}"))
+                .allow(&[Kind::Other], "*")
+                .with_server_role(server_role),
+        )
         .with_tenant_schemas("")
 }
 
@@ -418,6 +425,28 @@ async fn roles_are_checked_on_every_path_and_mapped_to_server_roles() {
         Some("42501"),
         "{e}"
     );
+    // A statement allowed by the application's policy that leaves the server role, or
+    // ends the transaction that holds it, is caught by the server-side check.
+    let e = p
+        .as_role("mapped_admin")
+        .execute("RESET ROLE", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Security, "{e}");
+    let e = p
+        .as_role("mapped_admin")
+        .transaction(&TxOptions::new(), |tx| async move {
+            tx.execute("COMMIT", &[]).await
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Security, "{e}");
+    // The policy refuses what would leave it for roles without `other` on everything.
+    let e = mapped
+        .query("SELECT set_config('role', 'none', true)", &[])
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("a call of set_config"), "{e}");
     for _ in 0..4 {
         let who: String = p
             .as_role("admin")

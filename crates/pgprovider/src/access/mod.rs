@@ -122,7 +122,11 @@ impl AppRole {
         self.grants.iter().any(|(kinds, pattern)| {
             kinds.contains(&kind)
                 && match name {
-                    None => true,
+                    // A read of no table (`SELECT now()`) or a `COPY (query)` needs the
+                    // kind somewhere (the tables inside are checked on their own); any
+                    // other access to no object in particular (`SET`, `DROP SCHEMA`, a
+                    // call of set_config, `CASCADE`) needs the kind on everything.
+                    None => matches!(kind, Kind::Select | Kind::Copy) || pattern == "*",
                     Some(n) => matches_object(pattern, schema, n),
                 }
         })
@@ -272,7 +276,12 @@ impl AccessPolicy {
             let (schema, object) = self.resolve(a, tenant);
             if !app.allows(a.kind, &schema, object) {
                 return Err(match (object, a.kind) {
-                    (None, Kind::Other) => format!("role {name:?} may not run {}", a.what),
+                    (None, Kind::Other | Kind::Ddl | Kind::Truncate) => {
+                        format!(
+                            "role {name:?} may not run {} (it needs {} on *)",
+                            a.what, a.kind
+                        )
+                    }
                     (None, k) => format!("role {name:?} may not {k} (it has no {k} permission)"),
                     (Some(o), k) => format!("role {name:?} may not {k} {schema}.{o}"),
                 });
@@ -307,18 +316,28 @@ impl Hook for AccessHook {
         "access"
     }
 
+    /// Fails closed: a panic while deciding (or logging) refuses the statement.
     fn before(&self, op: &Operation<'_>) -> Verdict {
         if op.internal {
             return Verdict::Proceed;
         }
-        for sql in op.statements() {
-            if let Err(reason) = self.0.decide(op.role.as_deref(), op.tenant.as_deref(), sql) {
-                tracing::warn!(target: "pgprovider::security", role = op.role.as_deref(), tenant = op.tenant.as_deref(), node = op.node, %reason, "statement denied");
-                metrics::counter!("pgprovider_access_denied_total", "role" => op.role.as_deref().unwrap_or("").to_owned()).increment(1);
-                return Verdict::Reject(reason);
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for sql in op.statements() {
+                self.0
+                    .decide(op.role.as_deref(), op.tenant.as_deref(), sql)?;
             }
-        }
-        Verdict::Proceed
+            Ok(())
+        }));
+        let reason = match decided {
+            Ok(Ok(())) => return Verdict::Proceed,
+            Ok(Err(reason)) => reason,
+            Err(_) => return Verdict::Reject("role-based access failed to decide".into()),
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tracing::warn!(target: "pgprovider::security", role = op.role.as_deref(), tenant = op.tenant.as_deref(), node = op.node, %reason, "statement denied");
+            metrics::counter!("pgprovider_access_denied_total", "role" => op.role.as_deref().unwrap_or("").to_owned()).increment(1);
+        }));
+        Verdict::Reject(reason)
     }
 }
 

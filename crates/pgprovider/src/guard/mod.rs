@@ -101,7 +101,9 @@ pub(crate) fn check(tenant: &str, schema: Option<&str>, sql: &str) -> Result<()>
     }
 }
 
-fn denied_function(name: &str) -> bool {
+/// Whether calling `name` changes settings or reaches outside the data (also the
+/// firewall's and role-based access's list).
+pub(crate) fn denied_function(name: &str) -> bool {
     FUNCTIONS.contains(&name) || FUNCTION_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 

@@ -218,6 +218,12 @@ macro_rules! surface {
                 let mut opts = opts.clone();
                 if let Some(server) = role.as_deref().and_then(|r| self.provider().server_role(r)) {
                     opts.prologue = Some(Arc::from(format!("SET LOCAL ROLE {}", crate::migrate::ident(&server))));
+                    // After every statement the server must still run as that role (a
+                    // statement that left it, or ended the transaction, kills it).
+                    opts.tenant_check = Some(Arc::from(format!(
+                        "SELECT CASE WHEN current_user = {} THEN true ELSE pg_catalog.current_setting('pgprovider.role_changed')::bool END",
+                        crate::migrate::literal(&server)
+                    )));
                 }
                 let run = async move {
                 let opts = &opts;
@@ -269,7 +275,7 @@ impl<D: Driver> Routed<D> {
         (self.target, self.idempotent)
     }
     fn acting(&self) -> Option<Arc<str>> {
-        self.role.clone()
+        self.role.clone().or_else(crate::access::current_role)
     }
     fn provider(&self) -> &Provider<D> {
         &self.provider
@@ -281,7 +287,7 @@ impl<D: Driver> Provider<D> {
         (self.inner.default, false)
     }
     fn acting(&self) -> Option<Arc<str>> {
-        None
+        crate::access::current_role()
     }
 
     /// The server role mapped to the application role `role`, if any.

@@ -9,7 +9,7 @@ fn accesses(sql: &str) -> Vec<(Kind, String)> {
             let name = match (&a.schema, &a.name) {
                 (Some(s), Some(n)) => format!("{s}.{n}"),
                 (None, Some(n)) => n.clone(),
-                _ => a.what.to_owned(),
+                _ => a.what.to_string(),
             };
             (a.kind, name)
         })
@@ -44,7 +44,10 @@ fn every_table_is_found_with_its_kind() {
         ),
         ("TRUNCATE a, s.b", &[(Truncate, "a"), (Truncate, "s.b")]),
         ("COPY t FROM STDIN", &[(Copy, "t")]),
-        ("COPY (SELECT * FROM u) TO STDOUT", &[(Select, "u")]),
+        (
+            "COPY (SELECT * FROM u) TO STDOUT",
+            &[(Select, "u"), (Copy, "COPY")],
+        ),
         ("CREATE TABLE s.n (id int)", &[(Ddl, "s.n")]),
         ("DROP TABLE s.n, m", &[(Ddl, "s.n"), (Ddl, "m")]),
         (
@@ -118,6 +121,10 @@ fn injection_shapes_are_found_on_the_tree() {
         "SELECT * FROM users WHERE name = 'admin'--' AND password = 'x'",
         "SELECT name FROM users WHERE id = 1 UNION SELECT passwd FROM pg_shadow",
         "SELECT name FROM users WHERE id = 1 UNION SELECT table_name FROM information_schema.tables",
+        "SELECT name FROM users WHERE id = 1 UNION SELECT query_to_xml('select 1', true, false, '')::text",
+        "SELECT * FROM users WHERE name = 'x' OR id = id",
+        "SELECT * FROM users WHERE name = 'x' OR EXISTS (SELECT 1)",
+        "SELECT * FROM users WHERE name = 'x' OR 1 IN (SELECT 1)",
     ] {
         assert!(of(sql).injection.is_some(), "{sql}");
     }
