@@ -377,3 +377,119 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
         Err(_) => f(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A source whose value the test sets (`Err` for a source that is down).
+    struct Set(Arc<Mutex<std::result::Result<String, ()>>>);
+
+    impl SecretSource for Set {
+        fn describe(&self) -> String {
+            "a test source".into()
+        }
+        fn fetch(&self) -> BoxFuture<'_, Result<Secret>> {
+            let r = lock(&self.0)
+                .clone()
+                .map(Secret::new)
+                .map_err(|()| Error::new(ErrorKind::Config, "the source is down"));
+            Box::pin(std::future::ready(r))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_previous_secret_serves_only_within_its_grace() {
+        let value = Arc::new(Mutex::new(Ok("a".to_owned())));
+        let r = Rotation::new(
+            Set(value.clone()),
+            RotationOptions::default().with_grace(Duration::from_secs(60)),
+        );
+        assert_eq!(r.current().await.unwrap().expose(), "a");
+        assert!(!r.refresh().await.unwrap(), "unchanged");
+        assert!(r.fallback("db1:5432").is_none(), "nothing before a change");
+        *lock(&value) = Ok("b".to_owned());
+        let mut changes = r.changes();
+        assert!(r.refresh().await.unwrap());
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(r.current().await.unwrap().expose(), "b");
+        assert_eq!(r.fallback("db1:5432").unwrap().expose(), "a");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(r.fallback("db1:5432").is_none(), "the grace period is over");
+        // A source that is down keeps the current secret.
+        *lock(&value) = Err(());
+        assert!(r.refresh().await.is_err());
+        assert_eq!(r.current().await.unwrap().expose(), "b");
+        assert_eq!(
+            r.stats(),
+            RotationStats {
+                rotations: 1,
+                fallbacks: 1,
+                failures: 1
+            }
+        );
+        let debug = format!("{r:?}");
+        assert!(
+            debug.contains("a test source") && !debug.contains("\"b\""),
+            "{debug}"
+        );
+        assert_eq!(r.options().grace, Duration::from_secs(60));
+        // A source down from the start: no secret at all.
+        let down = Rotation::new(
+            Set(Arc::new(Mutex::new(Err(())))),
+            RotationOptions::default(),
+        );
+        assert!(down.current().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn files_commands_and_variables_are_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let file = FileSecret::new(&path);
+        assert_eq!(file.fetch().await.unwrap().expose(), "from-file");
+        assert!(file.describe().contains("pw"));
+        let missing = FileSecret::new(dir.path().join("nope"));
+        assert!(
+            missing
+                .fetch()
+                .await
+                .unwrap_err()
+                .message()
+                .contains("cannot read")
+        );
+        let cmd = CommandSecret::new("printf 'from-command\\n'");
+        assert_eq!(cmd.fetch().await.unwrap().expose(), "from-command");
+        assert_eq!(cmd.describe(), "a password command");
+        let failing = CommandSecret::new("exit 3");
+        assert!(
+            failing
+                .fetch()
+                .await
+                .unwrap_err()
+                .message()
+                .contains("failed with")
+        );
+        let env = EnvSecret::new("PATH");
+        assert!(!env.fetch().await.unwrap().expose().is_empty());
+        assert!(env.describe().contains("PATH"));
+        let unset = EnvSecret::new("PGPROVIDER_NO_SUCH_VARIABLE");
+        assert!(
+            unset
+                .fetch()
+                .await
+                .unwrap_err()
+                .message()
+                .contains("PGPROVIDER_NO_SUCH_VARIABLE")
+        );
+        let o = RotationOptions::default()
+            .with_check_every(None)
+            .with_recycle_within(Duration::from_secs(5));
+        assert_eq!(
+            (o.check_every, o.recycle_within),
+            (None, Duration::from_secs(5))
+        );
+    }
+}

@@ -278,5 +278,8 @@ async fn the_source_is_read_every_check_and_a_change_recycles_the_pools() {
     let plain = Provider::new(TokioPostgres::new(), &config, TopologyOptions::default());
     let e = plain.rotate_secret().await.unwrap_err();
     assert!(e.message().contains("no rotating secret"), "{e}");
+    let e = plain.check_grants().await.unwrap_err();
+    assert!(e.message().contains("no access policy"), "{e}");
+    assert!(plain.firewall().is_none() && plain.access().is_none() && plain.rotation().is_none());
     assert!(format!("{:?}", provider.rotation().unwrap()).contains("a counted test source"));
 }

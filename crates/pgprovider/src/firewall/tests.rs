@@ -165,3 +165,33 @@ fn tenants_have_their_own_modes_and_optionally_their_own_shapes() {
     assert_eq!(Mode::Learn.to_string(), "learn");
     assert!("strict".parse::<Mode>().is_err());
 }
+
+#[test]
+fn a_bad_allowlist_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("allow.json");
+    let open = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        Firewall::new(
+            FirewallOptions::new(Mode::Enforce).with_allowlist(&path),
+            "app",
+        )
+        .unwrap_err()
+        .message()
+        .to_owned()
+    };
+    assert!(open(r#"{"version": 2, "application": "app"}"#).contains("unknown version"));
+    assert!(
+        open(r#"{"version": 1, "application": "app", "shapes": [{"fingerprint": "xyz"}]}"#)
+            .contains("shape 1 has no valid fingerprint")
+    );
+    // A directory that does not exist cannot be saved to.
+    let f = Firewall::new(
+        FirewallOptions::new(Mode::Learn).with_allowlist(dir.path().join("no/such/dir.json")),
+        "app",
+    )
+    .unwrap();
+    f.check(None, None, "SELECT 1").unwrap();
+    assert!(f.save().unwrap_err().message().contains("cannot write"));
+    assert_eq!(f.options().mode, Mode::Learn);
+}

@@ -66,6 +66,32 @@ fn every_table_is_found_with_its_kind() {
             "SELECT (SELECT max(x) FROM hidden) FROM t",
             &[(Select, "hidden"), (Select, "t")],
         ),
+        (
+            "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET n = 1 \
+             WHEN NOT MATCHED THEN INSERT VALUES (1)",
+            &[(Update, "t"), (Insert, "t"), (Select, "t"), (Select, "s")],
+        ),
+        ("CREATE INDEX i ON s.t (a)", &[(Ddl, "s.t")]),
+        (
+            "ALTER TABLE t ADD COLUMN c int REFERENCES u (id)",
+            &[(Ddl, "t"), (Select, "u")],
+        ),
+        (
+            "CREATE VIEW v AS SELECT * FROM u",
+            &[(Ddl, "v"), (Select, "u")],
+        ),
+        ("ALTER TABLE t RENAME TO t2", &[(Ddl, "t")]),
+        ("COMMENT ON TABLE s.t IS 'x'", &[(Ddl, "s.t")]),
+        ("CREATE SEQUENCE s.q", &[(Ddl, "s.q")]),
+        ("VACUUM t", &[(Other, "VACUUM / ANALYZE"), (Select, "t")]),
+        ("LOCK TABLE t", &[(Other, "LOCK"), (Select, "t")]),
+        ("CREATE SCHEMA x", &[(Ddl, "this DDL")]),
+        ("DROP FUNCTION f()", &[(Ddl, "this DDL")]),
+        ("SELECT nextval('s.\"Q\"')", &[(Update, "s.Q")]),
+        (
+            "SELECT * INTO TEMP n FROM u",
+            &[(Ddl, "pg_temp.n"), (Select, "u")],
+        ),
     ];
     for (sql, want) in cases {
         let mut got = accesses(sql);

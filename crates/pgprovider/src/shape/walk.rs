@@ -174,7 +174,7 @@ impl Walker {
                 }
             }
         }
-        if self.accesses.len() == before {
+        if named && self.accesses.len() == before {
             self.nameless(Kind::Ddl, "this DDL");
         }
     }
