@@ -410,7 +410,7 @@ mod tests {
         assert!(!r.refresh().await.unwrap(), "unchanged");
         assert!(r.fallback("db1:5432").is_none(), "nothing before a change");
         *lock(&value) = Ok("b".to_owned());
-        let mut changes = r.changes();
+        let changes = r.changes();
         assert!(r.refresh().await.unwrap());
         assert!(changes.has_changed().unwrap());
         assert_eq!(r.current().await.unwrap().expose(), "b");
