@@ -108,6 +108,28 @@ impl Shape {
     }
 }
 
+/// The verdict of a policy on an operation: `decide` on each of its statements (none for
+/// the library's own, see [`Operation::internal`](pgprovider_core::observe::Operation)),
+/// failing closed: a panic refuses, naming `who` failed.
+pub(crate) fn verdict(
+    op: &pgprovider_core::observe::Operation<'_>,
+    who: &str,
+    decide: impl Fn(&str) -> Result<(), String>,
+) -> pgprovider_core::observe::Verdict {
+    use pgprovider_core::observe::Verdict;
+    if op.internal {
+        return Verdict::Proceed;
+    }
+    let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        op.statements().try_for_each(&decide)
+    }));
+    match decided {
+        Ok(Ok(())) => Verdict::Proceed,
+        Ok(Err(reason)) => Verdict::Reject(reason),
+        Err(_) => Verdict::Reject(format!("{who} failed to decide")),
+    }
+}
+
 const CACHE_CAP: usize = 10_000;
 
 fn cache() -> &'static Mutex<HashMap<Box<str>, Arc<Shape>>> {

@@ -318,26 +318,13 @@ impl Hook for AccessHook {
 
     /// Fails closed: a panic while deciding (or logging) refuses the statement.
     fn before(&self, op: &Operation<'_>) -> Verdict {
-        if op.internal {
-            return Verdict::Proceed;
-        }
-        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for sql in op.statements() {
-                self.0
-                    .decide(op.role.as_deref(), op.tenant.as_deref(), sql)?;
-            }
-            Ok(())
-        }));
-        let reason = match decided {
-            Ok(Ok(())) => return Verdict::Proceed,
-            Ok(Err(reason)) => reason,
-            Err(_) => return Verdict::Reject("role-based access failed to decide".into()),
-        };
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tracing::warn!(target: "pgprovider::security", role = op.role.as_deref(), tenant = op.tenant.as_deref(), node = op.node, %reason, "statement denied");
-            metrics::counter!("pgprovider_access_denied_total", "role" => op.role.as_deref().unwrap_or("").to_owned()).increment(1);
-        }));
-        Verdict::Reject(reason)
+        let (role, tenant) = (op.role.as_deref(), op.tenant.as_deref());
+        shape::verdict(op, "role-based access", |sql| {
+            self.0.decide(role, tenant, sql).inspect_err(|reason| {
+                tracing::warn!(target: "pgprovider::security", role, tenant, node = op.node, %reason, "statement denied");
+                metrics::counter!("pgprovider_access_denied_total", "role" => role.unwrap_or("").to_owned()).increment(1);
+            })
+        })
     }
 }
 

@@ -413,21 +413,8 @@ impl Hook for FirewallHook {
 
     /// Fails closed: a panic while deciding (or logging) refuses the statement.
     fn before(&self, op: &Operation<'_>) -> Verdict {
-        if op.internal {
-            return Verdict::Proceed;
-        }
-        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            for sql in op.statements() {
-                self.0
-                    .decide(op.role.as_deref(), op.tenant.as_deref(), sql)?;
-            }
-            Ok(())
-        }));
-        match decided {
-            Ok(Ok(())) => Verdict::Proceed,
-            Ok(Err(reason)) => Verdict::Reject(reason),
-            Err(_) => Verdict::Reject("the firewall failed to decide".into()),
-        }
+        let (role, tenant) = (op.role.as_deref(), op.tenant.as_deref());
+        crate::shape::verdict(op, "the firewall", |sql| self.0.decide(role, tenant, sql))
     }
 }
 
